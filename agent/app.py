@@ -1,0 +1,92 @@
+"""The supervisor: owns the buffer, the uplink and one poller per bus, and stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+
+from .aio import cancel_and_wait
+from .buffer import Buffer
+from .clock import Clock
+from .config import Config
+from .driver import BUS_DRIVERS, load_driver
+from .model import Value
+from .scheduler import BusPoller
+from .systemd import notify
+from .uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+BUFFER_FILE = "buffer.sqlite"
+STOP_TIMEOUT = 15.0
+
+
+class Agent:
+    """Everything ``edge-agent run`` runs, for one configuration."""
+
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or Clock()
+        self.buffer = Buffer(config.agent.data_dir / BUFFER_FILE)
+        self.uplink = Uplink(config, self.buffer, self.clock)
+        self.pollers = [
+            BusPoller(
+                bus,
+                [d for d in config.devices if d.bus == bus.name],
+                load_driver(BUS_DRIVERS[bus.type]),
+                self._store,
+                self.clock,
+            )
+            for bus in config.buses
+        ]
+
+    def _store(self, device: str, ts: int, values: Mapping[str, Value]) -> None:
+        self.buffer.add(device, ts, values)
+        self.uplink.wake()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then stop polling, commit the buffer and go offline."""
+        self.buffer.open()
+        pollers = [asyncio.create_task(p.run(), name=f"bus {p.bus.name}") for p in self.pollers]
+        flusher = asyncio.create_task(self._flush_periodically(), name="buffer flush")
+        uplink = asyncio.create_task(self.uplink.run(), name="uplink")
+        notify("READY=1")
+        log.info(
+            "running: %d device(s) on %d bus(es), broker %s",
+            len(self.config.devices),
+            len(self.config.buses),
+            self.config.mqtt.url,
+        )
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        workers = [*pollers, flusher, uplink]
+        try:
+            # Workers run until cancelled; one that ends early has failed and stops the agent.
+            done, _ = await asyncio.wait([stopper, *workers], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            notify("STOPPING=1")
+            await cancel_and_wait(stopper, *pollers, flusher)
+            await self.uplink.stop()
+            _, late = await asyncio.wait([uplink], timeout=STOP_TIMEOUT)
+            if late:
+                log.warning("mqtt: could not say goodbye within %.0fs", STOP_TIMEOUT)
+                await cancel_and_wait(uplink)
+            self.buffer.close()
+            log.info("stopped")
+        for task in done - {stopper}:
+            task.result()  # re-raise what ended it
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.buffer.flush_interval)
+            self.buffer.flush()
+
+
+async def run_until_signalled(config: Config) -> None:
+    """``edge-agent run``: the agent until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await Agent(config).run(stop)

@@ -1,0 +1,431 @@
+"""Load and validate the configuration: every problem at once, each with file, line and key path."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from ..driver import BUS_DRIVERS, load_driver
+from ..errors import ConfigError, DriverError, Problem
+from . import sections as conv
+from .sections import Problems, Section, suggest
+from .source import SourceFile, TomlSyntaxError, read_toml
+from .types import (
+    BIT_TABLES,
+    ORDERS,
+    POINT_TYPES,
+    TABLES,
+    AgentSection,
+    BufferSection,
+    BusConfig,
+    Config,
+    DeviceConfig,
+    MqttSection,
+    PointConfig,
+    TemplateConfig,
+)
+
+ADDRESS_SPACE = 65536
+DEFAULT_INTERVAL = 10.0
+_TOP_LEVEL = ("agent", "buffer", "mqtt", "bus", "device", "template")
+_INCLUDED_TOP_LEVEL = ("bus", "device", "template")
+_READ_ONLY_TABLES = ("input", "discrete")
+_PLANNED_BUS_TYPES = ("modbus-rtu", "modbus-rtu-over-tcp", "serial")
+
+
+def load_config(
+    path: Path, environ: Mapping[str, str] | None = None
+) -> tuple[Config, list[Problem]]:
+    """The validated configuration and its warnings; ``ConfigError`` lists every problem."""
+    env = os.environ if environ is None else environ
+    loader = _Loader(path, env)
+    config = loader.load()
+    if config is None or loader.problems.errors:
+        raise ConfigError(loader.problems.items)
+    return config, loader.problems.warnings
+
+
+class _Loader:
+    def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
+        self.path = path
+        self.environ = environ
+        self.problems = Problems()
+
+    def load(self) -> Config | None:
+        main = self._read(self.path)
+        if main is None:
+            return None
+        root = Section(main, main.data, (), "", self.problems, self.environ)
+        agent = self._agent(root)
+        buffer = self._buffer(root)
+        mqtt = self._mqtt(root, agent.id)
+        files = [root, *self._includes(agent)]
+        buses = [b for f in files for b in self._buses(f)]
+        templates = [t for f in files for t in self._templates(f)]
+        devices = [d for f in files for d in self._devices(f, buses, templates)]
+        for section in files:
+            section.finish()
+        self._check_unique("bus", [b.name for b in buses])
+        self._check_unique("template", [t.name for t in templates])
+        self._check_unique("device", [d.name for d in devices])
+        self._check_drivers(buses, devices)
+        return Config(
+            self.path, agent, buffer, mqtt, tuple(buses), tuple(devices), tuple(templates)
+        )
+
+    def _read(self, path: Path) -> SourceFile | None:
+        try:
+            return read_toml(path)
+        except TomlSyntaxError as exc:
+            self.problems.add(Problem(str(path), exc.line, "(syntax)", f"invalid TOML: {exc}"))
+        except FileNotFoundError:
+            self.problems.add(Problem(str(path), 0, "(file)", "no such file: create it or pass -c"))
+        except (OSError, UnicodeDecodeError) as exc:
+            self.problems.add(Problem(str(path), 0, "(file)", f"cannot read: {exc}"))
+        return None
+
+    # --- [agent], [buffer], [mqtt]
+
+    def _table(self, root: Section, key: str) -> Section:
+        data = root.data.get(key, {})
+        if not isinstance(data, dict):
+            root.problem(key, f"must be a [{key}] table")
+            data = {}
+        return root.child(key, (key,), key, data)
+
+    def _agent(self, root: Section) -> AgentSection:
+        s = self._table(root, "agent")
+        agent_id = s.take("id", conv.name, _host_name()) or "gateway"
+        default_dir = self.environ.get("STATE_DIRECTORY", "/var/lib/edge-agent").split(":")[0]
+        data_dir = s.take("data_dir", conv.text, default_dir) or default_dir
+        include = s.take("include", conv.strings, ()) or ()
+        levels = ("debug", "info", "warning", "error")
+        log_level = s.take("log_level", conv.one_of(*levels), "info") or "info"
+        s.finish()
+        return AgentSection(agent_id, self._relative(data_dir), log_level, include)
+
+    def _buffer(self, root: Section) -> BufferSection:
+        s = self._table(root, "buffer")
+        default = BufferSection()
+        result = BufferSection(
+            max_size=s.take("max_size", conv.size, default.max_size) or default.max_size,
+            flush_interval=s.take("flush_interval", conv.positive_duration, 1.0) or 1.0,
+        )
+        s.finish()
+        return result
+
+    def _mqtt(self, root: Section, agent_id: str) -> MqttSection:
+        s = self._table(root, "mqtt")
+        d = MqttSection()
+        host, port, tls = self._broker_url(s)
+        password = s.take("password", conv.text, None)
+        password_file = s.take("password_file", conv.text, None)
+        if password is not None and password_file is not None:
+            s.problem("password_file", "set either password or password_file, not both")
+        elif password_file is not None:
+            password = self._read_secret(s, password_file)
+        files = {
+            k: s.take(k, conv.text, None)
+            for k in ("ca_file", "client_cert_file", "client_key_file")
+        }
+        prefix = s.take("topic_prefix", conv.text, d.topic_prefix)
+        if prefix is not None and (
+            not prefix or any(c in prefix for c in "+#") or prefix.endswith("/")
+        ):
+            s.problem(
+                "topic_prefix", f'"{prefix}" cannot be a topic prefix: no "+", "#" or trailing "/"'
+            )
+        result = MqttSection(
+            host=host,
+            port=port,
+            tls=tls,
+            client_id=s.take("client_id", conv.text, agent_id) or agent_id,
+            username=s.take("username", conv.text, None),
+            password=password,
+            ca_file=self._optional_path(files["ca_file"]),
+            client_cert_file=self._optional_path(files["client_cert_file"]),
+            client_key_file=self._optional_path(files["client_key_file"]),
+            topic_prefix=prefix or d.topic_prefix,
+            qos=s.take("qos", conv.in_range(0, 1), d.qos) or 0,
+            batch_max=s.take("batch_max", conv.in_range(1, 100_000), d.batch_max) or d.batch_max,
+            batch_interval=s.take("batch_interval", conv.duration, d.batch_interval) or 0.0,
+            health_interval=s.take("health_interval", conv.positive_duration, d.health_interval)
+            or d.health_interval,
+            command_ttl=s.take("command_ttl", conv.positive_duration, d.command_ttl)
+            or d.command_ttl,
+            keepalive=s.take("keepalive", conv.positive_duration, d.keepalive) or d.keepalive,
+        )
+        s.finish()
+        return result
+
+    def _broker_url(self, s: Section) -> tuple[str, int, bool]:
+        url = s.take("url", conv.text, "mqtt://localhost:1883") or "mqtt://localhost:1883"
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            parts, port = urlsplit("mqtt://localhost"), None
+            s.problem(
+                "url", f'"{url}" is not a valid URL: write e.g. "mqtts://broker.example.net:8883"'
+            )
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            s.problem("url", f'"{url}" must look like mqtt://HOST[:PORT] or mqtts://HOST[:PORT]')
+        tls = parts.scheme == "mqtts"
+        return parts.hostname or "localhost", port or (8883 if tls else 1883), tls
+
+    def _read_secret(self, s: Section, file: str) -> str | None:
+        try:
+            return Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            s.problem("password_file", f"cannot read {file}: {exc.strerror or exc}")
+            return None
+
+    # --- includes, [[bus]], [[template]], [[device]]
+
+    def _includes(self, agent: AgentSection) -> list[Section]:
+        base = self.path.parent
+        sections = []
+        for pattern in agent.include:
+            matches = sorted(base.glob(pattern))
+            for file in matches:
+                source = self._read(file)
+                if source is None:
+                    continue
+                section = Section(source, source.data, (), "", self.problems, self.environ)
+                for key in source.data:
+                    if key not in _INCLUDED_TOP_LEVEL:
+                        section.problem(
+                            key,
+                            "an included file may hold only [[bus]], [[device]] and [[template]]",
+                        )
+                        section.take(key, lambda v: v, None)
+                sections.append(section)
+        return sections
+
+    def _buses(self, root: Section) -> list[BusConfig]:
+        result = []
+        for index, data in root.tables("bus"):
+            s = root.child("bus", index, f"bus.{data.get('name', index[-1])}", data)
+            bus_name = s.take("name", conv.name)
+            bus_type = s.take("type", _bus_type)
+            host = s.take("host", conv.text, "")
+            port = s.take("port", conv.in_range(1, 65535), 502)
+            timeout = s.take("timeout", conv.positive_duration, 1.0)
+            gap = s.take("request_gap", conv.duration, 0.0)
+            s.finish()
+            if bus_name and bus_type:
+                result.append(
+                    BusConfig(
+                        bus_name, bus_type, host or "", port or 502, timeout or 1.0, gap or 0.0
+                    )
+                )
+        return result
+
+    def _templates(self, root: Section) -> list[TemplateConfig]:
+        result = []
+        for index, data in root.tables("template"):
+            s = root.child("template", index, f"template.{data.get('name', index[-1])}", data)
+            template_name = s.take("name", conv.name)
+            points = self._points(s)
+            s.finish()
+            if template_name:
+                result.append(TemplateConfig(template_name, points, str(s.source.path)))
+        return result
+
+    def _devices(
+        self, root: Section, buses: list[BusConfig], templates: list[TemplateConfig]
+    ) -> list[DeviceConfig]:
+        result = []
+        bus_by_name = {b.name: b for b in buses}
+        for index, data in root.tables("device"):
+            s = root.child("device", index, f"device.{data.get('name', index[-1])}", data)
+            device_name = s.take("name", conv.name)
+            bus_name = s.take("bus", conv.text)
+            bus = bus_by_name.get(bus_name or "")
+            if bus_name and not bus:
+                s.problem("bus", f'no bus named "{bus_name}"{suggest(bus_name, bus_by_name)}')
+            implied = BUS_DRIVERS.get(bus.type, "") if bus else ""
+            driver = s.take("driver", conv.text, implied) or implied
+            if bus and driver != implied:
+                s.problem("driver", f'a device on a {bus.type} bus uses the "{implied}" driver')
+            unit = s.take("unit", conv.in_range(0, 255), 1)
+            interval = (
+                s.take("interval", conv.positive_duration, DEFAULT_INTERVAL) or DEFAULT_INTERVAL
+            )
+            points = self._device_points(s, templates)
+            s.finish()
+            if bus and bus.timeout > interval:
+                s.problem(
+                    "interval",
+                    f"bus {bus.name} timeout ({bus.timeout:g}s) is longer than the interval "
+                    f"({interval:g}s): a silent device will make polls overrun",
+                    warning=True,
+                )
+            if device_name and bus:
+                template = cast(str | None, s.data.get("template"))
+                result.append(
+                    DeviceConfig(
+                        device_name, bus.name, driver, interval, unit or 0, template, points
+                    )
+                )
+        return result
+
+    def _device_points(
+        self, s: Section, templates: list[TemplateConfig]
+    ) -> tuple[PointConfig, ...]:
+        points: list[PointConfig] = []
+        template_name = s.take("template", conv.text, None)
+        if template_name is not None:
+            found = next((t for t in templates if t.name == template_name), None)
+            if found:
+                points.extend(found.points)
+            else:
+                known = [t.name for t in templates]
+                s.problem(
+                    "template",
+                    f'no template named "{template_name}"{suggest(template_name, known)}',
+                )
+        own = self._points(s)
+        inherited = {p.name for p in points}
+        for point in own:
+            if point.name in inherited:
+                s.problem(
+                    "point", f'point "{point.name}" is also defined by template {template_name}'
+                )
+        points.extend(own)
+        if not points and template_name is None and not s.has("point"):
+            s.problem(None, "has no points: add [[device.point]] tables or a template")
+        return tuple(points)
+
+    def _points(self, owner: Section) -> tuple[PointConfig, ...]:
+        result: list[PointConfig] = []
+        seen: set[str] = set()
+        for index, data in owner.tables("point"):
+            path = f"{owner.path}.point.{data.get('name', index[-1])}"
+            section = owner.child("point", index, path, data)
+            point = _point(section)
+            if point is None:
+                continue
+            if point.name in seen:
+                section.problem("name", f'another point of {owner.path} is named "{point.name}"')
+            seen.add(point.name)
+            result.append(point)
+        return tuple(result)
+
+    # --- cross-checks
+
+    def _check_unique(self, kind: str, names: list[str]) -> None:
+        seen: set[str] = set()
+        for n in names:
+            if n in seen:
+                self.problems.at(f"{kind}.{n}", f'two [[{kind}]] tables are named "{n}"')
+            seen.add(n)
+
+    def _check_drivers(self, buses: list[BusConfig], devices: list[DeviceConfig]) -> None:
+        """Each bus's driver validates what only it knows; no I/O happens here."""
+        for bus in buses:
+            try:
+                driver = load_driver(BUS_DRIVERS[bus.type])
+            except DriverError as exc:
+                self.problems.at(f"bus.{bus.name}.type", str(exc))
+                continue
+            on_bus = [d for d in devices if d.bus == bus.name]
+            for path, message in driver.validate(bus, on_bus):
+                self.problems.at(path, message)
+
+    def _relative(self, value: str) -> Path:
+        path = Path(value)
+        return path if path.is_absolute() else self.path.parent / path
+
+    def _optional_path(self, value: str | None) -> Path | None:
+        return None if value is None else self._relative(value)
+
+
+def _point(s: Section) -> PointConfig | None:
+    point_name = s.take("name", conv.name)
+    table = s.take("table", conv.one_of(*TABLES), "holding")
+    default_type = "bool" if table in BIT_TABLES else "uint16"
+    point_type = s.take("type", conv.one_of(*POINT_TYPES), default_type)
+    address = s.take("address", conv.in_range(0, ADDRESS_SPACE - 1))
+    length = s.take("length", conv.in_range(1, 250), 0) or 0
+    values: dict[str, Any] = {
+        "order": s.take("order", conv.one_of(*ORDERS), "ABCD"),
+        "scale": s.take("scale", conv.number, 1.0),
+        "offset": s.take("offset", conv.number, 0.0),
+        "unit": s.take("unit", conv.text, ""),
+        "deadband": s.take("deadband", conv.number, None),
+        "heartbeat": s.take("heartbeat", conv.positive_duration, None),
+        "writable": s.take("writable", conv.boolean, False),
+        "min": s.take("min", conv.number, None),
+        "max": s.take("max", conv.number, None),
+    }
+    s.finish()
+    if None in (point_name, table, point_type, address) or None in (
+        values["order"],
+        values["scale"],
+        values["offset"],
+        values["unit"],
+        values["writable"],
+    ):
+        return None
+    point = PointConfig(
+        name=cast(str, point_name),
+        table=cast(Any, table),
+        address=cast(int, address),
+        type=cast(Any, point_type),
+        length=length,
+        **values,
+    )
+    return point if _point_fits(s, point) else None
+
+
+def _point_fits(s: Section, point: PointConfig) -> bool:
+    """Cross-field checks of one point; drivers see only points that pass them."""
+    before = len(s.problems.errors)
+    if point.table in BIT_TABLES and point.type != "bool":
+        s.problem(
+            "type", f"a {point.table} holds single bits: its type must be bool, not {point.type}"
+        )
+    if point.type == "string" and not point.length:
+        s.problem("length", "is required for a string point (its number of characters)")
+    if point.type != "string" and s.has("length"):
+        s.problem("length", "applies only to string points")
+    last = point.address + point.count - 1
+    if last >= ADDRESS_SPACE:
+        s.problem(
+            "address",
+            f"{point.type} at {point.address} needs {point.count} registers and runs past the end "
+            f"of the address space (last would be {last}, the highest is {ADDRESS_SPACE - 1})",
+        )
+    if point.writable and point.table in _READ_ONLY_TABLES:
+        s.problem(
+            "writable",
+            f"{point.table} {'registers' if point.table == 'input' else 'inputs'} are read-only",
+        )
+    if point.min is not None and point.max is not None and point.min > point.max:
+        s.problem("min", f"min ({point.min:g}) is greater than max ({point.max:g})")
+    if point.deadband is not None and point.deadband < 0:
+        s.problem("deadband", "cannot be negative")
+    if point.scale == 0:
+        s.problem("scale", "cannot be zero")
+    return len(s.problems.errors) == before
+
+
+def _bus_type(value: Any) -> str:
+    word = conv.text(value)
+    if word in _PLANNED_BUS_TYPES:
+        raise ValueError(
+            f'bus type "{word}" is not supported by this version yet; supported: '
+            f"{', '.join(BUS_DRIVERS)}"
+        )
+    return conv.one_of(*BUS_DRIVERS)(word)
+
+
+def _host_name() -> str:
+    """The default agent id: the host name, cut to what is valid in a topic."""
+    host = socket.gethostname().split(".")[0]
+    return "".join(c if c.isalnum() or c in "_-" else "-" for c in host) or "gateway"

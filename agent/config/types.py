@@ -1,0 +1,150 @@
+"""Frozen, typed configuration objects: what the rest of the agent sees of the TOML file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Table = Literal["holding", "input", "coil", "discrete"]
+PointType = Literal[
+    "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
+]
+WordOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
+
+TABLES: tuple[Table, ...] = ("holding", "input", "coil", "discrete")
+BIT_TABLES: frozenset[str] = frozenset({"coil", "discrete"})
+ORDERS: tuple[WordOrder, ...] = ("ABCD", "DCBA", "BADC", "CDAB")
+#: Registers each fixed-size type occupies; a string's size comes from its ``length``.
+TYPE_REGISTERS: dict[str, int] = {
+    "bool": 1,
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float32": 2,
+    "float64": 4,
+}
+POINT_TYPES: tuple[str, ...] = (*TYPE_REGISTERS, "string")
+
+
+@dataclass(frozen=True, slots=True)
+class PointConfig:
+    """One value of a device: where it lives and how its raw registers become a reading."""
+
+    name: str
+    table: Table = "holding"
+    address: int = 0
+    type: PointType = "uint16"
+    order: WordOrder = "ABCD"
+    length: int = 0  # characters, for strings only
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+    deadband: float | None = None
+    heartbeat: float | None = None  # seconds
+    writable: bool = False
+    min: float | None = None
+    max: float | None = None
+
+    @property
+    def count(self) -> int:
+        """How many registers (or bits, on coil/discrete tables) the point spans."""
+        if self.table in BIT_TABLES:
+            return 1
+        if self.type == "string":
+            return (self.length + 1) // 2
+        return TYPE_REGISTERS[self.type]
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateConfig:
+    """A named set of points that devices can share."""
+
+    name: str
+    points: tuple[PointConfig, ...]
+    source: str = ""  # file it came from, for `edge-agent templates`
+
+
+@dataclass(frozen=True, slots=True)
+class BusConfig:
+    """A physical or network bus; every device on it shares one connection."""
+
+    name: str
+    type: str  # modbus-tcp (more bus types come with their drivers)
+    host: str = ""
+    port: int = 502
+    timeout: float = 1.0
+    request_gap: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """A device polled on its interval; its points come from ``point`` entries or a template."""
+
+    name: str
+    bus: str
+    driver: str
+    interval: float
+    unit: int = 1
+    template: str | None = None
+    points: tuple[PointConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSection:
+    id: str
+    data_dir: Path
+    log_level: str = "info"
+    include: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BufferSection:
+    max_size: int = 200 * 1000 * 1000
+    flush_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSection:
+    host: str = "localhost"
+    port: int = 1883
+    tls: bool = False
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never printed
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+    topic_prefix: str = "edge"
+    qos: int = 1
+    batch_max: int = 500
+    batch_interval: float = 1.0
+    health_interval: float = 60.0
+    command_ttl: float = 60.0
+    keepalive: float = 60.0
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole, validated configuration."""
+
+    source: Path
+    agent: AgentSection
+    buffer: BufferSection
+    mqtt: MqttSection
+    buses: tuple[BusConfig, ...] = ()
+    devices: tuple[DeviceConfig, ...] = ()
+    templates: tuple[TemplateConfig, ...] = ()
+
+    def bus(self, name: str) -> BusConfig:
+        return next(b for b in self.buses if b.name == name)
+
+    def device(self, name: str) -> DeviceConfig:
+        return next(d for d in self.devices if d.name == name)

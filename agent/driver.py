@@ -1,0 +1,76 @@
+"""The driver interface, and how a driver is found by name.
+
+A driver is built for one bus and owns its connection. The scheduler calls it one transaction at a
+time, so a driver never has to lock.
+
+A driver **must**:
+
+* ``validate(bus, devices)`` — classmethod, no I/O: the problems of this bus and its devices as
+  ``(key path, message)`` pairs, e.g. ``("device.meter.point.volts", "…")``;
+* be an async context manager: ``__aenter__`` connects (it may raise ``BusError``; the scheduler
+  retries), ``__aexit__`` disconnects and never raises;
+* ``read(device)`` — one poll: a ``Poll`` of what it read; raise ``DeviceError`` (or ``BusError``
+  when the connection itself broke) when nothing could be read. Never return ``None``.
+
+A driver **may** offer ``describe(device) -> list[str]``: the requests a poll makes, for logs.
+
+Built-in drivers register through the same ``edge_agent.drivers`` entry-point group that third
+parties use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from types import TracebackType
+from typing import Protocol
+
+from .config.types import BusConfig, DeviceConfig
+from .errors import UnknownDriverError
+from .model import Poll
+
+ENTRY_POINT_GROUP = "edge_agent.drivers"
+
+
+class Driver(Protocol):
+    """A connection to one bus, and the way to poll the devices on it."""
+
+    @classmethod
+    def validate(cls, bus: BusConfig, devices: Sequence[DeviceConfig]) -> list[tuple[str, str]]: ...
+
+    def __init__(self, bus: BusConfig) -> None: ...
+
+    async def __aenter__(self) -> Driver: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def read(self, device: DeviceConfig) -> Poll: ...
+
+
+#: Which driver serves the devices on a bus of each type.
+BUS_DRIVERS: dict[str, str] = {"modbus-tcp": "modbus"}
+
+
+def driver_names() -> list[str]:
+    """Every registered driver name, sorted."""
+    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def load_driver(name: str) -> type[Driver]:
+    """The driver class registered as ``name``; only that driver's module is imported."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            try:
+                driver: type[Driver] = ep.load()
+            except (ImportError, AttributeError) as exc:
+                raise UnknownDriverError(
+                    f"driver {name!r} ({ep.value}) cannot be loaded: {exc}"
+                ) from exc
+            return driver
+    known = ", ".join(driver_names()) or "none (is edge-agent installed?)"
+    raise UnknownDriverError(f"unknown driver {name!r}; known drivers: {known}")

@@ -1,0 +1,34 @@
+"""The data that flows from drivers to the broker."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+#: A reading's value as it is sent: JSON number, boolean or string.
+Value = bool | int | float | str
+
+
+@dataclass(frozen=True)
+class Poll:
+    """What one poll of one device produced.
+
+    ``values`` holds the points that were read; ``errors`` says, per failed request or point,
+    what went wrong. A driver raises instead of returning a poll where nothing at all was read.
+    """
+
+    values: Mapping[str, Value]
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One poll of one device as buffered and sent: SPEC §4's sample."""
+
+    id: int
+    device: str
+    ts: int  # ms since the Unix epoch, when the poll's first request went out
+    values: Mapping[str, Value] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {"id": self.id, "device": self.device, "ts": self.ts, "values": dict(self.values)}

@@ -1,0 +1,138 @@
+"""Polling: one owner task per bus, devices polled on their interval, one transaction at a time.
+
+Polls are aligned to the wall clock (a 10 s device reads at :00, :10, …) but waited for on the
+monotonic clock, so a clock step does not stall or burst the schedule. A poll that comes due while
+the bus is busy waits its turn; one whose slot passed entirely is skipped and counted as an overrun.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from .backoff import Backoff
+from .clock import Clock
+from .config import BusConfig, DeviceConfig
+from .driver import Driver
+from .errors import BusError, DeviceError
+from .model import Value
+
+log = logging.getLogger(__name__)
+
+#: Receives each poll's values: device name, poll time (ms), values.
+Sink = Callable[[str, int, Mapping[str, Value]], None]
+
+
+@dataclass
+class DeviceHealth:
+    """What the scheduler knows of one device, for logs, ``health`` and ``status``."""
+
+    ok: int = 0
+    errors: int = 0
+    overruns: int = 0
+    last_error: str = ""
+    failing: bool = False
+
+
+def next_slot(wall: float, interval: float) -> float:
+    """The first wall-clock multiple of ``interval`` strictly after ``wall``."""
+    return (math.floor(wall / interval) + 1) * interval
+
+
+class BusPoller:
+    """Owns one bus: connects its driver, polls each device when due, reconnects with backoff."""
+
+    def __init__(
+        self,
+        bus: BusConfig,
+        devices: Sequence[DeviceConfig],
+        driver: type[Driver],
+        sink: Sink,
+        clock: Clock | None = None,
+    ) -> None:
+        self.bus = bus
+        self.devices = list(devices)
+        self.driver = driver
+        self.sink = sink
+        self.clock = clock or Clock()
+        self.health = {d.name: DeviceHealth() for d in devices}
+        self.connected = False
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        backoff = Backoff(initial=0.5, maximum=30.0)
+        while True:
+            try:
+                async with self.driver(self.bus) as driver:
+                    self._set_connected(True, "")
+                    backoff.reset()
+                    await self._poll(driver)
+            except BusError as exc:
+                self._set_connected(False, str(exc))
+                for name in self.health:
+                    self._failed(name, str(exc))
+                await asyncio.sleep(backoff.next_delay())
+
+    async def _poll(self, driver: Driver) -> None:
+        due: list[tuple[float, int, DeviceConfig]] = []
+        for order, device in enumerate(self.devices):
+            heapq.heappush(due, (self._next_due(device), order, device))
+        while True:
+            when, order, device = heapq.heappop(due)
+            await asyncio.sleep(max(0.0, when - self.clock.monotonic()))
+            await self._poll_device(driver, device)
+            heapq.heappush(due, (self._next_due(device, after=when), order, device))
+            if self.bus.request_gap:
+                await asyncio.sleep(self.bus.request_gap)
+
+    def _next_due(self, device: DeviceConfig, after: float | None = None) -> float:
+        """Monotonic time of the device's next wall-aligned slot; counts slots missed since
+        ``after`` (when the previous poll was due) as overruns."""
+        now_mono, now_wall = self.clock.monotonic(), self.clock.wall()
+        slot = next_slot(now_wall, device.interval)
+        if after is not None:
+            missed = int((now_mono - after) / device.interval)
+            if missed:
+                self.health[device.name].overruns += missed
+                log.debug("device %s: %d poll(s) skipped, the bus was busy", device.name, missed)
+        return now_mono + (slot - now_wall)
+
+    async def _poll_device(self, driver: Driver, device: DeviceConfig) -> None:
+        ts = self.clock.wall_ms()
+        try:
+            poll = await driver.read(device)
+        except DeviceError as exc:
+            self._failed(device.name, str(exc))
+            return
+        if poll.errors:
+            self._failed(device.name, "; ".join(poll.errors))
+        else:
+            self._recovered(device.name)
+        if poll.values:
+            self.health[device.name].ok += 1
+            self.sink(device.name, ts, poll.values)
+
+    def _failed(self, name: str, error: str) -> None:
+        health = self.health[name]
+        health.errors += 1
+        health.last_error = error
+        if not health.failing:
+            health.failing = True
+            log.warning("device %s: %s", name, error)
+
+    def _recovered(self, name: str) -> None:
+        health = self.health[name]
+        if health.failing:
+            health.failing = False
+            log.info("device %s: answering again", name)
+
+    def _set_connected(self, connected: bool, error: str) -> None:
+        if connected and not self.connected:
+            log.info("bus %s: connected", self.bus.name)
+        elif not connected and self.connected:
+            log.warning("bus %s: lost: %s", self.bus.name, error)
+        self.connected = connected

@@ -1,0 +1,166 @@
+"""The MQTT link: telemetry batches out of the buffer, ``status`` and ``meta`` retained.
+
+One owner task runs ``Uplink.run``; it reconnects with backoff whenever the broker goes away and
+re-sends whatever the broker had not acknowledged. With QoS 1, ``publish`` returns only after the
+PUBACK, and only then do the samples leave the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from typing import Any
+
+import aiomqtt
+
+from . import __version__
+from .aio import wait_event
+from .backoff import Backoff
+from .buffer import Buffer
+from .clock import Clock
+from .config import Config, MqttSection
+from .model import Sample
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT = 10.0
+
+
+def _json(payload: Any) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def meta_payload(config: Config) -> dict[str, Any]:
+    """SPEC §4 ``meta``: every device and point with its driver, unit, type, writable, interval."""
+    return {
+        "agent": config.agent.id,
+        "version": __version__,
+        "devices": {
+            d.name: {
+                "driver": d.driver,
+                "bus": d.bus,
+                "interval": d.interval,
+                "points": {
+                    p.name: {"type": p.type, "unit": p.unit, "writable": p.writable}
+                    for p in d.points
+                },
+            }
+            for d in config.devices
+        },
+    }
+
+
+def telemetry_payload(agent_id: str, samples: list[Sample]) -> bytes:
+    """SPEC §4 telemetry batch."""
+    return _json({"agent": agent_id, "samples": [s.to_json() for s in samples]})
+
+
+class Uplink:
+    """Sends the buffer's samples to the broker, oldest first, one acknowledged batch at a time."""
+
+    def __init__(self, config: Config, buffer: Buffer, clock: Clock | None = None) -> None:
+        self.config = config
+        self.mqtt: MqttSection = config.mqtt
+        self.buffer = buffer
+        self.clock = clock or Clock()
+        self.topic = f"{self.mqtt.topic_prefix}/{config.agent.id}"
+        self.connected = False
+        self.connects = 0  # successful connections; more than one means reconnects
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._started = self.clock.wall_ms()
+
+    def wake(self) -> None:
+        """New samples are in the buffer."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Connect, send, and reconnect with backoff until ``stop``."""
+        backoff = Backoff(initial=1.0, maximum=60.0)
+        while not self._stopping.is_set():
+            try:
+                async with self._client() as client:
+                    backoff.reset()
+                    await self._online(client)
+                    await self._send_until_stopped(client)
+                    await self._offline(client)
+                    return
+            except aiomqtt.MqttError as exc:
+                self.buffer.release()
+                if self.connected:
+                    log.warning("mqtt %s: link lost: %s", self.mqtt.url, exc)
+                elif backoff.attempts == 0:
+                    log.warning("mqtt %s: cannot connect: %s", self.mqtt.url, exc)
+                self.connected = False
+                await wait_event(self._stopping, backoff.next_delay())
+
+    async def stop(self) -> None:
+        """Ask ``run`` to send what is due, publish ``offline`` and disconnect cleanly."""
+        self._stopping.set()
+        self._wake.set()
+
+    def _client(self) -> aiomqtt.Client:
+        will = aiomqtt.Will(f"{self.topic}/status", _json({"state": "offline"}), qos=1, retain=True)
+        return aiomqtt.Client(
+            self.mqtt.host,
+            self.mqtt.port,
+            identifier=self.mqtt.client_id,
+            username=self.mqtt.username,
+            password=self.mqtt.password,
+            will=will,
+            keepalive=int(self.mqtt.keepalive),
+            timeout=PUBLISH_TIMEOUT,
+            tls_context=self._tls_context(),
+        )
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.mqtt.tls:
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.mqtt.ca_file) if self.mqtt.ca_file else None
+        )
+        if self.mqtt.client_cert_file:
+            context.load_cert_chain(
+                str(self.mqtt.client_cert_file),
+                str(self.mqtt.client_key_file) if self.mqtt.client_key_file else None,
+            )
+        return context
+
+    async def _online(self, client: aiomqtt.Client) -> None:
+        status = {"state": "online", "version": __version__, "started": self._started}
+        await self._publish(client, "status", _json(status), qos=1, retain=True)
+        await self._publish(client, "meta", _json(meta_payload(self.config)), qos=1, retain=True)
+        log.info("mqtt %s: connected as %s", self.mqtt.url, self.mqtt.client_id)
+        self.connects += 1
+        self.connected = True
+
+    async def _offline(self, client: aiomqtt.Client) -> None:
+        await self._publish(client, "status", _json({"state": "offline"}), qos=1, retain=True)
+        self.connected = False
+
+    async def _send_until_stopped(self, client: aiomqtt.Client) -> None:
+        """Send batches as samples arrive, at most one batch per ``batch_interval`` while live."""
+        loop = asyncio.get_running_loop()
+        last_sent = 0.0
+        while True:
+            self._wake.clear()  # before take: a sample added while we publish wakes the next round
+            batch = self.buffer.take(self.mqtt.batch_max)
+            if batch:
+                payload = telemetry_payload(self.config.agent.id, batch)
+                await self._publish(client, "telemetry", payload, self.mqtt.qos)
+                self.buffer.acknowledge(batch)
+                last_sent = loop.time()
+                continue
+            if self._stopping.is_set():
+                return
+            await self._wake.wait()
+            pause = last_sent + self.mqtt.batch_interval - loop.time()
+            if pause > 0:
+                await wait_event(self._stopping, pause)
+
+    async def _publish(
+        self, client: aiomqtt.Client, subtopic: str, payload: bytes, qos: int, retain: bool = False
+    ) -> None:
+        await client.publish(f"{self.topic}/{subtopic}", payload, qos=qos, retain=retain)

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The demo: simulated Modbus devices → edge-agent → local buffer → local MQTT broker.
+# Sets itself up (Mosquitto, a virtual environment), starts the simulator and the agent on
+# config.toml, and prints the messages arriving at the broker. Stops everything it started.
+# Usage: scripts/demo.sh [--follow]    (--follow: keep printing until Ctrl-C)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=$(scripts/setup.sh | tail -n 1)
+if ! command -v mosquitto_sub >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get install -y -qq mosquitto-clients >/dev/null
+fi
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+  for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.1; done
+  echo "demo: nothing answers on 127.0.0.1:$1" >&2; return 1
+}
+
+if port_open 1883; then
+  echo "demo: using the MQTT broker already listening on 127.0.0.1:1883"
+else
+  echo "demo: starting Mosquitto on 127.0.0.1:1883"
+  conf=$(mktemp)
+  printf 'listener 1883 127.0.0.1\nallow_anonymous true\npersistence false\n' >"$conf"
+  "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$conf" >/dev/null 2>&1 &
+  pids+=($!)
+  wait_port 1883
+fi
+
+echo "demo: simulating the devices of config.toml on 127.0.0.1:5020"
+"$venv/bin/edge-agent" simulate -c config.toml --tcp 127.0.0.1:5020 &
+pids+=($!)
+wait_port 5020
+
+echo "demo: starting edge-agent run -c config.toml"
+"$venv/bin/edge-agent" run -c config.toml &
+pids+=($!)
+
+topic="fields/demo-gw01/#"
+echo "demo: messages on $topic (retained status and meta first, then telemetry):"
+if [ "${1:-}" = "--follow" ]; then
+  mosquitto_sub -h 127.0.0.1 -p 1883 -t "$topic" -v
+else
+  mosquitto_sub -h 127.0.0.1 -p 1883 -t "$topic" -v -C 6 -W 60 || {
+    echo "demo: no readings arrived within 60 s" >&2; exit 1; }
+  echo "demo: readings arrive; run scripts/demo.sh --follow to keep watching"
+fi

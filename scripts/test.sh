@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite: lint (ruff), types (mypy) and pytest on every supported Python found
+# (3.10, 3.11, 3.13 — on PATH or under pyenv). With CI=true every one of them must be present.
+# Usage: scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+supported=(3.10 3.11 3.13)
+pythons=()
+missing=()
+for version in "${supported[@]}"; do
+  found=""
+  for candidate in "python$version" "$HOME/.pyenv/versions/$version"*/bin/python; do
+    if command -v "$candidate" >/dev/null 2>&1; then found=$(command -v "$candidate"); break; fi
+  done
+  if [ -n "$found" ]; then pythons+=("$found"); else missing+=("$version"); fi
+done
+if [ ${#pythons[@]} -eq 0 ]; then
+  pythons=(python3)  # a plain gateway: test on the system Python
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "${CI:-}" = "true" ]; then
+    echo "test: Python ${missing[*]} not found; CI tests every supported version" >&2
+    exit 1
+  fi
+  echo "test: Python ${missing[*]} not found; testing on ${pythons[*]}" >&2
+fi
+
+mapfile -t venvs < <(scripts/setup.sh "${pythons[@]}")
+
+lint_venv=${venvs[-1]}
+echo "== ruff" >&2
+"$lint_venv/bin/ruff" check .
+"$lint_venv/bin/ruff" format --check .
+echo "== mypy" >&2
+"$lint_venv/bin/mypy"
+
+status=0
+for venv in "${venvs[@]}"; do
+  echo "== pytest on Python ${venv#.venv/}" >&2
+  set +e
+  "$venv/bin/python" -m pytest "$@"
+  code=$?
+  set -e
+  if [ $code -eq 5 ]; then
+    echo "test: pytest collected no tests on ${venv#.venv/}: that is a failure" >&2
+    code=1
+  fi
+  [ $code -eq 0 ] || status=$code
+done
+exit $status

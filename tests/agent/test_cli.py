@@ -1,0 +1,57 @@
+"""The command line: exit codes and one-line errors, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from tests.rig.agent import cli
+
+ROOT = Path(__file__).parents[2]
+
+
+def test_check_accepts_the_demo_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "-c", str(ROOT / "config.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "ok (1 bus(es), 2 device(s), 8 point(s), 0 warning(s))" in out
+
+
+def test_check_prints_every_problem_and_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[agent]\nid = "gw"\nlog_levle = "info"\n[mqtt]\nqos = 5\n')
+    result = cli("check", "-c", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f'{config}:3: agent.log_levle: unknown key (did you mean "log_level"?)',
+        f"{config}:5: mqtt.qos: 5 is out of range 0..1",
+        f"{config}: 2 problem(s)",
+    ]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
+    result = cli("run", "-c", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2
+    assert f"{tmp_path}/nope.toml:0: (file): no such file: create it or pass -c" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_defaults_to_the_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "site.toml"
+    config.write_text((ROOT / "config.toml").read_text())
+    monkeypatch.setenv("EDGE_AGENT_CONFIG", str(config))
+    assert main(["check"]) == 0
+    assert str(config) in capsys.readouterr().out
+
+
+def test_simulate_refuses_a_bad_address(capsys: pytest.CaptureFixture[str]) -> None:
+    result = cli("simulate", "-c", str(ROOT / "config.toml"), "--tcp", "localhost")
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(
+        'simulate: "localhost" is not HOST:PORT, e.g. 127.0.0.1:5020'
+    )
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,140 @@
+"""The scheduler: wall-aligned polls, one transaction per bus, failures logged on transition."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar
+
+import pytest
+
+from agent.aio import cancel_and_wait
+from agent.clock import Clock
+from agent.config import BusConfig, DeviceConfig, PointConfig
+from agent.errors import DeviceError
+from agent.model import Poll, Value
+from agent.scheduler import BusPoller, next_slot
+from tests.conftest import run
+
+BUS = BusConfig("plc", "modbus-tcp", host="127.0.0.1")
+
+
+def device(name: str, interval: float) -> DeviceConfig:
+    return DeviceConfig(name, "plc", "fake", interval, points=(PointConfig("v"),))
+
+
+class FakeDriver:
+    """Records reads and overlapping transactions; fails the devices listed in ``failing``."""
+
+    failing: ClassVar[dict[str, int]] = {}
+    active: ClassVar[int] = 0
+    overlaps: ClassVar[int] = 0
+    reads: ClassVar[list[str]] = []
+
+    @classmethod
+    def validate(cls, bus: BusConfig, devices: Sequence[DeviceConfig]) -> list[tuple[str, str]]:
+        return []
+
+    def __init__(self, bus: BusConfig) -> None:
+        self.bus = bus
+
+    async def __aenter__(self) -> FakeDriver:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+    async def read(self, device: DeviceConfig) -> Poll:
+        cls = type(self)
+        cls.active += 1
+        cls.overlaps += cls.active > 1
+        try:
+            await asyncio.sleep(0.005)  # a transaction takes time on the wire
+            cls.reads.append(device.name)
+            if cls.failing.get(device.name, 0) > 0:
+                cls.failing[device.name] -= 1
+                raise DeviceError("unit 1: no response")
+            return Poll({"v": len(cls.reads)})
+        finally:
+            cls.active -= 1
+
+
+@pytest.fixture(autouse=True)
+def fresh_fake() -> None:
+    FakeDriver.failing, FakeDriver.active, FakeDriver.overlaps, FakeDriver.reads = {}, 0, 0, []
+
+
+@dataclass(frozen=True)
+class ShiftedClock(Clock):
+    """Real monotonic time; wall time moved so that tests can place slots."""
+
+    shift: float = 0.0
+
+    def wall(self) -> float:
+        return super().wall() + self.shift
+
+
+class Collector:
+    """The scheduler's sink: records samples and signals when ``count`` have arrived."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.samples: list[tuple[str, int]] = []
+        self.enough = asyncio.Event()
+
+    def __call__(self, name: str, ts: int, values: Mapping[str, Value]) -> None:
+        self.samples.append((name, ts))
+        if len(self.samples) >= self.count:
+            self.enough.set()
+
+
+async def poll_until_enough(poller: BusPoller, collector: Collector) -> None:
+    task = asyncio.create_task(poller.run())
+    try:
+        await collector.enough.wait()
+    finally:
+        await cancel_and_wait(task)
+
+
+def test_next_slot_is_aligned_to_the_wall_clock() -> None:
+    assert next_slot(1_764_316_803.2, 10) == 1_764_316_810
+    assert next_slot(1_764_316_810.0, 10) == 1_764_316_820  # strictly after
+    assert next_slot(59.9, 0.25) == 60.0
+
+
+def test_poll_times_fall_on_interval_multiples() -> None:
+    sink = Collector(3)
+    poller = BusPoller(BUS, [device("a", 0.1)], FakeDriver, sink, ShiftedClock(0.0))
+    run(poll_until_enough(poller, sink), timeout=10)
+    # ts is taken when the poll starts; the loop wakes at the slot, a few ms late at most
+    assert all(ts % 100 < 60 for _, ts in sink.samples), sink.samples
+
+
+def test_one_transaction_at_a_time_per_bus() -> None:
+    sink = Collector(12)
+    devices = [device("a", 0.05), device("b", 0.05), device("c", 0.05)]
+    poller = BusPoller(BUS, devices, FakeDriver, sink)
+    run(poll_until_enough(poller, sink), timeout=10)
+    assert FakeDriver.overlaps == 0
+    assert {name for name, _ in sink.samples} == {"a", "b", "c"}
+
+
+def test_failure_is_logged_once_on_the_transition_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="agent.scheduler")
+    FakeDriver.failing = {"a": 4}
+    sink = Collector(2)
+    poller = BusPoller(BUS, [device("a", 0.02)], FakeDriver, sink)
+    run(poll_until_enough(poller, sink), timeout=10)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("device a: unit 1: no response") == 1
+    assert messages.count("device a: answering again") == 1
+    health = poller.health["a"]
+    assert health.errors == 4 and health.ok >= 2 and not health.failing
+    assert health.last_error == "unit 1: no response"

@@ -1,0 +1,92 @@
+"""``edge-agent`` run as a real child process, as systemd would run it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+def cli(
+    *args: str, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``edge-agent ARGS`` to completion and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        check=False,
+    )
+
+
+class AgentProcess:
+    """``edge-agent run -c CONFIG`` in the background; stopped by its PID."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.log = config.with_suffix(".log")
+        self._process: subprocess.Popen[bytes] | None = None
+        self._notify: socket.socket | None = None
+
+    def start(self) -> None:
+        """Start it with a ``NOTIFY_SOCKET`` of our own, as systemd would."""
+        # a short path of its own: unix socket paths are limited to 108 bytes
+        address = tempfile.mkdtemp(prefix="edge-agent-") + "/notify"
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind(address)
+        with self.log.open("ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "-c", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": address},
+            )
+
+    def wait_notified(self, state: str = "READY=1", timeout: float = 20) -> None:
+        """Block until the agent sends ``state`` to its notify socket."""
+        assert self._notify is not None, "agent not started"
+        self._notify.settimeout(timeout)
+        try:
+            while state not in self._notify.recv(4096).decode().split("\n"):
+                pass
+        except TimeoutError:
+            raise TimeoutError(
+                f"agent did not notify {state} in {timeout}s:\n{self.output()}"
+            ) from None
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self._process is not None, "agent not started"
+        self._process.send_signal(sig)
+
+    def wait(self, timeout: float = 20) -> int:
+        assert self._process is not None, "agent not started"
+        code = self._process.wait(timeout=timeout)
+        self._process = None
+        if self._notify is not None:
+            address = Path(self._notify.getsockname())
+            self._notify.close()
+            shutil.rmtree(address.parent, ignore_errors=True)
+            self._notify = None
+        return code
+
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM and wait; SIGKILL if it does not stop in time. Returns the exit code."""
+        if self._process is None:
+            return 0
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=timeout)
+            raise
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
