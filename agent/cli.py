@@ -131,10 +131,10 @@ def _setup_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Library chatter is not the technician's business: pymodbus warns on every failed connect,
-    # which our transition logs already say once.
+    # Library chatter is not the technician's business: pymodbus logs every failed connect and
+    # every unanswered request (with a hex dump), which our transition logs say once instead.
     if level != "debug":
-        logging.getLogger("pymodbus").setLevel(logging.ERROR)
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
         logging.getLogger("aiomqtt").setLevel(logging.WARNING)
 
 

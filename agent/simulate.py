@@ -1,8 +1,9 @@
 """``edge-agent simulate``: serve the configured Modbus devices as simulated slaves.
 
 Each ``modbus-tcp`` bus is served on its own host and port, with one slave per device (its unit id,
-its points, values that move over time); ``--tcp HOST:PORT`` serves every device on one address
-instead, for a laptop with no hardware.
+its points, values that move over time). ``--tcp HOST:PORT`` serves them on a laptop with no
+hardware instead: the first bus on PORT, the next on PORT+1, and so on (two buses may both have a
+unit 1, so they cannot share a port).
 """
 
 from __future__ import annotations
@@ -30,17 +31,20 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def plan(config: Config, tcp: str | None) -> list[tuple[str, int, list[DeviceConfig]]]:
     """Which devices to serve on which address."""
+    addresses = [(bus.host, bus.port) for bus in config.buses]
     if tcp:
         host, port = parse_address(tcp)
-        return [(host, port, list(config.devices))]
+        addresses = [(host, port + i) for i in range(len(config.buses))]
     return [
-        (bus.host, bus.port, [d for d in config.devices if d.bus == bus.name])
-        for bus in config.buses
+        (host, port, [d for d in config.devices if d.bus == bus.name])
+        for bus, (host, port) in zip(config.buses, addresses, strict=True)
     ]
 
 
-async def serve(config: Config, tcp: str | None, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set."""
+async def serve(
+    config: Config, tcp: str | None, stop: asyncio.Event, ready: asyncio.Event | None = None
+) -> None:
+    """Serve until ``stop`` is set; ``ready`` is set once every simulator listens."""
     try:
         servers = [
             ModbusSimulator(slaves_for_bus(devices), host, port, animate=True)
@@ -60,6 +64,8 @@ async def serve(config: Config, tcp: str | None, stop: asyncio.Event) -> None:
                 ) from None
             units = ", ".join(f"{s.unit}" for s in server.slaves.values())
             print(f"simulating unit(s) {units} on {server.host}:{server.port}", flush=True)
+        if ready:
+            ready.set()
         await stop.wait()
 
 

@@ -24,8 +24,15 @@ for python in "${pythons[@]}"; do
   if [ ! -x "$venv/bin/python" ]; then
     echo "setup: creating $venv" >&2
     "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
   fi
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+  # Install again only when the dependencies changed: the stamp holds pyproject.toml's checksum.
+  stamp="$venv/.installed"
+  wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    echo "setup: installing edge-agent and its test tools into $venv" >&2
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" >&2
+    echo "$wanted" >"$stamp"
+  fi
   echo "$venv"
 done

@@ -10,8 +10,9 @@ pythons=()
 missing=()
 for version in "${supported[@]}"; do
   found=""
-  for candidate in "python$version" "$HOME/.pyenv/versions/$version"*/bin/python; do
-    if command -v "$candidate" >/dev/null 2>&1; then found=$(command -v "$candidate"); break; fi
+  for candidate in "$HOME/.pyenv/versions/$version".*/bin/python "python$version"; do
+    # a pyenv shim is on PATH even where it cannot run that version: try it
+    if "$candidate" -c 'import venv' >/dev/null 2>&1; then found=$(command -v "$candidate"); break; fi
   done
   if [ -n "$found" ]; then pythons+=("$found"); else missing+=("$version"); fi
 done
@@ -26,7 +27,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "test: Python ${missing[*]} not found; testing on ${pythons[*]}" >&2
 fi
 
-mapfile -t venvs < <(scripts/setup.sh "${pythons[@]}")
+venv_list=$(scripts/setup.sh "${pythons[@]}")
+mapfile -t venvs <<<"$venv_list"
 
 lint_venv=${venvs[-1]}
 echo "== ruff" >&2

@@ -1,0 +1,189 @@
+"""Turn a point's raw Modbus registers (or bit) into a reading, and back. Pure functions, no I/O.
+
+Word orders, for the 32- and 64-bit types, name the bytes of the value from most to least
+significant (A first) as they appear on the wire:
+
+* ``ABCD`` — big-endian: most significant register first, high byte first in each register;
+* ``CDAB`` — registers in reverse order, high byte first in each ("word swap");
+* ``BADC`` — registers in big order, the two bytes inside each register swapped ("byte swap");
+* ``DCBA`` — fully little-endian bytes (both swaps).
+
+The same two swaps apply to 64-bit values over four registers. On a 16-bit type only the byte swap
+has an effect (``BADC`` and ``DCBA`` read the register byte-swapped). Strings honour only the byte
+swap too: reversing the register order of a character array is not something devices do.
+
+``decode`` scales numbers as ``raw * scale + offset``; with the identity scaling an integer stays
+an ``int`` (a uint16 reads ``410``, not ``410.0``). Floats are cut to the digits they carry: the
+shortest decimal that is the same float32, and 15 significant digits after scaling. A float
+register holding NaN or ±inf decodes to that value unchanged: whether to publish it is the
+caller's decision.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from typing import Literal
+
+from agent.config.types import BIT_TABLES, PointConfig, WordOrder
+from agent.model import Value
+
+#: ``struct`` format (big-endian) of each fixed-size numeric type.
+_FORMATS: dict[str, str] = {
+    "int16": ">h",
+    "uint16": ">H",
+    "int32": ">i",
+    "uint32": ">I",
+    "int64": ">q",
+    "uint64": ">Q",
+    "float32": ">f",
+    "float64": ">d",
+}
+_FLOAT_TYPES = frozenset({"float32", "float64"})
+_WORD_SWAPPED: frozenset[WordOrder] = frozenset({"CDAB", "DCBA"})
+_BYTE_SWAPPED: frozenset[WordOrder] = frozenset({"BADC", "DCBA"})
+
+
+def int_range(point_type: str) -> tuple[int, int]:
+    """The smallest and largest raw value of an integer type, e.g. ``(-32768, 32767)`` for int16."""
+    bits = struct.calcsize(_FORMATS[point_type]) * 8
+    if point_type.startswith("u"):
+        return 0, (1 << bits) - 1
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def decode(point: PointConfig, raw: Sequence[int] | Sequence[bool]) -> Value:
+    """The reading of ``point`` from its raw registers, or its one bit on a coil/discrete table.
+
+    ``raw`` must hold exactly ``point.count`` items. On a bit table the reading is a bool whatever
+    the point's type. Raises ``ValueError`` when ``raw`` has the wrong length.
+    """
+    if len(raw) != point.count:
+        raise ValueError(f"point {point.name}: expected {point.count} values, got {len(raw)}")
+    if point.table in BIT_TABLES:
+        return bool(raw[0])
+    registers = [int(r) for r in raw]
+    if point.type == "bool":
+        return registers[0] != 0
+    if point.type == "string":
+        return _decode_string(point, registers)
+    number: int | float = struct.unpack(_FORMATS[point.type], _to_bytes(registers, point.order))[0]
+    if point.type == "float32":
+        number = _shortest_float32(number)
+    if point.scale == 1 and point.offset == 0:
+        return number
+    # Scaling in binary floating point adds noise in the last digits (993 * 0.1 is
+    # 99.30000000000001): 15 significant digits keep every digit a register can mean.
+    return _significant(number * point.scale + point.offset, 15)
+
+
+def _significant(number: float, digits: int) -> float:
+    return float(f"{number:.{digits}g}")
+
+
+def _shortest_float32(number: float) -> float:
+    """The shortest decimal that is still the same float32.
+
+    Widened to a double, a float32 shows digits it never had (231.2 becomes 231.1999969482422),
+    which cost bytes on a metered link and confuse people.
+    """
+    exact = struct.pack(">f", number)
+    for digits in (6, 7, 8):
+        candidate = _significant(number, digits)
+        if struct.pack(">f", candidate) == exact:
+            return candidate
+    return _significant(number, 9)  # 9 digits always identify a float32
+
+
+def encode(point: PointConfig, value: Value) -> list[int] | list[bool]:
+    """The raw registers (or one bit) that make ``point`` read ``value``: the inverse of ``decode``.
+
+    Numbers are unscaled as ``(value - offset) / scale`` and, for integer types, rounded to the
+    nearest integer. Raises ``ValueError`` with a message naming the point when the value has the
+    wrong kind or does not fit the type (out of range, string too long or not ASCII).
+    """
+    if point.table in BIT_TABLES:
+        return [_as_bool(point, value)]
+    if point.type == "bool":
+        return [1 if _as_bool(point, value) else 0]
+    if point.type == "string":
+        return _encode_string(point, value)
+    try:
+        data = struct.pack(_FORMATS[point.type], _unscale(point, value))
+    except (struct.error, OverflowError) as exc:
+        # Only floats get here (too large for float32, or an int too large for any float):
+        # integers were range-checked by _unscale.
+        raise ValueError(f"point {point.name}: {value!r} does not fit {point.type}") from exc
+    return _from_bytes(data, point.order)
+
+
+def _byteorder(order: WordOrder) -> Literal["little", "big"]:
+    """How the two bytes inside each register are laid out."""
+    return "little" if order in _BYTE_SWAPPED else "big"
+
+
+def _to_bytes(registers: Sequence[int], order: WordOrder) -> bytes:
+    """The value's bytes, most significant first, from registers laid out in ``order``."""
+    words = list(reversed(registers)) if order in _WORD_SWAPPED else list(registers)
+    byteorder = _byteorder(order)
+    return b"".join(w.to_bytes(2, byteorder) for w in words)
+
+
+def _from_bytes(data: bytes, order: WordOrder) -> list[int]:
+    """Registers laid out in ``order`` from the value's bytes, most significant first."""
+    byteorder = _byteorder(order)
+    words = [int.from_bytes(data[i : i + 2], byteorder) for i in range(0, len(data), 2)]
+    return words[::-1] if order in _WORD_SWAPPED else words
+
+
+def _decode_string(point: PointConfig, registers: list[int]) -> str:
+    byteorder = _byteorder(point.order)
+    data = b"".join(r.to_bytes(2, byteorder) for r in registers)[: point.length]
+    # Devices pad fixed-width strings with NULs or spaces; neither is part of the text.
+    return data.rstrip(b"\x00 ").decode("ascii", errors="replace")
+
+
+def _encode_string(point: PointConfig, value: Value) -> list[int]:
+    if not isinstance(value, str):
+        raise ValueError(f"point {point.name}: expected a string, got {value!r}")
+    try:
+        data = value.encode("ascii")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"point {point.name}: {value!r} is not ASCII") from exc
+    if len(data) > point.length:
+        raise ValueError(f"point {point.name}: {value!r} is longer than {point.length} characters")
+    data = data.ljust(point.count * 2, b"\x00")
+    byteorder = _byteorder(point.order)
+    return [int.from_bytes(data[i : i + 2], byteorder) for i in range(0, len(data), 2)]
+
+
+def _as_bool(point: PointConfig, value: Value) -> bool:
+    # 0 and 1 are accepted too: a JSON command or a technician may well send them.
+    if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"point {point.name}: expected a boolean, got {value!r}")
+
+
+def _unscale(point: PointConfig, value: Value) -> int | float:
+    """The raw number for ``value``: unscaled, rounded and range-checked for integer types."""
+    if isinstance(value, (bool, str)):
+        raise ValueError(f"point {point.name}: expected a number, got {value!r}")
+    if point.scale == 0:
+        raise ValueError(f"point {point.name}: scale is 0, no raw value gives {value!r}")
+    identity = point.scale == 1 and point.offset == 0
+    if point.type in _FLOAT_TYPES:
+        return float(value) if identity else (value - point.offset) / point.scale
+    # An int with the identity scaling skips float arithmetic, which would lose the low bits
+    # of a 64-bit value.
+    exact = value if identity else (value - point.offset) / point.scale
+    if isinstance(exact, float) and not math.isfinite(exact):
+        raise ValueError(f"point {point.name}: {value!r} is not a finite number")
+    raw = round(exact)
+    low, high = int_range(point.type)
+    if not low <= raw <= high:
+        raise ValueError(
+            f"point {point.name}: {value!r} is out of range for {point.type} "
+            f"(raw {raw}, allowed {low}..{high})"
+        )
+    return raw

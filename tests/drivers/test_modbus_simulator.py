@@ -1,0 +1,243 @@
+"""The simulator, seen through pymodbus's own client on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusIOException
+
+from agent.config.types import DeviceConfig, PointConfig, PointType
+from drivers.modbus.codec import decode
+from drivers.modbus.simulator import (
+    ModbusSimulator,
+    SimulatedSlave,
+    UndefinedAddressError,
+    animate_slave,
+    slaves_for_bus,
+)
+
+POINTS = (
+    PointConfig("voltage", "input", 0, "float32", min=220.0, max=240.0),
+    PointConfig("energy", "input", 2, "uint64", order="DCBA"),
+    PointConfig("setpoint", "holding", 0, "int16", scale=0.1, writable=True),
+    PointConfig("limits", "holding", 1, "uint32", order="CDAB", writable=True),
+    PointConfig("model", "holding", 10, "string", length=10),
+    PointConfig("relay", "coil", 0, "bool", writable=True),
+    PointConfig("pump", "coil", 1, "bool", writable=True),
+    PointConfig("door", "discrete", 3, "bool"),
+)
+
+
+def run(body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run an async test body; a hang fails after 20 s instead of blocking the suite."""
+    asyncio.run(asyncio.wait_for(body(), timeout=20))
+
+
+@asynccontextmanager
+async def client(port: int, timeout: float = 0.5) -> AsyncIterator[AsyncModbusTcpClient]:
+    """A plain pymodbus client with neither retries nor reconnects."""
+    modbus = AsyncModbusTcpClient(
+        "127.0.0.1", port=port, timeout=timeout, retries=0, reconnect_delay=0
+    )
+    assert await modbus.connect()
+    try:
+        yield modbus
+    finally:
+        modbus.close()
+
+
+def test_port_zero_picks_a_free_port() -> None:
+    async def body() -> None:
+        async with ModbusSimulator([]) as first, ModbusSimulator([]) as second:
+            assert 0 not in (first.port, second.port)
+            assert first.port != second.port
+
+    run(body)
+
+
+def test_a_port_in_use_raises_oserror() -> None:
+    async def body() -> None:
+        async with ModbusSimulator([]) as first:
+            taken = f"cannot listen on 127.0.0.1:{first.port}: .*Address already in use"
+            with pytest.raises(OSError, match=taken) as caught:
+                async with ModbusSimulator([], port=first.port):
+                    pass
+        # agent.simulate shows the cause to the technician: it must be the real reason.
+        assert isinstance(caught.value.__cause__, OSError)
+        assert "Address already in use" in str(caught.value.__cause__)
+
+    run(body)
+
+
+def test_values_reach_a_real_client() -> None:
+    async def body() -> None:
+        slave = SimulatedSlave(7, POINTS)
+        slave.set_value("voltage", 231.5)
+        slave.set_value("energy", 2**40 + 3)
+        slave.set_value("setpoint", -12.5)
+        slave.set_value("model", "SDM630")
+        slave.set_value("door", True)
+        async with ModbusSimulator([slave]) as sim, client(sim.port) as modbus:
+            inputs = await modbus.read_input_registers(0, count=6, device_id=7)
+            holding = await modbus.read_holding_registers(10, count=5, device_id=7)
+            doors = await modbus.read_discrete_inputs(3, count=1, device_id=7)
+        assert decode(POINTS[0], inputs.registers[0:2]) == 231.5
+        assert decode(POINTS[1], inputs.registers[2:6]) == 2**40 + 3
+        assert decode(POINTS[4], holding.registers) == "SDM630"
+        assert doors.bits[0] is True
+        assert slave.value("setpoint") == -12.5
+        assert slave.registers("holding", 0, 1) == [0xFF83]  # -125 in two's complement
+
+    run(body)
+
+
+def test_client_writes_update_the_image() -> None:
+    async def body() -> None:
+        slave = SimulatedSlave(1, POINTS)
+        async with ModbusSimulator([slave]) as sim, client(sim.port) as modbus:
+            assert not (await modbus.write_register(0, 0xFF38, device_id=1)).isError()  # FC 6
+            written = await modbus.write_registers(1, [0x5678, 0x1234], device_id=1)  # FC 16
+            assert not written.isError()
+            assert not (await modbus.write_coil(0, True, device_id=1)).isError()  # FC 5
+            assert not (await modbus.write_coils(0, [False, True], device_id=1)).isError()  # FC 15
+        assert slave.value("setpoint") == -20.0
+        assert slave.value("limits") == 0x12345678
+        assert (slave.value("relay"), slave.value("pump")) == (False, True)
+        assert slave.requests == 4
+
+    run(body)
+
+
+def test_undefined_addresses_answer_exception_2() -> None:
+    async def body() -> None:
+        slave = SimulatedSlave(1, POINTS)
+        async with ModbusSimulator([slave]) as sim, client(sim.port) as modbus:
+            # Registers 3..9 belong to no point: a read across them is refused as a whole.
+            across = await modbus.read_holding_registers(0, count=11, device_id=1)
+            write = await modbus.write_register(5, 1, device_id=1)
+            bits = await modbus.read_discrete_inputs(0, count=4, device_id=1)
+            inside = await modbus.read_holding_registers(0, count=3, device_id=1)
+        assert [r.exception_code for r in (across, write, bits)] == [2, 2, 2]
+        assert not inside.isError()
+        assert slave.requests == 4  # refusals are answers too
+
+    run(body)
+
+
+def test_dead_and_unknown_units_stay_silent() -> None:
+    async def body() -> None:
+        slave = SimulatedSlave(1, POINTS)
+        slave.dead = True
+        async with ModbusSimulator([slave]) as sim, client(sim.port, timeout=0.3) as modbus:
+            for unit in (1, 2):
+                with pytest.raises(ModbusIOException, match="No response"):
+                    await modbus.read_holding_registers(0, count=1, device_id=unit)
+            slave.dead = False
+            assert not (await modbus.read_holding_registers(0, count=1, device_id=1)).isError()
+        assert slave.requests == 1
+
+    run(body)
+
+
+def test_animation_moves_values_and_spares_writable_points() -> None:
+    async def body() -> None:
+        (slave,) = slaves_for_bus([DeviceConfig("m", "b", "modbus", 1.0, unit=3, points=POINTS)])
+        slave.set_value("setpoint", 42.0)
+        start = slave.value("voltage")
+        async with ModbusSimulator([slave], animate=True, interval=0.02) as sim:
+            for _ in range(50):  # near a peak of the sine one step may change nothing visible
+                await sim.next_step()
+                if slave.value("voltage") != start:
+                    break
+            assert slave.value("voltage") != start
+        assert 220.0 <= slave.value("voltage") <= 240.0  # type: ignore[operator]
+        assert slave.value("setpoint") == 42.0
+        assert slave.value("model") == "SIM-3"
+
+    run(body)
+
+
+def test_animation_stops_with_the_simulator() -> None:
+    async def body() -> None:
+        sim = ModbusSimulator([SimulatedSlave(1, POINTS)], animate=True, interval=0.01)
+        async with sim:
+            await sim.next_step()
+        running = [task.get_name() for task in asyncio.all_tasks()]
+        assert "modbus simulator animate" not in running
+        with pytest.raises(RuntimeError, match="not animating"):
+            await sim.next_step()
+
+    run(body)
+
+
+def test_slaves_for_bus_starts_from_plausible_values() -> None:
+    devices = [
+        DeviceConfig("a", "b", "modbus", 1.0, unit=1, points=POINTS),
+        DeviceConfig("c", "b", "modbus", 1.0, unit=2, points=POINTS[:1]),
+    ]
+    first, second = slaves_for_bus(devices)
+    assert (first.unit, second.unit) == (1, 2)
+    assert list(second.points) == ["voltage"]
+    assert first.value("model") == "SIM-1"
+    assert 220.0 <= first.value("voltage") <= 240.0  # type: ignore[operator]
+    assert isinstance(first.value("relay"), bool)
+
+
+def test_image_access_checks_addresses_and_values() -> None:
+    slave = SimulatedSlave(1, POINTS)
+    with pytest.raises(UndefinedAddressError, match="no point covers holding 3"):
+        slave.registers("holding", 0, 4)
+    with pytest.raises(UndefinedAddressError):
+        slave.set_registers("holding", 2, [1, 2])
+    assert slave.registers("holding", 2, 1) == [0]  # nothing was written
+    with pytest.raises(ValueError, match=r"0\.\.65535"):
+        slave.set_registers("holding", 0, [0x10000])
+    with pytest.raises(ValueError, match="out of range"):
+        slave.set_value("setpoint", 5000.0)
+    with pytest.raises(KeyError, match="no point 'nope'"):
+        slave.value("nope")
+
+
+def test_duplicate_units_are_refused() -> None:
+    with pytest.raises(ValueError, match="unit id 1"):
+        ModbusSimulator([SimulatedSlave(1, ()), SimulatedSlave(1, ())])
+
+
+NUMERIC: tuple[PointType, ...] = (
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float32",
+    "float64",
+)
+
+
+@given(
+    type_=st.sampled_from(NUMERIC),
+    scale=st.sampled_from([1.0, 0.1, 0.001, 100.0, -2.0]),
+    offset=st.sampled_from([0.0, -40.0, 1e6]),
+    bounds=st.tuples(st.none() | st.floats(-1e40, 1e40), st.none() | st.floats(-1e40, 1e40)),
+    t=st.floats(0, 1e7),
+)
+def test_animated_values_always_fit_their_type(
+    type_: PointType,
+    scale: float,
+    offset: float,
+    bounds: tuple[float | None, float | None],
+    t: float,
+) -> None:
+    low, high = bounds
+    point = PointConfig("x", type=type_, scale=scale, offset=offset, min=low, max=high)
+    slave = SimulatedSlave(1, [point])
+    animate_slave(slave, t)  # raises ValueError if a value did not fit
+    assert isinstance(slave.value("x"), (int, float))
