@@ -53,7 +53,11 @@ class Driver(Protocol):
 
 
 #: Which driver serves the devices on a bus of each type.
-BUS_DRIVERS: dict[str, str] = {"modbus-tcp": "modbus"}
+BUS_DRIVERS: dict[str, str] = {
+    "modbus-tcp": "modbus",
+    "modbus-rtu": "modbus",
+    "modbus-rtu-over-tcp": "modbus",
+}
 
 
 def driver_names() -> list[str]:

@@ -16,8 +16,10 @@ from .sections import Problems, Section, suggest
 from .source import SourceFile, TomlSyntaxError, read_toml
 from .types import (
     BIT_TABLES,
+    BUS_TYPES,
     ORDERS,
     POINT_TYPES,
+    SERIAL_BUS_TYPES,
     TABLES,
     AgentSection,
     BufferSection,
@@ -34,7 +36,6 @@ DEFAULT_INTERVAL = 10.0
 _TOP_LEVEL = ("agent", "buffer", "mqtt", "bus", "device", "template")
 _INCLUDED_TOP_LEVEL = ("bus", "device", "template")
 _READ_ONLY_TABLES = ("input", "discrete")
-_PLANNED_BUS_TYPES = ("modbus-rtu", "modbus-rtu-over-tcp", "serial")
 
 
 def load_config(
@@ -210,19 +211,10 @@ class _Loader:
         result = []
         for index, data in root.tables("bus"):
             s = root.child("bus", index, f"bus.{data.get('name', index[-1])}", data)
-            bus_name = s.take("name", conv.name)
-            bus_type = s.take("type", _bus_type)
-            host = s.take("host", conv.text, "")
-            port = s.take("port", conv.in_range(1, 65535), 502)
-            timeout = s.take("timeout", conv.positive_duration, 1.0)
-            gap = s.take("request_gap", conv.duration, 0.0)
+            bus = _bus(s)
             s.finish()
-            if bus_name and bus_type:
-                result.append(
-                    BusConfig(
-                        bus_name, bus_type, host or "", port or 502, timeout or 1.0, gap or 0.0
-                    )
-                )
+            if bus:
+                result.append(bus)
         return result
 
     def _templates(self, root: Section) -> list[TemplateConfig]:
@@ -297,6 +289,7 @@ class _Loader:
                     "point", f'point "{point.name}" is also defined by template {template_name}'
                 )
         points.extend(own)
+        _check_exponents(s, points)
         if not points and template_name is None and not s.has("point"):
             s.problem(None, "has no points: add [[device.point]] tables or a template")
         return tuple(points)
@@ -348,7 +341,7 @@ class _Loader:
 def _point(s: Section) -> PointConfig | None:
     point_name = s.take("name", conv.name)
     table = s.take("table", conv.one_of(*TABLES), "holding")
-    default_type = "bool" if table in BIT_TABLES else "uint16"
+    default_type = "bool" if table in BIT_TABLES or s.has("bit") else "uint16"
     point_type = s.take("type", conv.one_of(*POINT_TYPES), default_type)
     address = s.take("address", conv.in_range(0, ADDRESS_SPACE - 1))
     length = s.take("length", conv.in_range(1, 250), 0) or 0
@@ -362,6 +355,9 @@ def _point(s: Section) -> PointConfig | None:
         "writable": s.take("writable", conv.boolean, False),
         "min": s.take("min", conv.number, None),
         "max": s.take("max", conv.number, None),
+        "bit": s.take("bit", conv.in_range(0, 15), None),
+        "not_available": s.take("not_available", _numbers, ()),
+        "scale_exponent": s.take("scale_exponent", conv.name, None),
     }
     s.finish()
     if None in (point_name, table, point_type, address) or None in (
@@ -383,6 +379,28 @@ def _point(s: Section) -> PointConfig | None:
     return point if _point_fits(s, point) else None
 
 
+def _check_exponents(s: Section, points: list[PointConfig]) -> None:
+    """A ``scale_exponent`` must name an integer point of the same device."""
+    by_name = {p.name: p for p in points}
+    for point in points:
+        if point.scale_exponent is None:
+            continue
+        other = by_name.get(point.scale_exponent)
+        if other is None or other.type not in ("int16", "uint16", "int32"):
+            s.problem(
+                "point",
+                f"point {point.name}: scale_exponent must name an int16 point of this device, "
+                f'not "{point.scale_exponent}"{suggest(point.scale_exponent, by_name)}',
+            )
+
+
+def _numbers(value: Any) -> tuple[float, ...]:
+    """A list of raw values; TOML writes them as 0x7FFF, 65535 or nan."""
+    if not isinstance(value, list):
+        raise TypeError("must be a list of raw values, e.g. [0x7FFF, nan]")
+    return tuple(conv.number(v) for v in value)
+
+
 def _point_fits(s: Section, point: PointConfig) -> bool:
     """Cross-field checks of one point; drivers see only points that pass them."""
     before = len(s.problems.errors)
@@ -401,6 +419,10 @@ def _point_fits(s: Section, point: PointConfig) -> bool:
             f"{point.type} at {point.address} needs {point.count} registers and runs past the end "
             f"of the address space (last would be {last}, the highest is {ADDRESS_SPACE - 1})",
         )
+    if point.bit is not None and (point.table in BIT_TABLES or point.type != "bool"):
+        s.problem("bit", "picks one bit of a holding or input register: the type must be bool")
+    if point.not_available and point.type in ("bool", "string"):
+        s.problem("not_available", f"applies to numbers, not to {point.type} points")
     if point.writable and point.table in _READ_ONLY_TABLES:
         s.problem(
             "writable",
@@ -415,14 +437,34 @@ def _point_fits(s: Section, point: PointConfig) -> bool:
     return len(s.problems.errors) == before
 
 
-def _bus_type(value: Any) -> str:
-    word = conv.text(value)
-    if word in _PLANNED_BUS_TYPES:
-        raise ValueError(
-            f'bus type "{word}" is not supported by this version yet; supported: '
-            f"{', '.join(BUS_DRIVERS)}"
-        )
-    return conv.one_of(*BUS_DRIVERS)(word)
+def _bus(s: Section) -> BusConfig | None:
+    """One ``[[bus]]``: network buses take host and port, serial ones a port path and line."""
+    bus_name = s.take("name", conv.name)
+    bus_type = s.take("type", conv.one_of(*BUS_TYPES))
+    d = BusConfig("", "modbus-tcp")
+    common: dict[str, Any] = {
+        "timeout": s.take("timeout", conv.positive_duration, d.timeout),
+        "request_gap": s.take("request_gap", conv.duration, d.request_gap),
+        "max_registers": s.take("max_registers", conv.in_range(1, 125), d.max_registers),
+        "max_bits": s.take("max_bits", conv.in_range(1, 2000), d.max_bits),
+        "merge_gap": s.take("merge_gap", conv.in_range(0, 124), d.merge_gap),
+    }
+    if bus_type in SERIAL_BUS_TYPES:
+        link: dict[str, Any] = {
+            "serial_port": s.take("port", conv.text),
+            "baudrate": s.take("baudrate", conv.in_range(50, 4_000_000), d.baudrate),
+            "parity": s.take("parity", conv.one_of("N", "E", "O"), d.parity),
+            "stopbits": s.take("stopbits", conv.in_range(1, 2), d.stopbits),
+            "bytesize": s.take("bytesize", conv.in_range(7, 8), d.bytesize),
+        }
+    else:
+        link = {
+            "host": s.take("host", conv.text),
+            "port": s.take("port", conv.in_range(1, 65535), d.port),
+        }
+    if bus_name is None or bus_type is None or None in link.values() or None in common.values():
+        return None
+    return BusConfig(bus_name, cast(Any, bus_type), **link, **common)
 
 
 def _host_name() -> str:

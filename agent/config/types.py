@@ -48,6 +48,11 @@ class PointConfig:
     writable: bool = False
     min: float | None = None
     max: float | None = None
+    bit: int | None = None  # a single bit (0 = least significant) of a register
+    #: Raw values that mean "not available" (e.g. 0x7FFF, 0xFFFF, NaN): no reading, not a number.
+    not_available: tuple[float, ...] = ()
+    #: Another point whose value v scales this one by 10**v (SunSpec's scale factors).
+    scale_exponent: str | None = None
 
     @property
     def count(self) -> int:
@@ -68,16 +73,45 @@ class TemplateConfig:
     source: str = ""  # file it came from, for `edge-agent templates`
 
 
+BusType = Literal["modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp"]
+BUS_TYPES: tuple[BusType, ...] = ("modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp")
+SERIAL_BUS_TYPES: frozenset[str] = frozenset({"modbus-rtu"})
+Parity = Literal["N", "E", "O"]
+
+
 @dataclass(frozen=True, slots=True)
 class BusConfig:
-    """A physical or network bus; every device on it shares one connection."""
+    """A physical or network bus; every device on it shares one connection.
+
+    Network buses use ``host`` and ``port``; serial ones ``serial_port`` (written ``port`` in the
+    file, as a path) and the line settings.
+    """
 
     name: str
-    type: str  # modbus-tcp (more bus types come with their drivers)
+    type: BusType
     host: str = ""
     port: int = 502
+    serial_port: str = ""
+    baudrate: int = 9600
+    parity: Parity = "N"
+    stopbits: int = 1
+    bytesize: int = 8
     timeout: float = 1.0
     request_gap: float = 0.0
+    #: Largest read the slaves on this bus accept (the protocol allows 125 registers, 2000 bits).
+    max_registers: int = 125
+    max_bits: int = 2000
+    #: Unused registers (or bits) a merged read may span between two points.
+    merge_gap: int = 8
+
+    @property
+    def serial(self) -> bool:
+        return self.type in SERIAL_BUS_TYPES
+
+    @property
+    def address(self) -> str:
+        """Where the bus is, for messages: the serial port or host:port."""
+        return self.serial_port if self.serial else f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)

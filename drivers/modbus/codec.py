@@ -65,10 +65,14 @@ def decode(point: PointConfig, raw: Sequence[int] | Sequence[bool]) -> Value:
         return bool(raw[0])
     registers = [int(r) for r in raw]
     if point.type == "bool":
+        if point.bit is not None:
+            return bool(registers[0] >> point.bit & 1)
         return registers[0] != 0
     if point.type == "string":
         return _decode_string(point, registers)
     number: int | float = struct.unpack(_FORMATS[point.type], _to_bytes(registers, point.order))[0]
+    if point.not_available and _is_not_available(point, number):
+        raise NotAvailable(f"point {point.name}: the device says not available ({number})")
     if point.type == "float32":
         number = _shortest_float32(number)
     if point.scale == 1 and point.offset == 0:
@@ -96,6 +100,62 @@ def _shortest_float32(number: float) -> float:
     return _significant(number, 9)  # 9 digits always identify a float32
 
 
+class NotAvailable(ValueError):
+    """The register holds one of the point's ``not_available`` values: there is no reading."""
+
+
+def _is_not_available(point: PointConfig, number: float) -> bool:
+    if isinstance(number, float) and math.isnan(number):
+        return any(math.isnan(v) for v in point.not_available)
+    if isinstance(number, int) and number < 0:
+        # A manual writes an int16 sentinel as 0x8000: compare the raw bits too.
+        low, high = int_range(point.type)
+        return number in point.not_available or number + high - low + 1 in point.not_available
+    return number in point.not_available
+
+
+def decode_request(
+    request_points: Sequence[PointConfig],
+    address: int,
+    raw: Sequence[int] | Sequence[bool],
+    errors: list[str],
+) -> dict[str, Value]:
+    """Each point decoded from its slice of a read that started at ``address``.
+
+    A point whose register says "not available" is left out; one that cannot be decoded is left
+    out with a message in ``errors``.
+    """
+    values: dict[str, Value] = {}
+    for point in request_points:
+        start = point.address - address
+        try:
+            values[point.name] = decode(point, raw[start : start + point.count])
+        except NotAvailable:
+            continue
+        except ValueError as exc:
+            errors.append(str(exc))
+    return values
+
+
+def apply_exponents(
+    points: Sequence[PointConfig], values: dict[str, Value], errors: list[str]
+) -> dict[str, Value]:
+    """Scale points that have a ``scale_exponent`` by 10 to the power of that point's value.
+
+    Without its exponent (not read, or not available) a value means nothing and is left out.
+    """
+    for point in points:
+        if point.scale_exponent is None or point.name not in values:
+            continue
+        value = values[point.name]
+        exponent = values.get(point.scale_exponent)
+        if not isinstance(exponent, int) or isinstance(value, bool | str):
+            del values[point.name]
+            continue
+        values[point.name] = _significant(value * 10.0**exponent, 15)
+    return values
+
+
 def encode(point: PointConfig, value: Value) -> list[int] | list[bool]:
     """The raw registers (or one bit) that make ``point`` read ``value``: the inverse of ``decode``.
 
@@ -106,7 +166,10 @@ def encode(point: PointConfig, value: Value) -> list[int] | list[bool]:
     if point.table in BIT_TABLES:
         return [_as_bool(point, value)]
     if point.type == "bool":
-        return [1 if _as_bool(point, value) else 0]
+        on = _as_bool(point, value)
+        if point.bit is not None:  # the other bits of the register are the caller's to merge
+            return [int(on) << point.bit]
+        return [int(on)]
     if point.type == "string":
         return _encode_string(point, value)
     try:

@@ -22,24 +22,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
-from agent.config.types import BIT_TABLES, TABLES, BusConfig, DeviceConfig, PointConfig, Table
+from agent.config.types import BIT_TABLES, BusConfig, DeviceConfig, Table
 from agent.errors import BusError, DeviceError
 from agent.model import Poll, Value
 
-from .codec import decode
+from .codec import apply_exponents, decode_request
+from .plan import DevicePlan, Request
 
 log = logging.getLogger(__name__)
 
-#: Most registers one read may carry (FC 3/4), and most bits (FC 1/2): the protocol's limits.
-MAX_REGISTERS = 125
-MAX_BITS = 2000
+ILLEGAL_ADDRESS = 2
+
 #: The highest unit id a Modbus device may have (248-255 are reserved).
 MAX_UNIT = 247
 
@@ -57,71 +56,12 @@ EXCEPTION_NAMES: dict[int, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Request:
-    """One read: ``count`` registers (or bits) of ``table`` from ``address``, serving ``points``."""
-
-    table: Table
-    address: int
-    count: int
-    points: tuple[PointConfig, ...]
-
-    @property
-    def end(self) -> int:
-        """The first address after the request."""
-        return self.address + self.count
-
-    @property
-    def span(self) -> str:
-        """The addresses read, for messages: ``"0-9"``, or ``"5"`` for a single one."""
-        last = self.end - 1
-        return str(self.address) if last == self.address else f"{self.address}-{last}"
-
-    def describe(self) -> str:
-        """E.g. ``"holding 0-9 (10 registers): voltage, current"``."""
-        unit = "bit" if self.table in BIT_TABLES else "register"
-        plural = "" if self.count == 1 else "s"
-        names = ", ".join(p.name for p in self.points)
-        return f"{self.table} {self.span} ({self.count} {unit}{plural}): {names}"
-
-
-def max_count(table: Table) -> int:
-    """The most registers or bits one read of ``table`` may carry."""
-    return MAX_BITS if table in BIT_TABLES else MAX_REGISTERS
-
-
-def plan_requests(points: Sequence[PointConfig]) -> list[Request]:
-    """The reads that fetch ``points``: per table, in address order, merging points that touch or
-    overlap while the merged read stays within the protocol's maximum.
-
-    Points are never split and gaps are never bridged (a gap may hold addresses the device
-    refuses). A single point larger than the maximum still gets a request of its own;
-    ``ModbusDriver.validate`` reports it.
-    """
-    requests: list[Request] = []
-    for table in TABLES:
-        mine = sorted((p for p in points if p.table == table), key=lambda p: (p.address, p.name))
-        current: Request | None = None
-        for point in mine:
-            end = point.address + point.count
-            if (
-                current is not None
-                and point.address <= current.end
-                and max(end, current.end) - current.address <= max_count(table)
-            ):
-                count = max(end, current.end) - current.address
-                current = Request(table, current.address, count, (*current.points, point))
-            else:
-                if current is not None:
-                    requests.append(current)
-                current = Request(table, point.address, point.count, (point,))
-        if current is not None:
-            requests.append(current)
-    return requests
-
-
 class _RequestFailed(Exception):
-    """The device answered a request with an exception, or with something unusable."""
+    """The device answered a request with an exception (``code``), or with something unusable."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class _NoResponse(Exception):
@@ -150,6 +90,7 @@ class ModbusDriver:
     def __init__(self, bus: BusConfig) -> None:
         self.bus = bus
         self._client: AsyncModbusTcpClient | None = None
+        self._plans: dict[str, DevicePlan] = {}
 
     async def __aenter__(self) -> ModbusDriver:
         """Connect; raises ``BusError`` when the server cannot be reached within the timeout."""
@@ -186,27 +127,40 @@ class ModbusDriver:
         """Disconnect; never raises."""
         self._close()
 
+    def plan(self, device: DeviceConfig) -> DevicePlan:
+        """The device's reads, kept per device so that refused merges stay split."""
+        plan = self._plans.get(device.name)
+        if plan is None or plan.device != device:
+            plan = self._plans[device.name] = DevicePlan(device, self.bus)
+        return plan
+
     def describe(self, device: DeviceConfig) -> list[str]:
         """One line per read a poll of ``device`` makes."""
-        return [request.describe() for request in plan_requests(device.points)]
+        return self.plan(device).describe()
 
     async def read(self, device: DeviceConfig) -> Poll:
         """Poll ``device`` once; see the module docstring for how failures are reported."""
         values: dict[str, Value] = {}
         errors: list[str] = []
-        requests = plan_requests(device.points)
-        for index, request in enumerate(requests):
+        plan = self.plan(device)
+        pending = list(plan.requests)
+        while pending:
+            request = pending.pop(0)
             try:
                 raw = await self._execute(device, request)
             except _RequestFailed as exc:
+                if exc.code == ILLEGAL_ADDRESS and request.has_holes:
+                    pending[:0] = plan.split(request)  # read again without the holes, now
+                    continue
                 errors.append(str(exc))
                 continue
             except _NoResponse as exc:
                 errors.append(str(exc))
-                if skipped := len(requests) - index - 1:
-                    errors.append(f"device {device.name}: {skipped} more request(s) not sent")
+                if pending:
+                    errors.append(f"device {device.name}: {len(pending)} more request(s) not sent")
                 break
-            values.update(_decode_points(device, request, raw, errors))
+            values.update(decode_request(request.points, request.address, raw, errors))
+        values = apply_exponents(device.points, values, errors)
         if errors and not values:
             raise DeviceError("; ".join(errors))
         if errors:
@@ -279,7 +233,7 @@ def _payload(where: str, request: Request, response: ModbusPDU) -> list[int] | l
     if response.isError():
         code = response.exception_code
         name = EXCEPTION_NAMES.get(code, "unknown exception")
-        raise _RequestFailed(f"{where}: Modbus exception {code} ({name})")
+        raise _RequestFailed(f"{where}: Modbus exception {code} ({name})", code)
     if request.table in BIT_TABLES:
         # Bits come packed in bytes: the response is padded to a multiple of 8.
         bits = list(response.bits)
@@ -292,17 +246,3 @@ def _payload(where: str, request: Request, response: ModbusPDU) -> list[int] | l
             return registers
         got = len(registers)
     raise _RequestFailed(f"{where}: answer has {got} values, {request.count} were asked for")
-
-
-def _decode_points(
-    device: DeviceConfig, request: Request, raw: list[int] | list[bool], errors: list[str]
-) -> dict[str, Value]:
-    """Each point of ``request`` decoded from its slice of ``raw``; failures go to ``errors``."""
-    values: dict[str, Value] = {}
-    for point in request.points:
-        start = point.address - request.address
-        try:
-            values[point.name] = decode(point, raw[start : start + point.count])
-        except ValueError as exc:
-            errors.append(f"device {device.name}: {exc}")
-    return values

@@ -102,7 +102,11 @@ class SimulatedSlave:
     def set_value(self, point_name: str, value: Value) -> None:
         """Make the point read ``value`` (``ValueError`` if it does not fit the point's type)."""
         point = self.point(point_name)
-        self.set_registers(point.table, point.address, encode(point, value))
+        raw = encode(point, value)
+        if point.bit is not None:  # one bit of a register other points may share
+            (current,) = self.registers(point.table, point.address, 1)
+            raw = [int(current) & ~(1 << point.bit) | int(raw[0])]
+        self.set_registers(point.table, point.address, raw)
 
     def value(self, point_name: str) -> Value:
         """What a poll of the point currently reads."""

@@ -14,7 +14,7 @@ from agent.config.types import BusConfig, DeviceConfig, PointConfig
 from agent.driver import load_driver
 from agent.errors import BusError, DeviceError
 from drivers.modbus import ModbusDriver
-from drivers.modbus.driver import MAX_REGISTERS, Request, plan_requests
+from drivers.modbus.plan import MAX_REGISTERS, Request, plan_requests
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 TIMEOUT = 0.5  # the bus timeout: short, since several tests wait for it once
@@ -55,7 +55,10 @@ def device(
 
 
 def bus(port: int, timeout: float = TIMEOUT, host: str = "127.0.0.1") -> BusConfig:
-    return BusConfig(name="field", type="modbus-tcp", host=host, port=port, timeout=timeout)
+    # no merging across holes here: tests/drivers/test_modbus_plan.py covers that
+    return BusConfig(
+        name="field", type="modbus-tcp", host=host, port=port, timeout=timeout, merge_gap=0
+    )
 
 
 def slave(
