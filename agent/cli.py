@@ -15,8 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from .config import Config, load_config
+from . import __version__, tools
+from .config import Config, builtin_templates, load_config
 from .errors import AgentError, ConfigError, Problem
 
 log = logging.getLogger("agent")
@@ -46,11 +46,25 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command("run", "run the agent in the foreground (systemd runs this)")
-    command("check", "validate the configuration and print every problem")
+    check = command("check", "validate the configuration and print every problem")
+    check.add_argument("--plan", action="store_true", help="also print each device's requests")
+    read = command("read", "poll one device now and print what it read")
+    read.add_argument("device")
+    read.add_argument("points", nargs="*", metavar="POINT", help="only these points")
+    read.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    scan = command("scan", "probe a Modbus bus for the unit ids that answer")
+    scan.add_argument("bus")
+    scan.add_argument("--units", default="1-247", type=_units, help="ids to try (default 1-247)")
     simulate = command("simulate", "serve every configured Modbus device as a simulated slave")
-    simulate.add_argument(
-        "--tcp", metavar="HOST:PORT", help="serve all devices on this address instead of each bus's"
+    where = simulate.add_mutually_exclusive_group()
+    where.add_argument(
+        "--tcp", metavar="HOST:PORT", help="serve the buses on HOST:PORT, PORT+1, … instead"
     )
+    where.add_argument(
+        "--pty", action="store_true", help="serve each bus on a pseudo-terminal (prints its path)"
+    )
+    templates = command("templates", "list the device templates, or show one")
+    templates.add_argument("name", nargs="?")
     return parser
 
 
@@ -62,24 +76,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _interrupt)
     path: Path = args.config or default_config_path()
     if args.command == "check":
-        return _check(path)
+        return _check(path, args.plan)
+    if args.command == "templates":
+        return _templates(path, args.name)
     config = _load(path)
     if config is None:
         return EXIT_INVALID
     _setup_logging(config.agent.log_level)
     try:
-        if args.command == "run":
-            from .app import run_until_signalled
-
-            asyncio.run(run_until_signalled(config))
-        elif args.command == "simulate":
-            return _simulate(config, args.tcp)
+        return _dispatch(args, config)
     except KeyboardInterrupt:
         return EXIT_OK
+    except tools.UsageError as exc:
+        print(f"edge-agent {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     except AgentError as exc:
         log.error("%s", exc)
         return EXIT_FAILED
+
+
+def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    if args.command == "run":
+        from .app import run_until_signalled
+
+        asyncio.run(run_until_signalled(config))
+    elif args.command == "read":
+        device = tools.find_device(config, args.device)
+        poll = asyncio.run(tools.read_device(config, args.device, args.points))
+        tools.print_poll(device, poll, args.points, args.json)
+        return EXIT_FAILED if poll.errors else EXIT_OK
+    elif args.command == "scan":
+        from .scan import scan_bus
+
+        asyncio.run(scan_bus(tools.find_bus(config, args.bus), args.units))
+    elif args.command == "simulate":
+        from .simulate import serve_simulation
+
+        return serve_simulation(config, args.tcp, args.pty)
     return EXIT_OK
+
+
+def _units(text: str) -> range:
+    """``1-247`` or ``5`` → the unit ids to scan."""
+    low, _, high = text.partition("-")
+    try:
+        first, last = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'"{text}" is not a unit range such as 1-247') from None
+    if not 0 <= first <= last <= 247:
+        raise argparse.ArgumentTypeError(f'"{text}": unit ids run from 0 to 247')
+    return range(first, last + 1)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -102,7 +148,7 @@ def _load(path: Path) -> Config | None:
     return config
 
 
-def _check(path: Path) -> int:
+def _check(path: Path, plan: bool) -> int:
     try:
         config, warnings = load_config(path)
     except ConfigError as exc:
@@ -116,13 +162,27 @@ def _check(path: Path) -> int:
         f"{path}: ok ({len(config.buses)} bus(es), {len(config.devices)} device(s), "
         f"{points} point(s), {len(warnings)} warning(s))"
     )
+    if plan:
+        print("\n".join(tools.plan_lines(config)))
     return EXIT_OK
 
 
-def _simulate(config: Config, tcp: str | None) -> int:
-    from .simulate import serve_simulation
-
-    return serve_simulation(config, tcp)
+def _templates(path: Path, name: str | None) -> int:
+    """Built-in templates, and the user's when the configuration can be read."""
+    try:
+        templates = load_config(path)[0].templates if path.exists() else builtin_templates()
+    except ConfigError:
+        print(f"{path} is invalid: showing the built-in templates only", file=sys.stderr)
+        templates = tuple(builtin_templates())
+    if name is None:
+        print("\n".join(tools.template_lines(templates)))
+        return EXIT_OK
+    try:
+        print("\n".join(tools.template_detail(tools.find_template(templates, name))))
+    except tools.UsageError as exc:
+        print(f"edge-agent templates: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
 
 
 def _setup_logging(level: str) -> None:

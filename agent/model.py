@@ -19,6 +19,9 @@ class Poll:
 
     values: Mapping[str, Value]
     errors: tuple[str, ...] = ()
+    #: The raw registers or bits behind each value, when the driver was asked to keep them
+    #: (``edge-agent read`` shows them); empty while polling.
+    raw: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ async def serve(
         await stop.wait()
 
 
-def serve_simulation(config: Config, tcp: str | None) -> int:
+def serve_simulation(config: Config, tcp: str | None, pty: bool = False) -> int:
     """Run the simulators until SIGTERM or Ctrl-C."""
 
     async def main() -> None:

@@ -1,6 +1,6 @@
 """The configuration: TOML in, frozen typed objects out, every problem reported at once."""
 
-from .loader import load_config
+from .loader import builtin_templates, load_config
 from .types import (
     AgentSection,
     BufferSection,
@@ -21,5 +21,6 @@ __all__ = [
     "MqttSection",
     "PointConfig",
     "TemplateConfig",
+    "builtin_templates",
     "load_config",
 ]

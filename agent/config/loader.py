@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import drivers
+
 from ..driver import BUS_DRIVERS, load_driver
 from ..errors import ConfigError, DriverError, Problem
 from . import sections as conv
@@ -32,6 +34,8 @@ from .types import (
 )
 
 ADDRESS_SPACE = 65536
+#: Device templates shipped with edge-agent (register maps of common field devices).
+BUILTIN_TEMPLATES = Path(drivers.__file__).parent / "modbus" / "templates"
 DEFAULT_INTERVAL = 10.0
 _TOP_LEVEL = ("agent", "buffer", "mqtt", "bus", "device", "template")
 _INCLUDED_TOP_LEVEL = ("bus", "device", "template")
@@ -50,6 +54,15 @@ def load_config(
     return config, loader.problems.warnings
 
 
+def builtin_templates() -> list[TemplateConfig]:
+    """The templates shipped with edge-agent, without any configuration."""
+    loader = _Loader(BUILTIN_TEMPLATES, {})
+    templates = loader._builtin_templates()
+    if loader.problems.errors:
+        raise ConfigError(loader.problems.items)
+    return templates
+
+
 class _Loader:
     def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
         self.path = path
@@ -66,12 +79,18 @@ class _Loader:
         mqtt = self._mqtt(root, agent.id)
         files = [root, *self._includes(agent)]
         buses = [b for f in files for b in self._buses(f)]
-        templates = [t for f in files for t in self._templates(f)]
+        user_templates = [t for f in files for t in self._templates(f)]
+        # A user template of the same name replaces the built-in one: a technician's fixed copy.
+        templates = list(
+            (
+                {t.name: t for t in self._builtin_templates()} | {t.name: t for t in user_templates}
+            ).values()
+        )
         devices = [d for f in files for d in self._devices(f, buses, templates)]
         for section in files:
             section.finish()
         self._check_unique("bus", [b.name for b in buses])
-        self._check_unique("template", [t.name for t in templates])
+        self._check_unique("template", [t.name for t in user_templates])
         self._check_unique("device", [d.name for d in devices])
         self._check_drivers(buses, devices)
         return Config(
@@ -222,10 +241,23 @@ class _Loader:
         for index, data in root.tables("template"):
             s = root.child("template", index, f"template.{data.get('name', index[-1])}", data)
             template_name = s.take("name", conv.name)
+            description = s.take("description", conv.text, "") or ""
             points = self._points(s)
             s.finish()
             if template_name:
-                result.append(TemplateConfig(template_name, points, str(s.source.path)))
+                source = str(s.source.path)
+                result.append(TemplateConfig(template_name, points, source, description))
+        return result
+
+    def _builtin_templates(self) -> list[TemplateConfig]:
+        """The templates shipped with edge-agent, one or more per file under BUILTIN_TEMPLATES."""
+        result = []
+        for file in sorted(BUILTIN_TEMPLATES.glob("*.toml")):
+            source = self._read(file)
+            if source is not None:
+                root = Section(source, source.data, (), "", self.problems, self.environ)
+                result.extend(self._templates(root))
+                root.finish()
         return result
 
     def _devices(

@@ -71,6 +71,7 @@ class TemplateConfig:
     name: str
     points: tuple[PointConfig, ...]
     source: str = ""  # file it came from, for `edge-agent templates`
+    description: str = ""
 
 
 BusType = Literal["modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp"]

@@ -91,6 +91,8 @@ class ModbusDriver:
         self.bus = bus
         self._client: AsyncModbusTcpClient | None = None
         self._plans: dict[str, DevicePlan] = {}
+        #: Put each point's raw registers in the Poll (for ``edge-agent read``).
+        self.keep_raw = False
 
     async def __aenter__(self) -> ModbusDriver:
         """Connect; raises ``BusError`` when the server cannot be reached within the timeout."""
@@ -142,6 +144,7 @@ class ModbusDriver:
         """Poll ``device`` once; see the module docstring for how failures are reported."""
         values: dict[str, Value] = {}
         errors: list[str] = []
+        raws: dict[str, tuple[int, ...]] = {}
         plan = self.plan(device)
         pending = list(plan.requests)
         while pending:
@@ -160,12 +163,16 @@ class ModbusDriver:
                     errors.append(f"device {device.name}: {len(pending)} more request(s) not sent")
                 break
             values.update(decode_request(request.points, request.address, raw, errors))
+            if self.keep_raw:
+                for point in request.points:
+                    start = point.address - request.address
+                    raws[point.name] = tuple(int(r) for r in raw[start : start + point.count])
         values = apply_exponents(device.points, values, errors)
         if errors and not values:
             raise DeviceError("; ".join(errors))
         if errors:
             log.debug("device %s: partial poll: %s", device.name, "; ".join(errors))
-        return Poll(values=values, errors=tuple(errors))
+        return Poll(values=values, errors=tuple(errors), raw=raws)
 
     async def _execute(self, device: DeviceConfig, request: Request) -> list[int] | list[bool]:
         """The raw registers or bits of one request, or a _RequestFailed/_NoResponse/BusError."""

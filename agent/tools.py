@@ -1,0 +1,147 @@
+"""The technician's tools behind ``edge-agent check --plan``, ``read`` and ``templates``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, TextIO
+
+from .clock import Clock
+from .config import BusConfig, Config, DeviceConfig, TemplateConfig
+from .config.sections import suggest
+from .driver import BUS_DRIVERS, load_driver
+from .errors import AgentError
+from .model import Poll
+
+
+class UsageError(AgentError, ValueError):
+    """The command line names something the configuration does not have."""
+
+
+def find_device(config: Config, name: str) -> DeviceConfig:
+    names = [d.name for d in config.devices]
+    if name not in names:
+        raise UsageError(
+            f'no device named "{name}"{suggest(name, names)}; devices: {", ".join(names)}'
+        )
+    return config.device(name)
+
+
+def find_bus(config: Config, name: str) -> BusConfig:
+    names = [b.name for b in config.buses]
+    if name not in names:
+        raise UsageError(f'no bus named "{name}"{suggest(name, names)}; buses: {", ".join(names)}')
+    return config.bus(name)
+
+
+def plan_lines(config: Config) -> list[str]:
+    """Per device, the requests one poll makes: what ``check --plan`` prints and start-up logs."""
+    lines = []
+    for bus in config.buses:
+        driver = load_driver(BUS_DRIVERS[bus.type])(bus)
+        describe: Callable[[DeviceConfig], list[str]] | None = getattr(driver, "describe", None)
+        for device in (d for d in config.devices if d.bus == bus.name):
+            requests = describe(device) if describe else []
+            lines.append(
+                f"device {device.name} (bus {bus.name}, unit {device.unit}, every "
+                f"{device.interval:g}s): {len(requests)} request(s) for "
+                f"{len(device.points)} point(s)"
+            )
+            lines.extend(f"  {r}" for r in requests)
+    return lines
+
+
+async def read_device(config: Config, device_name: str, point_names: Sequence[str]) -> Poll:
+    """One poll of one device now, with the raw registers behind each value."""
+    device = find_device(config, device_name)
+    if point_names:
+        known = {p.name: p for p in device.points}
+        for name in point_names:
+            if name not in known:
+                raise UsageError(
+                    f'device {device.name} has no point "{name}"{suggest(name, known)}; '
+                    f"points: {', '.join(known)}"
+                )
+        # keep the exponents the chosen points are scaled by
+        wanted = set(point_names) | {known[n].scale_exponent for n in point_names} - {None}
+        device = replace(device, points=tuple(p for p in device.points if p.name in wanted))
+    bus = config.bus(device.bus)
+    driver = load_driver(BUS_DRIVERS[bus.type])(bus)
+    if hasattr(driver, "keep_raw"):
+        driver.keep_raw = True
+    async with driver:
+        return await driver.read(device)
+
+
+def print_poll(
+    device: DeviceConfig, poll: Poll, points: Sequence[str], as_json: bool, out: TextIO = sys.stdout
+) -> None:
+    """The poll as a table (point, value, unit, raw registers) or as JSON."""
+    shown = [p for p in device.points if not points or p.name in points]
+    if as_json:
+        payload: dict[str, Any] = {
+            "device": device.name,
+            "ts": Clock().wall_ms(),
+            "values": {p.name: poll.values[p.name] for p in shown if p.name in poll.values},
+            "raw": {p.name: list(poll.raw[p.name]) for p in shown if p.name in poll.raw},
+            "errors": list(poll.errors),
+        }
+        print(json.dumps(payload, ensure_ascii=False), file=out)
+        return
+    rows = [("point", "value", "unit", "raw")]
+    for p in shown:
+        value = poll.values.get(p.name, "—")
+        raw = " ".join(
+            f"0x{r:04X}" if p.table in ("holding", "input") else str(r)
+            for r in poll.raw.get(p.name, ())
+        )
+        rows.append((p.name, str(value), p.unit, raw))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[3],
+            file=out,
+        )
+    for error in poll.errors:
+        print(f"error: {error}", file=out)
+
+
+def template_lines(templates: Sequence[TemplateConfig]) -> list[str]:
+    """One line per template: name, number of points, description."""
+    width = max((len(t.name) for t in templates), default=0)
+    return [
+        f"{t.name.ljust(width)}  {len(t.points):3d} points  {t.description}".rstrip()
+        for t in sorted(templates, key=lambda t: t.name)
+    ]
+
+
+def template_detail(template: TemplateConfig) -> list[str]:
+    """A template's points: where each lives and how it is decoded."""
+    lines = [
+        f"template {template.name}: {template.description}".rstrip(": "),
+        f"source: {template.source}",
+    ]
+    for p in template.points:
+        extra: list[str] = []
+        if p.type not in ("bool", "int16", "uint16", "string"):
+            extra.append(p.order)
+        if p.scale != 1 or p.offset:
+            extra.append(f"x{p.scale:g}{p.offset:+g}" if p.offset else f"x{p.scale:g}")
+        if p.scale_exponent:
+            extra.append(f"x10^{p.scale_exponent}")
+        if p.bit is not None:
+            extra.append(f"bit {p.bit}")
+        where = f"{p.table:<8} {p.address:>5}"
+        lines.append(f"  {p.name:<20} {where}  {p.type:<8} {p.unit:<6} {' '.join(extra)}".rstrip())
+    return lines
+
+
+def find_template(templates: Sequence[TemplateConfig], name: str) -> TemplateConfig:
+    names = [t.name for t in templates]
+    if name not in names:
+        raise UsageError(
+            f'no template named "{name}"{suggest(name, names)}; run `edge-agent templates`'
+        )
+    return next(t for t in templates if t.name == name)
