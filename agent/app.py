@@ -15,6 +15,7 @@ from .driver import BUS_DRIVERS, load_driver
 from .model import Value
 from .scheduler import BusPoller
 from .systemd import notify
+from .tools import plan_lines
 from .uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class Agent:
         pollers = [asyncio.create_task(p.run(), name=f"bus {p.bus.name}") for p in self.pollers]
         flusher = asyncio.create_task(self._flush_periodically(), name="buffer flush")
         uplink = asyncio.create_task(self.uplink.run(), name="uplink")
+        for line in plan_lines(self.config):
+            log.info("plan: %s", line.strip())
         notify("READY=1")
         log.info(
             "running: %d device(s) on %d bus(es), broker %s",

@@ -36,6 +36,17 @@ class DeviceHealth:
     overruns: int = 0
     last_error: str = ""
     failing: bool = False
+    #: Polls in a row that read nothing; from BACKOFF_AFTER on the device is polled less often.
+    consecutive_failures: int = 0
+    #: While backing off: seconds between attempts, and the monotonic time of the next one.
+    backoff: float = 0.0
+    retry_at: float = 0.0
+
+
+#: Failed polls in a row before a device is retried with growing backoff instead of every slot.
+BACKOFF_AFTER = 3
+#: The longest wait between attempts at a device that does not answer.
+MAX_DEVICE_BACKOFF = 300.0
 
 
 def next_slot(wall: float, interval: float) -> float:
@@ -86,20 +97,32 @@ class BusPoller:
             await asyncio.sleep(max(0.0, when - self.clock.monotonic()))
             await self._poll_device(driver, device)
             heapq.heappush(due, (self._next_due(device, after=when), order, device))
-            if self.bus.request_gap:
-                await asyncio.sleep(self.bus.request_gap)
 
     def _next_due(self, device: DeviceConfig, after: float | None = None) -> float:
-        """Monotonic time of the device's next wall-aligned slot; counts slots missed since
-        ``after`` (when the previous poll was due) as overruns."""
+        """Monotonic time of the device's next wall-aligned slot (after its backoff, if any).
+
+        Slots that passed while the bus was busy since ``after`` (when the previous poll was
+        due) are counted as overruns: they are skipped, never queued up behind each other.
+        """
+        health = self.health[device.name]
         now_mono, now_wall = self.clock.monotonic(), self.clock.wall()
-        slot = next_slot(now_wall, device.interval)
         if after is not None:
-            missed = int((now_mono - after) / device.interval)
-            if missed:
-                self.health[device.name].overruns += missed
-                log.debug("device %s: %d poll(s) skipped, the bus was busy", device.name, missed)
-        return now_mono + (slot - now_wall)
+            self._count_overruns(device, int((now_mono - after) / device.interval))
+        earliest = now_wall + max(0.0, health.retry_at - now_mono)
+        return now_mono + (next_slot(earliest, device.interval) - now_wall)
+
+    def _count_overruns(self, device: DeviceConfig, missed: int) -> None:
+        health = self.health[device.name]
+        if missed <= 0:
+            return
+        if not health.overruns:
+            log.warning(
+                "device %s: a poll could not start before the next was due (the bus is busier "
+                "than the intervals allow: lengthen them, or check for slow devices); "
+                "counting overruns in health",
+                device.name,
+            )
+        health.overruns += missed
 
     async def _poll_device(self, driver: Driver, device: DeviceConfig) -> None:
         ts = self.clock.wall_ms()
@@ -107,7 +130,10 @@ class BusPoller:
             poll = await driver.read(device)
         except DeviceError as exc:
             self._failed(device.name, str(exc))
+            self._back_off(device)
             return
+        health = self.health[device.name]
+        health.consecutive_failures, health.retry_at, health.backoff = 0, 0.0, 0.0
         if poll.errors:
             self._failed(device.name, "; ".join(poll.errors))
         else:
@@ -115,6 +141,25 @@ class BusPoller:
         if poll.values:
             self.health[device.name].ok += 1
             self.sink(device.name, ts, poll.values)
+
+    def _back_off(self, device: DeviceConfig) -> None:
+        """After BACKOFF_AFTER failures in a row, wait longer and longer before trying again,
+        so a dead device cannot eat the bus time of the live ones."""
+        health = self.health[device.name]
+        health.consecutive_failures += 1
+        beyond = health.consecutive_failures - BACKOFF_AFTER
+        if beyond < 0:
+            return
+        health.backoff = min(MAX_DEVICE_BACKOFF, device.interval * 2 ** (beyond + 1))
+        health.retry_at = self.clock.monotonic() + health.backoff
+        if beyond == 0:
+            log.warning(
+                "device %s: %d polls in a row failed; retrying with backoff (up to every %.0fs) "
+                "until it answers",
+                device.name,
+                health.consecutive_failures,
+                MAX_DEVICE_BACKOFF,
+            )
 
     def _failed(self, name: str, error: str) -> None:
         health = self.health[name]

@@ -30,6 +30,7 @@ class FakeDriver:
     """Records reads and overlapping transactions; fails the devices listed in ``failing``."""
 
     failing: ClassVar[dict[str, int]] = {}
+    delay: ClassVar[dict[str, float]] = {}
     active: ClassVar[int] = 0
     overlaps: ClassVar[int] = 0
     reads: ClassVar[list[str]] = []
@@ -54,7 +55,7 @@ class FakeDriver:
         cls.active += 1
         cls.overlaps += cls.active > 1
         try:
-            await asyncio.sleep(0.005)  # a transaction takes time on the wire
+            await asyncio.sleep(cls.delay.get(device.name, 0.005))  # time on the wire
             cls.reads.append(device.name)
             if cls.failing.get(device.name, 0) > 0:
                 cls.failing[device.name] -= 1
@@ -67,6 +68,7 @@ class FakeDriver:
 @pytest.fixture(autouse=True)
 def fresh_fake() -> None:
     FakeDriver.failing, FakeDriver.active, FakeDriver.overlaps, FakeDriver.reads = {}, 0, 0, []
+    FakeDriver.delay = {}
 
 
 @dataclass(frozen=True)
@@ -138,3 +140,34 @@ def test_failure_is_logged_once_on_the_transition_and_counted(
     health = poller.health["a"]
     assert health.errors == 4 and health.ok >= 2 and not health.failing
     assert health.last_error == "unit 1: no response"
+
+
+def test_a_dead_device_backs_off_and_the_live_ones_keep_their_schedule(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="agent.scheduler")
+    FakeDriver.failing = {"dead": 10**6}
+    FakeDriver.delay["dead"] = 0.04  # each attempt waits out a timeout on the bus
+    sink = Collector(count=50)  # only the live devices give samples
+    live = [device("a", 0.05), device("b", 0.05)]
+    poller = BusPoller(BUS, [*live, device("dead", 0.05)], FakeDriver, sink)
+    run(poll_until_enough(poller, sink), timeout=10)
+    attempts = FakeDriver.reads.count("dead")
+    # ~25 slots passed; after 3 failures the dead device waits 0.1, 0.2, 0.4, 0.8 s between tries
+    assert 3 <= attempts <= 8, attempts
+    for name in ("a", "b"):
+        polled = sum(1 for n, _ in sink.samples if n == name)
+        assert polled >= 20, (name, polled)
+        assert poller.health[name].overruns <= 8  # a few slots lost to the dead one's timeouts
+    health = poller.health["dead"]
+    assert health.consecutive_failures == attempts and health.backoff > 0.05
+    backoff_logs = [r for r in caplog.records if "retrying with backoff" in r.getMessage()]
+    assert len(backoff_logs) == 1
+
+
+def test_polls_that_cannot_start_in_time_are_counted_as_overruns() -> None:
+    FakeDriver.delay["slow"] = 0.12  # longer than its own interval
+    sink = Collector(4)
+    poller = BusPoller(BUS, [device("slow", 0.05)], FakeDriver, sink)
+    run(poll_until_enough(poller, sink), timeout=10)
+    assert poller.health["slow"].overruns >= 4

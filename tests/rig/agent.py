@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -24,6 +25,26 @@ def cli(
         cwd=cwd,
         check=False,
     )
+
+
+async def cli_async(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    """``edge-agent ARGS`` without blocking the event loop (for tests serving slaves meanwhile)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 class AgentProcess:
