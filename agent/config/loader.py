@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -244,6 +244,7 @@ class _Loader:
             description = s.take("description", conv.text, "") or ""
             points = self._points(s)
             s.finish()
+            _check_exponents(self.problems, s.path, points, points)
             if template_name:
                 source = str(s.source.path)
                 result.append(TemplateConfig(template_name, points, source, description))
@@ -321,7 +322,7 @@ class _Loader:
                     "point", f'point "{point.name}" is also defined by template {template_name}'
                 )
         points.extend(own)
-        _check_exponents(s, points)
+        _check_exponents(self.problems, s.path, own, points)
         if not points and template_name is None and not s.has("point"):
             s.problem(None, "has no points: add [[device.point]] tables or a template")
         return tuple(points)
@@ -411,18 +412,20 @@ def _point(s: Section) -> PointConfig | None:
     return point if _point_fits(s, point) else None
 
 
-def _check_exponents(s: Section, points: list[PointConfig]) -> None:
-    """A ``scale_exponent`` must name an integer point of the same device."""
+def _check_exponents(
+    problems: Problems, owner: str, mine: Sequence[PointConfig], points: Sequence[PointConfig]
+) -> None:
+    """Each of ``mine`` whose ``scale_exponent`` does not name an integer point of ``points``."""
     by_name = {p.name: p for p in points}
-    for point in points:
+    for point in mine:
         if point.scale_exponent is None:
             continue
         other = by_name.get(point.scale_exponent)
         if other is None or other.type not in ("int16", "uint16", "int32"):
-            s.problem(
-                "point",
-                f"point {point.name}: scale_exponent must name an int16 point of this device, "
-                f'not "{point.scale_exponent}"{suggest(point.scale_exponent, by_name)}',
+            problems.at(
+                f"{owner}.point.{point.name}.scale_exponent",
+                f'"{point.scale_exponent}" is not an int16, uint16 or int32 point of {owner}'
+                f"{suggest(point.scale_exponent, by_name)}",
             )
 
 
@@ -451,8 +454,10 @@ def _point_fits(s: Section, point: PointConfig) -> bool:
             f"{point.type} at {point.address} needs {point.count} registers and runs past the end "
             f"of the address space (last would be {last}, the highest is {ADDRESS_SPACE - 1})",
         )
-    if point.bit is not None and (point.table in BIT_TABLES or point.type != "bool"):
-        s.problem("bit", "picks one bit of a holding or input register: the type must be bool")
+    if point.bit is not None and point.table in BIT_TABLES:
+        s.problem("bit", f"a {point.table} is a single bit already: remove bit")
+    elif point.bit is not None and point.type != "bool":
+        s.problem("bit", f"picks one bit of a register: the type must be bool, not {point.type}")
     if point.not_available and point.type in ("bool", "string"):
         s.problem("not_available", f"applies to numbers, not to {point.type} points")
     if point.writable and point.table in _READ_ONLY_TABLES:

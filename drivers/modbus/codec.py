@@ -100,6 +100,10 @@ def _shortest_float32(number: float) -> float:
     return _significant(number, 9)  # 9 digits always identify a float32
 
 
+#: Largest scale exponent taken as meant: SunSpec's range; beyond it a register holds garbage.
+MAX_EXPONENT = 10
+
+
 class NotAvailable(ValueError):
     """The register holds one of the point's ``not_available`` values: there is no reading."""
 
@@ -151,6 +155,13 @@ def apply_exponents(
         exponent = values.get(point.scale_exponent)
         if not isinstance(exponent, int) or isinstance(value, bool | str):
             del values[point.name]
+            continue
+        if abs(exponent) > MAX_EXPONENT:
+            del values[point.name]
+            errors.append(
+                f"point {point.name}: scale factor {point.scale_exponent} = {exponent} is not "
+                f"plausible (SunSpec allows -{MAX_EXPONENT}..{MAX_EXPONENT})"
+            )
             continue
         values[point.name] = _significant(value * 10.0**exponent, 15)
     return values

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from agent.config.types import ORDERS, PointConfig, PointType, WordOrder
 from agent.model import Value
-from drivers.modbus.codec import decode, encode, int_range
+from drivers.modbus.codec import apply_exponents, decode, encode, int_range
 
 INT_TYPES: tuple[PointType, ...] = ("int16", "uint16", "int32", "uint32", "int64", "uint64")
 #: Each property runs once per type x order: fewer examples per run keep the whole file fast.
@@ -258,3 +258,16 @@ def test_strings_round_trip(order: WordOrder, text: str, spare: int) -> None:
 @given(value=st.booleans())
 def test_bools_round_trip(value: bool) -> None:
     assert decode(point("bool"), encode(point("bool"), value)) is value
+
+
+def test_a_garbage_scale_factor_drops_the_value_with_an_error() -> None:
+    power = PointConfig("power", "holding", 0, "int16", scale_exponent="power_sf")
+    exponent = PointConfig("power_sf", "holding", 1, "int16")
+    errors: list[str] = []
+    values = apply_exponents([power, exponent], {"power": 1234, "power_sf": 0x7FFF}, errors)
+    assert "power" not in values
+    assert errors == ["point power: scale factor power_sf = 32767 is not plausible (SunSpec allows -10..10)"]
+    assert apply_exponents([power, exponent], {"power": 1234, "power_sf": -1}, []) == {
+        "power": 123.4,
+        "power_sf": -1,
+    }

@@ -1,0 +1,1 @@
+"""Benchmarks: figures for the README, never timing asserts in tests."""
