@@ -266,7 +266,9 @@ def test_a_garbage_scale_factor_drops_the_value_with_an_error() -> None:
     errors: list[str] = []
     values = apply_exponents([power, exponent], {"power": 1234, "power_sf": 0x7FFF}, errors)
     assert "power" not in values
-    assert errors == ["point power: scale factor power_sf = 32767 is not plausible (SunSpec allows -10..10)"]
+    assert errors == [
+        "point power: scale factor power_sf = 32767 is not plausible (SunSpec allows -10..10)"
+    ]
     assert apply_exponents([power, exponent], {"power": 1234, "power_sf": -1}, []) == {
         "power": 123.4,
         "power_sf": -1,
