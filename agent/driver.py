@@ -8,7 +8,7 @@ A driver **must**:
 * ``validate(bus, devices)`` — classmethod, no I/O: the problems of this bus and its devices as
   ``(key path, message)`` pairs, e.g. ``("device.meter.point.volts", "…")``;
 * be an async context manager: ``__aenter__`` connects (it may raise ``BusError``; the scheduler
-  retries), ``__aexit__`` disconnects and never raises;
+  retries by entering the same instance again), ``__aexit__`` disconnects and never raises;
 * ``read(device)`` — one poll: a ``Poll`` of what it read; raise ``DeviceError`` (or ``BusError``
   when the connection itself broke) when nothing could be read. Never return ``None``.
 

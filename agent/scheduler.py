@@ -76,9 +76,12 @@ class BusPoller:
     async def run(self) -> None:
         """Poll until cancelled."""
         backoff = Backoff(initial=0.5, maximum=30.0)
+        # One driver for the poller's life, re-entered to reconnect: what it learned about the
+        # devices (refused merged reads, counters) survives a lost connection.
+        driver = self.driver(self.bus)
         while True:
             try:
-                async with self.driver(self.bus) as driver:
+                async with driver:
                     self._set_connected(True, "")
                     backoff.reset()
                     await self._poll(driver)

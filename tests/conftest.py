@@ -34,5 +34,7 @@ def no_leaked_threads() -> Iterator[None]:
     """Fail a test that leaves threads running behind it (pymodbus's lesson)."""
     before = set(threading.enumerate())
     yield
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=2)  # asyncio's child watcher ends just after its child: let it
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not leaked, f"threads leaked: {leaked}"
