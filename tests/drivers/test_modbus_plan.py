@@ -55,7 +55,8 @@ def test_a_refused_merge_is_split_at_once_and_stays_split(caplog: pytest.LogCapt
 
     async def body() -> None:
         async with ModbusSimulator([slave]) as sim:
-            async with ModbusDriver(bus(port=sim.port, timeout=0.5)) as driver:
+            driver = ModbusDriver(bus(port=sim.port, timeout=0.5))
+            async with driver:
                 assert driver.describe(device) == ["holding 0-6 (7 registers): a, b"]
                 first = await driver.read(device)
                 requests_first = slave.requests
