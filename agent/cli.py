@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__, tools
 from .config import Config, builtin_templates, load_config
-from .errors import AgentError, ConfigError, Problem
+from .errors import AgentError, ConfigError, DeviceError, Problem
 
 log = logging.getLogger("agent")
 
@@ -102,7 +102,13 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         asyncio.run(run_until_signalled(config))
     elif args.command == "read":
         device = tools.find_device(config, args.device)
-        poll = asyncio.run(tools.read_device(config, args.device, args.points))
+        try:
+            poll = asyncio.run(tools.read_device(config, args.device, args.points))
+        except DeviceError as exc:
+            print(f"edge-agent read: {exc}", file=sys.stderr)
+            for frame in exc.frames:  # what the slave really sent
+                print(f"  frame: {frame}", file=sys.stderr)
+            return EXIT_FAILED
         tools.print_poll(device, poll, args.points, args.json)
         return EXIT_FAILED if poll.errors else EXIT_OK
     elif args.command == "scan":

@@ -55,7 +55,16 @@ class BusError(DriverError, ConnectionError):
 
 
 class DeviceError(DriverError):
-    """The bus works but the device did not answer, or answered with an error."""
+    """The bus works but the device did not answer, or answered with an error.
+
+    ``frames`` are the last raw frames exchanged with the device, oldest first (e.g.
+    ``"sent 01 03 00 00 00 0a c5 cd"``, ``"received 01 83 02 c0 f1"``), where the driver keeps
+    them: what a technician needs when a slave answers garbage.
+    """
+
+    def __init__(self, message: str, frames: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.frames = frames
 
 
 class StorageError(AgentError, OSError):

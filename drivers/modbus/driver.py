@@ -1,34 +1,71 @@
-"""The Modbus TCP driver: plans a device's points into as few reads as possible and decodes them.
+"""The Modbus driver: plans a device's points into as few reads as possible and decodes them.
 
-One ``ModbusDriver`` owns one TCP connection (one bus); every device on the bus is a unit id behind
-it. pymodbus's own retries and reconnects are switched off: the scheduler decides when to retry and
-reconnects by leaving and re-entering the driver.
+One ``ModbusDriver`` owns one bus, and every device on it is a unit id behind it:
+
+* ``modbus-tcp``: a TCP connection, MBAP frames;
+* ``modbus-rtu``: a serial port (RS-485), opened exclusively so that two agents cannot both be the
+  master of one line; RTU frames at the configured baud rate, parity, stop bits and byte size;
+* ``modbus-rtu-over-tcp``: RTU frames through a TCP connection (serial servers, cheap gateways).
+
+pymodbus's own retries and reconnects are switched off: the scheduler decides when to retry and
+reconnects by leaving and re-entering the driver. Transactions are paced: at least
+``bus.request_gap`` of silence between the end of one transaction and the start of the next on the
+bus, whatever device they belong to (slow slaves need it to turn their line driver around).
 
 How a failed request is reported:
 
 * an exception response (e.g. code 2, illegal data address) costs only that request's points: the
   poll carries an error and the other requests go on;
-* no response costs the rest of the poll: the unit is presumably gone, and waiting a full timeout
-  per remaining request would hold up every other device on the bus;
-* if nothing at all was read, ``read`` raises ``DeviceError``; if the connection itself is gone it
-  raises ``BusError`` so that the scheduler reconnects.
+* no usable answer within the timeout (silence, a CRC error, a truncated frame, an answer from
+  another unit) costs the rest of the poll: the unit is presumably gone or the line is bad, and
+  waiting a full timeout per remaining request would hold up every other device on the bus;
+* if nothing at all was read, ``read`` raises ``DeviceError`` (a ``DeviceError`` carrying the
+  last raw frames exchanged with the device); if the port or connection itself is gone it raises
+  ``BusError`` so that the scheduler reconnects with backoff.
 
-pymodbus closes the connection itself after 4 unanswered requests in a row (``retries + 3``, its
+Every message names the bus, the device and its unit; every request is counted per device in
+``counters`` under one of ``FAULTS``. pymodbus drops a bad RTU frame silently (at most it logs)
+and lets the request time out, so the category comes from our own look at the bytes that came
+back during the request (``trace_packet``): nothing at all is a timeout, a frame of the right
+length whose CRC does not match is ``crc``, a valid frame from another unit is ``wrong_unit``
+(never taken as the answer), anything else — too short, an unknown function code, a frame pymodbus
+cannot decode — is ``garbled``. On ``modbus-tcp`` an answer carrying another transaction id is
+dropped by pymodbus too; when the answer to our request then never comes, the connection is out of
+step and we raise ``BusError`` so that it is reopened.
+
+pymodbus closes a TCP connection itself after 4 unanswered requests in a row (``retries + 3``, its
 way of detecting a half-open link): polls of a dead unit that nothing else on the connection
-answers in between give ``DeviceError`` four times, then ``BusError``.
+answers in between give ``DeviceError`` four times, then ``BusError``. A serial port is never
+closed for silence.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import errno
+import fcntl
 import logging
+import math
+import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, TypeVar
 
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.pdu import ModbusPDU
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client.base import ModbusBaseClient
+from pymodbus.exceptions import (
+    ConnectionException,
+    ModbusException,
+    ModbusIOException,
+    NotImplementedException,
+)
+from pymodbus.framer import FramerRTU, FramerType
+from pymodbus.pdu import DecodePDU, ModbusPDU
 
-from agent.config.types import BIT_TABLES, BusConfig, DeviceConfig, Table
+from agent.config.types import BIT_TABLES, BusConfig, DeviceConfig, PointConfig, Table
 from agent.errors import BusError, DeviceError
 from agent.model import Poll, Value
 
@@ -37,10 +74,31 @@ from .plan import DevicePlan, Request
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 ILLEGAL_ADDRESS = 2
 
 #: The highest unit id a Modbus device may have (248-255 are reserved).
 MAX_UNIT = 247
+
+#: The monotonic clock's resolution: how early asyncio may fire a timer.
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
+
+#: Raw frames kept per device for error reports.
+FRAME_RING_SIZE = 8
+
+#: What each request of a device is counted as, in ``ModbusDriver.counters``.
+FAULTS: tuple[str, ...] = (
+    "ok",  # answered with the values asked for
+    "exception",  # a Modbus exception response
+    "timeout",  # nothing at all came back
+    "crc",  # a frame whose CRC does not match
+    "garbled",  # a truncated, undecodable or wrong-sized answer
+    "wrong_unit",  # a valid answer from another unit id
+    "out_of_step",  # TCP answers with other transaction ids: the connection is reopened
+    "bus",  # the port or connection failed
+    "unsendable",  # a request pymodbus refuses to encode
+)
 
 #: Meaning of the standard Modbus exception codes, for error messages.
 EXCEPTION_NAMES: dict[int, str] = {
@@ -55,21 +113,153 @@ EXCEPTION_NAMES: dict[int, str] = {
     11: "gateway target failed to respond",
 }
 
+#: Exception codes a gateway answers for a unit behind it that does not answer itself.
+GATEWAY_CODES = frozenset({10, 11})
 
-class _RequestFailed(Exception):
-    """The device answered a request with an exception (``code``), or with something unusable."""
+#: The function code that reads each table.
+FUNCTION_CODES: dict[Table, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
+_REQUEST_DECODER = DecodePDU(True)
+_RESPONSE_DECODER = DecodePDU(False)
+
+# errno values of a failed open(), as a technician would put them.
+_GONE = frozenset({errno.ENOENT, errno.ENODEV, errno.ENXIO})
+_DENIED = frozenset({errno.EACCES, errno.EPERM})
+_BUSY = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY})
+
+
+class _Fault(Exception):
+    """A request that failed while the bus works: ``cause`` says why, ``category`` counts it."""
+
+    def __init__(
+        self, where: str, cause: str, category: str = "garbled", code: int | None = None
+    ) -> None:
+        super().__init__(f"{where}: {cause}")
+        self.cause = cause
+        self.category = category
         self.code = code
 
 
-class _NoResponse(Exception):
-    """The device did not answer a request within the bus timeout."""
+class _RequestFailed(_Fault):
+    """The device answered a request with an exception (``code``), or with something unusable."""
+
+
+class _NoResponse(_Fault):
+    """No usable answer came within the bus timeout."""
+
+
+class _BusFault(BusError):
+    """A ``BusError`` counted under ``category`` for the device whose request met it."""
+
+    def __init__(self, message: str, category: str = "bus") -> None:
+        super().__init__(message)
+        self.category = category
+
+
+class FrameRing:
+    """The last frames sent to and received from one device, for error reports."""
+
+    def __init__(self, size: int = FRAME_RING_SIZE) -> None:
+        self._frames: collections.deque[tuple[bool, bytes]] = collections.deque(maxlen=size)
+
+    def add(self, sending: bool, data: bytes) -> None:
+        if not sending and self._frames:
+            last_sending, last = self._frames[-1]
+            # pymodbus hands its whole receive buffer to the trace hook each time bytes arrive:
+            # a buffer that grew is the same frame, more of it.
+            if not last_sending and data.startswith(last):
+                self._frames[-1] = (False, bytes(data))
+                return
+        self._frames.append((sending, bytes(data)))
+
+    def lines(self) -> tuple[str, ...]:
+        return tuple(
+            f"{'sent' if sending else 'received'} {data.hex(' ')}" for sending, data in self._frames
+        )
+
+
+def rtu_frame_size(frame: bytes, *, request: bool = False) -> int | None:
+    """How long the RTU frame at the start of ``frame`` is, by pymodbus's own rules.
+
+    0 when more bytes are needed to tell, None when the function code is not one pymodbus knows.
+    ``request`` picks the request layouts (what a slave receives) instead of the responses.
+    """
+    if len(frame) < 2:
+        return 0
+    decoder = _REQUEST_DECODER if request else _RESPONSE_DECODER
+    try:
+        pdu = decoder.lookupPduClass(frame)
+        return None if pdu is None else pdu.calculateRtuFrameSize(frame)
+    except (NotImplementedException, IndexError):
+        return None
+
+
+def rtu_crc_ok(frame: bytes) -> bool:
+    """Whether the last two bytes of ``frame`` are the CRC of the others."""
+    return len(frame) >= 4 and FramerRTU.check_CRC(frame[:-2], int.from_bytes(frame[-2:], "big"))
+
+
+def _inspect_rtu(buffer: bytes, unit: int) -> tuple[str, str]:
+    """What is wrong with an RTU answer buffer: (category, cause), or ("", "") if nothing."""
+    size = rtu_frame_size(buffer)
+    if size is None:
+        return "garbled", f"garbled answer (function code {buffer[1]} makes no sense)"
+    if size == 0 or len(buffer) < size:
+        expected = f" of {size}" if size else ""
+        return "garbled", f"truncated answer ({len(buffer)}{expected} bytes)"
+    frame = buffer[:size]
+    if not rtu_crc_ok(frame):
+        return "crc", "the answer failed its CRC check (noise, or wrong baud rate or parity?)"
+    if frame[0] != unit:
+        return "wrong_unit", f"an answer came from unit {frame[0]} instead (not taken)"
+    return "", ""
+
+
+def _inspect_mbap(buffer: bytes, unit: int, tid: int) -> tuple[str, str]:
+    """What is wrong with a Modbus TCP answer buffer: (category, cause), or ("", "")."""
+    if len(buffer) >= 2 and (got := int.from_bytes(buffer[:2], "big")) != tid:
+        return "out_of_step", f"an answer carried transaction id {got} instead of {tid}"
+    if len(buffer) < 8 or len(buffer) < 6 + int.from_bytes(buffer[4:6], "big"):
+        return "garbled", f"truncated answer ({len(buffer)} bytes)"
+    if buffer[6] != unit:
+        return "wrong_unit", f"an answer came from unit {buffer[6]} instead (not taken)"
+    return "", ""
+
+
+@dataclass
+class _Exchange:
+    """One request on the line, and what came back during it that could explain a failure."""
+
+    device: DeviceConfig
+    rtu: bool
+    tid: int = 0
+    heard: bool = False
+    fault: str = ""
+    cause: str = ""
+    done: bool = False
+
+    def sent(self, frame: bytes) -> None:
+        if not self.rtu and len(frame) >= 2:
+            self.tid = int.from_bytes(frame[:2], "big")
+
+    def received(self, buffer: bytes) -> None:
+        self.heard = True
+        if self.fault == "out_of_step":
+            return  # what follows a stray transaction id does not change the verdict
+        unit = self.device.unit
+        fault, cause = (
+            _inspect_rtu(buffer, unit) if self.rtu else _inspect_mbap(buffer, unit, self.tid)
+        )
+        if fault:
+            self.fault, self.cause = fault, cause
 
 
 class ModbusDriver:
-    """A Modbus TCP connection to one bus, polling the devices (unit ids) behind it."""
+    """A Modbus bus (TCP, RTU or RTU over TCP), polling the devices (unit ids) on it.
+
+    ``tolerate_silence`` keeps pymodbus from closing a TCP connection after a few unanswered
+    requests: for ``scan``, where silence is the expected answer of most unit ids.
+    """
 
     @classmethod
     def validate(cls, bus: BusConfig, devices: Sequence[DeviceConfig]) -> list[tuple[str, str]]:
@@ -78,8 +268,10 @@ class ModbusDriver:
         The loader has already checked names, tables, types and the address space.
         """
         problems: list[tuple[str, str]] = []
-        if not bus.host:
-            problems.append((f"bus.{bus.name}.host", "is required for a modbus-tcp bus"))
+        if bus.serial and not bus.serial_port:
+            problems.append((f"bus.{bus.name}.port", f"is required for a {bus.type} bus"))
+        if not bus.serial and not bus.host:
+            problems.append((f"bus.{bus.name}.host", f"is required for a {bus.type} bus"))
         for device in devices:
             if device.unit > MAX_UNIT:
                 problems.append(
@@ -87,37 +279,42 @@ class ModbusDriver:
                 )
         return problems
 
-    def __init__(self, bus: BusConfig) -> None:
+    def __init__(self, bus: BusConfig, *, tolerate_silence: bool = False) -> None:
         self.bus = bus
-        self._client: AsyncModbusTcpClient | None = None
+        self.tolerate_silence = tolerate_silence
+        self._client: ModbusBaseClient | None = None
         self._plans: dict[str, DevicePlan] = {}
         #: Put each point's raw registers in the Poll (for ``edge-agent read``).
         self.keep_raw = False
+        #: Per device name, how its requests ended: counts of the ``FAULTS`` categories.
+        self.counters: dict[str, collections.Counter[str]] = collections.defaultdict(
+            collections.Counter
+        )
+        self._rings: dict[str, FrameRing] = {}
+        self._exchange: _Exchange | None = None
+        self._down: asyncio.Future[None] | None = None  # resolved when the link drops
+        self._lock = asyncio.Lock()
+        self._last_end = -math.inf  # loop time the last transaction ended
 
     async def __aenter__(self) -> ModbusDriver:
-        """Connect; raises ``BusError`` when the server cannot be reached within the timeout."""
+        """Connect; raises ``BusError`` when the port or server cannot be opened or reached."""
         self._close()
-        bus = self.bus
-        client = AsyncModbusTcpClient(
-            bus.host,
-            port=bus.port,
-            timeout=bus.timeout,
-            retries=0,  # the scheduler retries on its next poll
-            reconnect_delay=0,  # and reconnects by re-entering the driver
-            name=f"bus {bus.name}",
-        )
+        client = self._new_client()
+        if self.tolerate_silence:
+            client.set_max_no_responses(1 << 30)
         try:
-            connected = await client.connect()
+            connected = await _guarded(client.connect())
         except (OSError, ModbusException) as exc:
             client.close()
             raise BusError(self._cannot_connect(str(exc))) from exc
+        except BaseException:
+            client.close()
+            raise
         if not connected:
             client.close()
-            # pymodbus logs the reason (refused, unresolvable, timeout…) but does not return it.
-            raise BusError(
-                self._cannot_connect(f"refused, unreachable or no answer within {bus.timeout:g} s")
-            )
+            raise BusError(self._why_not_connected())
         self._client = client
+        self._down = asyncio.get_running_loop().create_future()
         return self
 
     async def __aexit__(
@@ -139,6 +336,11 @@ class ModbusDriver:
     def describe(self, device: DeviceConfig) -> list[str]:
         """One line per read a poll of ``device`` makes."""
         return self.plan(device).describe()
+
+    def frames(self, device_name: str) -> tuple[str, ...]:
+        """The last raw frames sent to and received from the device, oldest first."""
+        ring = self._rings.get(device_name)
+        return ring.lines() if ring else ()
 
     async def read(self, device: DeviceConfig) -> Poll:
         """Poll ``device`` once; see the module docstring for how failures are reported."""
@@ -169,18 +371,52 @@ class ModbusDriver:
                     raws[point.name] = tuple(int(r) for r in raw[start : start + point.count])
         values = apply_exponents(device.points, values, errors)
         if errors and not values:
-            raise DeviceError("; ".join(errors))
+            raise self._device_error(device, "; ".join(errors))
         if errors:
             log.debug("device %s: partial poll: %s", device.name, "; ".join(errors))
         return Poll(values=values, errors=tuple(errors), raw=raws)
 
-    async def _execute(self, device: DeviceConfig, request: Request) -> list[int] | list[bool]:
-        """The raw registers or bits of one request, or a _RequestFailed/_NoResponse/BusError."""
-        client = self._connected_client()
-        where = f"device {device.name} (unit {device.unit}): {request.table} {request.span}"
+    async def probe(self, unit: int) -> tuple[str, str]:
+        """Read holding register 0 of ``unit``: how it ended (a ``FAULTS`` category) and why.
+
+        For ``scan``: any answer, even an exception response, means a device is there — except
+        a gateway's exceptions 10 and 11, its way of saying nothing answered behind it, which
+        count as "timeout".
+        """
+        point = PointConfig("probe")
+        device = DeviceConfig(f"#{unit}", self.bus.name, "modbus", 1.0, unit=unit, points=(point,))
         try:
-            response = await _reader(client, request.table)(
-                request.address, count=request.count, device_id=device.unit
+            await self._execute(device, Request("holding", 0, 1, (point,)))
+        except _Fault as exc:
+            category = "timeout" if exc.code in GATEWAY_CODES else exc.category
+            return category, exc.cause
+        return "ok", ""
+
+    # --- one request ---------------------------------------------------------------------------
+
+    async def _execute(self, device: DeviceConfig, request: Request) -> list[int] | list[bool]:
+        """The raw registers or bits of one request, or a _Fault or BusError; counted."""
+        what = f"device {device.name} (unit {device.unit}): {request.table} {request.span}"
+        try:
+            raw = await self._request(device, request, what)
+        except _Fault as exc:
+            self._count(device, exc.category)
+            raise
+        except BusError as exc:
+            self._count(device, exc.category if isinstance(exc, _BusFault) else "bus")
+            raise
+        self._count(device, "ok")
+        return raw
+
+    async def _request(
+        self, device: DeviceConfig, request: Request, what: str
+    ) -> list[int] | list[bool]:
+        client = self._connected_client()
+        where = f"bus {self.bus.name}, {what}"
+        read = _reader(client, request.table)
+        try:
+            response = await self._transact(
+                device, lambda: read(request.address, count=request.count, device_id=device.unit)
             )
         except ConnectionException as exc:
             raise BusError(self._lost(f"{exc}")) from exc
@@ -188,23 +424,128 @@ class ModbusDriver:
             # pymodbus does not fail a pending request when the connection drops: the request
             # times out, and only then do we see the connection is gone.
             if not client.connected:
-                raise BusError(self._lost(f"no response while reading {where}")) from exc
-            raise _NoResponse(f"{where}: no response within {self.bus.timeout:g} s") from exc
+                raise BusError(self._lost(f"no response while reading {what}")) from exc
+            raise self._no_answer(where) from exc
         except ModbusException as exc:
-            raise _RequestFailed(f"{where}: {exc}") from exc
+            raise _RequestFailed(where, f"{exc}") from exc
         except ValueError as exc:  # pymodbus refuses to encode e.g. more than 125 registers
-            raise _RequestFailed(f"{where}: cannot be sent: {exc}") from exc
+            raise _RequestFailed(where, f"cannot be sent: {exc}", "unsendable") from exc
         except OSError as exc:
-            raise BusError(self._lost(f"while reading {where}: {exc}")) from exc
+            raise BusError(self._lost(f"while reading {what}: {exc}")) from exc
+        if response is None:
+            raise BusError(self._lost(f"the link dropped while reading {what}"))
+        _check_origin(where, device, request, response)
         return _payload(where, request, response)
 
-    def _connected_client(self) -> AsyncModbusTcpClient:
-        if self._client is None or not self._client.connected:
+    async def _transact(
+        self, device: DeviceConfig, send: Callable[[], Awaitable[ModbusPDU]]
+    ) -> ModbusPDU | None:
+        """One transaction, after ``request_gap`` of silence, watched by the trace hook; None
+        when the link dropped during it."""
+        async with self._lock:
+            await self._pace()
+            exchange = self._exchange = _Exchange(device, rtu=self.bus.type != "modbus-tcp")
+            try:
+                return await _guarded(send(), self._down)
+            finally:
+                exchange.done = True
+                self._last_end = asyncio.get_running_loop().time()
+
+    async def _pace(self) -> None:
+        """Wait until ``request_gap`` has passed since the last transaction ended."""
+        left = self._last_end + self.bus.request_gap - asyncio.get_running_loop().time()
+        if left > 0:
+            # asyncio may fire a timer up to its clock's resolution early.
+            await asyncio.sleep(left + _CLOCK_RESOLUTION)
+
+    def _no_answer(self, where: str) -> _NoResponse | BusError:
+        """The error for a request that ended without an answer pymodbus would take."""
+        exchange = self._exchange
+        if exchange is None or not exchange.heard:
+            return _NoResponse(where, f"no response within {self.bus.timeout:g} s", "timeout")
+        if exchange.fault == "out_of_step":
+            return _BusFault(
+                f"bus {self.bus.name}: answers from {self.bus.address} are out of step "
+                f"({exchange.cause}); reconnecting",
+                "out_of_step",
+            )
+        cause = exchange.cause or "an answer came but pymodbus could not decode it"
+        return _NoResponse(where, cause, exchange.fault or "garbled")
+
+    def _count(self, device: DeviceConfig, category: str) -> None:
+        self.counters[device.name][category] += 1
+
+    def _device_error(self, device: DeviceConfig, message: str) -> DeviceError:
+        frames = self.frames(device.name)
+        if frames:
+            log.debug(
+                "bus %s: device %s: last frames:\n  %s",
+                self.bus.name,
+                device.name,
+                "\n  ".join(frames),
+            )
+        return DeviceError(message, frames)
+
+    # --- the connection ------------------------------------------------------------------------
+
+    def _new_client(self) -> ModbusBaseClient:
+        bus = self.bus
+        common: dict[str, Any] = {
+            "name": f"bus {bus.name}",
+            "timeout": bus.timeout,
+            "retries": 0,  # the scheduler retries on its next poll
+            "reconnect_delay": 0,  # and reconnects by re-entering the driver
+            "trace_packet": self._trace_packet,
+            "trace_connect": self._trace_connect,
+        }
+        if bus.type == "modbus-rtu":
+            # pymodbus opens the port with pyserial's exclusive=True: one master per line.
+            return AsyncModbusSerialClient(
+                bus.serial_port,
+                framer=FramerType.RTU,
+                baudrate=bus.baudrate,  # pymodbus would default to 19200
+                parity=bus.parity,
+                stopbits=bus.stopbits,
+                bytesize=bus.bytesize,
+                **common,
+            )
+        framer = FramerType.RTU if bus.type == "modbus-rtu-over-tcp" else FramerType.SOCKET
+        return AsyncModbusTcpClient(bus.host, port=bus.port, framer=framer, **common)
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus's hook for every frame sent and every receive buffer: keep and inspect."""
+        exchange = self._exchange
+        if exchange is None:
+            return data
+        try:
+            # A late answer after its request ended still goes into that device's ring.
+            self._rings.setdefault(exchange.device.name, FrameRing()).add(sending, data)
+            if not exchange.done:
+                if sending:
+                    exchange.sent(data)
+                else:
+                    exchange.received(data)
+        except Exception:  # an error here would break pymodbus's receive path
+            log.exception("bus %s: cannot inspect a frame", self.bus.name)
+        return data
+
+    def _trace_connect(self, connected: bool) -> None:
+        if not connected and self._down is not None and not self._down.done():
+            self._down.set_result(None)
+
+    def _connected_client(self) -> ModbusBaseClient:
+        if self._client is None:
             raise BusError(self._lost("not connected"))
+        if not self._client.connected:
+            raise BusError(self._lost("the port or connection was closed"))
         return self._client
 
     def _close(self) -> None:
         client, self._client = self._client, None
+        self._exchange = None
+        if self._down is not None and not self._down.done():
+            self._down.cancel()
+        self._down = None
         if client is None:
             return
         try:
@@ -214,17 +555,97 @@ class ModbusDriver:
 
     def _cannot_connect(self, reason: str) -> str:
         bus = self.bus
-        return f"bus {bus.name}: cannot connect to {bus.host}:{bus.port}: {reason}"
+        return f"bus {bus.name}: cannot connect to {bus.address}: {reason}"
+
+    def _why_not_connected(self) -> str:
+        """pymodbus logs why a connect failed but does not return it: find out ourselves."""
+        bus = self.bus
+        if bus.serial:
+            code, reason = serial_port_problem(bus.serial_port)
+            return port_problem_message(bus.name, bus.serial_port, code, reason)
+        return self._cannot_connect(f"refused, unreachable or no answer within {bus.timeout:g} s")
 
     def _lost(self, reason: str) -> str:
         bus = self.bus
-        return f"bus {bus.name}: connection to {bus.host}:{bus.port} lost: {reason}"
+        if bus.serial:
+            if not os.path.exists(bus.serial_port):
+                return port_problem_message(bus.name, bus.serial_port, errno.ENOENT, reason)
+            return f"bus {bus.name}: lost {bus.serial_port}: {reason}; reopening"
+        return f"bus {bus.name}: connection to {bus.address} lost: {reason}"
+
+
+async def _guarded(call: Awaitable[T], down: asyncio.Future[None] | None = None) -> T | None:
+    """Await a pymodbus call in a task of its own; None if ``down`` resolved first.
+
+    pymodbus can swallow a cancellation (its transaction manager, and ``asyncio.wait_for`` before
+    Python 3.12, may return a result that raced with it). Our own task is never cancelled inside
+    pymodbus, so a cancellation always reaches our caller. ``down`` ends the wait as soon as the
+    link drops: pymodbus would let the request run into its timeout first.
+    """
+    inner = asyncio.ensure_future(call)
+    inner.add_done_callback(_consume)
+    waiting: set[asyncio.Future[Any]] = {inner} if down is None else {inner, down}
+    try:
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        inner.cancel()
+        await asyncio.wait({inner})  # let pymodbus release its lock before we go on
+        raise
+    if inner.done():
+        return inner.result()
+    inner.cancel()
+    await asyncio.wait({inner})
+    return None
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Mark an abandoned call's exception as seen, so that asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()
+
+
+def serial_port_problem(path: str) -> tuple[int | None, str]:
+    """Why ``path`` cannot be opened as a serial port of our own: (errno, reason), or (None, "").
+
+    Found by trying what pyserial does (open, then an exclusive lock): pymodbus logs the reason a
+    port did not open but does not return it.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        return exc.errno, exc.strerror or str(exc)
+    try:
+        if not os.isatty(fd):
+            return None, "it is not a serial port"
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
+    except OSError as exc:
+        return exc.errno, exc.strerror or str(exc)
+    finally:
+        os.close(fd)
+    return None, ""
+
+
+def port_problem_message(bus: str, path: str, code: int | None, reason: str) -> str:
+    """One line for a technician: what is wrong with the serial port and what to do."""
+    if code in _GONE:
+        return f"bus {bus}: {path} is gone (adapter unplugged?); retrying"
+    if code in _DENIED:
+        return (
+            f"bus {bus}: no permission to open {path}: add the agent's user to the dialout "
+            "group; retrying"
+        )
+    if code in _BUSY:
+        return (
+            f"bus {bus}: {path} is busy: another program (another edge-agent?) has it open; "
+            "retrying"
+        )
+    return f"bus {bus}: cannot open {path}: {reason or 'pymodbus did not say why'}; retrying"
 
 
 _Reader = Callable[..., Awaitable[ModbusPDU]]
 
 
-def _reader(client: AsyncModbusTcpClient, table: Table) -> _Reader:
+def _reader(client: ModbusBaseClient, table: Table) -> _Reader:
     """The client method that reads ``table``."""
     readers: dict[Table, _Reader] = {
         "holding": client.read_holding_registers,
@@ -235,12 +656,23 @@ def _reader(client: AsyncModbusTcpClient, table: Table) -> _Reader:
     return readers[table]
 
 
+def _check_origin(where: str, device: DeviceConfig, request: Request, response: ModbusPDU) -> None:
+    """Refuse an answer that is not to this request (pymodbus checks only unit and tid)."""
+    if device.unit and response.dev_id != device.unit:
+        cause = f"an answer came from unit {response.dev_id} instead (not taken)"
+        raise _NoResponse(where, cause, "wrong_unit")
+    function = FUNCTION_CODES[request.table]
+    if response.function_code & 0x7F != function:
+        cause = f"the answer is to function {response.function_code & 0x7F}, not {function}"
+        raise _NoResponse(where, cause, "garbled")
+
+
 def _payload(where: str, request: Request, response: ModbusPDU) -> list[int] | list[bool]:
     """The registers or bits of a response, or _RequestFailed for an exception or short answer."""
     if response.isError():
         code = response.exception_code
         name = EXCEPTION_NAMES.get(code, "unknown exception")
-        raise _RequestFailed(f"{where}: Modbus exception {code} ({name})", code)
+        raise _RequestFailed(where, f"Modbus exception {code} ({name})", "exception", code)
     if request.table in BIT_TABLES:
         # Bits come packed in bytes: the response is padded to a multiple of 8.
         bits = list(response.bits)
@@ -252,4 +684,4 @@ def _payload(where: str, request: Request, response: ModbusPDU) -> list[int] | l
         if len(registers) == request.count:
             return registers
         got = len(registers)
-    raise _RequestFailed(f"{where}: answer has {got} values, {request.count} were asked for")
+    raise _RequestFailed(where, f"answer has {got} values, {request.count} were asked for")

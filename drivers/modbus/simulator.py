@@ -1,4 +1,5 @@
-"""Simulated Modbus slaves served over TCP by a real pymodbus server.
+"""Simulated Modbus slaves served by a real pymodbus server: over TCP, RTU over TCP, or RTU on a
+serial port (a pseudo-terminal in tests and ``edge-agent simulate --pty``).
 
 Used by ``edge-agent simulate``, the demo and the tests::
 
@@ -6,33 +7,42 @@ Used by ``edge-agent simulate``, the demo and the tests::
     async with ModbusSimulator(slaves, host="127.0.0.1", port=5020, animate=True) as sim:
         ...  # poll 127.0.0.1:sim.port; sim.slaves[unit].set_value("voltage", 231.5)
 
+    async with PtyLink() as link, ModbusSimulator(slaves, serial_port=link.paths[1]):
+        ...  # a modbus-rtu bus on link.paths[0] reaches the slaves
+
 Each ``SimulatedSlave`` holds a register image per table covering exactly its points' addresses,
 like a real device: a request touching any other address is answered with Modbus exception 2
 (illegal data address). A slave marked ``dead``, like an unknown unit id, does not answer at all,
 so the client times out as it would on a real bus (pymodbus's stock server would send exception
-4 or 11 instead).
+4 or 11 instead). A ``slow`` slave answers that many seconds late; one given an ``exception``
+code answers every request with it.
 
-The server is pymodbus's ``ModbusTcpServer``; its datastore is replaced by ``_SlaveContext``, which
-reads and writes the slaves' images directly, so nothing here uses the deprecated datastore
-classes.
+The server is pymodbus's ``ModbusTcpServer`` or ``ModbusSerialServer``; its datastore is replaced
+by ``_SlaveContext``, which reads and writes the slaves' images directly, so nothing here uses the
+deprecated datastore classes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
+import os
 import socket
+import time
+import tty
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
@@ -41,6 +51,7 @@ from agent.config.types import BIT_TABLES, TABLES, DeviceConfig, PointConfig, Ta
 from agent.model import Value
 
 from .codec import decode, encode, int_range
+from .driver import serial_port_problem
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +72,8 @@ _FUNCTION_TABLES: dict[int, Table] = {
 _FLOAT32_MAX = 3.4028234663852886e38
 #: Seconds `ModbusSimulator.__aexit__` waits for the server's connections to close.
 _CLOSE_TIMEOUT = 5.0
+#: Frames `ModbusSimulator.frames` keeps.
+_FRAME_LOG_SIZE = 10_000
 
 
 class UndefinedAddressError(ValueError):
@@ -70,8 +83,10 @@ class UndefinedAddressError(ValueError):
 class SimulatedSlave:
     """One simulated device (unit id): its points and a register image per table.
 
-    Set ``dead = True`` to make the slave stop answering. ``requests`` counts the requests it
-    answered (exception responses included).
+    Set ``dead = True`` to make the slave stop answering, ``slow`` to a number of seconds to make
+    it answer that late, ``exception`` to a Modbus exception code to make it answer every request
+    with that exception. ``requests`` counts the requests it answered (exception responses
+    included).
     """
 
     def __init__(self, unit: int, points: Sequence[PointConfig]) -> None:
@@ -80,6 +95,8 @@ class SimulatedSlave:
         if len(self.points) != len(points):
             raise ValueError(f"unit {unit}: point names must be unique")
         self.dead = False
+        self.slow = 0.0
+        self._exception: ExcCodes | None = None
         self.requests = 0
         # Every address a point covers starts at 0/False; overlapping points share addresses.
         self._images: dict[Table, dict[int, int | bool]] = {table: {} for table in TABLES}
@@ -91,6 +108,24 @@ class SimulatedSlave:
     def __repr__(self) -> str:
         state = ", dead" if self.dead else ""
         return f"SimulatedSlave(unit={self.unit}, points={len(self.points)}{state})"
+
+    @property
+    def exception(self) -> int | None:
+        """The exception code every request is answered with, or None to answer normally."""
+        return self._exception
+
+    @exception.setter
+    def exception(self, code: int | None) -> None:
+        if code is None:
+            self._exception = None
+            return
+        try:
+            self._exception = ExcCodes(code)
+        except ValueError:
+            known = ", ".join(str(int(c)) for c in ExcCodes)
+            raise ValueError(
+                f"unit {self.unit}: exception code {code} is not one of {known}"
+            ) from None
 
     def point(self, name: str) -> PointConfig:
         """The point called ``name``; ``KeyError`` if the slave has none."""
@@ -238,6 +273,8 @@ class _SlaveContext(SimCore):
         self, device_id: int, func_code: int, address: int, count: int = 1
     ) -> list[int] | list[bool] | ExcCodes:
         slave = self._slave(device_id)
+        if slave.exception is not None:
+            return ExcCodes(slave.exception)
         table = _FUNCTION_TABLES.get(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
@@ -250,6 +287,8 @@ class _SlaveContext(SimCore):
         self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
     ) -> ExcCodes | None:
         slave = self._slave(device_id)
+        if slave.exception is not None:
+            return ExcCodes(slave.exception)
         table = _FUNCTION_TABLES.get(func_code)
         if table is None or table not in ("coil", "holding"):
             return ExcCodes.ILLEGAL_FUNCTION
@@ -271,12 +310,18 @@ class _SlaveContext(SimCore):
 
 
 class _Connection(ServerRequestHandler):
-    """A server-side client connection that tells when its socket is closed."""
+    """A server-side connection that tells when it is closed, and answers each request in a task
+    of its own, so that a slow slave's late answer still belongs to its request.
 
-    def __init__(self, server: _Server) -> None:
+    (pymodbus answers from ``self.last_pdu`` after the datastore returns: a request arriving
+    meanwhile would get the late answer's transaction id and lose its own answer.)
+    """
+
+    def __init__(self, server: _Server | _SerialServer) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
             server, server.trace_packet, server.trace_pdu, server.trace_connect
         )
+        self.owner = server
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -285,11 +330,31 @@ class _Connection(ServerRequestHandler):
         if not self.closed.done():
             self.closed.set_result(None)
 
+    def handle_later(self) -> None:
+        pdu, addr = self.last_pdu, self.last_addr
+        if pdu is None:
+            return
+        slave = self.owner.slaves.get(pdu.dev_id)
+        delay = slave.slow if slave is not None and not slave.dead else 0.0
+        task = asyncio.create_task(self._answer(pdu, addr, delay), name="modbus simulator answer")
+        self.owner.answers.add(task)
+        task.add_done_callback(self.owner.answers.discard)
+
+    async def _answer(self, pdu: ModbusPDU, addr: tuple[Any, ...] | None, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        # handle_request reads these; our datastore never suspends, so nothing can overwrite
+        # them before the answer is sent.
+        self.last_pdu, self.last_addr = pdu, addr
+        await self.handle_request()  # type: ignore[no-untyped-call]
+
 
 class _Server(ModbusTcpServer):
     """pymodbus's TCP server, keeping track of its connections so that shutdown can await them."""
 
     connections: set[_Connection]
+    answers: set[asyncio.Task[None]]
+    slaves: Mapping[int, SimulatedSlave]
 
     def callback_new_connection(self) -> _Connection:
         connection = _Connection(self)
@@ -298,12 +363,32 @@ class _Server(ModbusTcpServer):
         return connection
 
 
+class _SerialServer(ModbusSerialServer):
+    """pymodbus's serial server, answering each request on its own as ``_Server`` does."""
+
+    answers: set[asyncio.Task[None]]
+    slaves: Mapping[int, SimulatedSlave]
+
+    def callback_new_connection(self) -> _Connection:
+        return _Connection(self)
+
+
+class SimFrame(NamedTuple):
+    """A frame the simulator received or sent, with the monotonic time it was first seen."""
+
+    time: float
+    sending: bool
+    data: bytes
+
+
 class ModbusSimulator:
-    """Serves ``slaves`` on ``host:port`` over Modbus TCP while the context is entered.
+    """Serves ``slaves`` while the context is entered: over Modbus TCP on ``host:port``, with RTU
+    frames over TCP when ``rtu``, or RTU on the serial port ``serial_port`` when one is given.
 
     ``port=0`` picks a free port; ``.port`` is the bound one after entering. With ``animate``, a
     task moves the values every ``interval`` seconds (see ``animate_slave``); ``next_step()``
-    waits for its next step.
+    waits for its next step. ``frames`` logs what the server received and sent, with times: a
+    request's time is when its first byte arrived; ``received`` is set when bytes arrive.
     """
 
     def __init__(
@@ -314,6 +399,12 @@ class ModbusSimulator:
         animate: bool = False,
         *,
         interval: float = 1.0,
+        rtu: bool = False,
+        serial_port: str = "",
+        baudrate: int = 9600,
+        parity: str = "N",
+        stopbits: int = 1,
+        bytesize: int = 8,
     ) -> None:
         self.slaves: dict[int, SimulatedSlave] = {}
         for slave in slaves:
@@ -324,24 +415,35 @@ class ModbusSimulator:
         self.port = port
         self.animate = animate
         self.interval = interval
-        self._server: _Server | None = None
+        self.rtu = rtu or bool(serial_port)
+        self.serial_port = serial_port
+        self.baudrate = baudrate
+        self.parity = parity
+        self.stopbits = stopbits
+        self.bytesize = bytesize
+        self.frames: collections.deque[SimFrame] = collections.deque(maxlen=_FRAME_LOG_SIZE)
+        #: Set whenever bytes arrive; clear it to wait for the next request.
+        self.received = asyncio.Event()
+        self._context = _SlaveContext(self.slaves)
+        self._server: _Server | _SerialServer | None = None
         self._animator: asyncio.Task[None] | None = None
         self._stepped: asyncio.Event | None = None
 
+    @property
+    def address(self) -> str:
+        """Where the slaves are served: the serial port, or host:port."""
+        return self.serial_port or f"{self.host}:{self.port}"
+
     async def __aenter__(self) -> ModbusSimulator:
-        """Start listening; raises ``OSError`` if the address cannot be bound.
+        """Start serving; raises ``OSError`` if the address cannot be bound or the port opened.
 
         The ``OSError``'s message and ``__cause__`` give the reason, e.g. address already in use.
         """
-        server = self._build_server()
-        try:
-            await server.serve_forever(background=True)
-        except RuntimeError as exc:  # pymodbus's way of saying the bind failed
-            reason = _why_not_listening(self.host, self.port) or exc
-            raise OSError(f"cannot listen on {self.host}:{self.port}: {reason}") from reason
-        self._server = server
-        self.port = _bound_port(server, self.port)
-        log.info("simulating units %s on %s:%d", sorted(self.slaves), self.host, self.port)
+        if self.serial_port:
+            self._server = await self._open_serial()
+        else:
+            self._server = await self._listen()
+        log.info("simulating units %s on %s", sorted(self.slaves), self.address)
         if self.animate:
             self._stepped = asyncio.Event()
             self._animator = asyncio.create_task(self._animate(), name="modbus simulator animate")
@@ -358,10 +460,46 @@ class ModbusSimulator:
         server, self._server = self._server, None
         if server is None:
             return
-        closing = [connection.closed for connection in server.connections]
+        await _cancel_all(server.answers)  # the late answers of slow slaves
+        # A serial port closes at once; TCP sockets close in later callbacks.
+        closing = [c.closed for c in server.connections] if isinstance(server, _Server) else []
         await server.shutdown()  # type: ignore[no-untyped-call]
         if closing:
             await asyncio.wait(closing, timeout=_CLOSE_TIMEOUT)
+
+    async def _listen(self) -> _Server:
+        server = self._build_server()
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus's way of saying the bind failed
+            reason = _why_not_listening(self.host, self.port) or exc
+            raise OSError(f"cannot listen on {self.host}:{self.port}: {reason}") from reason
+        self.port = _bound_port(server, self.port)
+        return server
+
+    async def _open_serial(self) -> _SerialServer:
+        server = _SerialServer(
+            [_placeholder()],
+            framer=FramerType.RTU,
+            port=self.serial_port,
+            ignore_missing_devices=True,  # silence, like a real bus, for dead and unknown units
+            reconnect_delay=0,
+            trace_packet=self._log_frame,
+            trace_pdu=self._count_response,
+            baudrate=self.baudrate,
+            parity=self.parity,
+            stopbits=self.stopbits,
+            bytesize=self.bytesize,
+        )
+        server.context = self._context
+        server.answers, server.slaves = set(), self.slaves
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus's way of saying the port did not open
+            code, reason = serial_port_problem(self.serial_port)
+            cause = OSError(code, reason) if code else None
+            raise OSError(f"cannot open {self.serial_port}: {reason or exc}") from cause
+        return server
 
     async def stop_animation(self) -> None:
         """Cancel the animation task, if any, and wait for it to end."""
@@ -382,22 +520,34 @@ class ModbusSimulator:
         await self._stepped.wait()
 
     def _build_server(self) -> _Server:
-        # pymodbus insists on a datastore at construction; this throwaway one is replaced at once.
-        placeholder = SimDevice(id=0, simdata=SimData(0, values=0, datatype=DataType.REGISTERS))
         server = _Server(
-            [placeholder],
+            [_placeholder()],
+            framer=FramerType.RTU if self.rtu else FramerType.SOCKET,
             address=(self.host, self.port),
             ignore_missing_devices=True,  # silence, not exception 11, for dead and unknown units
+            trace_packet=self._log_frame,
             trace_pdu=self._count_response,
         )
-        server.connections = set()
-        server.context = _SlaveContext(self.slaves)
+        server.connections, server.answers, server.slaves = set(), set(), self.slaves
+        server.context = self._context
         return server
 
     def _count_response(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if sending and (slave := self.slaves.get(pdu.dev_id)) is not None:
             slave.requests += 1
         return pdu
+
+    def _log_frame(self, sending: bool, data: bytes) -> bytes:
+        last = self.frames[-1] if self.frames else None
+        # pymodbus passes its receive buffer each time bytes arrive: a grown buffer is the same
+        # request, and keeps the time its first bytes came.
+        if not sending and last and not last.sending and data.startswith(last.data):
+            self.frames[-1] = last._replace(data=bytes(data))
+        else:
+            self.frames.append(SimFrame(time.monotonic(), sending, bytes(data)))
+        if not sending:
+            self.received.set()
+        return data
 
     async def _animate(self) -> None:
         start = asyncio.get_running_loop().time()
@@ -410,6 +560,19 @@ class ModbusSimulator:
             stepped, self._stepped = self._stepped, asyncio.Event()
             if stepped is not None:
                 stepped.set()
+
+
+async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:
+    pending = set(tasks)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+
+
+def _placeholder() -> SimDevice:
+    # pymodbus insists on a datastore at construction; this throwaway one is replaced at once.
+    return SimDevice(id=0, simdata=SimData(0, values=0, datatype=DataType.REGISTERS))
 
 
 def _why_not_listening(host: str, port: int) -> OSError | None:
@@ -436,3 +599,106 @@ def _bound_port(server: ModbusTcpServer, requested: int) -> int:
     if requested:
         return requested
     raise RuntimeError("pymodbus did not say which port it bound")
+
+
+class _PtyEnd(NamedTuple):
+    master: int
+    slave: int  # held open so that the master never sees a hang-up
+    path: str
+
+
+class PtyLink:
+    """Two pseudo-terminals wired to each other, like two serial ports joined by a cable.
+
+    A pseudo-terminal pair has a path only at its slave end (``/dev/pts/N``), so a link is two
+    pairs whose master ends the event loop copies into each other: what is written to
+    ``paths[0]`` can be read at ``paths[1]`` and back. Unlike ``socat`` it needs nothing
+    installed, and pyserial treats both paths as serial ports at any baud rate (a pty does not
+    pace bytes: a frame crosses in well under a millisecond whatever the baud rate).
+
+    Each end's slave side stays open here too: a program that closes its end leaves the link
+    working for the next one, instead of the master reporting a hang-up. ``forward`` is the place
+    to meddle with the traffic (see ``tests/rig/serial.py``); ``open_end``/``close_end`` replace
+    one end by a fresh pseudo-terminal (an unplugged adapter).
+    """
+
+    def __init__(self) -> None:
+        self._ends: list[_PtyEnd | None] = [None, None]
+
+    @property
+    def paths(self) -> tuple[str, str]:
+        first, second = self._ends
+        return (first.path if first else "", second.path if second else "")
+
+    async def __aenter__(self) -> PtyLink:
+        try:
+            for index in (0, 1):
+                self.open_end(index)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for index in (0, 1):
+            self.close_end(index)
+
+    def open_end(self, index: int) -> str:
+        """Give end ``index`` a fresh pseudo-terminal; returns its path."""
+        self.close_end(index)
+        master, slave = os.openpty()
+        try:
+            tty.setraw(slave)  # no echo, no line editing: bytes pass as they are
+            os.set_blocking(master, False)
+            end = _PtyEnd(master, slave, os.ttyname(slave))
+            asyncio.get_running_loop().add_reader(master, self._readable, index)
+        except BaseException:
+            os.close(master)
+            os.close(slave)
+            raise
+        self._ends[index] = end
+        return end.path
+
+    def close_end(self, index: int) -> None:
+        """Close end ``index``: a program that has its path open sees the port fail."""
+        end, self._ends[index] = self._ends[index], None
+        if end is None:
+            return
+        asyncio.get_running_loop().remove_reader(end.master)
+        os.close(end.master)
+        os.close(end.slave)
+
+    def forward(self, index: int, data: bytes) -> None:
+        """Called with what was written at end ``index``: hands it to the other end."""
+        self.deliver(1 - index, data)
+
+    def deliver(self, index: int, data: bytes) -> None:
+        """Make ``data`` readable at end ``index``; dropped, as on a wire, if it cannot take it."""
+        end = self._ends[index]
+        if end is None:
+            return
+        try:
+            os.write(end.master, data)
+        except OSError as exc:  # full (nobody reads) or gone
+            log.debug("pty %s: %d byte(s) dropped: %s", end.path, len(data), exc)
+
+    def _readable(self, index: int) -> None:
+        end = self._ends[index]
+        if end is None:
+            return
+        try:
+            data = os.read(end.master, 4096)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.debug("pty %s: read failed: %s", end.path, exc)
+            return
+        self.forward(index, data)

@@ -138,7 +138,7 @@ def test_an_undefined_address_costs_only_its_request() -> None:
             poll = await driver.read(device())
         assert poll.values == {k: v for k, v in VALUES.items() if k != "serial"}
         assert poll.errors == (
-            "device meter (unit 1): holding 10-13: Modbus exception 2 (illegal data address)",
+            "bus field, device meter (unit 1): holding 10-13: Modbus exception 2 (illegal data address)",
         )
 
     run(body)
@@ -153,7 +153,7 @@ def test_nothing_read_raises_device_error_with_every_reason() -> None:
                 await driver.read(device())
         message = str(caught.value)
         for where in ("holding 0-3", "holding 10-13", "input 0-2", "coil 0-1", "discrete 5"):
-            assert f"device meter (unit 1): {where}: Modbus exception 2" in message
+            assert f"bus field, device meter (unit 1): {where}: Modbus exception 2" in message
 
     run(body)
 
@@ -169,7 +169,7 @@ def test_a_dead_unit_raises_device_error_within_the_timeout() -> None:
             # One timeout, not one per request: the rest of the poll is skipped.
             assert time.monotonic() - started < 2 * TIMEOUT
             assert str(caught.value) == (
-                "device meter (unit 1): holding 0-3: no response within 0.5 s; "
+                "bus field, device meter (unit 1): holding 0-3: no response within 0.5 s; "
                 "device meter: 4 more request(s) not sent"
             )
             simulated.dead = False
@@ -210,7 +210,7 @@ def test_no_response_midway_keeps_what_was_read() -> None:
             poll = await driver.read(device())
         assert poll.values == {"voltage": 230.5, "current": 1.25}
         assert poll.errors == (
-            "device meter (unit 1): holding 10-13: no response within 0.5 s",
+            "bus field, device meter (unit 1): holding 10-13: no response within 0.5 s",
             "device meter: 3 more request(s) not sent",
         )
 
@@ -225,7 +225,9 @@ def test_a_request_pymodbus_cannot_send_costs_only_itself() -> None:
             poll = await driver.read(device(points=(*POINTS, huge)))
         assert poll.values == VALUES
         (error,) = poll.errors
-        assert error.startswith("device meter (unit 1): holding 100-225: cannot be sent: ")
+        assert error.startswith(
+            "bus field, device meter (unit 1): holding 100-225: cannot be sent: "
+        )
 
     run(body)
 
@@ -319,3 +321,24 @@ def test_validate_reports_what_the_loader_cannot_know() -> None:
 
 def test_the_entry_point_finds_the_driver() -> None:
     assert load_driver("modbus") is ModbusDriver
+
+
+def test_a_connection_dropped_during_a_request_raises_bus_error_at_once() -> None:
+    async def body() -> None:
+        simulated = slave()
+        simulated.dead = True
+        async with ModbusSimulator([simulated]) as sim:
+            driver = ModbusDriver(bus(sim.port, timeout=5.0))  # a timeout the test never waits for
+            async with driver:
+                reading = asyncio.create_task(driver.read(device()))
+                await asyncio.wait_for(sim.received.wait(), 5)
+                await sim.__aexit__(None, None, None)
+                with pytest.raises(BusError) as caught:
+                    await asyncio.wait_for(reading, 2.0)
+        assert str(caught.value) == (
+            f"bus field: connection to 127.0.0.1:{sim.port} lost: the link dropped while reading "
+            "device meter (unit 1): holding 0-3"
+        )
+        assert driver.counters["meter"] == {"bus": 1}
+
+    run(body)

@@ -1,20 +1,24 @@
-"""The simulator, seen through pymodbus's own client on 127.0.0.1."""
+"""The simulator, seen through pymodbus's own clients: on 127.0.0.1 and on pseudo-terminals."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
+from pymodbus.framer import FramerType
 
 from agent.config.types import DeviceConfig, PointConfig, PointType
 from drivers.modbus.codec import decode
+from drivers.modbus.driver import rtu_crc_ok
 from drivers.modbus.simulator import (
     ModbusSimulator,
     SimulatedSlave,
@@ -22,6 +26,7 @@ from drivers.modbus.simulator import (
     animate_slave,
     slaves_for_bus,
 )
+from tests.rig.serial import pty_pair
 
 POINTS = (
     PointConfig("voltage", "input", 0, "float32", min=220.0, max=240.0),
@@ -241,3 +246,110 @@ def test_animated_values_always_fit_their_type(
     slave = SimulatedSlave(1, [point])
     animate_slave(slave, t)  # raises ValueError if a value did not fit
     assert isinstance(slave.value("x"), (int, float))
+
+
+# --- RTU: serial ports and RTU over TCP --------------------------------------------------------
+
+
+@asynccontextmanager
+async def serial_client(port: str, timeout: float = 0.3) -> AsyncIterator[AsyncModbusSerialClient]:
+    """A plain pymodbus RTU client on ``port``, with neither retries nor reconnects."""
+    modbus = AsyncModbusSerialClient(
+        port, baudrate=9600, timeout=timeout, retries=0, reconnect_delay=0
+    )
+    assert await modbus.connect()
+    try:
+        yield modbus
+    finally:
+        modbus.close()
+
+
+def test_slaves_are_served_on_a_serial_port() -> None:
+    async def body() -> None:
+        first, second, dead = (SimulatedSlave(u, POINTS) for u in (1, 2, 3))
+        first.set_value("model", "ONE")
+        second.set_value("model", "TWO")
+        dead.dead = True
+        async with (
+            pty_pair() as (agent_end, slave_end),
+            ModbusSimulator([first, second, dead], serial_port=slave_end) as sim,
+            serial_client(agent_end) as modbus,
+        ):
+            assert sim.address == slave_end
+            for unit, model in ((2, "TWO"), (1, "ONE")):
+                answer = await modbus.read_holding_registers(10, count=5, device_id=unit)
+                assert decode(POINTS[4], answer.registers) == model
+            for unit in (3, 4):  # dead and unknown units are silent, as on a real line
+                with pytest.raises(ModbusIOException, match="No response"):
+                    await modbus.read_holding_registers(10, count=5, device_id=unit)
+        request, reply = list(sim.frames)[:2]
+        assert (request.sending, reply.sending) == (False, True)
+        assert request.data[:-2] == bytes.fromhex("02 03 00 0a 00 05")  # and its CRC
+        assert rtu_crc_ok(request.data)
+        assert request.time <= reply.time
+
+    run(body)
+
+
+def test_a_serial_port_that_cannot_be_opened_raises_oserror(tmp_path: Path) -> None:
+    async def body() -> None:
+        missing = tmp_path / "ttyS9"
+        with pytest.raises(OSError, match=f"cannot open {missing}: No such file") as caught:
+            async with ModbusSimulator([], serial_port=str(missing)):
+                pass
+        assert isinstance(caught.value.__cause__, OSError)
+        assert caught.value.__cause__.errno == errno.ENOENT
+
+    run(body)
+
+
+def test_rtu_frames_over_tcp() -> None:
+    async def body() -> None:
+        slave = SimulatedSlave(5, POINTS)
+        slave.set_value("voltage", 229.5)
+        async with ModbusSimulator([slave], rtu=True) as sim:
+            modbus = AsyncModbusTcpClient(
+                "127.0.0.1", port=sim.port, framer=FramerType.RTU, timeout=0.5, retries=0
+            )
+            assert await modbus.connect()
+            try:
+                inputs = await modbus.read_input_registers(0, count=2, device_id=5)
+            finally:
+                modbus.close()
+        assert decode(POINTS[0], inputs.registers) == 229.5
+
+    run(body)
+
+
+def test_a_slow_slave_answers_late_with_its_own_transaction_id() -> None:
+    async def body() -> None:
+        slow, quick = SimulatedSlave(1, POINTS), SimulatedSlave(2, POINTS)
+        slow.slow = 0.3
+        async with ModbusSimulator([slow, quick]) as sim, client(sim.port, timeout=0.1) as modbus:
+            with pytest.raises(ModbusIOException):
+                await modbus.read_holding_registers(0, count=1, device_id=1)  # tid 1: too late
+            assert not (await modbus.read_holding_registers(0, count=1, device_id=2)).isError()
+            # pymodbus drops the late answer to tid 1 and waits for the one to tid 3.
+            modbus.ctx.comm_params.timeout_connect = 1.0
+            assert not (await modbus.read_holding_registers(0, count=1, device_id=1)).isError()
+        answers = [(f.data[:2], f.data[6]) for f in sim.frames if f.sending]
+        assert answers == [(b"\x00\x02", 2), (b"\x00\x01", 1), (b"\x00\x03", 1)]
+
+    run(body)
+
+
+def test_exception_injection() -> None:
+    async def body() -> None:
+        slave = SimulatedSlave(1, POINTS)
+        with pytest.raises(ValueError, match="exception code 9 is not one of"):
+            slave.exception = 9
+        slave.exception = 6
+        async with ModbusSimulator([slave]) as sim, client(sim.port) as modbus:
+            busy = await modbus.read_holding_registers(0, count=1, device_id=1)
+            refused = await modbus.write_register(0, 1, device_id=1)
+            slave.exception = None
+            fine = await modbus.read_holding_registers(0, count=1, device_id=1)
+        assert (busy.exception_code, refused.exception_code) == (6, 6)
+        assert not fine.isError()
+
+    run(body)

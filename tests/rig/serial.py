@@ -1,0 +1,142 @@
+"""Serial rigs: connected pseudo-terminal pairs, and a proxy that corrupts RTU frames.
+
+Both are built on ``drivers.modbus.simulator.PtyLink``: two ``os.openpty()`` pairs whose master
+ends the event loop copies into each other. That was chosen over ``socat PTY,link=…`` because it
+needs no process to start, wait for and stop, works wherever Python does, and the copying is where
+a proxy can meddle with the frames. pyserial opens either path at any baud rate (a pty stores the
+line settings, ``termios`` reports them back, but does not pace the bytes).
+
+Unplugging an adapter is the agent's port path disappearing: the agent's end is a symlink (like
+``/dev/serial/by-id/…``) to a pseudo-terminal; ``unplug()`` closes that pseudo-terminal, so an
+open port fails as a USB adapter's does, and removes the link; ``replug()`` links the path to a
+fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from pymodbus.framer import FramerRTU
+
+from drivers.modbus.driver import rtu_frame_size
+from drivers.modbus.simulator import PtyLink
+
+#: What ``SerialProxy.corrupt`` can do to a slave's answer.
+Fault = Literal["crc", "truncate", "unit", "drop"]
+
+AGENT, DEVICE = 0, 1  # the two ends of a proxy
+
+
+@asynccontextmanager
+async def pty_pair() -> AsyncIterator[tuple[str, str]]:
+    """Two pseudo-terminal paths wired to each other like two serial ports on one cable."""
+    async with PtyLink() as link:
+        yield link.paths
+
+
+class SerialProxy(PtyLink):
+    """Sits between the agent's port (``agent_path``) and the slaves' port (``device_path``).
+
+    Frames pass whole (split by the RTU length rules), counted in ``passed``, ``requests`` and
+    ``replies``; ``corrupt(fault, n)`` spoils the next ``n`` answers from the slaves.
+    """
+
+    def __init__(self, directory: Path, name: str = "ttyUSB0") -> None:
+        super().__init__()
+        self.agent_path = directory / name
+        self.passed = 0  # frames handed on, either way (spoilt ones too, dropped ones not)
+        self.requests = 0  # frames from the agent
+        self.replies = 0  # frames from the slaves
+        self._faults: list[Fault] = []
+        self._buffers = (bytearray(), bytearray())
+
+    @property
+    def device_path(self) -> str:
+        return self.paths[DEVICE]
+
+    @property
+    def faults_pending(self) -> int:
+        return len(self._faults)
+
+    async def __aenter__(self) -> SerialProxy:
+        await super().__aenter__()
+        self._link()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.agent_path.unlink(missing_ok=True)
+        await super().__aexit__(exc_type, exc, tb)
+
+    def corrupt(self, fault: Fault, count: int = 1) -> None:
+        """Spoil the next ``count`` answers: flip a CRC byte, cut the frame short, make it come
+        from the next unit id (with a good CRC), or drop it."""
+        self._faults.extend([fault] * count)
+
+    def unplug(self) -> None:
+        """The adapter goes: the agent's open port fails and its path disappears."""
+        self.close_end(AGENT)
+        self.agent_path.unlink(missing_ok=True)
+        self._buffers[AGENT].clear()
+
+    def replug(self) -> None:
+        """The adapter comes back, as a fresh port at the same path."""
+        self.open_end(AGENT)
+        self._link()
+
+    def forward(self, index: int, data: bytes) -> None:
+        buffer = self._buffers[index]
+        buffer += data
+        for frame in _split(buffer, request=index == AGENT):
+            if index == AGENT:
+                self.requests += 1
+                passing: bytes | None = frame
+            else:
+                self.replies += 1
+                passing = self._spoil(frame)
+            if passing is not None:
+                self.passed += 1
+                self.deliver(1 - index, passing)
+
+    def _spoil(self, frame: bytes) -> bytes | None:
+        if not self._faults:
+            return frame
+        fault = self._faults.pop(0)
+        if fault == "crc":
+            return frame[:-1] + bytes([frame[-1] ^ 0xFF])
+        if fault == "truncate":
+            return frame[: max(2, len(frame) - 3)]
+        if fault == "unit":
+            body = bytes([frame[0] % 247 + 1]) + frame[1:-2]
+            return body + FramerRTU.compute_CRC(body).to_bytes(2, "big")
+        return None  # drop
+
+    def _link(self) -> None:
+        # Replaced in one step, as udev does, so that the path never points nowhere.
+        temporary = self.agent_path.with_name(self.agent_path.name + ".new")
+        temporary.unlink(missing_ok=True)
+        os.symlink(self.paths[AGENT], temporary)
+        os.replace(temporary, self.agent_path)
+
+
+def _split(buffer: bytearray, *, request: bool) -> list[bytes]:
+    """Take the complete frames off the front of ``buffer``; bytes of no known layout go whole."""
+    frames: list[bytes] = []
+    while buffer:
+        size = rtu_frame_size(bytes(buffer), request=request)
+        if size is None:
+            size = len(buffer)
+        elif size == 0 or len(buffer) < size:
+            break
+        frames.append(bytes(buffer[:size]))
+        del buffer[:size]
+    return frames
