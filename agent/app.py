@@ -13,6 +13,7 @@ from .clock import Clock
 from .config import Config
 from .driver import BUS_DRIVERS, load_driver
 from .model import Value
+from .report import ReportFilter
 from .scheduler import BusPoller
 from .systemd import notify
 from .tools import plan_lines
@@ -32,6 +33,7 @@ class Agent:
         self.clock = clock or Clock()
         self.buffer = Buffer(config.agent.data_dir / BUFFER_FILE)
         self.uplink = Uplink(config, self.buffer, self.clock)
+        self.reports = {d.name: ReportFilter.for_device(d) for d in config.devices}
         self.pollers = [
             BusPoller(
                 bus,
@@ -44,8 +46,11 @@ class Agent:
         ]
 
     def _store(self, device: str, ts: int, values: Mapping[str, Value]) -> None:
-        self.buffer.add(device, ts, values)
-        self.uplink.wake()
+        """A poll's values, less what report-by-exception holds back, become a sample."""
+        worth_sending = self.reports[device].apply(values, self.clock.monotonic())
+        if worth_sending:  # a poll that leaves nothing to send makes no sample (and takes no id)
+            self.buffer.add(device, ts, worth_sending)
+            self.uplink.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then stop polling, commit the buffer and go offline."""
