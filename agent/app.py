@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from .aio import cancel_and_wait
 from .buffer import Buffer
-from .clock import Clock
+from .clock import Clock, ClockGuard
 from .config import Config
 from .driver import BUS_DRIVERS, load_driver
 from .model import Value
@@ -31,8 +31,13 @@ class Agent:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or Clock()
-        self.buffer = Buffer(config.agent.data_dir / BUFFER_FILE)
-        self.uplink = Uplink(config, self.buffer, self.clock)
+        self.buffer = Buffer(
+            config.agent.data_dir / BUFFER_FILE,
+            config.buffer.max_size,
+            config.buffer.flush_interval,
+        )
+        self.guard = ClockGuard(self.clock)
+        self.uplink = Uplink(config, self.buffer, self.clock, self.guard)
         self.reports = {d.name: ReportFilter.for_device(d) for d in config.devices}
         self.pollers = [
             BusPoller(
@@ -45,16 +50,21 @@ class Agent:
             for bus in config.buses
         ]
 
-    def _store(self, device: str, ts: int, values: Mapping[str, Value]) -> None:
+    def _store(self, device: str, ts: int, mono: float, values: Mapping[str, Value]) -> None:
         """A poll's values, less what report-by-exception holds back, become a sample."""
-        worth_sending = self.reports[device].apply(values, self.clock.monotonic())
-        if worth_sending:  # a poll that leaves nothing to send makes no sample (and takes no id)
+        worth_sending = self.reports[device].apply(values, mono)
+        if not worth_sending:  # a poll that leaves nothing to send makes no sample (and no id)
+            return
+        if self.guard.trusted(ts, mono):
             self.buffer.add(device, ts, worth_sending)
-            self.uplink.wake()
+        else:  # keep what re-stamping it needs once the clock is right
+            self.buffer.add(device, ts, worth_sending, mono=mono, boot=self.guard.boot)
+        self.uplink.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then stop polling, commit the buffer and go offline."""
         self.buffer.open()
+        self.guard.remember(self.buffer.newest_ts)
         pollers = [asyncio.create_task(p.run(), name=f"bus {p.bus.name}") for p in self.pollers]
         flusher = asyncio.create_task(self._flush_periodically(), name="buffer flush")
         uplink = asyncio.create_task(self.uplink.run(), name="uplink")
@@ -86,8 +96,10 @@ class Agent:
             task.result()  # re-raise what ended it
 
     async def _flush_periodically(self) -> None:
+        """Commit what stayed unacknowledged for ¾ of flush_interval, every quarter of it: a
+        sample is on disk within one flush_interval of being taken."""
         while True:
-            await asyncio.sleep(self.config.buffer.flush_interval)
+            await asyncio.sleep(self.config.buffer.flush_interval / 4)
             self.buffer.flush()
 
 

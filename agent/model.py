@@ -26,12 +26,31 @@ class Poll:
 
 @dataclass(frozen=True)
 class Sample:
-    """One poll of one device as buffered and sent: SPEC §4's sample."""
+    """One poll of one device as buffered and sent: SPEC §4's sample.
+
+    ``mono`` and ``boot`` are set only while the wall clock could not be trusted when the poll
+    ran: the monotonic time and boot id let the sample be re-stamped once the clock is right;
+    a sample sent without that carries ``"clock": "unsynced"``.
+    """
 
     id: int
     device: str
     ts: int  # ms since the Unix epoch, when the poll's first request went out
     values: Mapping[str, Value] = field(default_factory=dict)
+    mono: float | None = None
+    boot: str | None = None
+
+    @property
+    def unsynced(self) -> bool:
+        return self.mono is not None
 
     def to_json(self) -> dict[str, object]:
-        return {"id": self.id, "device": self.device, "ts": self.ts, "values": dict(self.values)}
+        payload: dict[str, object] = {
+            "id": self.id,
+            "device": self.device,
+            "ts": self.ts,
+            "values": dict(self.values),
+        }
+        if self.unsynced:
+            payload["clock"] = "unsynced"
+        return payload

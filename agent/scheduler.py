@@ -23,8 +23,9 @@ from .model import Value
 
 log = logging.getLogger(__name__)
 
-#: Receives each poll's values: device name, poll time (ms), values.
-Sink = Callable[[str, int, Mapping[str, Value]], None]
+#: Receives each poll's values: device name, wall-clock time (ms) and monotonic time (s) when
+#: the poll started, values.
+Sink = Callable[[str, int, float, Mapping[str, Value]], None]
 
 
 @dataclass
@@ -128,7 +129,7 @@ class BusPoller:
         health.overruns += missed
 
     async def _poll_device(self, driver: Driver, device: DeviceConfig) -> None:
-        ts = self.clock.wall_ms()
+        ts, mono = self.clock.wall_ms(), self.clock.monotonic()
         try:
             poll = await driver.read(device)
         except DeviceError as exc:
@@ -143,7 +144,7 @@ class BusPoller:
             self._recovered(device.name)
         if poll.values:
             self.health[device.name].ok += 1
-            self.sink(device.name, ts, poll.values)
+            self.sink(device.name, ts, mono, poll.values)
 
     def _back_off(self, device: DeviceConfig) -> None:
         """After BACKOFF_AFTER failures in a row, wait longer and longer before trying again,

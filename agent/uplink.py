@@ -19,13 +19,15 @@ from . import __version__
 from .aio import wait_event
 from .backoff import Backoff
 from .buffer import Buffer
-from .clock import Clock
+from .clock import Clock, ClockGuard
 from .config import Config, MqttSection
 from .model import Sample
 
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT = 10.0
+#: A telemetry message's size limit, well below any broker's (mosquitto: 256 MB; AWS IoT: 128 kB).
+MAX_PAYLOAD = 100_000
 
 
 def _json(payload: Any) -> bytes:
@@ -52,19 +54,29 @@ def meta_payload(config: Config) -> dict[str, Any]:
     }
 
 
-def telemetry_payload(agent_id: str, samples: list[Sample]) -> bytes:
-    """SPEC §4 telemetry batch."""
-    return _json({"agent": agent_id, "samples": [s.to_json() for s in samples]})
+def telemetry_payload(agent_id: str, samples: list[Sample], backlog: bool = False) -> bytes:
+    """SPEC §4 telemetry batch; ``backlog`` marks samples sent late, from the disk."""
+    batch: dict[str, object] = {"agent": agent_id, "samples": [s.to_json() for s in samples]}
+    if backlog:
+        batch["backlog"] = True
+    return _json(batch)
 
 
 class Uplink:
     """Sends the buffer's samples to the broker, oldest first, one acknowledged batch at a time."""
 
-    def __init__(self, config: Config, buffer: Buffer, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        buffer: Buffer,
+        clock: Clock | None = None,
+        guard: ClockGuard | None = None,
+    ) -> None:
         self.config = config
         self.mqtt: MqttSection = config.mqtt
         self.buffer = buffer
         self.clock = clock or Clock()
+        self.guard = guard or ClockGuard(self.clock)
         self.topic = f"{self.mqtt.topic_prefix}/{config.agent.id}"
         self.connected = False
         self.connects = 0  # successful connections; more than one means reconnects
@@ -141,24 +153,44 @@ class Uplink:
         self.connected = False
 
     async def _send_until_stopped(self, client: aiomqtt.Client) -> None:
-        """Send batches as samples arrive, at most one batch per ``batch_interval`` while live."""
+        """Send live samples as they arrive and drain the backlog beside them, oldest first.
+
+        Rounds alternate a live batch and a backlog batch, so current readings go out at once
+        after an outage and the backlog never starves them. While live, at most one batch per
+        ``batch_interval`` (but soon enough to be acknowledged before the buffer commits it).
+        """
         loop = asyncio.get_running_loop()
         last_sent = 0.0
+        pace = min(self.mqtt.batch_interval, self.buffer.commit_age / 3)
         while True:
-            self._wake.clear()  # before take: a sample added while we publish wakes the next round
-            batch = self.buffer.take(self.mqtt.batch_max)
-            if batch:
-                payload = telemetry_payload(self.config.agent.id, batch)
-                await self._publish(client, "telemetry", payload, self.mqtt.qos)
-                self.buffer.acknowledge(batch)
+            self._wake.clear()  # before taking: a sample added while we publish wakes a round
+            live = self.buffer.take_live(self.mqtt.batch_max)
+            if live:
+                await self._send(client, live, backlog=False)
                 last_sent = loop.time()
+            backlog = self.buffer.take_backlog(self.mqtt.batch_max)
+            if backlog:
+                await self._send(client, backlog, backlog=True)
+            if live or backlog:
                 continue
             if self._stopping.is_set():
                 return
             await self._wake.wait()
-            pause = last_sent + self.mqtt.batch_interval - loop.time()
+            pause = last_sent + pace - loop.time()
             if pause > 0:
                 await wait_event(self._stopping, pause)
+
+    async def _send(self, client: aiomqtt.Client, samples: list[Sample], backlog: bool) -> None:
+        """Publish one batch (split while it is larger than MAX_PAYLOAD) and acknowledge it."""
+        stamped = [self.guard.restamp(s) for s in samples]
+        payload = telemetry_payload(self.config.agent.id, stamped, backlog)
+        if len(payload) > MAX_PAYLOAD and len(samples) > 1:
+            half = len(samples) // 2
+            await self._send(client, samples[:half], backlog)
+            await self._send(client, samples[half:], backlog)
+            return
+        await self._publish(client, "telemetry", payload, self.mqtt.qos)
+        self.buffer.acknowledge(samples)
 
     async def _publish(
         self, client: aiomqtt.Client, subtopic: str, payload: bytes, qos: int, retain: bool = False

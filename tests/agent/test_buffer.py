@@ -1,55 +1,183 @@
-"""The buffer: persistent increasing ids, nothing leaves before it is acknowledged."""
+"""The buffer: memory first, disk for what stays unacknowledged, bounded, ids that never repeat."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from agent.buffer import Buffer
 
+MB = 1_000_000
+FLUSH = 1.0  # flush_interval: samples unacknowledged for 0.75 s are committed
+
+
+def buffer_at(path: Path, max_size: int = 10 * MB) -> Buffer:
+    return Buffer(path / "buffer.sqlite", max_size, FLUSH)
+
+
+def rows_on_disk(path: Path) -> int:
+    with sqlite3.connect(path / "buffer.sqlite") as db:
+        return int(db.execute("SELECT count(*) FROM samples").fetchone()[0])
+
+
+def crash(buffer: Buffer) -> None:
+    """The process dies: no close(), nothing more committed."""
+    assert buffer._db is not None
+    buffer._db.close()
+
 
 def test_ids_increase_and_continue_after_a_clean_restart(tmp_path: Path) -> None:
-    path = tmp_path / "buffer.sqlite"
-    with Buffer(path) as buffer:
-        ids = [buffer.add("meter", 1000 + i, {"v": i}).id for i in range(3)]
+    with buffer_at(tmp_path) as buffer:
+        ids = [buffer.add("meter", 1000 + i, {"v": i}, now=0).id for i in range(3)]
         assert ids == [1, 2, 3]
-        buffer.acknowledge(buffer.take(10))
-    with Buffer(path) as buffer:
+        buffer.acknowledge(buffer.take_live(10))
+    with buffer_at(tmp_path) as buffer:
         assert buffer.add("meter", 2000, {"v": 9}).id == 4  # no gap after a clean stop
 
 
 def test_ids_never_repeat_after_a_crash(tmp_path: Path) -> None:
-    path = tmp_path / "buffer.sqlite"
-    buffer = Buffer(path).open()
-    for i in range(3):
-        buffer.add("meter", i, {"v": i})
-    buffer.flush()
-    handed_out = [buffer.add("meter", 10 + i, {"v": i}).id for i in range(2)]  # never committed
-    assert buffer._db is not None
-    buffer._db.close()  # the process dies: no close(), no commit
-    with Buffer(path) as again:
-        assert again.depth == 3  # what was committed survives
-        new_id = again.add("meter", 99, {"v": 0}).id
-        assert new_id > max(handed_out)  # a gap, never a repeated id
+    buffer = buffer_at(tmp_path).open()
+    handed_out = [buffer.add("meter", i, {"v": i}, now=0).id for i in range(5)]
+    buffer.flush(now=10)  # committed
+    handed_out += [buffer.add("meter", 10 + i, {"v": i}, now=10).id for i in range(2)]  # not yet
+    crash(buffer)
+    with buffer_at(tmp_path) as again:
+        assert again.depth == 5  # what was committed survives
+        assert again.add("meter", 99, {"v": 0}).id > max(handed_out)  # a gap, never a repeat
 
 
-def test_samples_leave_only_when_acknowledged(tmp_path: Path) -> None:
-    with Buffer(tmp_path / "b.sqlite") as buffer:
+def test_samples_acknowledged_in_time_never_touch_the_disk(tmp_path: Path) -> None:
+    with buffer_at(tmp_path) as buffer:
+        for i in range(100):
+            buffer.add("soil", i, {"m": i}, now=0.0)
+        buffer.acknowledge(buffer.take_live(1000))
+        buffer.flush(now=0.5)
+        assert buffer.stats().on_disk == 0
+        assert rows_on_disk(tmp_path) == 0
+        # and nothing was written for them: the database holds only its schema
+        assert buffer.stats().bytes < 64 * 1024
+
+
+def test_unacknowledged_samples_are_committed_at_the_flush_and_survive_a_crash(
+    tmp_path: Path,
+) -> None:
+    buffer = buffer_at(tmp_path).open()
+    buffer.add("soil", 1, {"m": 1}, now=0.0)
+    buffer.add("soil", 2, {"m": 2}, now=0.5)
+    buffer.take_live(10)  # sent, never acknowledged
+    buffer.flush(now=0.8)  # the first is 0.8 s old: committed; the second waits
+    assert rows_on_disk(tmp_path) == 1
+    buffer.flush(now=1.3)
+    assert rows_on_disk(tmp_path) == 2
+    crash(buffer)
+    with buffer_at(tmp_path) as again:
+        assert [s.values for s in again.take_backlog(10)] == [{"m": 1}, {"m": 2}]
+
+
+def test_deletes_after_acknowledgement_are_batched(tmp_path: Path) -> None:
+    with buffer_at(tmp_path) as buffer:
         for i in range(5):
-            buffer.add("soil", i, {"m": i * 1.5, "ok": True, "s": "x"})
-        first = buffer.take(2)
-        assert [s.id for s in first] == [1, 2]
-        assert first[0].values == {"m": 0.0, "ok": True, "s": "x"}
-        assert [s.id for s in buffer.take(2)] == [3, 4]  # in flight ones are not handed out again
-        buffer.acknowledge(first)
-        assert buffer.depth == 3
-        buffer.release()  # the link dropped before 3 and 4 were acknowledged
-        assert [s.id for s in buffer.take(10)] == [3, 4, 5]
+            buffer.add("soil", i, {"m": i}, now=0.0)
+        buffer.flush(now=1.0)
+        backlog = buffer.take_backlog(10)
+        assert [s.id for s in backlog] == [1, 2, 3, 4, 5]
+        buffer.acknowledge(backlog)
+        assert rows_on_disk(tmp_path) == 5  # not yet: one delete batch at the next flush
+        buffer.flush(now=1.25)
+        assert rows_on_disk(tmp_path) == 0 and buffer.depth == 0
 
 
-def test_unacknowledged_samples_survive_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "b.sqlite"
-    with Buffer(path) as buffer:
-        buffer.add("soil", 1, {"m": 1})
-        buffer.take(10)  # sent, never acknowledged
-    with Buffer(path) as buffer:
-        assert [s.values for s in buffer.take(10)] == [{"m": 1}]
+def test_live_and_backlog_are_handed_out_apart_and_again_after_a_failure(tmp_path: Path) -> None:
+    with buffer_at(tmp_path) as buffer:
+        for i in range(3):
+            buffer.add("old", i, {"v": i}, now=0.0)
+        buffer.flush(now=1.0)  # an outage: these went to disk
+        buffer.add("new", 9, {"v": 9}, now=1.0)
+        assert [s.device for s in buffer.take_live(10)] == ["new"]
+        assert [s.id for s in buffer.take_backlog(2)] == [1, 2]
+        assert [s.id for s in buffer.take_backlog(2)] == [3]  # in flight ones are not repeated
+        assert buffer.take_live(10) == []
+        buffer.release()  # the link dropped before anything was acknowledged
+        assert [s.id for s in buffer.take_live(10)] == [4]
+        assert [s.id for s in buffer.take_backlog(10)] == [1, 2, 3]
+
+
+def test_the_bound_drops_the_oldest_whole_samples_and_counts_them(tmp_path: Path) -> None:
+    bound = 100 * 1024
+    with buffer_at(tmp_path, max_size=bound) as buffer:
+        for i in range(8_000):
+            buffer.add("meter", i, {"voltage": 230.0 + i % 7, "current": i % 13}, now=0.0)
+            if i % 500 == 499:
+                buffer.flush(now=1.0 + i)
+        buffer.flush(now=1e6)
+        stats = buffer.stats()
+        assert stats.dropped > 0
+        assert stats.on_disk + stats.dropped == 8_000
+        assert stats.bytes <= bound
+        oldest = buffer.take_backlog(1)[0]
+        assert oldest.id == stats.dropped + 1  # the oldest went first, whole
+    assert sum(f.stat().st_size for f in tmp_path.glob("buffer.sqlite*")) <= bound
+
+
+def test_a_corrupt_buffer_file_is_moved_aside_and_a_fresh_one_started(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with buffer_at(tmp_path) as buffer:
+        last = buffer.add("meter", 1, {"v": 1}).id
+    (tmp_path / "buffer.sqlite").write_bytes(b"this is not a database" * 100)
+    (tmp_path / "buffer.sqlite-wal").unlink(missing_ok=True)
+    with buffer_at(tmp_path) as buffer:
+        assert buffer.add("meter", 2, {"v": 2}).id > last
+        buffer.flush(now=1e9)
+        assert rows_on_disk(tmp_path) == 1
+    aside = list(tmp_path.glob("buffer.sqlite.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+    assert any("is corrupt" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unwritable_data_dir_keeps_samples_in_memory(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the data dir should be")
+    buffer = Buffer(blocker / "buffer.sqlite", MB, FLUSH).open()
+    sample = buffer.add("meter", 1, {"v": 1}, now=0.0)
+    buffer.flush(now=5.0)  # nothing to write to: no crash
+    assert buffer.take_live(10) == [sample]
+    buffer.close()
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 512 kB tmpfs: a really full file system (needs root)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; the page-limit test covers the bound")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_file_system_drops_the_oldest_and_keeps_going(tiny_filesystem: Path) -> None:
+    # our bound is far above what the file system can hold
+    with Buffer(tiny_filesystem / "buffer.sqlite", 100 * MB, FLUSH) as buffer:
+        for i in range(8_000):
+            buffer.add("meter", i, {"voltage": 230.5, "text": "x" * 60}, now=0.0)
+            if i % 500 == 499:
+                buffer.flush(now=1.0 + i)
+        buffer.flush(now=1e6)
+        stats = buffer.stats()
+        assert stats.dropped > 0
+        assert stats.in_memory + stats.on_disk + stats.dropped == 8_000
+        newest = buffer.add("meter", 99, {"voltage": 1.0}, now=2e6)
+        assert buffer.take_live(1)[0].id <= newest.id  # still taking samples

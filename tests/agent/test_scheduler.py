@@ -89,7 +89,7 @@ class Collector:
         self.samples: list[tuple[str, int]] = []
         self.enough = asyncio.Event()
 
-    def __call__(self, name: str, ts: int, values: Mapping[str, Value]) -> None:
+    def __call__(self, name: str, ts: int, mono: float, values: Mapping[str, Value]) -> None:
         self.samples.append((name, ts))
         if len(self.samples) >= self.count:
             self.enough.set()

@@ -27,7 +27,7 @@ def test_live_units_keep_their_schedule_beside_a_dead_one() -> None:
     samples: dict[str, int] = {}
     enough = asyncio.Event()
 
-    def sink(device: str, ts: int, values: Mapping[str, Value]) -> None:
+    def sink(device: str, ts: int, mono: float, values: Mapping[str, Value]) -> None:
         samples[device] = samples.get(device, 0) + 1
         if samples.get("unit1", 0) >= 12 and samples.get("unit3", 0) >= 12:
             enough.set()

@@ -366,7 +366,7 @@ class _Samples:
         self.arrived = asyncio.Event()
         self.values: list[Mapping[str, Value]] = []
 
-    def __call__(self, name: str, ts: int, values: Mapping[str, Value]) -> None:
+    def __call__(self, name: str, ts: int, mono: float, values: Mapping[str, Value]) -> None:
         self.values.append(values)
         self.arrived.set()
 
