@@ -8,10 +8,11 @@ import signal
 from collections.abc import Mapping
 
 from .aio import cancel_and_wait
-from .buffer import Buffer
+from .buffer import BUFFER_FILE, Buffer
 from .clock import Clock, ClockGuard
 from .config import Config
 from .driver import BUS_DRIVERS, load_driver
+from .lock import data_dir_lock
 from .model import Value
 from .report import ReportFilter
 from .scheduler import BusPoller
@@ -21,7 +22,6 @@ from .uplink import Uplink
 
 log = logging.getLogger(__name__)
 
-BUFFER_FILE = "buffer.sqlite"
 STOP_TIMEOUT = 15.0
 
 
@@ -63,6 +63,10 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then stop polling, commit the buffer and go offline."""
+        with data_dir_lock(self.config.agent.data_dir):
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         self.buffer.open()
         self.guard.remember(self.buffer.newest_ts)
         pollers = [asyncio.create_task(p.run(), name=f"bus {p.bus.name}") for p in self.pollers]

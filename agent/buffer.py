@@ -37,6 +37,7 @@ from .model import Sample, Value
 
 log = logging.getLogger(__name__)
 
+BUFFER_FILE = "buffer.sqlite"
 ID_BLOCK = 10_000
 #: Samples kept in memory at most while the disk cannot take them.
 MEMORY_LIMIT = 100_000
@@ -68,7 +69,7 @@ class BufferStats:
     on_disk: int
     oldest_ts: int | None  # ms, of the oldest waiting sample
     bytes: int  # the database files on disk
-    dropped: int  # samples dropped since start because the bound (or memory) was full
+    dropped: int  # samples ever dropped because the bound (or memory) was full
     next_id: int
 
 
@@ -91,7 +92,7 @@ class Buffer:
         self._next_id = 1
         self._reserved_until = 1
         self.newest_ts = 0  # ms: the newest sample time ever stored
-        self.dropped = 0
+        self.dropped = 0  # ever, kept in the ids file
         self._last_complaint = -LOG_EVERY
 
     # --- life cycle
@@ -394,6 +395,7 @@ class Buffer:
             saved = json.loads(self._ids_file.read_text())
             self._next_id = max(self._next_id, int(saved["reserved_until"]))
             self.newest_ts = int(saved.get("newest_ts", 0))
+            self.dropped = int(saved.get("dropped", 0))
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -406,7 +408,11 @@ class Buffer:
 
     def _save_ids(self) -> None:
         """Atomically record the reservation: write, sync, rename."""
-        state = {"reserved_until": self._reserved_until, "newest_ts": self.newest_ts}
+        state = {
+            "reserved_until": self._reserved_until,
+            "newest_ts": self.newest_ts,
+            "dropped": self.dropped,
+        }
         tmp = self._ids_file.with_suffix(".tmp")
         try:
             self._ids_file.parent.mkdir(parents=True, exist_ok=True)
@@ -433,16 +439,6 @@ class Buffer:
         return BufferStats(
             self.depth, len(self._memory), self._on_disk, oldest, size, self.dropped, self._next_id
         )
-
-    def samples(self) -> Iterator[Sample]:
-        """Every waiting sample, oldest first (for ``edge-agent buffer export``)."""
-        if self._db is not None:
-            for i, d, ts, v, m, b in self._conn().execute(
-                "SELECT id, device, ts, vals, mono, boot FROM samples ORDER BY id"
-            ):
-                yield Sample(i, d, ts, json.loads(v), mono=m, boot=b)
-        for sample, _ in list(self._memory.values()):
-            yield sample
 
     def purge(self) -> int:
         """Drop every waiting sample; returns how many. Ids go on from where they were."""
@@ -471,6 +467,46 @@ class Buffer:
         if self._db is None:
             raise StorageError(f"buffer {self.path} is not open")
         return self._db
+
+
+def read_only(path: Path) -> sqlite3.Connection:
+    """The buffer database opened for reading only: safe beside a running agent."""
+    if not path.exists():
+        raise StorageError(f"no buffer at {path}: the agent has not run with this data_dir yet")
+    try:
+        return sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StorageError(f"buffer {path}: cannot open: {exc}") from exc
+
+
+def stored_samples(db: sqlite3.Connection) -> Iterator[Sample]:
+    """Every committed sample, oldest first."""
+    for i, d, ts, v, m, b in db.execute(
+        "SELECT id, device, ts, vals, mono, boot FROM samples ORDER BY id"
+    ):
+        yield Sample(i, d, ts, json.loads(v), mono=m, boot=b)
+
+
+def stored_stats(path: Path) -> BufferStats:
+    """What a running (or stopped) agent has committed, read from the files alone."""
+    with contextlib.closing(read_only(path)) as db:
+        count, oldest = db.execute("SELECT count(*), min(ts) FROM samples").fetchone()
+    try:
+        saved = json.loads(path.with_suffix(".ids").read_text())
+    except (OSError, ValueError):
+        saved = {}
+    size = sum(
+        p.stat().st_size for p in path.parent.glob(path.name + "*") if "corrupt" not in p.name
+    )
+    return BufferStats(
+        count,
+        0,
+        count,
+        oldest,
+        size,
+        int(saved.get("dropped", 0)),
+        int(saved.get("reserved_until", 1)),
+    )
 
 
 def _row(sample: Sample) -> tuple[object, ...]:

@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--pty", action="store_true", help="serve each bus on a pseudo-terminal (prints its path)"
     )
+    buffer = command("buffer", "inspect or empty the local buffer")
+    buffer.add_argument("action", choices=("stats", "export", "purge"))
     templates = command("templates", "list the device templates, or show one")
     templates.add_argument("name", nargs="?")
     return parser
@@ -111,6 +113,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             return EXIT_FAILED
         tools.print_poll(device, poll, args.points, args.json)
         return EXIT_FAILED if poll.errors else EXIT_OK
+    elif args.command == "buffer":
+        return tools.buffer_command(config, args.action)
     elif args.command == "scan":
         from .scan import scan_bus
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TextIO
 
+from .buffer import BUFFER_FILE, Buffer, read_only, stored_samples, stored_stats
 from .clock import Clock
 from .config import BusConfig, Config, DeviceConfig, TemplateConfig
 from .config.sections import suggest
 from .driver import BUS_DRIVERS, load_driver
 from .errors import AgentError
+from .lock import data_dir_lock
 from .model import Poll
 
 
@@ -145,3 +148,34 @@ def find_template(templates: Sequence[TemplateConfig], name: str) -> TemplateCon
             f'no template named "{name}"{suggest(name, names)}; run `edge-agent templates`'
         )
     return next(t for t in templates if t.name == name)
+
+
+def buffer_command(config: Config, action: str, out: TextIO = sys.stdout) -> int:
+    """``edge-agent buffer stats|export|purge``: stats and export read the committed samples
+    (safe while the agent runs); purge needs the agent stopped."""
+    path = config.agent.data_dir / BUFFER_FILE
+    if action == "stats":
+        stats = stored_stats(path)
+        age = (
+            ""
+            if stats.oldest_ts is None
+            else f" ({(Clock().wall_ms() - stats.oldest_ts) / 1000:.0f} s old)"
+        )
+        print(f"buffer {path}", file=out)
+        print(f"  waiting samples:  {stats.on_disk} committed", file=out)
+        print(f"  oldest sample:    {stats.oldest_ts}{age}", file=out)
+        print(f"  size on disk:     {stats.bytes} bytes (bound {config.buffer.max_size})", file=out)
+        print(f"  dropped (ever):   {stats.dropped}", file=out)
+        print(f"  next id:          {stats.next_id}", file=out)
+        return 0
+    if action == "export":
+        with contextlib.closing(read_only(path)) as db:
+            for sample in stored_samples(db):
+                print(json.dumps(sample.to_json(), ensure_ascii=False), file=out)
+        return 0
+    with data_dir_lock(config.agent.data_dir):
+        buffer = Buffer(path, config.buffer.max_size, config.buffer.flush_interval).open()
+        count = buffer.purge()
+        buffer.close()
+    print(f"buffer {path}: purged {count} sample(s); ids continue from {buffer.next_id}", file=out)
+    return 0

@@ -1,0 +1,55 @@
+"""Clock trust: samples taken before the wall clock is right are re-stamped or marked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.clock import RELEASE_MS, TOLERANCE_MS, Clock, ClockGuard
+from agent.model import Sample
+
+BOOT_1970 = 5_000  # ms: a Pi without RTC, a few seconds after boot
+NOW = RELEASE_MS + 30 * 86_400_000  # a plausible time, a month after release
+
+
+@dataclass(frozen=True)
+class FakeClock(Clock):
+    boot: str = "boot-a"
+
+    def boot_id(self) -> str:
+        return self.boot
+
+
+def untrusted(guard: ClockGuard, ts: int, mono: float) -> Sample:
+    assert not guard.trusted(ts, mono)
+    return Sample(1, "meter", ts, {"v": 1}, mono=mono, boot=guard.boot)
+
+
+def test_a_1970_clock_is_not_trusted_and_samples_are_restamped_once_it_is() -> None:
+    guard = ClockGuard(FakeClock())
+    early = untrusted(guard, BOOT_1970, mono=5.0)
+    assert guard.restamp(early) == early  # nothing known yet: sent as unsynced
+    assert early.to_json()["clock"] == "unsynced"
+    assert guard.trusted(NOW, mono=65.0)  # NTP answered a minute later
+    fixed = guard.restamp(early)
+    assert fixed.ts == NOW - 60_000  # 60 s of monotonic time before the trusted reading
+    assert "clock" not in fixed.to_json() and fixed.id == early.id
+
+
+def test_a_clock_behind_the_newest_stored_time_is_not_trusted() -> None:
+    guard = ClockGuard(FakeClock(), newest_stored_ms=NOW)
+    untrusted(guard, NOW - TOLERANCE_MS - 1, mono=1.0)  # booted at its last shutdown time, earlier
+    assert guard.trusted(NOW - TOLERANCE_MS + 1, mono=2.0)  # within the tolerance
+
+
+def test_samples_from_another_boot_cannot_be_restamped() -> None:
+    guard = ClockGuard(FakeClock(boot="boot-b"))
+    assert guard.trusted(NOW, mono=100.0)
+    old = Sample(7, "meter", BOOT_1970, {"v": 1}, mono=5.0, boot="boot-a")
+    assert guard.restamp(old) == old  # its monotonic time belongs to the previous boot
+
+
+def test_a_plausible_clock_is_trusted_without_ntp() -> None:
+    guard = ClockGuard(FakeClock())
+    assert guard.trusted(NOW, mono=1.0)
+    trusted_sample = Sample(1, "meter", NOW, {"v": 1})
+    assert guard.restamp(trusted_sample) is trusted_sample
