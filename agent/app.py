@@ -12,6 +12,7 @@ from .buffer import BUFFER_FILE, Buffer
 from .clock import Clock, ClockGuard
 from .config import Config
 from .driver import BUS_DRIVERS, load_driver
+from .health import health_payload
 from .lock import data_dir_lock
 from .model import Value
 from .report import ReportFilter
@@ -71,6 +72,7 @@ class Agent:
         self.guard.remember(self.buffer.newest_ts)
         pollers = [asyncio.create_task(p.run(), name=f"bus {p.bus.name}") for p in self.pollers]
         flusher = asyncio.create_task(self._flush_periodically(), name="buffer flush")
+        reporter = asyncio.create_task(self._report_health(), name="health")
         uplink = asyncio.create_task(self.uplink.run(), name="uplink")
         for line in plan_lines(self.config):
             log.info("plan: %s", line.strip())
@@ -82,13 +84,13 @@ class Agent:
             self.config.mqtt.url,
         )
         stopper = asyncio.create_task(stop.wait(), name="stop")
-        workers = [*pollers, flusher, uplink]
+        workers = [*pollers, flusher, reporter, uplink]
         try:
             # Workers run until cancelled; one that ends early has failed and stops the agent.
             done, _ = await asyncio.wait([stopper, *workers], return_when=asyncio.FIRST_COMPLETED)
         finally:
             notify("STOPPING=1")
-            await cancel_and_wait(stopper, *pollers, flusher)
+            await cancel_and_wait(stopper, *pollers, flusher, reporter)
             await self.uplink.stop()
             _, late = await asyncio.wait([uplink], timeout=STOP_TIMEOUT)
             if late:
@@ -98,6 +100,13 @@ class Agent:
             log.info("stopped")
         for task in done - {stopper}:
             task.result()  # re-raise what ended it
+
+    async def _report_health(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.mqtt.health_interval)
+            reconnects = max(0, self.uplink.connects - 1)
+            payload = health_payload(self.pollers, self.buffer, reconnects, self.clock.wall_ms())
+            await self.uplink.publish_health(payload)
 
     async def _flush_periodically(self) -> None:
         """Commit what stayed unacknowledged for ¾ of flush_interval, every quarter of it: a

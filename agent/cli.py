@@ -203,9 +203,9 @@ def _setup_logging(level: str) -> None:
     )
     # Library chatter is not the technician's business: pymodbus logs every failed connect and
     # every unanswered request (with a hex dump), which our transition logs say once instead.
+    # (paho's own messages go through the uplink's logger, at debug.)
     if level != "debug":
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-        logging.getLogger("aiomqtt").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

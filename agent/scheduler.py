@@ -73,13 +73,14 @@ class BusPoller:
         self.clock = clock or Clock()
         self.health = {d.name: DeviceHealth() for d in devices}
         self.connected = False
+        self.driver_instance: Driver | None = None
 
     async def run(self) -> None:
         """Poll until cancelled."""
         backoff = Backoff(initial=0.5, maximum=30.0)
         # One driver for the poller's life, re-entered to reconnect: what it learned about the
         # devices (refused merged reads, counters) survives a lost connection.
-        driver = self.driver(self.bus)
+        driver = self.driver_instance = self.driver(self.bus)
         while True:
             try:
                 async with driver:

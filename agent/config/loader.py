@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
+import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -40,6 +42,8 @@ DEFAULT_INTERVAL = 10.0
 _TOP_LEVEL = ("agent", "buffer", "mqtt", "bus", "device", "template")
 _INCLUDED_TOP_LEVEL = ("bus", "device", "template")
 _READ_ONLY_TABLES = ("input", "discrete")
+#: MQTT keepalive is a 16-bit count of seconds.
+MAX_KEEPALIVE = 65535
 
 
 def load_config(
@@ -142,16 +146,29 @@ class _Loader:
         s = self._table(root, "mqtt")
         d = MqttSection()
         host, port, tls = self._broker_url(s)
+        username = s.take("username", conv.text, None)
         password = s.take("password", conv.text, None)
         password_file = s.take("password_file", conv.text, None)
+        secret_key = "password_file" if password_file is not None else "password"
         if password is not None and password_file is not None:
             s.problem("password_file", "set either password or password_file, not both")
         elif password_file is not None:
             password = self._read_secret(s, password_file)
-        files = {
-            k: s.take(k, conv.text, None)
-            for k in ("ca_file", "client_cert_file", "client_key_file")
-        }
+        has_password = password is not None or password_file is not None
+        if has_password and username is None:
+            # MQTT sends no password without a user name: paho would drop it without a word.
+            s.problem(
+                secret_key, "is ignored without a username: set [mqtt] username", warning=True
+            )
+        elif has_password and not tls and not _loopback(host):
+            s.problem(
+                secret_key,
+                f"the password crosses the network in clear text to {host} over mqtt://: "
+                "use mqtts:// (TLS)",
+                warning=True,
+            )
+        tls_insecure = s.take("tls_insecure", conv.boolean, False) or False
+        ca_file, cert_file, key_file = self._mqtt_tls_files(s, tls, tls_insecure)
         prefix = s.take("topic_prefix", conv.text, d.topic_prefix)
         if prefix is not None and (
             not prefix or any(c in prefix for c in "+#") or prefix.endswith("/")
@@ -159,16 +176,21 @@ class _Loader:
             s.problem(
                 "topic_prefix", f'"{prefix}" cannot be a topic prefix: no "+", "#" or trailing "/"'
             )
+        keepalive = s.take("keepalive", conv.positive_duration, d.keepalive)
+        if keepalive is not None and not 1 <= keepalive <= MAX_KEEPALIVE:
+            # MQTT carries it as whole seconds in 16 bits.
+            s.problem("keepalive", f"must be between 1s and {MAX_KEEPALIVE}s")
+            keepalive = None
         result = MqttSection(
             host=host,
             port=port,
             tls=tls,
             client_id=s.take("client_id", conv.text, agent_id) or agent_id,
-            username=s.take("username", conv.text, None),
+            username=username,
             password=password,
-            ca_file=self._optional_path(files["ca_file"]),
-            client_cert_file=self._optional_path(files["client_cert_file"]),
-            client_key_file=self._optional_path(files["client_key_file"]),
+            ca_file=ca_file,
+            client_cert_file=cert_file,
+            client_key_file=key_file,
             topic_prefix=prefix or d.topic_prefix,
             qos=s.take("qos", conv.in_range(0, 1), d.qos) or 0,
             batch_max=s.take("batch_max", conv.in_range(1, 100_000), d.batch_max) or d.batch_max,
@@ -177,7 +199,10 @@ class _Loader:
             or d.health_interval,
             command_ttl=s.take("command_ttl", conv.positive_duration, d.command_ttl)
             or d.command_ttl,
-            keepalive=s.take("keepalive", conv.positive_duration, d.keepalive) or d.keepalive,
+            keepalive=keepalive or d.keepalive,
+            tls_insecure=tls_insecure and tls,
+            max_inflight=s.take("max_inflight", conv.in_range(1, 1000), d.max_inflight)
+            or d.max_inflight,
         )
         s.finish()
         return result
@@ -192,14 +217,74 @@ class _Loader:
             s.problem(
                 "url", f'"{url}" is not a valid URL: write e.g. "mqtts://broker.example.net:8883"'
             )
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        if parts.username is not None or parts.password is not None:
+            # Not echoed: the URL holds a password. The agent would not use it either.
+            s.problem(
+                "url",
+                "holds a user name or password: put them in [mqtt] username and "
+                "password/password_file instead",
+            )
+        elif parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             s.problem("url", f'"{url}" must look like mqtt://HOST[:PORT] or mqtts://HOST[:PORT]')
+        elif parts.path not in ("", "/") or parts.query or parts.fragment:
+            s.problem("url", f'"{url}" has a path or query, which MQTT has no use for')
         tls = parts.scheme == "mqtts"
         return parts.hostname or "localhost", port or (8883 if tls else 1883), tls
 
+    def _mqtt_tls_files(
+        self, s: Section, tls: bool, tls_insecure: bool
+    ) -> tuple[Path | None, Path | None, Path | None]:
+        """ca_file, client_cert_file, client_key_file: each readable now and usable by OpenSSL.
+
+        Checked here so that a wrong path is a line in ``edge-agent check``, not a failure at
+        the first connection attempt (the uplink still checks at every attempt, and says so).
+        """
+        keys = ("ca_file", "client_cert_file", "client_key_file")
+        paths = {k: self._optional_path(s.take(k, conv.text, None)) for k in keys}
+        ca, cert, key = paths["ca_file"], paths["client_cert_file"], paths["client_key_file"]
+        if not tls:  # nothing here is used: a reminder, not a reason to refuse to start
+            for k, path in paths.items():
+                if path is not None:
+                    s.problem(k, "is ignored with mqtt://: use mqtts:// for TLS", warning=True)
+            if tls_insecure:
+                s.problem("tls_insecure", "is ignored with mqtt://", warning=True)
+            return ca, cert, key
+        readable = {k: p for k, p in paths.items() if p is not None and _readable(s, k, p)}
+        if key is not None and cert is None:
+            s.problem("client_key_file", "needs client_cert_file: the certificate of this key")
+        if cert is not None and key is None and not _holds_private_key(cert):
+            s.problem("client_cert_file", "needs client_key_file: the certificate's private key")
+        if tls_insecure:
+            s.problem(
+                "tls_insecure",
+                "the broker's certificate is not verified: anyone on the network path can pose "
+                "as the broker and read the password and readings; use ca_file instead",
+                warning=True,
+            )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if ca is not None and "ca_file" in readable and not tls_insecure:
+            try:
+                context.load_verify_locations(cafile=str(ca))
+            except (OSError, ssl.SSLError) as exc:
+                s.problem("ca_file", f"{ca}: {_tls_reason(exc)}")
+        key_usable = "client_key_file" in readable or (key is None and _holds_private_key(cert))
+        if cert is not None and "client_cert_file" in readable and key_usable:
+            try:
+                context.load_cert_chain(str(cert), str(key) if key else None, _no_passphrase)
+            except _EncryptedKeyError:
+                s.problem(
+                    "client_key_file",
+                    f"{key or cert} is encrypted: the agent has no passphrase to give; "
+                    "store the key unencrypted, readable by the agent only",
+                )
+            except (OSError, ssl.SSLError) as exc:
+                where = f"{cert} with {key}" if key else str(cert)
+                s.problem("client_cert_file", f"{where}: {_tls_reason(exc)}")
+        return ca, cert, key
+
     def _read_secret(self, s: Section, file: str) -> str | None:
         try:
-            return Path(file).read_text(encoding="utf-8").strip()
+            return self._relative(file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             s.problem("password_file", f"cannot read {file}: {exc.strerror or exc}")
             return None
@@ -502,6 +587,57 @@ def _bus(s: Section) -> BusConfig | None:
     if bus_name is None or bus_type is None or None in link.values() or None in common.values():
         return None
     return BusConfig(bus_name, cast(Any, bus_type), **link, **common)
+
+
+def _loopback(host: str) -> bool:
+    """A broker on this gateway (a local bridge): what goes to it never crosses the network."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _readable(s: Section, key: str, path: Path) -> bool:
+    try:
+        with path.open("rb"):
+            return True
+    except FileNotFoundError:
+        s.problem(key, f"{path}: no such file")
+    except OSError as exc:
+        s.problem(key, f"cannot read {path}: {exc.strerror or exc}")
+    return False
+
+
+def _holds_private_key(path: Path | None) -> bool:
+    """A PEM file may hold the certificate and its key together (OpenSSL accepts that)."""
+    if path is None:
+        return False
+    try:
+        return b"PRIVATE KEY-----" in path.read_bytes()
+    except OSError:
+        return True  # already reported as unreadable
+
+
+class _EncryptedKeyError(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback, OpenSSL would ask for the passphrase on the terminal and wait.
+    raise _EncryptedKeyError
+
+
+def _tls_reason(exc: OSError) -> str:
+    reason = getattr(exc, "reason", None)
+    if reason == "KEY_VALUES_MISMATCH":
+        return "the key does not belong to the certificate"
+    if reason == "NO_CERTIFICATE_OR_CRL_FOUND":
+        return "holds no PEM certificate"
+    if "PEM lib" in str(exc):
+        return "not a PEM certificate and private key OpenSSL can read"
+    return str(reason or exc.strerror or exc)
 
 
 def _host_name() -> str:

@@ -160,6 +160,11 @@ class MqttSection:
     health_interval: float = 60.0
     command_ttl: float = 60.0
     keepalive: float = 60.0
+    #: Connect over mqtts:// without verifying the broker's certificate (a lab broker's
+    #: self-signed one); ignored with mqtt://.
+    tls_insecure: bool = False
+    #: QoS 1 messages sent and not yet acknowledged at once (paho's in-flight window).
+    max_inflight: int = 20
 
     @property
     def url(self) -> str:

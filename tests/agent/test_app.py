@@ -118,3 +118,40 @@ async def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-u
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not met")
         await asyncio.sleep(0.02)
+
+
+def test_health_reports_devices_buffer_link_and_gateway(tmp_path: Path, broker: Broker) -> None:
+    alive, dead = SimulatedSlave(1, (POINT,)), SimulatedSlave(2, (POINT,))
+    dead.dead = True
+
+    async def body() -> None:
+        async with ModbusSimulator([alive, dead]) as sim:
+            text = write_config(tmp_path, broker, sim.port).read_text()
+            text = text.replace(
+                'batch_interval = "50ms"', 'batch_interval = "50ms"\nhealth_interval = "500ms"'
+            )
+            text += '[[device]]\nname = "silent"\nbus = "plc"\nunit = 2\ninterval = "200ms"\n'
+            text += '  [[device.point]]\n  name = "level"\n  address = 0\n'
+            (tmp_path / "site.toml").write_text(text)
+            config, _ = load_config(tmp_path / "site.toml", {})
+            stop = asyncio.Event()
+            task = asyncio.create_task(Agent(config).run(stop))
+            try:
+                async with Subscriber(broker.host, broker.port, "t/pi/health") as sub:
+                    await sub.wait_for(
+                        lambda m: any(p["devices"]["silent"]["errors"] >= 2 for _, p, _ in m),
+                        timeout=20,
+                    )
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 20)
+        health = sub.payloads("health")[-1]
+        assert health["devices"]["tank"]["state"] == "ok" and health["devices"]["tank"]["ok"] > 0
+        silent = health["devices"]["silent"]
+        assert silent["state"] == "failing" and "no response" in silent["last_error"]
+        assert silent["faults"]["timeout"] >= 2
+        assert set(health["buffer"]) == {"depth", "oldest", "bytes", "dropped"}
+        assert health["link"] == {"reconnects": 0}
+        assert health["gateway"]["disk_free"] > 0 and "load" in health["gateway"]
+
+    run(body(), timeout=60)

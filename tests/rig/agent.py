@@ -87,8 +87,14 @@ class AgentProcess:
         self._process.send_signal(sig)
 
     def wait(self, timeout: float = 20) -> int:
+        """The exit code; an agent that does not exit in time is killed (and the test fails)."""
         assert self._process is not None, "agent not started"
-        code = self._process.wait(timeout=timeout)
+        try:
+            code = self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=timeout)
+            raise
         self._process = None
         if self._notify is not None:
             address = Path(self._notify.getsockname())
@@ -102,12 +108,7 @@ class AgentProcess:
         if self._process is None:
             return 0
         self._process.send_signal(signal.SIGTERM)
-        try:
-            return self.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=timeout)
-            raise
+        return self.wait(timeout)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

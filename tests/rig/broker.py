@@ -1,11 +1,22 @@
-"""A real Mosquitto broker on a free loopback port, stoppable and restartable on the same port."""
+"""A real Mosquitto broker on a free loopback port, stoppable and restartable on the same port.
+
+Besides its plain, anonymous listener (``url``: the tests' own subscribers use it), the broker can
+have a *secured* listener (``secure_url``) the agent under test connects to: TLS with the rig's
+test certificates (``certs``; ``require_certificate`` for mutual TLS) and/or a password file
+(``users``). Each listener keeps its own authentication (``per_listener_settings``), so a test can
+watch what the agent publishes without the agent's credentials.
+"""
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
+from .certs import Certs
 from .net import free_port, wait_listening
 
 
@@ -14,38 +25,105 @@ class Broker:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        certs: Certs | None = None,
+        require_certificate: bool = False,
+        users: Mapping[str, str] | None = None,
+    ) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise RuntimeError("mosquitto is not installed: run `apt-get install mosquitto`")
+        if require_certificate and certs is None:
+            raise ValueError("require_certificate needs certs")
         self.binary = binary
         self.port = port or free_port()
         self.workdir = workdir
         self.log = workdir / "mosquitto.log"
+        self.certs = certs
+        self.require_certificate = require_certificate
+        self.users = dict(users) if users is not None else None
+        self.secure_port = free_port() if certs is not None or users is not None else None
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
+    @property
+    def secure_url(self) -> str:
+        """The listener with TLS and/or passwords: ``mqtts://`` when it has certificates."""
+        if self.secure_port is None:
+            raise RuntimeError("this broker has no secured listener: pass certs or users")
+        return f"{'mqtts' if self.certs else 'mqtt'}://{self.host}:{self.secure_port}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
     def start(self) -> None:
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
+            # Run as whoever runs the tests: started by root, mosquitto would otherwise become
+            # user "mosquitto" and could not read its password file or write its log here.
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+            "per_listener_settings true\n"
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
-            "persistence true\n"  # sessions survive a restart, as on a production broker
+            + self._secure_listener()
+            + "persistence true\n"  # sessions survive a restart, as on a production broker
             f"persistence_location {self.workdir}/\n"
             f"log_dest file {self.log}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
+            "connection_messages true\n"  # a refused client is a line: tests count attempts
         )
         self._process = subprocess.Popen(
             [self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
             wait_listening(self.host, self.port)
+            if self.secure_port is not None:
+                wait_listening(self.host, self.secure_port)
         except TimeoutError:
             self.stop()
-            raise
+            raise TimeoutError(f"mosquitto did not start:\n{self.log_text()}") from None
+
+    def _secure_listener(self) -> str:
+        if self.secure_port is None:
+            return ""
+        lines = [f"listener {self.secure_port} {self.host}"]
+        if self.certs is not None:
+            lines += [
+                f"cafile {self.certs.ca}",
+                f"certfile {self.certs.server_cert}",
+                f"keyfile {self.certs.server_key}",
+                f"require_certificate {str(self.require_certificate).lower()}",
+            ]
+        if self.users is not None:
+            lines += ["allow_anonymous false", f"password_file {self._password_file()}"]
+        else:
+            lines.append("allow_anonymous true")
+        return "\n".join(lines) + "\n"
+
+    def _password_file(self) -> Path:
+        """Mosquitto's own hashed password file, made with ``mosquitto_passwd``."""
+        assert self.users is not None
+        tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        if not Path(tool).exists():
+            raise RuntimeError("mosquitto_passwd is missing: it ships with the mosquitto package")
+        path = self.workdir / "mosquitto.passwd"
+        path.unlink(missing_ok=True)
+        path.touch(mode=0o600)
+        for user, password in self.users.items():
+            subprocess.run(
+                [tool, "-b", str(path), user, password],
+                capture_output=True,
+                timeout=30,
+                check=True,
+            )
+        return path
 
     def stop(self) -> None:
         if self._process is None:

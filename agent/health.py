@@ -1,0 +1,73 @@
+"""The ``health`` payload (SPEC §4): devices, buffer, link and the gateway itself."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .buffer import Buffer
+from .scheduler import BusPoller
+
+THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")
+
+
+def health_payload(
+    pollers: Sequence[BusPoller], buffer: Buffer, reconnects: int, now_ms: int
+) -> dict[str, Any]:
+    """Per-device ok/error counts and last error, buffer depth/oldest/dropped, link reconnects,
+    gateway CPU load, memory, disk and temperature."""
+    stats = buffer.stats()
+    return {
+        "ts": now_ms,
+        "devices": {name: _device(p, name) for p in pollers for name in p.health},
+        "buffer": {
+            "depth": stats.depth,
+            "oldest": stats.oldest_ts,
+            "bytes": stats.bytes,
+            "dropped": stats.dropped,
+        },
+        "link": {"reconnects": reconnects},
+        "gateway": _gateway(buffer.path.parent),
+    }
+
+
+def _device(poller: BusPoller, name: str) -> dict[str, Any]:
+    health = poller.health[name]
+    report: dict[str, Any] = {
+        "ok": health.ok,
+        "errors": health.errors,
+        "overruns": health.overruns,
+        "state": "failing" if health.failing else "ok",
+    }
+    if health.last_error:
+        report["last_error"] = health.last_error
+    if health.backoff:
+        report["retry_every"] = health.backoff
+    counters: Mapping[str, Mapping[str, int]] = getattr(poller.driver_instance, "counters", {})
+    if counters.get(name):
+        report["faults"] = {k: v for k, v in counters[name].items() if k != "ok"}
+    return report
+
+
+def _gateway(data_dir: Path) -> dict[str, Any]:
+    gateway: dict[str, Any] = {"load": round(os.getloadavg()[0], 2)}
+    with contextlib.suppress(OSError):
+        gateway["disk_free"] = shutil.disk_usage(data_dir).free
+    meminfo = _meminfo()
+    if meminfo:
+        gateway["mem_available"] = meminfo.get("MemAvailable", 0) * 1024
+    with contextlib.suppress(OSError, ValueError):  # not every board has a thermal zone
+        gateway["temperature"] = int(THERMAL.read_text()) / 1000
+    return gateway
+
+
+def _meminfo() -> dict[str, int]:
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return {}
+    return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in lines) if v}
