@@ -8,17 +8,11 @@ PUBACK, and only then do the samples leave the buffer.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
-import socket
-import ssl
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.reasoncodes import ReasonCode
 
 from . import __version__
 from .aio import wait_event
@@ -27,10 +21,17 @@ from .buffer import Buffer
 from .clock import Clock, ClockGuard
 from .config import Config, MqttSection
 from .model import Sample
+from .mqtt_link import (
+    ACL_HINT,
+    NOT_ONLINE,
+    PUBLISH_TIMEOUT,
+    connect_failure,
+    library_logger,
+    tls_context,
+)
 
 log = logging.getLogger(__name__)
 
-PUBLISH_TIMEOUT = 10.0
 #: A telemetry message's size limit, well below any broker's (mosquitto: 256 MB; AWS IoT: 128 kB).
 MAX_PAYLOAD = 100_000
 
@@ -65,213 +66,6 @@ def telemetry_payload(agent_id: str, samples: list[Sample], backlog: bool = Fals
     if backlog:
         batch["backlog"] = True
     return _json(batch)
-
-
-class TlsFileError(aiomqtt.MqttError):
-    """A TLS file of ``[mqtt]`` cannot be used now, though it could when the config was loaded."""
-
-    def __init__(self, key: str, path: Path, reason: str) -> None:
-        super().__init__(f"[mqtt] {key} {path}: {reason}")
-        self.key = key
-        self.path = path
-
-
-class _ClosingSSLSocket(ssl.SSLSocket):
-    """Closes itself when its TLS handshake fails.
-
-    paho-mqtt wraps and handshakes the socket in one step and, when the handshake fails (an
-    untrusted certificate, a plain port), drops it unclosed: it would be closed only when the
-    garbage collector finds it, with a ResourceWarning, at every retry.
-    """
-
-    def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except OSError:
-            self.close()
-            raise
-
-
-class _EncryptedKeyError(Exception):
-    """The client key wants a passphrase, which the agent does not have."""
-
-
-def _no_passphrase() -> bytes:
-    # Without a callback, OpenSSL would ask for the passphrase on the terminal and wait.
-    raise _EncryptedKeyError
-
-
-def _readable(key: str, path: Path) -> None:
-    """Name the file that cannot be read: OpenSSL's own error does not say which one."""
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as exc:
-        raise TlsFileError(key, path, f"cannot read it: {exc.strerror or exc}") from exc
-
-
-def _ssl_reason(exc: OSError) -> str:
-    reason = getattr(exc, "reason", None)
-    if reason == "KEY_VALUES_MISMATCH":
-        return "the client key does not belong to this certificate"
-    if reason == "NO_CERTIFICATE_OR_CRL_FOUND" or "PEM lib" in str(exc):
-        return "not a PEM certificate (or key) OpenSSL can read"
-    return str(reason or exc.strerror or exc)
-
-
-class _LibraryErrors(logging.Filter):
-    """paho-mqtt's (and aiomqtt's) error lines: kept for our own line about a failed connect.
-
-    When the broker drops the connection before its CONNACK (a TLS alert after the handshake:
-    "certificate required", "unknown ca"), paho logs why and aiomqtt only raises "Operation
-    timed out" later. The reason goes into our one line; paho's own line would repeat at every
-    retry, so it shows only when debugging.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.last: str | None = None
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
-            return True
-        self.last = record.getMessage()
-        return log.isEnabledFor(logging.DEBUG)
-
-
-def _library_logger(client_id: str) -> tuple[logging.Logger, _LibraryErrors]:
-    """The logger aiomqtt and paho log through for this client, and its error filter."""
-    logger = logging.getLogger(f"{__name__}.mqtt.{client_id}")
-    for existing in logger.filters:
-        if isinstance(existing, _LibraryErrors):
-            return logger, existing
-    errors = _LibraryErrors()
-    logger.addFilter(errors)
-    return logger, errors
-
-
-#: X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED: on a Pi without a real-time clock
-#: the gateway's date, not the certificate, is often what is wrong.
-_CLOCK_VERIFY_CODES = (9, 10)
-#: X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-_X509_NAME_MISMATCH = (62, 64)
-#: MQTT 5 reason codes, which paho also gives MQTT 3.1.1 CONNACK refusals.
-_CLIENT_ID_NOT_VALID = 133
-_BAD_USERNAME_OR_PASSWORD = 134
-_NOT_AUTHORIZED = 135
-_CREDENTIALS_HINT = "check [mqtt] username and password/password_file"
-#: Connected, and then the retained status or meta message was not acknowledged: brokers with
-#: access rules (AWS IoT policies, mosquitto ACLs with MQTT 5) drop a client that publishes
-#: where it may not.
-_NOT_ONLINE = "the broker accepted us but dropped or ignored our status/meta message"
-_ACL_HINT = "check that the broker lets this client publish to"
-
-
-def connect_failure(
-    mqtt: MqttSection, exc: aiomqtt.MqttError, library_error: str | None = None
-) -> tuple[int, str]:
-    """Why connecting failed, as a log level and one line a technician can act on.
-
-    aiomqtt turns socket and TLS errors into a bare ``MqttError`` whose context is the original
-    exception; a refusal is an ``MqttCodeError`` with the CONNACK reason code. A refusal
-    (credentials, TLS trust, a TLS file) needs a person: an error. A broker that cannot be
-    reached may come back by itself: a warning.
-    """
-    where = f"{mqtt.host}:{mqtt.port}"
-    if isinstance(exc, TlsFileError):
-        return logging.ERROR, f"{exc}; retrying"
-    if isinstance(exc, aiomqtt.MqttCodeError) and _is_connack(exc.rc):
-        return logging.ERROR, _refusal(mqtt, exc)
-    cause = exc.__context__
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return logging.ERROR, _verification_failure(mqtt, cause)
-    if isinstance(cause, ssl.SSLError) or (mqtt.tls and isinstance(cause, ConnectionResetError)):
-        reason = getattr(cause, "reason", None) or cause.strerror or cause
-        hint = "; is it a TLS port? for a plain one use mqtt://"
-        if reason == "WRONG_VERSION_NUMBER" or isinstance(cause, ConnectionResetError):
-            return logging.ERROR, f"the TLS handshake with {where} failed ({reason}){hint}"
-        return logging.ERROR, f"the TLS handshake with {where} failed: {reason}"
-    if isinstance(cause, ConnectionRefusedError):
-        return logging.WARNING, (
-            f"connection refused: nothing listens on {where} (broker down, or a wrong port?)"
-        )
-    if isinstance(cause, socket.gaierror):
-        return (
-            logging.WARNING,
-            f"cannot resolve {mqtt.host}: {cause.strerror} (DNS or network down?)",
-        )
-    if isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-        return logging.WARNING, f"{where} is unreachable: {cause.strerror} (network down?)"
-    if str(exc) == "Operation timed out":  # aiomqtt's words for a CONNACK that never came
-        return _no_connack(mqtt, library_error)
-    if isinstance(cause, TimeoutError):
-        return logging.WARNING, f"no answer from {where}: connecting timed out (network down?)"
-    if isinstance(cause, OSError):
-        return logging.WARNING, f"cannot connect to {where}: {cause.strerror or cause}"
-    return logging.WARNING, f"cannot connect: {exc}"
-
-
-def _is_connack(rc: object) -> bool:
-    # aiomqtt's MqttConnectError is not public; its reason code says the same.
-    return isinstance(rc, ReasonCode) and rc.packetType == PacketTypes.CONNACK
-
-
-def _refusal(mqtt: MqttSection, exc: aiomqtt.MqttCodeError) -> str:
-    code = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
-    if code == _BAD_USERNAME_OR_PASSWORD:
-        return f"the broker refused our username or password: {_CREDENTIALS_HINT}"
-    if code == _NOT_AUTHORIZED:
-        # Mosquitto says "not authorised" for a wrong password too (MQTT 3.1.1 has no finer code).
-        if mqtt.username is None:
-            return (
-                "the broker refused us as not authorised: it wants credentials: set [mqtt] "
-                "username and password/password_file (or a client certificate)"
-            )
-        return (
-            f'the broker refused us as not authorised (username "{mqtt.username}"): '
-            f"{_CREDENTIALS_HINT}, and that the broker lets this client in"
-        )
-    if code == _CLIENT_ID_NOT_VALID:
-        return f'the broker refused our client id "{mqtt.client_id}": check [mqtt] client_id'
-    return f"the broker refused the connection: {exc}"
-
-
-def _verification_failure(mqtt: MqttSection, cause: ssl.SSLCertVerificationError) -> str:
-    detail = cause.verify_message or cause.reason or str(cause)
-    if cause.verify_code in _X509_NAME_MISMATCH:
-        return (
-            f"the broker's certificate is not valid for {mqtt.host} ({detail}): connect by a "
-            "name the certificate holds, in [mqtt] url"
-        )
-    trust = f"ca_file {mqtt.ca_file}" if mqtt.ca_file else "the system's CA certificates"
-    clock = " (is the gateway's clock right?)" if cause.verify_code in _CLOCK_VERIFY_CODES else ""
-    return (
-        f"TLS verification of the broker's certificate failed against {trust}: {detail}{clock}: "
-        "check [mqtt] ca_file"
-    )
-
-
-def _no_connack(mqtt: MqttSection, library_error: str | None) -> tuple[int, str]:
-    """The broker took the connection and closed it, or never answered our CONNECT."""
-    where = f"{mqtt.host}:{mqtt.port}"
-    if library_error is None:
-        return logging.WARNING, f"{where} did not answer our CONNECT within {PUBLISH_TIMEOUT:.0f}s"
-    if "CERTIFICATE_REQUIRED" in library_error:
-        return logging.ERROR, (
-            "the broker requires a client certificate: set [mqtt] client_cert_file and "
-            "client_key_file"
-        )
-    if any(alert in library_error for alert in ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_")):
-        return logging.ERROR, (
-            f"the broker did not accept our client certificate {mqtt.client_cert_file} "
-            f"({library_error}): it must be signed by a CA the broker trusts"
-        )
-    if not mqtt.tls and "reset" in library_error.lower():
-        return logging.ERROR, (
-            f"{where} closed the connection before answering ({library_error}): "
-            "is it a TLS port? then use mqtts://"
-        )
-    return logging.WARNING, f"{where} closed the connection before answering: {library_error}"
 
 
 class Uplink:
@@ -325,7 +119,7 @@ class Uplink:
                     reported.clear()
                 else:
                     level, reason = (
-                        (logging.ERROR, f"{_NOT_ONLINE} ({exc}): {_ACL_HINT} {self.topic}/#")
+                        (logging.ERROR, f"{NOT_ONLINE} ({exc}): {ACL_HINT} {self.topic}/#")
                         if accepted
                         else connect_failure(self.mqtt, exc, self._library_errors.last)
                     )
@@ -343,7 +137,7 @@ class Uplink:
 
     def _client(self) -> aiomqtt.Client:
         will = aiomqtt.Will(f"{self.topic}/status", _json({"state": "offline"}), qos=1, retain=True)
-        library_log, self._library_errors = _library_logger(self.mqtt.client_id)
+        library_log, self._library_errors = library_logger(self.mqtt.client_id)
         self._library_errors.last = None  # what this attempt, not an earlier one, ran into
         return aiomqtt.Client(
             self.mqtt.host,
@@ -357,48 +151,8 @@ class Uplink:
             keepalive=max(1, round(self.mqtt.keepalive)),
             timeout=PUBLISH_TIMEOUT,
             max_inflight_messages=self.mqtt.max_inflight,
-            tls_context=self._tls_context(),
+            tls_context=tls_context(self.mqtt),
         )
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        """The TLS settings of one connection attempt; ``TlsFileError`` when a file is unusable.
-
-        Built anew at every attempt, so a renewed certificate is picked up at the next reconnect,
-        and a file that went missing since the config was loaded is a line in the log, retried.
-        """
-        if not self.mqtt.tls:
-            return None
-        # PROTOCOL_TLS_CLIENT: the broker's certificate is verified and its name checked.
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.sslsocket_class = _ClosingSSLSocket
-        if self.mqtt.tls_insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        elif self.mqtt.ca_file:
-            ca_file = self.mqtt.ca_file
-            _readable("ca_file", ca_file)
-            try:
-                context.load_verify_locations(cafile=str(ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise TlsFileError("ca_file", ca_file, _ssl_reason(exc)) from exc
-        else:
-            context.load_default_certs()
-        cert, key = self.mqtt.client_cert_file, self.mqtt.client_key_file
-        if cert:
-            _readable("client_cert_file", cert)
-            if key:
-                _readable("client_key_file", key)
-            try:
-                context.load_cert_chain(str(cert), str(key) if key else None, _no_passphrase)
-            except _EncryptedKeyError:
-                raise TlsFileError(
-                    "client_key_file",
-                    key or cert,
-                    "is encrypted: give the key without a passphrase",
-                ) from None
-            except (OSError, ssl.SSLError) as exc:
-                raise TlsFileError("client_cert_file", cert, _ssl_reason(exc)) from exc
-        return context
 
     async def _online(self, client: aiomqtt.Client) -> None:
         status = {"state": "online", "version": __version__, "started": self._started}

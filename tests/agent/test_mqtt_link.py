@@ -23,7 +23,8 @@ from agent.buffer import BUFFER_FILE, Buffer, stored_stats
 from agent.config import Config, load_config
 from agent.config.types import PointConfig
 from agent.errors import ConfigError, Problem
-from agent.uplink import Uplink, connect_failure
+from agent.mqtt_link import connect_failure
+from agent.uplink import Uplink
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 from tests.conftest import run
 from tests.rig.agent import AgentProcess
