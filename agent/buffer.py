@@ -333,12 +333,11 @@ class Buffer:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # ``with db`` commits or rolls back one transaction
-            db = sqlite3.connect(self.path, check_same_thread=False)
+            db = self._db = sqlite3.connect(self.path, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute(f"PRAGMA journal_size_limit={self.max_size // 5}")
             db.executescript(_SCHEMA)
-            self._db = db
             self._apply_bound()
             self._on_disk = self._count_rows()
             highest = db.execute("SELECT coalesce(max(id), 0) FROM samples").fetchone()[0]

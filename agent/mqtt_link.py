@@ -225,6 +225,12 @@ def _no_connack(mqtt: MqttSection, library_error: str | None) -> tuple[int, str]
             f"the broker did not accept our client certificate {mqtt.client_cert_file} "
             f"({library_error}): it must be signed by a CA the broker trusts"
         )
+    if mqtt.tls and "reset" in library_error.lower():
+        # a plain listener resets a TLS client, during the handshake or just after it
+        return logging.ERROR, (
+            f"the TLS handshake with {where} failed ({library_error}); is it a TLS port? "
+            "for a plain one use mqtt://"
+        )
     if not mqtt.tls and "reset" in library_error.lower():
         return logging.ERROR, (
             f"{where} closed the connection before answering ({library_error}): "

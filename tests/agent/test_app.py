@@ -86,8 +86,9 @@ def test_samples_before_ntp_are_marked_then_restamped(tmp_path: Path, broker: Br
                 topic, session = "t/pi/telemetry", "clock-watcher"
                 async with Subscriber(broker.host, broker.port, topic, session) as sub:
                     early = await sub.wait_samples(2)
-                broker.stop()  # samples taken now wait in the buffer
-                held_from = agent.buffer.next_id
+                broker.stop()
+                await _until(lambda: not agent.uplink.connected)
+                held_from = agent.buffer.next_id  # from here on samples wait in the buffer
                 await _until(lambda: agent.buffer.next_id >= held_from + 3)
                 clock.ntp_answers()
                 synced_at = time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import subprocess
@@ -21,7 +22,7 @@ def buffer_at(path: Path, max_size: int = 10 * MB) -> Buffer:
 
 
 def rows_on_disk(path: Path) -> int:
-    with sqlite3.connect(path / "buffer.sqlite") as db:
+    with contextlib.closing(sqlite3.connect(path / "buffer.sqlite")) as db:
         return int(db.execute("SELECT count(*) FROM samples").fetchone()[0])
 
 

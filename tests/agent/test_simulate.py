@@ -10,7 +10,7 @@ from agent.config import load_config
 from agent.simulate import plan, serve
 from drivers.modbus import ModbusDriver
 from tests.conftest import run
-from tests.rig.net import free_port
+from tests.rig.net import free_ports
 
 TWO_BUSES = """
 [agent]
@@ -57,7 +57,7 @@ def test_each_bus_gets_its_own_address(tmp_path: Path) -> None:
 
 
 def test_simulated_devices_answer_the_driver(tmp_path: Path) -> None:
-    port = free_port()
+    port = free_ports(2)  # --tcp serves the second bus on port + 1
     path = tmp_path / "c.toml"
     path.write_text(TWO_BUSES.replace("port = 1502", f"port = {port + 1}"))
     config, _ = load_config(path, {})
