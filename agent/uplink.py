@@ -60,12 +60,30 @@ def meta_payload(config: Config) -> dict[str, Any]:
     }
 
 
-def telemetry_payload(agent_id: str, samples: list[Sample], backlog: bool = False) -> bytes:
-    """SPEC §4 telemetry batch; ``backlog`` marks samples sent late, from the disk."""
-    batch: dict[str, object] = {"agent": agent_id, "samples": [s.to_json() for s in samples]}
-    if backlog:
-        batch["backlog"] = True
-    return _json(batch)
+def telemetry_messages(
+    agent_id: str, samples: list[Sample], backlog: bool = False
+) -> list[tuple[list[Sample], bytes]]:
+    """SPEC §4 telemetry batches, each at most MAX_PAYLOAD bytes (one sample may exceed it),
+    with the samples each carries. ``backlog`` marks samples sent late, from the disk.
+
+    Each sample is encoded once and the messages are joined from those pieces: a batch that is
+    too large is split without encoding anything twice.
+    """
+    head = b'{"agent":' + _json(agent_id) + b',"samples":['
+    tail = b'],"backlog":true}' if backlog else b"]}"
+    messages: list[tuple[list[Sample], bytes]] = []
+    pieces: list[bytes] = []
+    start, size = 0, len(head) + len(tail)
+    for index, sample in enumerate(samples):
+        piece = _json(sample.to_json())
+        if pieces and size + len(piece) + 1 > MAX_PAYLOAD:
+            messages.append((samples[start:index], head + b",".join(pieces) + tail))
+            start, pieces, size = index, [], len(head) + len(tail)
+        pieces.append(piece)
+        size += len(piece) + 1
+    if pieces:
+        messages.append((samples[start:], head + b",".join(pieces) + tail))
+    return messages
 
 
 class Uplink:
@@ -209,16 +227,11 @@ class Uplink:
                 await wait_event(self._stopping, pause)
 
     async def _send(self, client: aiomqtt.Client, samples: list[Sample], backlog: bool) -> None:
-        """Publish one batch (split while it is larger than MAX_PAYLOAD) and acknowledge it."""
+        """Publish a batch (in messages of at most MAX_PAYLOAD bytes), acknowledging each."""
         stamped = [self.guard.restamp(s) for s in samples]
-        payload = telemetry_payload(self.config.agent.id, stamped, backlog)
-        if len(payload) > MAX_PAYLOAD and len(samples) > 1:
-            half = len(samples) // 2
-            await self._send(client, samples[:half], backlog)
-            await self._send(client, samples[half:], backlog)
-            return
-        await self._publish(client, "telemetry", payload, self.mqtt.qos)
-        self.buffer.acknowledge(samples)
+        for sent, payload in telemetry_messages(self.config.agent.id, stamped, backlog):
+            await self._publish(client, "telemetry", payload, self.mqtt.qos)
+            self.buffer.acknowledge(sent)
 
     async def _publish(
         self, client: aiomqtt.Client, subtopic: str, payload: bytes, qos: int, retain: bool = False
