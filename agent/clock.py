@@ -72,7 +72,11 @@ class ClockGuard:
 
     def restamp(self, sample: Sample) -> Sample:
         """``sample`` with a trustworthy time when that can now be known, else unchanged."""
-        if sample.mono is None or self._offset is None or sample.boot != self.boot:
+        if sample.mono is None or sample.boot != self.boot:
+            return sample
+        if self._offset is None:  # no poll has seen a good clock yet: look at it now
+            self.trusted(self.clock.wall_ms(), self.clock.monotonic())
+        if self._offset is None:
             return sample
         ts = int((sample.mono + self._offset) * 1000)
         return replace(sample, ts=ts, mono=None, boot=None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.clock import RELEASE_MS, TOLERANCE_MS, Clock, ClockGuard
 from agent.model import Sample
@@ -13,7 +13,16 @@ NOW = RELEASE_MS + 30 * 86_400_000  # a plausible time, a month after release
 
 @dataclass(frozen=True)
 class FakeClock(Clock):
+    """A Pi's clock: wall time set by the test (1970 until "NTP" sets it), monotonic time too."""
+
     boot: str = "boot-a"
+    now: list[float] = field(default_factory=lambda: [BOOT_1970 / 1000, 5.0])  # wall, monotonic
+
+    def wall(self) -> float:
+        return self.now[0]
+
+    def monotonic(self) -> float:
+        return self.now[1]
 
     def boot_id(self) -> str:
         return self.boot
@@ -53,3 +62,11 @@ def test_a_plausible_clock_is_trusted_without_ntp() -> None:
     assert guard.trusted(NOW, mono=1.0)
     trusted_sample = Sample(1, "meter", NOW, {"v": 1})
     assert guard.restamp(trusted_sample) is trusted_sample
+
+
+def test_restamping_looks_at_the_clock_when_no_poll_has_seen_it_right() -> None:
+    clock = FakeClock()
+    guard = ClockGuard(clock)
+    early = untrusted(guard, BOOT_1970, mono=5.0)
+    clock.now[:] = [NOW / 1000, 65.0]  # NTP set the clock; the next poll has not run yet
+    assert guard.restamp(early).ts == NOW - 60_000
