@@ -105,7 +105,13 @@ class Agent:
         while True:
             await asyncio.sleep(self.config.mqtt.health_interval)
             reconnects = max(0, self.uplink.connects - 1)
-            payload = health_payload(self.pollers, self.buffer, reconnects, self.clock.wall_ms())
+            try:
+                payload = health_payload(
+                    self.pollers, self.buffer, reconnects, self.clock.wall_ms()
+                )
+            except Exception:  # a health report is not worth stopping the agent for
+                log.exception("health: cannot build the report")
+                continue
             await self.uplink.publish_health(payload)
 
     async def _flush_periodically(self) -> None:

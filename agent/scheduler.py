@@ -92,6 +92,10 @@ class BusPoller:
                 for name in self.health:
                     self._failed(name, str(exc))
                 await asyncio.sleep(backoff.next_delay())
+            except Exception:  # a bug in a driver must not stop the other buses, nor crash-loop
+                log.exception("bus %s: unexpected error; restarting its polling", self.bus.name)
+                self.connected = False
+                await asyncio.sleep(backoff.next_delay())
 
     async def _poll(self, driver: Driver) -> None:
         due: list[tuple[float, int, DeviceConfig]] = []

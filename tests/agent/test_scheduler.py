@@ -31,6 +31,7 @@ class FakeDriver:
 
     failing: ClassVar[dict[str, int]] = {}
     delay: ClassVar[dict[str, float]] = {}
+    crash_once: ClassVar[bool] = False
     active: ClassVar[int] = 0
     overlaps: ClassVar[int] = 0
     reads: ClassVar[list[str]] = []
@@ -57,6 +58,9 @@ class FakeDriver:
         try:
             await asyncio.sleep(cls.delay.get(device.name, 0.005))  # time on the wire
             cls.reads.append(device.name)
+            if cls.crash_once:
+                cls.crash_once = False
+                raise RuntimeError("a bug in the driver")
             if cls.failing.get(device.name, 0) > 0:
                 cls.failing[device.name] -= 1
                 raise DeviceError("unit 1: no response")
@@ -69,6 +73,7 @@ class FakeDriver:
 def fresh_fake() -> None:
     FakeDriver.failing, FakeDriver.active, FakeDriver.overlaps, FakeDriver.reads = {}, 0, 0, []
     FakeDriver.delay = {}
+    FakeDriver.crash_once = False
 
 
 @dataclass(frozen=True)
@@ -171,3 +176,12 @@ def test_polls_that_cannot_start_in_time_are_counted_as_overruns() -> None:
     poller = BusPoller(BUS, [device("slow", 0.05)], FakeDriver, sink)
     run(poll_until_enough(poller, sink), timeout=10)
     assert poller.health["slow"].overruns >= 4
+
+
+def test_a_driver_bug_is_logged_and_polling_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    FakeDriver.crash_once = True
+    sink = Collector(3)
+    poller = BusPoller(BUS, [device("a", 0.02)], FakeDriver, sink)
+    run(poll_until_enough(poller, sink), timeout=10)
+    crashes = [r for r in caplog.records if "restarting its polling" in r.getMessage()]
+    assert len(crashes) == 1 and crashes[0].exc_info is not None
