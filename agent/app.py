@@ -11,7 +11,7 @@ from .aio import cancel_and_wait
 from .buffer import BUFFER_FILE, Buffer
 from .clock import Clock, ClockGuard
 from .config import Config
-from .driver import BUS_DRIVERS, load_driver
+from .driver import BUS_DRIVERS, load_driver, local_bus
 from .health import health_payload
 from .lock import data_dir_lock
 from .model import Value
@@ -49,6 +49,10 @@ class Agent:
                 self.clock,
             )
             for bus in config.buses
+        ] + [  # a device on no bus has an owner task of its own, like a bus
+            BusPoller(local_bus(d), [d], load_driver(d.driver), self._store, self.clock)
+            for d in config.devices
+            if not d.bus
         ]
 
     def _store(self, device: str, ts: int, mono: float, values: Mapping[str, Value]) -> None:
@@ -80,7 +84,7 @@ class Agent:
         log.info(
             "running: %d device(s) on %d bus(es), broker %s",
             len(self.config.devices),
-            len(self.config.buses),
+            len(self.config.buses),  # devices on no bus are not counted as buses
             self.config.mqtt.url,
         )
         stopper = asyncio.create_task(stop.wait(), name="stop")

@@ -14,6 +14,20 @@ A driver **must**:
 
 A driver **may** offer ``describe(device) -> list[str]``: the requests a poll makes, for logs.
 
+A driver that is not Modbus **may** declare, as class attributes:
+
+* ``bus_types`` — the bus types its devices sit on (a tuple); empty: its devices are on no bus,
+  and each gets a ``BusConfig`` of type ``"local"`` named after it, and a driver of its own;
+* ``device_options`` — its own device keys: ``{key: converter}``; a converter takes the TOML
+  value and returns it converted, or raises ``ValueError``/``TypeError`` with a message for a
+  person (``agent.config.sections`` has the common ones). The values land in
+  ``DeviceConfig.options``; a key left out is absent.
+* ``point_options`` — its own point keys, the same way (``PointConfig.options``). A driver with
+  ``point_options`` gets points without Modbus keys (table, address…): name, unit, scale,
+  offset, deadband, heartbeat, writable, min, max, and its own.
+
+Unknown keys are refused by the loader for every driver alike.
+
 Built-in drivers register through the same ``edge_agent.drivers`` entry-point group that third
 parties use.
 """
@@ -58,6 +72,16 @@ BUS_DRIVERS: dict[str, str] = {
     "modbus-rtu": "modbus",
     "modbus-rtu-over-tcp": "modbus",
 }
+
+
+def is_local(driver: type[Driver]) -> bool:
+    """Whether the driver's devices are on no bus."""
+    return not getattr(driver, "bus_types", ("bus",))
+
+
+def local_bus(device: DeviceConfig) -> BusConfig:
+    """The stand-in bus of a device on no bus: its own, named after it."""
+    return BusConfig(device.name, "local")
 
 
 def driver_names() -> list[str]:

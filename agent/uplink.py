@@ -115,7 +115,7 @@ class Uplink:
 
     async def run(self) -> None:
         """Connect, send, and reconnect with backoff until ``stop``."""
-        backoff = Backoff(initial=1.0, maximum=60.0)
+        backoff = Backoff(initial=1.0, maximum=self.mqtt.reconnect_max)
         # Why connecting failed, each said once until the link is up again: a broker that refuses
         # us is refused again at every retry, and the same line every minute buries the log.
         reported: set[str] = set()

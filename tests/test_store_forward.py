@@ -56,6 +56,7 @@ def site(tmp_path: Path, broker: Broker, port: int) -> Path:
             url = "{broker.url}"
             topic_prefix = "sf"
             batch_interval = "100ms"
+            reconnect_max = "3s"  # the test waits for the reconnection, not for a fleet's jitter
             [[bus]]
             name = "plc"
             type = "modbus-tcp"

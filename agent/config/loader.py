@@ -13,10 +13,10 @@ from urllib.parse import urlsplit
 
 import drivers
 
-from ..driver import BUS_DRIVERS, load_driver
+from ..driver import BUS_DRIVERS, Driver, is_local, load_driver, local_bus
 from ..errors import ConfigError, DriverError, Problem
 from . import sections as conv
-from .sections import Problems, Section, suggest
+from .sections import Convert, Problems, Section, suggest
 from .source import SourceFile, TomlSyntaxError, read_toml
 from .types import (
     BIT_TABLES,
@@ -203,6 +203,8 @@ class _Loader:
             tls_insecure=tls_insecure and tls,
             max_inflight=s.take("max_inflight", conv.in_range(1, 1000), d.max_inflight)
             or d.max_inflight,
+            reconnect_max=s.take("reconnect_max", conv.positive_duration, d.reconnect_max)
+            or d.reconnect_max,
         )
         s.finish()
         return result
@@ -353,36 +355,73 @@ class _Loader:
         bus_by_name = {b.name: b for b in buses}
         for index, data in root.tables("device"):
             s = root.child("device", index, f"device.{data.get('name', index[-1])}", data)
-            device_name = s.take("name", conv.name)
-            bus_name = s.take("bus", conv.text)
-            bus = bus_by_name.get(bus_name or "")
-            if bus_name and not bus:
-                s.problem("bus", f'no bus named "{bus_name}"{suggest(bus_name, bus_by_name)}')
-            implied = BUS_DRIVERS.get(bus.type, "") if bus else ""
-            driver = s.take("driver", conv.text, implied) or implied
-            if bus and driver != implied:
-                s.problem("driver", f'a device on a {bus.type} bus uses the "{implied}" driver')
-            unit = s.take("unit", conv.in_range(0, 255), 1)
-            interval = (
-                s.take("interval", conv.positive_duration, DEFAULT_INTERVAL) or DEFAULT_INTERVAL
-            )
-            points = self._device_points(s, templates)
+            device = self._device(s, bus_by_name, templates)
             s.finish()
-            if bus and bus.timeout > interval:
-                s.problem(
-                    "interval",
-                    f"bus {bus.name} timeout ({bus.timeout:g}s) is longer than the interval "
-                    f"({interval:g}s): a silent device will make polls overrun",
-                    warning=True,
-                )
-            if device_name and bus:
-                template = cast(str | None, s.data.get("template"))
-                result.append(
-                    DeviceConfig(
-                        device_name, bus.name, driver, interval, unit or 0, template, points
-                    )
-                )
+            if device:
+                result.append(device)
         return result
+
+    def _device(
+        self, s: Section, bus_by_name: Mapping[str, BusConfig], templates: list[TemplateConfig]
+    ) -> DeviceConfig | None:
+        device_name = s.take("name", conv.name)
+        bus_name = s.take("bus", conv.text, None)
+        bus = bus_by_name.get(bus_name or "")
+        implied = BUS_DRIVERS.get(bus.type, "") if bus else ""
+        driver_name = s.take("driver", conv.text, implied) or implied
+        driver = (
+            self._driver_class(s, driver_name, bus_name) if driver_name or not bus_name else None
+        )
+        local = driver is not None and is_local(driver)
+        if local and bus_name:
+            s.problem("bus", f"a {driver_name} device is on no bus: remove bus")
+        elif bus_name and not bus:
+            s.problem("bus", f'no bus named "{bus_name}"{suggest(bus_name, bus_by_name)}')
+        elif bus and driver_name != implied:
+            s.problem("driver", f'a device on a {bus.type} bus uses the "{implied}" driver')
+        if driver is None:
+            s.ignore_rest()  # its keys are the driver's to judge, and it has none
+            return None
+        interval = s.take("interval", conv.positive_duration, DEFAULT_INTERVAL) or DEFAULT_INTERVAL
+        point_options: Mapping[str, Convert[Any]] | None = getattr(driver, "point_options", None)
+        unit = s.take("unit", conv.in_range(0, 255), 1) if point_options is None else 0
+        options = {
+            key: value
+            for key, convert in getattr(driver, "device_options", {}).items()
+            if (value := s.take(key, convert, None)) is not None
+        }
+        if point_options is None:
+            points = self._device_points(s, templates)
+        else:
+            points = self._points(s, point_options)
+            if not points and not s.has("point"):
+                s.problem(None, "has no points: add [[device.point]] tables")
+        if bus and bus.timeout > interval:
+            s.problem(
+                "interval",
+                f"bus {bus.name} timeout ({bus.timeout:g}s) is longer than the interval "
+                f"({interval:g}s): a silent device will make polls overrun",
+                warning=True,
+            )
+        if not device_name or not (bus or local):
+            return None
+        template = cast(str | None, s.data.get("template"))
+        bus_of = bus.name if bus else ""
+        return DeviceConfig(
+            device_name, bus_of, driver_name, interval, unit or 0, template, points, options
+        )
+
+    def _driver_class(self, s: Section, name: str, bus_name: str | None) -> type[Driver] | None:
+        """The device's driver class, or None after saying why there is none."""
+        if not name:
+            if not bus_name:
+                s.problem(None, 'needs a bus (Modbus devices) or a driver, e.g. driver = "system"')
+            return None
+        try:
+            return load_driver(name)
+        except DriverError as exc:
+            s.problem("driver", str(exc))
+            return None
 
     def _device_points(
         self, s: Section, templates: list[TemplateConfig]
@@ -412,13 +451,16 @@ class _Loader:
             s.problem(None, "has no points: add [[device.point]] tables or a template")
         return tuple(points)
 
-    def _points(self, owner: Section) -> tuple[PointConfig, ...]:
+    def _points(
+        self, owner: Section, options: Mapping[str, Convert[Any]] | None = None
+    ) -> tuple[PointConfig, ...]:
+        """The owner's ``[[…point]]`` tables: Modbus points, or with ``options`` a driver's own."""
         result: list[PointConfig] = []
         seen: set[str] = set()
         for index, data in owner.tables("point"):
             path = f"{owner.path}.point.{data.get('name', index[-1])}"
             section = owner.child("point", index, path, data)
-            point = _point(section)
+            point = _point(section) if options is None else _driver_point(section, options)
             if point is None:
                 continue
             if point.name in seen:
@@ -447,6 +489,11 @@ class _Loader:
             on_bus = [d for d in devices if d.bus == bus.name]
             for path, message in driver.validate(bus, on_bus):
                 self.problems.at(path, message)
+        for device in devices:
+            if not device.bus:
+                local = load_driver(device.driver)
+                for path, message in local.validate(local_bus(device), [device]):
+                    self.problems.at(path, message)
 
     def _relative(self, value: str) -> Path:
         path = Path(value)
@@ -495,6 +542,26 @@ def _point(s: Section) -> PointConfig | None:
         **values,
     )
     return point if _point_fits(s, point) else None
+
+
+def _driver_point(s: Section, options: Mapping[str, Convert[Any]]) -> PointConfig | None:
+    """A point of a driver that is not Modbus: the common keys and the driver's own."""
+    point_name = s.take("name", conv.name)
+    common: dict[str, Any] = {
+        "scale": s.take("scale", conv.number, 1.0),
+        "offset": s.take("offset", conv.number, 0.0),
+        "unit": s.take("unit", conv.text, ""),
+        "deadband": s.take("deadband", conv.number, None),
+        "heartbeat": s.take("heartbeat", conv.positive_duration, None),
+        "writable": s.take("writable", conv.boolean, False),
+        "min": s.take("min", conv.number, None),
+        "max": s.take("max", conv.number, None),
+    }
+    own = {k: v for k, convert in options.items() if (v := s.take(k, convert, None)) is not None}
+    s.finish()
+    if point_name is None or None in (common["scale"], common["offset"], common["unit"]):
+        return None
+    return PointConfig(name=point_name, options=own, **common)
 
 
 def _check_exponents(

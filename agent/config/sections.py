@@ -121,6 +121,10 @@ class Section:
             return []
         return [((*self.index, key, i), v) for i, v in enumerate(value)]
 
+    def ignore_rest(self) -> None:
+        """Check no further keys: what they mean depends on something already refused."""
+        self._known.update(self.data)
+
     def finish(self) -> None:
         """Report every key that nobody asked for: most often a typo."""
         for key in self.data:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Table = Literal["holding", "input", "coil", "discrete"]
 PointType = Literal[
@@ -53,6 +54,8 @@ class PointConfig:
     not_available: tuple[float, ...] = ()
     #: Another point whose value v scales this one by 10**v (SunSpec's scale factors).
     scale_exponent: str | None = None
+    #: The driver's own point keys, for drivers whose points are not Modbus registers.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -74,7 +77,9 @@ class TemplateConfig:
     description: str = ""
 
 
-BusType = Literal["modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp"]
+#: "local" is no bus a person configures: the stand-in for a device on none (the gateway itself,
+#: sysfs, GPIO), so that every device has an owner task like the devices on a bus.
+BusType = Literal["modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp", "local"]
 BUS_TYPES: tuple[BusType, ...] = ("modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp")
 SERIAL_BUS_TYPES: frozenset[str] = frozenset({"modbus-rtu"})
 Parity = Literal["N", "E", "O"]
@@ -120,12 +125,14 @@ class DeviceConfig:
     """A device polled on its interval; its points come from ``point`` entries or a template."""
 
     name: str
-    bus: str
+    bus: str  # "" for a device on no bus
     driver: str
     interval: float
     unit: int = 1
     template: str | None = None
     points: tuple[PointConfig, ...] = ()
+    #: The driver's own device keys (see ``agent.driver``), converted.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +172,9 @@ class MqttSection:
     tls_insecure: bool = False
     #: QoS 1 messages sent and not yet acknowledged at once (paho's in-flight window).
     max_inflight: int = 20
+    #: Longest wait between reconnection attempts (full jitter below it: a fleet must not
+    #: stampede a broker that comes back).
+    reconnect_max: float = 60.0
 
     @property
     def url(self) -> str:
