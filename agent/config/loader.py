@@ -545,7 +545,9 @@ def _point(s: Section) -> PointConfig | None:
 
 
 def _driver_point(s: Section, options: Mapping[str, Convert[Any]]) -> PointConfig | None:
-    """A point of a driver that is not Modbus: the common keys and the driver's own."""
+    """A point of a driver that is not Modbus: the common keys and the driver's own. A point
+    with a problem is left out, so that its driver sees only points that parsed."""
+    before = len(s.problems.errors)
     point_name = s.take("name", conv.name)
     common: dict[str, Any] = {
         "scale": s.take("scale", conv.number, 1.0),
@@ -559,7 +561,7 @@ def _driver_point(s: Section, options: Mapping[str, Convert[Any]]) -> PointConfi
     }
     own = {k: v for k, convert in options.items() if (v := s.take(k, convert, None)) is not None}
     s.finish()
-    if point_name is None or None in (common["scale"], common["offset"], common["unit"]):
+    if point_name is None or len(s.problems.errors) > before:
         return None
     return PointConfig(name=point_name, options=own, **common)
 
