@@ -11,7 +11,7 @@ from .aio import cancel_and_wait
 from .buffer import BUFFER_FILE, Buffer
 from .clock import Clock, ClockGuard
 from .config import Config
-from .driver import BUS_DRIVERS, load_driver, local_bus
+from .driver import bus_driver, load_driver, local_bus
 from .health import health_payload
 from .lock import data_dir_lock
 from .model import Value
@@ -44,11 +44,12 @@ class Agent:
             BusPoller(
                 bus,
                 [d for d in config.devices if d.bus == bus.name],
-                load_driver(BUS_DRIVERS[bus.type]),
+                load_driver(driver),
                 self._store,
                 self.clock,
             )
             for bus in config.buses
+            if (driver := bus_driver(bus, config.devices))  # a bus without devices: nothing to do
         ] + [  # a device on no bus has an owner task of its own, like a bus
             BusPoller(local_bus(d), [d], load_driver(d.driver), self._store, self.clock)
             for d in config.devices

@@ -79,6 +79,13 @@ def is_local(driver: type[Driver]) -> bool:
     return not getattr(driver, "bus_types", ("bus",))
 
 
+def bus_driver(bus: BusConfig, devices: Sequence[DeviceConfig]) -> str | None:
+    """The driver that owns ``bus``: implied by a Modbus bus type, else the one its devices name
+    (a port is one driver's; the loader refuses a bus whose devices name different ones)."""
+    names = {d.driver for d in devices if d.bus == bus.name}
+    return BUS_DRIVERS.get(bus.type) or (names.pop() if len(names) == 1 else None)
+
+
 def local_bus(device: DeviceConfig) -> BusConfig:
     """The stand-in bus of a device on no bus: its own, named after it."""
     return BusConfig(device.name, "local")

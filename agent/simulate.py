@@ -23,6 +23,7 @@ import signal
 from drivers.modbus.simulator import ModbusSimulator, PtyLink, slaves_for_bus
 
 from .config import BusConfig, Config, DeviceConfig
+from .driver import BUS_DRIVERS
 from .errors import AgentError
 from .tools import UsageError
 
@@ -37,15 +38,21 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def modbus_buses(config: Config) -> list[BusConfig]:
+    """The buses there is something to simulate on: the Modbus ones."""
+    return [bus for bus in config.buses if BUS_DRIVERS.get(bus.type) == "modbus"]
+
+
 def plan(config: Config, tcp: str | None) -> list[tuple[str, int, list[DeviceConfig]]]:
     """Which devices to serve on which address."""
-    addresses = [(bus.host, bus.port) for bus in config.buses]
+    buses = modbus_buses(config)
+    addresses = [(bus.host, bus.port) for bus in buses]
     if tcp:
         host, port = parse_address(tcp)
-        addresses = [(host, port + i) for i in range(len(config.buses))]
+        addresses = [(host, port + i) for i in range(len(buses))]
     return [
         (host, port, [d for d in config.devices if d.bus == bus.name])
-        for bus, (host, port) in zip(config.buses, addresses, strict=True)
+        for bus, (host, port) in zip(buses, addresses, strict=True)
     ]
 
 
@@ -62,7 +69,9 @@ async def serve(
     try:
         servers = [
             (bus, _simulator(bus, devices, host, port, pty))
-            for bus, (host, port, devices) in zip(config.buses, plan(config, tcp), strict=True)
+            for bus, (host, port, devices) in zip(
+                modbus_buses(config), plan(config, tcp), strict=True
+            )
         ]
     except ValueError as exc:
         raise AgentError(f"simulate: {exc}") from None
@@ -77,7 +86,7 @@ async def serve(
 
 def _refuse_real_serial_ports(config: Config, tcp: str | None, pty: bool) -> None:
     """A modbus-rtu bus's port is the agent's real serial port: never serve on it."""
-    for bus in config.buses:
+    for bus in modbus_buses(config):
         if bus.serial and not (tcp or pty):
             raise UsageError(
                 f"bus {bus.name} is a modbus-rtu bus on the real serial port {bus.serial_port}: "

@@ -13,7 +13,7 @@ from .buffer import BUFFER_FILE, Buffer, read_only, stored_samples, stored_stats
 from .clock import Clock
 from .config import BusConfig, Config, DeviceConfig, TemplateConfig
 from .config.sections import suggest
-from .driver import BUS_DRIVERS, load_driver
+from .driver import bus_driver, load_driver, local_bus
 from .errors import AgentError
 from .lock import data_dir_lock
 from .model import Poll
@@ -43,7 +43,10 @@ def plan_lines(config: Config) -> list[str]:
     """Per device, the requests one poll makes: what ``check --plan`` prints and start-up logs."""
     lines = []
     for bus in config.buses:
-        driver = load_driver(BUS_DRIVERS[bus.type])(bus)
+        name = bus_driver(bus, config.devices)
+        if name is None:
+            continue
+        driver = load_driver(name)(bus)
         describe: Callable[[DeviceConfig], list[str]] | None = getattr(driver, "describe", None)
         for device in (d for d in config.devices if d.bus == bus.name):
             requests = describe(device) if describe else []
@@ -70,8 +73,8 @@ async def read_device(config: Config, device_name: str, point_names: Sequence[st
         # keep the exponents the chosen points are scaled by
         wanted = set(point_names) | {known[n].scale_exponent for n in point_names} - {None}
         device = replace(device, points=tuple(p for p in device.points if p.name in wanted))
-    bus = config.bus(device.bus)
-    driver = load_driver(BUS_DRIVERS[bus.type])(bus)
+    bus = config.bus(device.bus) if device.bus else local_bus(device)
+    driver = load_driver(device.driver)(bus)
     if hasattr(driver, "keep_raw"):
         driver.keep_raw = True
     async with driver:

@@ -369,6 +369,11 @@ class _Loader:
         bus = bus_by_name.get(bus_name or "")
         implied = BUS_DRIVERS.get(bus.type, "") if bus else ""
         driver_name = s.take("driver", conv.text, implied) or implied
+        if bus and not driver_name:
+            s.problem(
+                "driver",
+                f'is required: a device on a {bus.type} bus names its driver, e.g. "serial-line"',
+            )
         driver = (
             self._driver_class(s, driver_name, bus_name) if driver_name or not bus_name else None
         )
@@ -377,8 +382,11 @@ class _Loader:
             s.problem("bus", f"a {driver_name} device is on no bus: remove bus")
         elif bus_name and not bus:
             s.problem("bus", f'no bus named "{bus_name}"{suggest(bus_name, bus_by_name)}')
-        elif bus and driver_name != implied:
+        elif bus and implied and driver_name != implied:
             s.problem("driver", f'a device on a {bus.type} bus uses the "{implied}" driver')
+        elif bus and driver and not implied and bus.type not in getattr(driver, "bus_types", ()):
+            s.problem("driver", f"the {driver_name} driver does not run on a {bus.type} bus")
+            driver = None
         if driver is None:
             s.ignore_rest()  # its keys are the driver's to judge, and it has none
             return None
@@ -481,12 +489,25 @@ class _Loader:
     def _check_drivers(self, buses: list[BusConfig], devices: list[DeviceConfig]) -> None:
         """Each bus's driver validates what only it knows; no I/O happens here."""
         for bus in buses:
-            try:
-                driver = load_driver(BUS_DRIVERS[bus.type])
-            except DriverError as exc:
-                self.problems.at(f"bus.{bus.name}.type", str(exc))
-                continue
             on_bus = [d for d in devices if d.bus == bus.name]
+            if bus.type not in BUS_DRIVERS:  # its devices name their driver: one per bus
+                names = sorted({d.driver for d in on_bus})
+                if len(names) > 1:
+                    self.problems.at(
+                        f"bus.{bus.name}",
+                        f"its devices use different drivers ({', '.join(names)}): one port "
+                        "is one driver's; put them on buses of their own",
+                    )
+                    continue
+                if not names:
+                    continue
+                driver = load_driver(names[0])
+            else:
+                try:
+                    driver = load_driver(BUS_DRIVERS[bus.type])
+                except DriverError as exc:
+                    self.problems.at(f"bus.{bus.name}.type", str(exc))
+                    continue
             for path, message in driver.validate(bus, on_bus):
                 self.problems.at(path, message)
         for device in devices:
@@ -636,10 +657,11 @@ def _bus(s: Section) -> BusConfig | None:
     common: dict[str, Any] = {
         "timeout": s.take("timeout", conv.positive_duration, d.timeout),
         "request_gap": s.take("request_gap", conv.duration, d.request_gap),
-        "max_registers": s.take("max_registers", conv.in_range(1, 125), d.max_registers),
-        "max_bits": s.take("max_bits", conv.in_range(1, 2000), d.max_bits),
-        "merge_gap": s.take("merge_gap", conv.in_range(0, 124), d.merge_gap),
     }
+    if bus_type != "serial":  # read sizes and merging are Modbus's: unknown keys elsewhere
+        common["max_registers"] = s.take("max_registers", conv.in_range(1, 125), d.max_registers)
+        common["max_bits"] = s.take("max_bits", conv.in_range(1, 2000), d.max_bits)
+        common["merge_gap"] = s.take("merge_gap", conv.in_range(0, 124), d.merge_gap)
     if bus_type in SERIAL_BUS_TYPES:
         link: dict[str, Any] = {
             "serial_port": s.take("port", conv.text),

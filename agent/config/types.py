@@ -79,9 +79,12 @@ class TemplateConfig:
 
 #: "local" is no bus a person configures: the stand-in for a device on none (the gateway itself,
 #: sysfs, GPIO), so that every device has an owner task like the devices on a bus.
-BusType = Literal["modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp", "local"]
-BUS_TYPES: tuple[BusType, ...] = ("modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp")
-SERIAL_BUS_TYPES: frozenset[str] = frozenset({"modbus-rtu"})
+#: "serial" is a plain serial port for sensors that are not Modbus (line-oriented ASCII and the
+#: like): no driver is implied by it, each of its devices names one (``driver = "serial-line"``).
+BusType = Literal["modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp", "serial", "local"]
+BUS_TYPES: tuple[BusType, ...] = ("modbus-tcp", "modbus-rtu", "modbus-rtu-over-tcp", "serial")
+#: Buses on a local serial port: ``port`` is a path and the line settings apply.
+SERIAL_BUS_TYPES: frozenset[str] = frozenset({"modbus-rtu", "serial"})
 Parity = Literal["N", "E", "O"]
 
 
