@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .config.types import BusConfig, DeviceConfig
 from .errors import UnknownDriverError
@@ -72,6 +72,25 @@ BUS_DRIVERS: dict[str, str] = {
     "modbus-rtu": "modbus",
     "modbus-rtu-over-tcp": "modbus",
 }
+
+
+_Self = TypeVar("_Self", bound="Unconnected")
+
+
+class Unconnected:
+    """Base for drivers whose devices need no connection (sysfs, /proc): entering and leaving
+    do nothing."""
+
+    async def __aenter__(self: _Self) -> _Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
 
 
 def is_local(driver: type[Driver]) -> bool:

@@ -14,12 +14,12 @@ import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ClassVar
 
 from agent.config import sections as conv
 from agent.config.sections import Convert
 from agent.config.types import BusConfig, DeviceConfig
+from agent.driver import Unconnected
 from agent.errors import DeviceError
 from agent.model import Poll, Value
 
@@ -36,7 +36,7 @@ def sensor_id(value: Any) -> str:
     return text
 
 
-class Ds18b20Driver:
+class Ds18b20Driver(Unconnected):
     """Reads DS18B20 probes; ``devices_dir`` stands for /sys/bus/w1/devices (tests lay out one)."""
 
     bus_types: ClassVar[tuple[str, ...]] = ()
@@ -54,17 +54,6 @@ class Ds18b20Driver:
             for p in d.points
             if "sensor" not in p.options
         ]
-
-    async def __aenter__(self) -> Ds18b20Driver:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     async def read(self, device: DeviceConfig) -> Poll:
         """Every probe of the device; a probe that fails is an error for its point only."""

@@ -36,9 +36,6 @@ the timeout fails the poll.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -48,13 +45,13 @@ from typing import Any, ClassVar
 
 # pyserial ships no types (types-pyserial is not a dependency): its few calls here are checked
 # by the tests on real pseudo-terminals.
-import serial  # type: ignore[import-untyped]
-
 from agent.config import sections as conv
 from agent.config.sections import Convert, suggest
 from agent.config.types import BusConfig, DeviceConfig, PointConfig
-from agent.errors import BusError, DeviceError
+from agent.errors import DeviceError
 from agent.model import Poll, Value
+
+from .serial_port import LinePort, line_timeout
 
 #: What a point may report.
 FIELDS = (
@@ -74,8 +71,6 @@ FIX_ONLY = frozenset({"latitude", "longitude", "altitude", "speed", "course"})
 TALKERS = frozenset({"GP", "GN", "GL", "GA", "BD"})
 #: Metres per second in a knot (1852 m per hour).
 KNOT = 1852 / 3600
-#: Bytes kept waiting for a line end (a sentence is at most 82 characters).
-MAX_LINE = 4096
 
 
 def _field_name(value: Any) -> str:
@@ -100,9 +95,7 @@ class NmeaDriver:
         #: Per device name: ``sentences`` (valid GGA/RMC), ``bad_checksum``, ``timeouts``,
         #: ``no_fix`` (polls without a valid fix).
         self.counters: dict[str, Counter[str]] = {}
-        self._port: serial.Serial | None = None
-        self._buffer = bytearray()
-        self._last_byte = 0.0
+        self._line = LinePort(bus)
 
     @classmethod
     def validate(cls, bus: BusConfig, devices: Sequence[DeviceConfig]) -> list[tuple[str, str]]:
@@ -129,25 +122,7 @@ class NmeaDriver:
         return problems
 
     async def __aenter__(self) -> NmeaDriver:
-        if self._port is not None:
-            return self
-        try:
-            port = serial.Serial(
-                port=self.bus.serial_port,
-                baudrate=self.bus.baudrate,
-                parity=self.bus.parity,
-                stopbits=self.bus.stopbits,
-                bytesize=self.bus.bytesize,
-                timeout=0,
-                exclusive=True,
-            )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise BusError(
-                f"bus {self.bus.name}: cannot open {self.bus.serial_port}: {exc}"
-            ) from exc
-        os.set_blocking(port.fileno(), False)  # every read goes through the event loop
-        self._port = port
-        self._buffer.clear()
+        self._line.open()
         return self
 
     async def __aexit__(
@@ -156,25 +131,22 @@ class NmeaDriver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        port, self._port = self._port, None
-        if port is not None:
-            with contextlib.suppress(serial.SerialException, OSError):
-                port.close()
+        self._line.close()
 
     def describe(self, device: DeviceConfig) -> list[str]:
-        return [f"read GGA and RMC sentences for up to {_line_timeout(self.bus, device):g}s"]
+        return [f"read GGA and RMC sentences for up to {line_timeout(self.bus, device):g}s"]
 
     async def read(self, device: DeviceConfig) -> Poll:
         """Read sentences until a GGA and an RMC came (or the line timeout); report the latest."""
         counters = self.counters.setdefault(device.name, Counter())
-        timeout = _line_timeout(self.bus, device)
-        self._discard_stale(timeout)
+        timeout = line_timeout(self.bus, device)
+        self._line.discard_stale(timeout)
         deadline = time.monotonic() + timeout
         latest: dict[str, list[str]] = {}
         bad_before = counters["bad_checksum"]
         try:
             while not ("GGA" in latest and "RMC" in latest):
-                fields = _sentence(await self._read_line(deadline))
+                fields = _sentence(await self._line.read_line(b"\n", deadline))
                 if fields is None:
                     counters["bad_checksum"] += 1
                     continue
@@ -208,85 +180,8 @@ class NmeaDriver:
             values[point.name] = _scaled(point, value)
         return Poll(values, tuple(errors))
 
-    # --- the line (as in ``serial_line``)
-
-    def _fd(self) -> int:
-        if self._port is None:
-            raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} is not open")
-        return int(self._port.fileno())
-
-    def _discard_stale(self, timeout: float) -> None:
-        """Throw away the sentences that arrived between polls (old positions); keep a partial
-        line still coming in, unless it stopped arriving longer ago than the timeout."""
-        self._receive()
-        end = max(self._buffer.rfind(b"\n"), self._buffer.rfind(b"\r"))
-        del self._buffer[: end + 1]
-        if self._buffer and time.monotonic() - self._last_byte > timeout:
-            self._buffer.clear()
-
-    def _receive(self) -> bool:
-        got = False
-        while True:
-            try:
-                data = os.read(self._fd(), 4096)
-            except BlockingIOError:
-                return got
-            except OSError as exc:
-                raise BusError(f"bus {self.bus.name}: {self.bus.serial_port}: {exc}") from exc
-            if not data:
-                return got
-            got = True
-            self._last_byte = time.monotonic()
-            self._buffer += data
-            if len(self._buffer) > MAX_LINE:
-                del self._buffer[:-MAX_LINE]
-
-    async def _read_line(self, deadline: float) -> str:
-        """The next non-empty line (``\\r\\n`` or ``\\n`` ended), decoded and stripped."""
-        while True:
-            at = self._buffer.find(b"\n")
-            if at >= 0:
-                raw = bytes(self._buffer[:at])
-                del self._buffer[: at + 1]
-                line = raw.decode("ascii", "replace").strip()
-                if line:
-                    return line
-                continue
-            if self._receive():
-                continue
-            await self._wait(deadline)
-            if not self._receive():
-                raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} hung up")
-
-    async def _wait(self, deadline: float) -> None:
-        """Until the port is readable, or raise TimeoutError at ``deadline`` (a future with the
-        loop's reader and a timer: a cancelled poll stops at once, see ``serial_line``)."""
-        loop = asyncio.get_running_loop()
-        fd = self._fd()
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        def expire() -> None:
-            if not ready.done():
-                ready.set_exception(TimeoutError())
-
-        loop.add_reader(fd, wake)
-        timer = loop.call_later(max(0.0, deadline - time.monotonic()), expire)
-        try:
-            await ready
-        finally:
-            timer.cancel()
-            loop.remove_reader(fd)
-
 
 # --- parsing
-
-
-def _line_timeout(bus: BusConfig, device: DeviceConfig) -> float:
-    return float(device.options.get("line_timeout", bus.timeout))
 
 
 def _field(point: PointConfig) -> str:

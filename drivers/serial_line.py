@@ -35,8 +35,6 @@ for that point only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
 import time
 from collections import Counter, deque
@@ -46,20 +44,18 @@ from typing import Any, ClassVar
 
 # pyserial ships no types (types-pyserial is not a dependency): its few calls here are checked
 # by the tests on real pseudo-terminals.
-import serial  # type: ignore[import-untyped]
-
 from agent.config import sections as conv
 from agent.config.sections import Convert, suggest
 from agent.config.types import BusConfig, DeviceConfig, PointConfig
-from agent.errors import BusError, DeviceError
+from agent.errors import DeviceError
 from agent.model import Poll, Value
+
+from .serial_port import LinePort, line_timeout
 
 #: Malformed lines quoted per device in errors.
 KEEP_MALFORMED = 5
 #: Longest part of a malformed line quoted (a sensor gone mad may print kilobytes without an end).
 QUOTE_CHARS = 80
-#: Bytes kept waiting for a terminator before the partial line is thrown away as garbage.
-MAX_LINE = 4096
 POINT_TYPES = ("number", "int", "string", "bool")
 TRUE_WORDS = frozenset({"1", "true", "on", "yes"})
 FALSE_WORDS = frozenset({"0", "false", "off", "no"})
@@ -145,9 +141,7 @@ class SerialLineDriver:
         #: Per device name: ``lines`` parsed, ``malformed`` lines, ``timeouts``.
         self.counters: dict[str, Counter[str]] = {}
         self._malformed: dict[str, deque[str]] = {}
-        self._port: serial.Serial | None = None
-        self._buffer = bytearray()
-        self._last_byte = 0.0  # monotonic time the last byte arrived
+        self._line = LinePort(bus)
         self._last_request = -float("inf")
 
     @classmethod
@@ -162,29 +156,7 @@ class SerialLineDriver:
         return problems
 
     async def __aenter__(self) -> SerialLineDriver:
-        if self._port is not None:
-            return self
-        try:
-            # Opening configures the line with a few ioctls: quick, so done in the loop (a thread
-            # could outlive a cancelled connect and hold the port).
-            port = serial.Serial(
-                port=self.bus.serial_port,
-                baudrate=self.bus.baudrate,
-                parity=self.bus.parity,
-                stopbits=self.bus.stopbits,
-                bytesize=self.bus.bytesize,
-                timeout=0,
-                exclusive=True,  # a second program on the line would steal half the answers
-            )
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise BusError(
-                f"bus {self.bus.name}: cannot open {self.bus.serial_port}: {exc}"
-            ) from exc
-        # pyserial leaves the descriptor non-blocking; made sure of, since every read and write
-        # below goes through the event loop and must never block it.
-        os.set_blocking(port.fileno(), False)
-        self._port = port
-        self._buffer.clear()
+        self._line.open()
         return self
 
     async def __aexit__(
@@ -193,30 +165,26 @@ class SerialLineDriver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        port, self._port = self._port, None
-        if port is not None:
-            # an unplugged adapter: nothing left to close
-            with contextlib.suppress(serial.SerialException, OSError):
-                port.close()
+        self._line.close()
 
     def describe(self, device: DeviceConfig) -> list[str]:
         command = device.options.get("command")
-        wait = f"wait {_line_timeout(self.bus, device):g}s for a line"
+        wait = f"wait {line_timeout(self.bus, device):g}s for a line"
         return [f"send {command!r}, {wait}" if command else wait]
 
     async def read(self, device: DeviceConfig) -> Poll:
         """Send the device's command (if any), read one line and parse its points."""
         counters = self.counters.setdefault(device.name, Counter())
-        timeout = _line_timeout(self.bus, device)
+        timeout = line_timeout(self.bus, device)
         terminator = decode_escapes(device.options.get("terminator", "\n"))
         await self._quiet_gap()
-        self._discard_stale(timeout)
+        self._line.discard_stale(timeout)
         command = device.options.get("command")
         deadline = time.monotonic() + timeout
         try:
             if command:
-                await self._write(decode_escapes(command), deadline)
-            line = await self._read_line(terminator, deadline)
+                await self._line.write(decode_escapes(command), deadline)
+            line = await self._line.read_line(terminator, deadline)
         except TimeoutError:
             counters["timeouts"] += 1
             asked = f"to {command!r} " if command else ""
@@ -255,119 +223,14 @@ class SerialLineDriver:
             raise DeviceError("; ".join(errors))
         return Poll(values, tuple(errors))
 
-    # --- the line
-
-    def _fd(self) -> int:
-        if self._port is None:
-            raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} is not open")
-        return int(self._port.fileno())
-
     async def _quiet_gap(self) -> None:
         """Honour the bus's ``request_gap`` between one device's poll and the next."""
         wait = self._last_request + self.bus.request_gap - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
 
-    def _discard_stale(self, timeout: float) -> None:
-        """Throw away what arrived between polls, so an old line is not taken for this poll's.
-
-        A partial line that is still coming in is kept: it is the start of the next line. One
-        that stopped arriving longer ago than the line timeout is a fragment, and goes too.
-        """
-        self._receive()
-        end = self._buffer.rfind(b"\n")
-        end = max(end, self._buffer.rfind(b"\r"))
-        del self._buffer[: end + 1]
-        if self._buffer and time.monotonic() - self._last_byte > timeout:
-            self._buffer.clear()
-
-    def _receive(self) -> bool:
-        """Take whatever the port holds into the buffer; False when there was nothing."""
-        got = False
-        while True:
-            try:
-                data = os.read(self._fd(), 4096)
-            except BlockingIOError:
-                return got
-            except OSError as exc:
-                raise BusError(f"bus {self.bus.name}: {self.bus.serial_port}: {exc}") from exc
-            if not data:  # a tty in raw mode with VMIN=0 reads nothing rather than EAGAIN
-                return got
-            got = True
-            self._last_byte = time.monotonic()
-            self._buffer += data
-            if len(self._buffer) > MAX_LINE:
-                del self._buffer[:-MAX_LINE]
-
-    async def _read_line(self, terminator: bytes, deadline: float) -> str:
-        """The next non-empty line, decoded, without its terminator (nor a ``\\r`` before it)."""
-        while True:
-            at = self._buffer.find(terminator)
-            if at >= 0:
-                raw = bytes(self._buffer[:at])
-                del self._buffer[: at + len(terminator)]
-                line = raw.decode("utf-8", "replace").strip("\r\n")
-                if line:  # a bare "\r\n" between answers carries nothing
-                    return line
-                continue
-            if self._receive():
-                continue
-            await self._wait(deadline, writing=False)
-            if not self._receive():
-                # Readable yet nothing to read: the end of file of a port that hung up (an
-                # adapter unplugged); the scheduler reconnects on a BusError.
-                raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} hung up")
-
-    async def _write(self, data: bytes, deadline: float) -> None:
-        while data:
-            try:
-                sent = os.write(self._fd(), data)
-            except BlockingIOError:
-                await self._wait(deadline, writing=True)
-                continue
-            except OSError as exc:
-                raise BusError(f"bus {self.bus.name}: {self.bus.serial_port}: {exc}") from exc
-            data = data[sent:]
-
-    async def _wait(self, deadline: float, *, writing: bool) -> None:
-        """Until the port is readable (or writable), or raise TimeoutError at ``deadline``.
-
-        A plain future with the loop's reader and a timer, rather than a thread doing blocking
-        pyserial reads: a cancelled poll then really stops (no thread left blocked on the port
-        until its timeout, holding it), and awaiting one future cannot lose a cancellation the
-        way ``asyncio.wait_for`` can before Python 3.12.
-        """
-        loop = asyncio.get_running_loop()
-        fd = self._fd()
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        def expire() -> None:
-            if not ready.done():
-                ready.set_exception(TimeoutError())
-
-        add, remove = (
-            (loop.add_writer, loop.remove_writer)
-            if writing
-            else (loop.add_reader, loop.remove_reader)
-        )
-        add(fd, wake)
-        timer = loop.call_later(max(0.0, deadline - time.monotonic()), expire)
-        try:
-            await ready
-        finally:
-            timer.cancel()
-            remove(fd)
-
 
 # --- parsing
-
-
-def _line_timeout(bus: BusConfig, device: DeviceConfig) -> float:
-    return float(device.options.get("line_timeout", bus.timeout))
 
 
 def _key(device: DeviceConfig, point: PointConfig) -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ClassVar
 
 from agent.config import sections as conv
 from agent.config.sections import Convert, suggest
 from agent.config.types import BusConfig, DeviceConfig, PointConfig
+from agent.driver import Unconnected
 from agent.errors import DeviceError
 from agent.model import Poll, Value
 
@@ -25,7 +25,7 @@ THROTTLED = "sys/devices/platform/soc/soc:firmware/get_throttled"
 THERMAL = "sys/class/thermal/thermal_zone0/temp"
 
 
-class SystemDriver:
+class SystemDriver(Unconnected):
     """Reads the gateway itself; the ``root`` directory stands for ``/`` (tests lay out a fake)."""
 
     bus_types: ClassVar[tuple[str, ...]] = ()
@@ -53,17 +53,6 @@ class SystemDriver:
                         )
                     )
         return problems
-
-    async def __aenter__(self) -> SystemDriver:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     async def read(self, device: DeviceConfig) -> Poll:
         """Every point's metric now; one the gateway does not have is an error for that point."""

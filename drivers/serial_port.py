@@ -1,0 +1,164 @@
+"""A serial port read and written line by line through the event loop, for the drivers of
+``serial`` buses (``serial-line``, ``nmea``).
+
+pyserial's non-blocking descriptor is waited on with the loop's reader and a timer rather than a
+thread doing blocking reads: a cancelled poll then really stops (no thread left blocked on the
+port until its timeout, holding it), and awaiting one future cannot lose a cancellation the way
+``asyncio.wait_for`` can before Python 3.12.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+
+import serial  # type: ignore[import-untyped]
+
+from agent.config.types import BusConfig, DeviceConfig
+from agent.errors import BusError
+
+#: The longest line kept: a sensor printing garbage without line ends cannot fill the memory.
+MAX_LINE = 4096
+
+
+def line_timeout(bus: BusConfig, device: DeviceConfig) -> float:
+    """How long a device's poll waits for its line: its ``line_timeout``, else the bus timeout."""
+    return float(device.options.get("line_timeout", bus.timeout))
+
+
+class LinePort:
+    """The port of one ``serial`` bus: ``open``, then ``write`` and ``read_line`` per poll."""
+
+    def __init__(self, bus: BusConfig) -> None:
+        self.bus = bus
+        self._port: serial.Serial | None = None
+        self._buffer = bytearray()
+        self._last_byte = 0.0  # monotonic time the last byte arrived
+
+    def open(self) -> None:
+        """Open the port exclusively; ``BusError`` naming the port when that fails."""
+        if self._port is not None:
+            return
+        try:
+            # Opening configures the line with a few ioctls: quick, so done in the loop (a
+            # thread could outlive a cancelled connect and hold the port).
+            port = serial.Serial(
+                port=self.bus.serial_port,
+                baudrate=self.bus.baudrate,
+                parity=self.bus.parity,
+                stopbits=self.bus.stopbits,
+                bytesize=self.bus.bytesize,
+                timeout=0,
+                exclusive=True,  # a second program on the line would steal half the answers
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise BusError(
+                f"bus {self.bus.name}: cannot open {self.bus.serial_port}: {exc}"
+            ) from exc
+        # pyserial leaves the descriptor non-blocking; made sure of, since every read and write
+        # goes through the event loop and must never block it.
+        os.set_blocking(port.fileno(), False)
+        self._port = port
+        self._buffer.clear()
+
+    def close(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            # an unplugged adapter: nothing left to close
+            with contextlib.suppress(serial.SerialException, OSError):
+                port.close()
+
+    def discard_stale(self, timeout: float) -> None:
+        """Throw away what arrived between polls, so an old line is not taken for this poll's.
+
+        A partial line that is still coming in is kept: it is the start of the next line. One
+        that stopped arriving longer ago than ``timeout`` is a fragment, and goes too.
+        """
+        self._receive()
+        end = max(self._buffer.rfind(b"\n"), self._buffer.rfind(b"\r"))
+        del self._buffer[: end + 1]
+        if self._buffer and time.monotonic() - self._last_byte > timeout:
+            self._buffer.clear()
+
+    async def read_line(self, terminator: bytes, deadline: float) -> str:
+        """The next non-empty line, decoded, without its terminator (nor a ``\\r`` before it);
+        ``TimeoutError`` at ``deadline``."""
+        while True:
+            at = self._buffer.find(terminator)
+            if at >= 0:
+                raw = bytes(self._buffer[:at])
+                del self._buffer[: at + len(terminator)]
+                line = raw.decode("utf-8", "replace").strip("\r\n")
+                if line:  # a bare "\r\n" between answers carries nothing
+                    return line
+                continue
+            if self._receive():
+                continue
+            await self._wait(deadline, writing=False)
+            if not self._receive():
+                # Readable yet nothing to read: the end of file of a port that hung up (an
+                # adapter unplugged); the scheduler reconnects on a BusError.
+                raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} hung up")
+
+    async def write(self, data: bytes, deadline: float) -> None:
+        while data:
+            try:
+                sent = os.write(self._fd(), data)
+            except BlockingIOError:
+                await self._wait(deadline, writing=True)
+                continue
+            except OSError as exc:
+                raise BusError(f"bus {self.bus.name}: {self.bus.serial_port}: {exc}") from exc
+            data = data[sent:]
+
+    def _fd(self) -> int:
+        if self._port is None:
+            raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} is not open")
+        return int(self._port.fileno())
+
+    def _receive(self) -> bool:
+        """Take whatever the port holds into the buffer; False when there was nothing."""
+        got = False
+        while True:
+            try:
+                data = os.read(self._fd(), 4096)
+            except BlockingIOError:
+                return got
+            except OSError as exc:
+                raise BusError(f"bus {self.bus.name}: {self.bus.serial_port}: {exc}") from exc
+            if not data:  # a tty in raw mode with VMIN=0 reads nothing rather than EAGAIN
+                return got
+            got = True
+            self._last_byte = time.monotonic()
+            self._buffer += data
+            if len(self._buffer) > MAX_LINE:
+                del self._buffer[:-MAX_LINE]
+
+    async def _wait(self, deadline: float, *, writing: bool) -> None:
+        """Until the port is readable (or writable), or raise TimeoutError at ``deadline``."""
+        loop = asyncio.get_running_loop()
+        fd = self._fd()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        def expire() -> None:
+            if not ready.done():
+                ready.set_exception(TimeoutError())
+
+        add, remove = (
+            (loop.add_writer, loop.remove_writer)
+            if writing
+            else (loop.add_reader, loop.remove_reader)
+        )
+        add(fd, wake)
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), expire)
+        try:
+            await ready
+        finally:
+            timer.cancel()
+            remove(fd)
