@@ -24,6 +24,8 @@ from .uplink import Uplink
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 15.0
+#: Under the data dir: what drivers keep across restarts (pulse counts).
+STATE_DIR = "state"
 
 
 class Agent:
@@ -40,6 +42,7 @@ class Agent:
         self.guard = ClockGuard(self.clock)
         self.uplink = Uplink(config, self.buffer, self.clock, self.guard)
         self.reports = {d.name: ReportFilter.for_device(d) for d in config.devices}
+        state_dir = config.agent.data_dir / STATE_DIR
         self.pollers = [
             BusPoller(
                 bus,
@@ -47,11 +50,12 @@ class Agent:
                 load_driver(driver),
                 self._store,
                 self.clock,
+                state_dir,
             )
             for bus in config.buses
             if (driver := bus_driver(bus, config.devices))  # a bus without devices: nothing to do
         ] + [  # a device on no bus has an owner task of its own, like a bus
-            BusPoller(local_bus(d), [d], load_driver(d.driver), self._store, self.clock)
+            BusPoller(local_bus(d), [d], load_driver(d.driver), self._store, self.clock, state_dir)
             for d in config.devices
             if not d.bus
         ]

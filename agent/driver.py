@@ -12,7 +12,16 @@ A driver **must**:
 * ``read(device)`` — one poll: a ``Poll`` of what it read; raise ``DeviceError`` (or ``BusError``
   when the connection itself broke) when nothing could be read. Never return ``None``.
 
-A driver **may** offer ``describe(device) -> list[str]``: the requests a poll makes, for logs.
+A driver **may** offer:
+
+* ``describe(device) -> list[str]`` — the requests a poll makes, for logs and ``check --plan``;
+* ``write(device, point, value)`` — async: set a ``writable`` point (a relay, a setpoint) to
+  ``value``, already checked against the point's ``min``/``max``; raise ``DeviceError`` when the
+  device refused or did not answer;
+* ``keeps_state = True`` (class attribute) — it is then built as ``driver(bus, state_dir=…)``:
+  a directory of the data dir (created by the driver when it first writes) where it may keep
+  files named after its devices (a pulse count that must survive a reboot), or ``None`` when
+  nothing may be kept (``edge-agent read`` while the agent runs).
 
 A driver that is not Modbus **may** declare, as class attributes:
 
@@ -34,8 +43,9 @@ parties use.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol, TypeVar
 
@@ -108,6 +118,14 @@ def bus_driver(bus: BusConfig, devices: Sequence[DeviceConfig]) -> str | None:
 def local_bus(device: DeviceConfig) -> BusConfig:
     """The stand-in bus of a device on no bus: its own, named after it."""
     return BusConfig(device.name, "local")
+
+
+def build_driver(driver: type[Driver], bus: BusConfig, state_dir: Path | None) -> Driver:
+    """An instance of ``driver`` for ``bus``; one that keeps state is handed ``state_dir``."""
+    make: Callable[..., Driver] = driver
+    if getattr(driver, "keeps_state", False):
+        return make(bus, state_dir=state_dir)
+    return make(bus)
 
 
 def driver_names() -> list[str]:

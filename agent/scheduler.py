@@ -13,11 +13,12 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .backoff import Backoff
 from .clock import Clock
 from .config import BusConfig, DeviceConfig
-from .driver import Driver
+from .driver import Driver, build_driver
 from .errors import BusError, DeviceError
 from .model import Value
 
@@ -65,8 +66,10 @@ class BusPoller:
         driver: type[Driver],
         sink: Sink,
         clock: Clock | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.bus = bus
+        self.state_dir = state_dir
         self.devices = list(devices)
         self.driver = driver
         self.sink = sink
@@ -80,7 +83,7 @@ class BusPoller:
         backoff = Backoff(initial=0.5, maximum=30.0)
         # One driver for the poller's life, re-entered to reconnect: what it learned about the
         # devices (refused merged reads, counters) survives a lost connection.
-        driver = self.driver_instance = self.driver(self.bus)
+        driver = self.driver_instance = build_driver(self.driver, self.bus, self.state_dir)
         while True:
             try:
                 async with driver:

@@ -13,7 +13,7 @@ from .buffer import BUFFER_FILE, Buffer, read_only, stored_samples, stored_stats
 from .clock import Clock
 from .config import BusConfig, Config, DeviceConfig, TemplateConfig
 from .config.sections import suggest
-from .driver import bus_driver, load_driver, local_bus
+from .driver import build_driver, bus_driver, load_driver, local_bus
 from .errors import AgentError
 from .lock import data_dir_lock
 from .model import Poll
@@ -46,7 +46,7 @@ def plan_lines(config: Config) -> list[str]:
         name = bus_driver(bus, config.devices)
         if name is None:
             continue
-        driver = load_driver(name)(bus)
+        driver = build_driver(load_driver(name), bus, None)
         describe: Callable[[DeviceConfig], list[str]] | None = getattr(driver, "describe", None)
         for device in (d for d in config.devices if d.bus == bus.name):
             requests = describe(device) if describe else []
@@ -74,7 +74,8 @@ async def read_device(config: Config, device_name: str, point_names: Sequence[st
         wanted = set(point_names) | {known[n].scale_exponent for n in point_names} - {None}
         device = replace(device, points=tuple(p for p in device.points if p.name in wanted))
     bus = config.bus(device.bus) if device.bus else local_bus(device)
-    driver = load_driver(device.driver)(bus)
+    # The running agent owns the data dir: a driver's kept state is not touched from here.
+    driver = build_driver(load_driver(device.driver), bus, None)
     if hasattr(driver, "keep_raw"):
         driver.keep_raw = True
     async with driver:
