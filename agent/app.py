@@ -46,7 +46,7 @@ class Agent:
         self.pollers = [
             BusPoller(
                 bus,
-                [d for d in config.devices if d.bus == bus.name],
+                config.devices_on(bus.name),
                 load_driver(driver),
                 self._store,
                 self.clock,

@@ -52,9 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("device")
     read.add_argument("points", nargs="*", metavar="POINT", help="only these points")
     read.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    scan = command("scan", "probe a Modbus bus for the unit ids that answer")
+    scan = command("scan", "probe a bus for the Modbus unit ids or SDI-12 addresses that answer")
     scan.add_argument("bus")
-    scan.add_argument("--units", default="1-247", type=_units, help="ids to try (default 1-247)")
+    scan.add_argument(
+        "--units", default="1-247", type=_units, help="Modbus ids to try (default 1-247)"
+    )
     simulate = command("simulate", "serve every configured Modbus device as a simulated slave")
     where = simulate.add_mutually_exclusive_group()
     where.add_argument(
@@ -116,9 +118,9 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     elif args.command == "buffer":
         return tools.buffer_command(config, args.action)
     elif args.command == "scan":
-        from .scan import scan_bus
+        from .scan import scan_command
 
-        asyncio.run(scan_bus(tools.find_bus(config, args.bus), args.units))
+        asyncio.run(scan_command(config, tools.find_bus(config, args.bus), args.units))
     elif args.command == "simulate":
         from .simulate import serve_simulation
 

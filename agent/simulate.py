@@ -51,7 +51,7 @@ def plan(config: Config, tcp: str | None) -> list[tuple[str, int, list[DeviceCon
         host, port = parse_address(tcp)
         addresses = [(host, port + i) for i in range(len(buses))]
     return [
-        (host, port, [d for d in config.devices if d.bus == bus.name])
+        (host, port, config.devices_on(bus.name))
         for bus, (host, port) in zip(buses, addresses, strict=True)
     ]
 

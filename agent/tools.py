@@ -13,7 +13,7 @@ from .buffer import BUFFER_FILE, Buffer, read_only, stored_samples, stored_stats
 from .clock import Clock
 from .config import BusConfig, Config, DeviceConfig, TemplateConfig
 from .config.sections import suggest
-from .driver import build_driver, bus_driver, load_driver, local_bus
+from .driver import BUS_DRIVERS, build_driver, bus_driver, load_driver, local_bus
 from .errors import AgentError
 from .lock import data_dir_lock
 from .model import Poll
@@ -41,19 +41,24 @@ def find_bus(config: Config, name: str) -> BusConfig:
 
 def plan_lines(config: Config) -> list[str]:
     """Per device, the requests one poll makes: what ``check --plan`` prints and start-up logs."""
+    owners = [(bus, bus_driver(bus, config.devices)) for bus in config.buses]
+    owners += [(local_bus(d), d.driver) for d in config.devices if not d.bus]
     lines = []
-    for bus in config.buses:
-        name = bus_driver(bus, config.devices)
+    for bus, name in owners:
         if name is None:
             continue
         driver = build_driver(load_driver(name), bus, None)
         describe: Callable[[DeviceConfig], list[str]] | None = getattr(driver, "describe", None)
-        for device in (d for d in config.devices if d.bus == bus.name):
+        local = bus.type == "local"
+        devices = [config.device(bus.name)] if local else config.devices_on(bus.name)
+        for device in devices:
             requests = describe(device) if describe else []
+            where = "on no bus" if local else f"bus {bus.name}"
+            if bus.type in BUS_DRIVERS:
+                where += f", unit {device.unit}"
             lines.append(
-                f"device {device.name} (bus {bus.name}, unit {device.unit}, every "
-                f"{device.interval:g}s): {len(requests)} request(s) for "
-                f"{len(device.points)} point(s)"
+                f"device {device.name} ({where}, every {device.interval:g}s): "
+                f"{len(requests)} request(s) for {len(device.points)} point(s)"
             )
             lines.extend(f"  {r}" for r in requests)
     return lines

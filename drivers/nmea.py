@@ -40,7 +40,6 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from types import TracebackType
 from typing import Any, ClassVar
 
 # pyserial ships no types (types-pyserial is not a dependency): its few calls here are checked
@@ -51,7 +50,7 @@ from agent.config.types import BusConfig, DeviceConfig, PointConfig
 from agent.errors import DeviceError
 from agent.model import Poll, Value
 
-from .serial_port import LinePort, line_timeout
+from .serial_port import SerialDriver, line_timeout
 
 #: What a point may report.
 FIELDS = (
@@ -79,10 +78,10 @@ def _field_name(value: Any) -> str:
     return conv.text(value)
 
 
-class NmeaDriver:
+class NmeaDriver(SerialDriver):
     """One serial port with one GPS receiver; each poll reads its latest GGA and RMC."""
 
-    bus_types: ClassVar[tuple[str, ...]] = ("serial",)
+    driver_name: ClassVar[str] = "nmea"
     device_options: ClassVar[Mapping[str, Convert[Any]]] = {
         "line_timeout": conv.positive_duration,
     }
@@ -91,19 +90,15 @@ class NmeaDriver:
     }
 
     def __init__(self, bus: BusConfig) -> None:
-        self.bus = bus
+        super().__init__(bus)
         #: Per device name: ``sentences`` (valid GGA/RMC), ``bad_checksum``, ``timeouts``,
         #: ``no_fix`` (polls without a valid fix).
         self.counters: dict[str, Counter[str]] = {}
-        self._line = LinePort(bus)
 
     @classmethod
     def validate(cls, bus: BusConfig, devices: Sequence[DeviceConfig]) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
-        if bus.type not in cls.bus_types:
-            problems.append((f"bus.{bus.name}.type", 'nmea devices need type = "serial"'))
-        elif not bus.serial_port:
-            problems.append((f"bus.{bus.name}.port", "is required: the serial port's path"))
+        problems.extend(cls.bus_problems(bus))
         for device in devices:
             for point in device.points:
                 at = f"device.{device.name}.point.{point.name}"
@@ -120,18 +115,6 @@ class NmeaDriver:
                 elif field == "fix" and (point.scale != 1 or point.offset != 0):
                     problems.append((f"{at}.scale", "scale and offset apply to numbers, not fix"))
         return problems
-
-    async def __aenter__(self) -> NmeaDriver:
-        self._line.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._line.close()
 
     def describe(self, device: DeviceConfig) -> list[str]:
         return [f"read GGA and RMC sentences for up to {line_timeout(self.bus, device):g}s"]

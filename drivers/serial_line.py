@@ -39,7 +39,6 @@ import re
 import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any, ClassVar
 
 # pyserial ships no types (types-pyserial is not a dependency): its few calls here are checked
@@ -50,7 +49,7 @@ from agent.config.types import BusConfig, DeviceConfig, PointConfig
 from agent.errors import DeviceError
 from agent.model import Poll, Value
 
-from .serial_port import LinePort, line_timeout
+from .serial_port import SerialDriver, line_timeout
 
 #: Malformed lines quoted per device in errors.
 KEEP_MALFORMED = 5
@@ -119,10 +118,10 @@ def _field(value: Any) -> int:
     return index
 
 
-class SerialLineDriver:
+class SerialLineDriver(SerialDriver):
     """One serial port; each poll of a device sends its command and parses the line that comes."""
 
-    bus_types: ClassVar[tuple[str, ...]] = ("serial",)
+    driver_name: ClassVar[str] = "serial-line"
     device_options: ClassVar[Mapping[str, Convert[Any]]] = {
         "command": _escaped_text,
         "terminator": _terminator,
@@ -137,35 +136,19 @@ class SerialLineDriver:
     }
 
     def __init__(self, bus: BusConfig) -> None:
-        self.bus = bus
+        super().__init__(bus)
         #: Per device name: ``lines`` parsed, ``malformed`` lines, ``timeouts``.
         self.counters: dict[str, Counter[str]] = {}
         self._malformed: dict[str, deque[str]] = {}
-        self._line = LinePort(bus)
         self._last_request = -float("inf")
 
     @classmethod
     def validate(cls, bus: BusConfig, devices: Sequence[DeviceConfig]) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
-        if bus.type not in cls.bus_types:
-            problems.append((f"bus.{bus.name}.type", 'serial-line devices need type = "serial"'))
-        elif not bus.serial_port:
-            problems.append((f"bus.{bus.name}.port", "is required: the serial port's path"))
+        problems.extend(cls.bus_problems(bus))
         for device in devices:
             problems.extend(_device_problems(device))
         return problems
-
-    async def __aenter__(self) -> SerialLineDriver:
-        self._line.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._line.close()
 
     def describe(self, device: DeviceConfig) -> list[str]:
         command = device.options.get("command")

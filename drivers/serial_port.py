@@ -1,5 +1,5 @@
 """A serial port read and written line by line through the event loop, for the drivers of
-``serial`` buses (``serial-line``, ``nmea``).
+``serial`` buses (``serial-line``, ``nmea``, ``sdi12``).
 
 pyserial's non-blocking descriptor is waited on with the loop's reader and a timer rather than a
 thread doing blocking reads: a cancelled poll then really stops (no thread left blocked on the
@@ -12,12 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import termios
 import time
+from types import TracebackType
+from typing import ClassVar, TypeVar
 
 import serial  # type: ignore[import-untyped]
 
 from agent.config.types import BusConfig, DeviceConfig
 from agent.errors import BusError
+
+_Self = TypeVar("_Self", bound="SerialDriver")
 
 #: The longest line kept: a sensor printing garbage without line ends cannot fill the memory.
 MAX_LINE = 4096
@@ -43,7 +48,8 @@ class LinePort:
             return
         try:
             # Opening configures the line with a few ioctls: quick, so done in the loop (a
-            # thread could outlive a cancelled connect and hold the port).
+            # thread could outlive a cancelled connect and hold the port). An adapter that
+            # refuses the line settings (7 data bits on some chips) fails in termios.
             port = serial.Serial(
                 port=self.bus.serial_port,
                 baudrate=self.bus.baudrate,
@@ -53,7 +59,7 @@ class LinePort:
                 timeout=0,
                 exclusive=True,  # a second program on the line would steal half the answers
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             raise BusError(
                 f"bus {self.bus.name}: cannot open {self.bus.serial_port}: {exc}"
             ) from exc
@@ -81,6 +87,22 @@ class LinePort:
         del self._buffer[: end + 1]
         if self._buffer and time.monotonic() - self._last_byte > timeout:
             self._buffer.clear()
+
+    async def send_break(self, duration: float, marking: float) -> None:
+        """Hold the line in break for ``duration`` seconds, then marking for ``marking`` (SDI-12's
+        wake-up). A pseudo-terminal takes the break as a no-op."""
+        port = self._port
+        if port is None:
+            raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} is not open")
+        try:
+            port.break_condition = True
+            try:
+                await asyncio.sleep(duration)
+            finally:
+                port.break_condition = False
+        except (serial.SerialException, OSError) as exc:
+            raise BusError(f"bus {self.bus.name}: {self.bus.serial_port}: {exc}") from exc
+        await asyncio.sleep(marking)
 
     async def read_line(self, terminator: bytes, deadline: float) -> str:
         """The next non-empty line, decoded, without its terminator (nor a ``\\r`` before it);
@@ -162,3 +184,36 @@ class LinePort:
         finally:
             timer.cancel()
             remove(fd)
+
+
+class SerialDriver:
+    """Base of the drivers of ``serial`` buses: the bus's ``LinePort``, opened on entering and
+    closed on leaving, and the checks of the bus they all make."""
+
+    bus_types: ClassVar[tuple[str, ...]] = ("serial",)
+    #: The name configurations give the driver, for messages.
+    driver_name: ClassVar[str] = ""
+
+    def __init__(self, bus: BusConfig) -> None:
+        self.bus = bus
+        self._line = LinePort(bus)
+
+    @classmethod
+    def bus_problems(cls, bus: BusConfig) -> list[tuple[str, str]]:
+        if bus.type not in cls.bus_types:
+            return [(f"bus.{bus.name}.type", f'{cls.driver_name} devices need type = "serial"')]
+        if not bus.serial_port:
+            return [(f"bus.{bus.name}.port", "is required: the serial port's path")]
+        return []
+
+    async def __aenter__(self: _Self) -> _Self:
+        self._line.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._line.close()

@@ -382,6 +382,13 @@ class _Loader:
             s.problem("bus", f"a {driver_name} device is on no bus: remove bus")
         elif bus_name and not bus:
             s.problem("bus", f'no bus named "{bus_name}"{suggest(bus_name, bus_by_name)}')
+        elif not bus_name and driver is not None and not local:
+            types = getattr(driver, "bus_types", ()) or sorted(
+                t for t, d in BUS_DRIVERS.items() if d == driver_name
+            )
+            s.problem(
+                "bus", f"is required: {driver_name} devices are on a bus ({', '.join(types)})"
+            )
         elif bus and implied and driver_name != implied:
             s.problem("driver", f'a device on a {bus.type} bus uses the "{implied}" driver')
         elif bus and driver and not implied and bus.type not in getattr(driver, "bus_types", ()):
@@ -398,6 +405,10 @@ class _Loader:
             for key, convert in getattr(driver, "device_options", {}).items()
             if (value := s.take(key, convert, None)) is not None
         }
+        # A key that failed is reported already; the driver judges only devices that loaded whole.
+        failed = any(
+            key in s.data and key not in options for key in getattr(driver, "device_options", {})
+        )
         if point_options is None:
             points = self._device_points(s, templates)
         else:
@@ -411,7 +422,7 @@ class _Loader:
                 f"({interval:g}s): a silent device will make polls overrun",
                 warning=True,
             )
-        if not device_name or not (bus or local):
+        if not device_name or not (bus or local) or failed:
             return None
         template = cast(str | None, s.data.get("template"))
         bus_of = bus.name if bus else ""

@@ -201,3 +201,6 @@ class Config:
 
     def device(self, name: str) -> DeviceConfig:
         return next(d for d in self.devices if d.name == name)
+
+    def devices_on(self, bus: str) -> list[DeviceConfig]:
+        return [d for d in self.devices if d.bus == bus]

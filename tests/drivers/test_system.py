@@ -12,6 +12,7 @@ from agent.app import Agent
 from agent.config import load_config
 from agent.driver import local_bus
 from agent.errors import ConfigError
+from agent.tools import plan_lines
 from drivers.system import SystemDriver
 from tests.conftest import run
 from tests.rig.broker import Broker
@@ -134,3 +135,10 @@ def test_the_agent_polls_it_and_publishes_it(tmp_path: Path, broker: Broker) -> 
         assert samples[0]["values"]["free_memory"] > 0
 
     run(body(), timeout=30)
+
+
+def test_check_plan_lists_a_device_on_no_bus(tmp_path: Path) -> None:
+    config, _ = load_config(config_at(tmp_path), environ={})
+    assert plan_lines(config) == [
+        "device gateway (on no bus, every 0.2s): 0 request(s) for 4 point(s)"
+    ]

@@ -1,0 +1,1 @@
+"""edge-agent's ``textfile`` driver: see ``edge_agent_textfile.driver``."""
