@@ -278,8 +278,10 @@ class Sdi12Driver(SerialDriver):
             self._line.discard_stale(0.0)  # our own break reads back as a NUL
         deadline = time.monotonic() + timeout
         await self._line.write(sent, deadline)
-        line = await self._line.read_line(b"\n", deadline)
-        return _without_echo(line, sent.decode())
+        while True:  # an echo that came as a line of its own (or noise) is no answer yet
+            answer = _without_echo(await self._line.read_line(b"\n", deadline), sent.decode())
+            if answer:
+                return answer
 
     def _counters(self, device: DeviceConfig) -> Counter[str]:
         return self.counters.setdefault(device.name, Counter())

@@ -92,10 +92,14 @@ class SimulatedSensor:
 class Sdi12Bus:
     """Sensors sharing the line at ``path``: an async context manager serving them."""
 
-    def __init__(self, path: str, sensors: Iterable[SimulatedSensor], echo: bool = True) -> None:
+    def __init__(
+        self, path: str, sensors: Iterable[SimulatedSensor], echo: bool = True, echo_end: str = ""
+    ) -> None:
         self.path = path
         self.sensors = list(sensors)
         self.echo = echo
+        #: What follows the echo: nothing on a real wire; some adapters end it with a line end.
+        self.echo_end = echo_end
         self._heard = bytearray()
         self._fd = -1
 
@@ -131,7 +135,7 @@ class Sdi12Bus:
 
     def _command(self, command: str) -> None:
         if self.echo:
-            self._send("\x00" + command)  # the break and the command, heard on the one wire
+            self._send("\x00" + command + self.echo_end)  # the break and the command, heard back
         now = time.monotonic()
         # A break and a command end any measurement in progress (its service request with it).
         for sensor in self.sensors:

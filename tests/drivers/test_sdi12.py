@@ -501,3 +501,17 @@ def test_check_plan_shows_each_measurement(tmp_path: Path) -> None:
         "device soil (bus sdi, every 300s): 1 request(s) for 1 point(s)",
         "  0MC1! then 0D0!… for 1 value(s)",
     ]
+
+
+def test_an_echo_on_a_line_of_its_own_is_not_taken_for_the_answer() -> None:
+    soil = SimulatedSensor("0", {"M": [4.5]})
+    device = sensor_device("soil", "0", [point("vwc", 1)])
+
+    async def scenario() -> None:
+        async with PtyLink() as link, Sdi12Bus(link.paths[1], [soil], echo_end="\r\n"):
+            bus = BusConfig("sdi", "serial", serial_port=link.paths[0], timeout=0.3, **UART)
+            async with Sdi12Driver(bus) as driver:
+                assert (await driver.read(device)).values == {"vwc": 4.5}
+                assert driver.counters["soil"]["garbled"] == 0
+
+    run(scenario())
