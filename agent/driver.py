@@ -18,10 +18,12 @@ A driver **may** offer:
 * ``write(device, point, value)`` — async: set a ``writable`` point (a relay, a setpoint) to
   ``value``, already checked against the point's ``min``/``max``; raise ``DeviceError`` when the
   device refused or did not answer;
-* ``keeps_state = True`` (class attribute) — it is then built as ``driver(bus, state_dir=…)``:
-  a directory of the data dir (created by the driver when it first writes) where it may keep
-  files named after its devices (a pulse count that must survive a reboot), or ``None`` when
-  nothing may be kept (``edge-agent read`` while the agent runs).
+* take keyword arguments in ``__init__`` beside ``bus``, which the agent then passes:
+  ``devices`` — the devices it will poll, so that it can set them up when entered (open a
+  counter's pin at start, put a relay in its safe state at once); ``state_dir`` — a directory
+  of the data dir (created by the driver when it first writes) for files named after its
+  devices (a pulse count that must survive a reboot), or ``None`` when nothing may be kept
+  (``edge-agent read`` while the agent runs).
 
 A driver that is not Modbus **may** declare, as class attributes:
 
@@ -43,6 +45,7 @@ parties use.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -120,12 +123,22 @@ def local_bus(device: DeviceConfig) -> BusConfig:
     return BusConfig(device.name, "local")
 
 
-def build_driver(driver: type[Driver], bus: BusConfig, state_dir: Path | None) -> Driver:
-    """An instance of ``driver`` for ``bus``; one that keeps state is handed ``state_dir``."""
+def build_driver(
+    driver: type[Driver],
+    bus: BusConfig,
+    state_dir: Path | None,
+    devices: Sequence[DeviceConfig] = (),
+) -> Driver:
+    """An instance of ``driver`` for ``bus``, handed ``devices`` and ``state_dir`` when its
+    ``__init__`` takes them."""
+    wanted = inspect.signature(driver.__init__).parameters
+    extra: dict[str, object] = {}
+    if "devices" in wanted:
+        extra["devices"] = tuple(devices)
+    if "state_dir" in wanted:
+        extra["state_dir"] = state_dir
     make: Callable[..., Driver] = driver
-    if getattr(driver, "keeps_state", False):
-        return make(bus, state_dir=state_dir)
-    return make(bus)
+    return make(bus, **extra)
 
 
 def driver_names() -> list[str]:

@@ -8,10 +8,11 @@ the bus is busy waits its turn; one whose slot passed entirely is skipped and co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,12 +44,16 @@ class DeviceHealth:
     #: While backing off: seconds between attempts, and the monotonic time of the next one.
     backoff: float = 0.0
     retry_at: float = 0.0
+    #: Wall-clock time (ms) of the last poll that read something.
+    last_good: int | None = None
 
 
 #: Failed polls in a row before a device is retried with growing backoff instead of every slot.
 BACKOFF_AFTER = 3
 #: The longest wait between attempts at a device that does not answer.
 MAX_DEVICE_BACKOFF = 300.0
+#: A driver call lasting this long (plus twice the longest interval) means a wedged poll loop.
+WEDGED_AFTER = 300.0
 
 
 def next_slot(wall: float, interval: float) -> float:
@@ -77,16 +82,45 @@ class BusPoller:
         self.health = {d.name: DeviceHealth() for d in devices}
         self.connected = False
         self.driver_instance: Driver | None = None
+        #: Monotonic time the driver call under way (connecting or polling) began; None
+        #: between calls. The watchdog judges a poll loop wedged by it.
+        self.busy_since: float | None = None
+        self.wedged_after = WEDGED_AFTER
+
+    @property
+    def stuck_after(self) -> float:
+        """How long one driver call may last before the poll loop counts as wedged: well past
+        any timeout, and past the longest interval (an SDI-12 measurement may hold the bus for
+        minutes, as long as its device's interval allows)."""
+        return self.wedged_after + 2 * max((d.interval for d in self.devices), default=0.0)
+
+    def stuck_for(self) -> float:
+        """Seconds the current driver call has lasted beyond ``stuck_after``; 0 when none has."""
+        if self.busy_since is None:
+            return 0.0
+        return max(0.0, self.clock.monotonic() - self.busy_since - self.stuck_after)
+
+    @contextlib.contextmanager
+    def _calling(self) -> Iterator[None]:
+        self.busy_since = self.clock.monotonic()
+        try:
+            yield
+        finally:
+            self.busy_since = None
 
     async def run(self) -> None:
         """Poll until cancelled."""
         backoff = Backoff(initial=0.5, maximum=30.0)
         # One driver for the poller's life, re-entered to reconnect: what it learned about the
         # devices (refused merged reads, counters) survives a lost connection.
-        driver = self.driver_instance = build_driver(self.driver, self.bus, self.state_dir)
+        driver = self.driver_instance = build_driver(
+            self.driver, self.bus, self.state_dir, self.devices
+        )
         while True:
             try:
-                async with driver:
+                async with contextlib.AsyncExitStack() as connection:
+                    with self._calling():
+                        await connection.enter_async_context(driver)
                     self._set_connected(True, "")
                     backoff.reset()
                     await self._poll(driver)
@@ -139,7 +173,8 @@ class BusPoller:
     async def _poll_device(self, driver: Driver, device: DeviceConfig) -> None:
         ts, mono = self.clock.wall_ms(), self.clock.monotonic()
         try:
-            poll = await driver.read(device)
+            with self._calling():
+                poll = await driver.read(device)
         except DeviceError as exc:
             self._failed(device.name, str(exc))
             self._back_off(device)
@@ -151,7 +186,8 @@ class BusPoller:
         else:
             self._recovered(device.name)
         if poll.values:
-            self.health[device.name].ok += 1
+            health.ok += 1
+            health.last_good = ts
             self.sink(device.name, ts, mono, poll.values)
 
     def _back_off(self, device: DeviceConfig) -> None:

@@ -80,7 +80,7 @@ async def read_device(config: Config, device_name: str, point_names: Sequence[st
         device = replace(device, points=tuple(p for p in device.points if p.name in wanted))
     bus = config.bus(device.bus) if device.bus else local_bus(device)
     # The running agent owns the data dir: a driver's kept state is not touched from here.
-    driver = build_driver(load_driver(device.driver), bus, None)
+    driver = build_driver(load_driver(device.driver), bus, None, [device])
     if hasattr(driver, "keep_raw"):
         driver.keep_raw = True
     async with driver:
