@@ -5,31 +5,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 from .aio import cancel_and_wait
 from .buffer import BUFFER_FILE, Buffer
 from .clock import Clock, ClockGuard
-from .config import Config
+from .config import Config, load_config
 from .driver import bus_driver, load_driver, local_bus
+from .errors import ConfigError
 from .health import health_payload
 from .lock import data_dir_lock
 from .model import Value
 from .report import ReportFilter
-from .scheduler import BusPoller
-from .systemd import notify
+from .scheduler import BusPoller, Sink
+from .systemd import notify, watchdog_interval
 from .tools import plan_lines
 from .uplink import Uplink
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 15.0
+#: How often STATUS= is refreshed without a watchdog (with one: at each of its pings).
+STATUS_EVERY = 5.0
 #: Under the data dir: what drivers keep across restarts (pulse counts).
 STATE_DIR = "state"
 
 
 class Agent:
-    """Everything ``edge-agent run`` runs, for one configuration."""
+    """Everything ``edge-agent run`` runs, for one configuration (reloadable on SIGHUP)."""
 
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
@@ -42,23 +47,17 @@ class Agent:
         self.guard = ClockGuard(self.clock)
         self.uplink = Uplink(config, self.buffer, self.clock, self.guard)
         self.reports = {d.name: ReportFilter.for_device(d) for d in config.devices}
-        state_dir = config.agent.data_dir / STATE_DIR
-        self.pollers = [
-            BusPoller(
-                bus,
-                config.devices_on(bus.name),
-                load_driver(driver),
-                self._store,
-                self.clock,
-                state_dir,
-            )
-            for bus in config.buses
-            if (driver := bus_driver(bus, config.devices))  # a bus without devices: nothing to do
-        ] + [  # a device on no bus has an owner task of its own, like a bus
-            BusPoller(local_bus(d), [d], load_driver(d.driver), self._store, self.clock, state_dir)
-            for d in config.devices
-            if not d.bus
-        ]
+        self.pollers = build_pollers(config, self._store, self.clock)
+        self.started = self.clock.wall_ms()
+        #: Each poller's task, owned here: started in ``run``, replaced on reload, cancelled at
+        #: stop.
+        self._poll_tasks: dict[BusPoller, asyncio.Task[None]] = {}
+        self._reload_requested = asyncio.Event()
+        self._status = ""  # the STATUS= line last sent to systemd
+
+    def request_reload(self) -> None:
+        """Re-read the configuration file (SIGHUP): applied by ``run`` between polls."""
+        self._reload_requested.set()
 
     def _store(self, device: str, ts: int, mono: float, values: Mapping[str, Value]) -> None:
         """A poll's values, less what report-by-exception holds back, become a sample."""
@@ -79,9 +78,14 @@ class Agent:
     async def _run(self, stop: asyncio.Event) -> None:
         self.buffer.open()
         self.guard.remember(self.buffer.newest_ts)
-        pollers = [asyncio.create_task(p.run(), name=f"bus {p.bus.name}") for p in self.pollers]
-        flusher = asyncio.create_task(self._flush_periodically(), name="buffer flush")
-        reporter = asyncio.create_task(self._report_health(), name="health")
+        for poller in self.pollers:
+            self._start(poller)
+        workers = [
+            asyncio.create_task(self._flush_periodically(), name="buffer flush"),
+            asyncio.create_task(self._report_health(), name="health"),
+            asyncio.create_task(self._supervise(), name="watchdog"),
+            asyncio.create_task(self._reload_when_asked(), name="reload"),
+        ]
         uplink = asyncio.create_task(self.uplink.run(), name="uplink")
         for line in plan_lines(self.config):
             log.info("plan: %s", line.strip())
@@ -93,13 +97,15 @@ class Agent:
             self.config.mqtt.url,
         )
         stopper = asyncio.create_task(stop.wait(), name="stop")
-        workers = [*pollers, flusher, reporter, uplink]
         try:
             # Workers run until cancelled; one that ends early has failed and stops the agent.
-            done, _ = await asyncio.wait([stopper, *workers], return_when=asyncio.FIRST_COMPLETED)
+            # (Pollers never end: a bus's failures, even a driver's bugs, are retried.)
+            done, _ = await asyncio.wait(
+                [stopper, uplink, *workers], return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             notify("STOPPING=1")
-            await cancel_and_wait(stopper, *pollers, flusher, reporter)
+            await cancel_and_wait(stopper, *self._poll_tasks.values(), *workers)
             await self.uplink.stop()
             _, late = await asyncio.wait([uplink], timeout=STOP_TIMEOUT)
             if late:
@@ -109,6 +115,119 @@ class Agent:
             log.info("stopped")
         for task in done - {stopper}:
             task.result()  # re-raise what ended it
+
+    def _start(self, poller: BusPoller) -> None:
+        self._poll_tasks[poller] = asyncio.create_task(poller.run(), name=f"bus {poller.bus.name}")
+
+    # --- reload
+
+    async def _reload_when_asked(self) -> None:
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            notify(
+                f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+            )
+            try:
+                await self.reload()
+            finally:
+                notify("READY=1")
+
+    async def reload(self) -> bool:
+        """Read the configuration file again and apply it; False (the old one kept) when it is
+        invalid. Only the buses and devices that changed are restarted: the buffer, the MQTT
+        session and every other poll loop go on."""
+        path = self.config.source
+        try:
+            new, warnings = load_config(path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload: %s", problem)
+            log.error("reload: %s is invalid; still running the configuration loaded before", path)
+            return False
+        for warning in warnings:
+            log.warning("reload: %s", warning)
+        await self._apply(new)
+        return True
+
+    async def _apply(self, new: Config) -> None:
+        old = self.config
+        kept = [s for s in ("agent", "buffer", "mqtt") if getattr(old, s) != getattr(new, s)]
+        if kept:
+            log.warning(
+                "reload: [%s] changed: that takes a restart (systemctl restart edge-agent); "
+                "buses and devices are reloaded now",
+                "], [".join(kept),
+            )
+            new = replace(new, agent=old.agent, buffer=old.buffer, mqtt=old.mqtt)
+        current = {p.owner: p for p in self.pollers}
+        wanted = build_pollers(new, self._store, self.clock)
+        same = {f.owner for f in wanted if f.owner in current and current[f.owner].same_work(f)}
+        pollers = [current[f.owner] if f.owner in same else f for f in wanted]
+        started = [p for p in pollers if p.owner not in same]
+        # The old loop lets go of its port or pins before the new one takes them.
+        retired = [p for p in current.values() if p.owner not in same]
+        await cancel_and_wait(*(t for p in retired if (t := self._poll_tasks.pop(p, None))))
+        old_devices = {d.name: d for d in old.devices}
+        self.reports = {
+            d.name: self.reports[d.name]
+            if old_devices.get(d.name) == d
+            else ReportFilter.for_device(d)
+            for d in new.devices
+        }
+        self.config, self.pollers = new, pollers
+        for poller in started:
+            self._start(poller)
+        await self.uplink.reconfigure(new)
+        changed = sum(p.owner in current for p in started)
+        log.info(
+            "reload: %s applied: %d poll loop(s) changed, %d added, %d removed, %d unchanged",
+            new.source,
+            changed,
+            len(started) - changed,
+            len(current.keys() - {p.owner for p in pollers}),
+            len(same),
+        )
+
+    # --- systemd
+
+    async def _supervise(self) -> None:
+        """Tell systemd how things are: ``STATUS=`` when it changed, and ``WATCHDOG=1`` only
+        while every poll loop progresses (that this task runs at all shows the event loop does).
+        """
+        interval = watchdog_interval()
+        wedged: set[str] = set()
+        while True:
+            await asyncio.sleep(interval or STATUS_EVERY)
+            status = self.status_line()
+            if status != self._status:
+                self._status = status
+                notify(f"STATUS={status}")
+            stuck = {p.bus.name for p in self.pollers if p.stuck_for() > 0}
+            for name in sorted(stuck - wedged):
+                log.error(
+                    "bus %s: a poll has lasted far beyond any timeout: its poll loop is wedged; %s",
+                    name,
+                    "withholding the watchdog so that systemd restarts the agent"
+                    if interval
+                    else "restart the agent",
+                )
+            for name in sorted(wedged - stuck):
+                log.info("bus %s: its poll loop goes on again", name)
+            wedged = stuck
+            if interval and not stuck:
+                notify("WATCHDOG=1")
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: devices, buffer, link."""
+        health = [(name, h) for p in self.pollers for name, h in p.health.items()]
+        failing = [name for name, h in health if h.failing]
+        devices = f"{len(health) - len(failing)}/{len(health)} device(s) ok"
+        if failing:
+            more = f" +{len(failing) - 3}" if len(failing) > 3 else ""
+            devices += f", failing: {', '.join(failing[:3])}{more}"
+        link = "connected" if self.uplink.connected else "disconnected"
+        return f"{devices}; buffer {self.buffer.depth} waiting; mqtt {link}"
 
     async def _report_health(self) -> None:
         while True:
@@ -131,10 +250,28 @@ class Agent:
             self.buffer.flush()
 
 
+def build_pollers(config: Config, sink: Sink, clock: Clock) -> list[BusPoller]:
+    """One poller per bus with devices, and one per device on no bus."""
+    state_dir = config.agent.data_dir / STATE_DIR
+    pollers = [
+        BusPoller(bus, devices, load_driver(driver), sink, clock, state_dir)
+        for bus in config.buses
+        if (devices := config.devices_on(bus.name)) and (driver := bus_driver(bus, devices))
+    ]
+    pollers += [  # a device on no bus has an owner task of its own, like a bus
+        BusPoller(local_bus(d), [d], load_driver(d.driver), sink, clock, state_dir)
+        for d in config.devices
+        if not d.bus
+    ]
+    return pollers
+
+
 async def run_until_signalled(config: Config) -> None:
-    """``edge-agent run``: the agent until SIGTERM or SIGINT."""
+    """``edge-agent run``: the agent until SIGTERM or SIGINT; SIGHUP reloads the config."""
     stop = asyncio.Event()
+    agent = Agent(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await Agent(config).run(stop)
+    loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
+    await agent.run(stop)

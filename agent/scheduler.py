@@ -88,6 +88,15 @@ class BusPoller:
         self.wedged_after = WEDGED_AFTER
 
     @property
+    def owner(self) -> tuple[str, str]:
+        """What this loop polls, as reload matches old and new: a bus, or a device on none."""
+        return ("device" if self.bus.type == "local" else "bus", self.bus.name)
+
+    def same_work(self, other: BusPoller) -> bool:
+        """Whether ``other`` would poll exactly what this one does, the same way."""
+        return (self.bus, self.devices, self.driver) == (other.bus, other.devices, other.driver)
+
+    @property
     def stuck_after(self) -> float:
         """How long one driver call may last before the poll loop counts as wedged: well past
         any timeout, and past the longest interval (an SDI-12 measurement may hold the bus for

@@ -1,10 +1,12 @@
-"""sd_notify without a compiled dependency: one datagram to ``$NOTIFY_SOCKET``."""
+"""sd_notify without a compiled dependency: one datagram to ``$NOTIFY_SOCKET``; the watchdog's
+interval from ``$WATCHDOG_USEC``."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -23,3 +25,12 @@ def notify(state: str) -> bool:
         log.debug("sd_notify %s failed: %s", state, exc)
         return False
     return True
+
+
+def watchdog_interval(environ: Mapping[str, str] = os.environ) -> float | None:
+    """Seconds between ``WATCHDOG=1`` pings: half systemd's ``WatchdogSec``; None when systemd
+    watches no process, or another one (``$WATCHDOG_PID``)."""
+    usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 import aiomqtt
@@ -185,6 +186,20 @@ class Uplink:
         self._client_online = None
         await self._publish(client, "status", _json({"state": "offline"}), qos=1, retain=True)
         self.connected = False
+
+    async def reconfigure(self, config: Config) -> None:
+        """Devices and points changed (a reload): ``meta`` says so now if the link is up, else
+        at the next connection. The MQTT settings themselves are the ones started with."""
+        self.config = replace(config, mqtt=self.mqtt)
+        client = self._client_online
+        if client is None:
+            return
+        try:
+            await self._publish(
+                client, "meta", _json(meta_payload(self.config)), qos=1, retain=True
+            )
+        except aiomqtt.MqttError as exc:  # the link's own loop notices and reconnects
+            log.debug("mqtt: meta not republished: %s", exc)
 
     async def publish_health(self, payload: dict[str, Any]) -> bool:
         """Publish ``health`` (QoS 0: a report that is stale by the next one is not buffered);
