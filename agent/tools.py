@@ -165,14 +165,14 @@ def buffer_command(config: Config, action: str, out: TextIO = sys.stdout) -> int
     path = config.agent.data_dir / BUFFER_FILE
     if action == "stats":
         stats = stored_stats(path)
-        age = (
-            ""
+        oldest = (
+            "none"
             if stats.oldest_ts is None
-            else f" ({(Clock().wall_ms() - stats.oldest_ts) / 1000:.0f} s old)"
+            else f"{stats.oldest_ts} ({(Clock().wall_ms() - stats.oldest_ts) / 1000:.0f} s old)"
         )
         print(f"buffer {path}", file=out)
         print(f"  waiting samples:  {stats.on_disk} committed", file=out)
-        print(f"  oldest sample:    {stats.oldest_ts}{age}", file=out)
+        print(f"  oldest sample:    {oldest}", file=out)
         print(f"  size on disk:     {stats.bytes} bytes (bound {config.buffer.max_size})", file=out)
         print(f"  dropped (ever):   {stats.dropped}", file=out)
         print(f"  next id:          {stats.next_id}", file=out)

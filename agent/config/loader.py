@@ -154,7 +154,7 @@ class _Loader:
             s.problem("password_file", "set either password or password_file, not both")
         elif password_file is not None:
             password = self._read_secret(s, password_file)
-        has_password = password is not None or password_file is not None
+        has_password = password is not None
         if has_password and username is None:
             # MQTT sends no password without a user name: paho would drop it without a word.
             s.problem(
@@ -285,11 +285,19 @@ class _Loader:
         return ca, cert, key
 
     def _read_secret(self, s: Section, file: str) -> str | None:
+        """The password in ``file``; None, said as a warning, when the file is empty (the
+        installer leaves an empty one for a broker that takes no password)."""
         try:
-            return self._relative(file).read_text(encoding="utf-8").strip()
+            secret = self._relative(file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             s.problem("password_file", f"cannot read {file}: {exc.strerror or exc}")
             return None
+        if not secret:
+            s.problem(
+                "password_file", f"{file} is empty: connecting without a password", warning=True
+            )
+            return None
+        return secret
 
     # --- includes, [[bus]], [[template]], [[device]]
 

@@ -62,10 +62,15 @@ def parse_size(value: object) -> int:
 
 
 def substitute_env(text: str, environ: Mapping[str, str]) -> str:
-    """Replace every ``${NAME}`` with the environment variable; an unset one is an error."""
+    """Replace every ``${NAME}`` with the environment variable (an unset one is an error), and
+    ``${NAME:-default}`` with it or, when it is unset or empty, with ``default`` (as a shell does:
+    ``"${CREDENTIALS_DIRECTORY:-/etc/edge-agent}/mqtt-password"`` works under systemd and
+    beside it)."""
 
     def replace(match: re.Match[str]) -> str:
-        name = match[1]
+        name, has_default, default = match[1].partition(":-")
+        if has_default:
+            return environ.get(name) or default
         if name not in environ:
             raise ValueError(f"environment variable {name} is not set (used as ${{{name}}})")
         return environ[name]

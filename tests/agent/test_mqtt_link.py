@@ -461,3 +461,29 @@ def test_tls_insecure_and_max_inflight(tmp_path: Path, pki: Pki) -> None:
     config = config_for(tmp_path, "mqtts://broker.example.net", "max_inflight = 5\n")
     assert config.mqtt.max_inflight == 5 and not config.mqtt.tls_insecure
     assert config_for(tmp_path, "mqtt://127.0.0.1").mqtt.max_inflight == 20
+
+
+def test_an_empty_password_file_means_no_password_and_says_so(tmp_path: Path) -> None:
+    """The installer leaves an empty credential for brokers that take no password."""
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("\n")
+    assert problems_of(tmp_path, f'username = "gw"\npassword_file = "{secret}"\n') == [
+        f"mqtt.password_file: warning: {secret} is empty: connecting without a password"
+    ]
+    config, _ = load_config(
+        write_config(tmp_path, "mqtts://b.example.net", mqtt=f'password_file = "{secret}"\n'), {}
+    )
+    assert config.mqtt.password is None
+
+
+def test_a_default_stands_in_for_an_unset_variable(tmp_path: Path) -> None:
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "mqtt-password").write_text(SECRET)
+    mqtt = 'username = "gw"\npassword_file = "${CREDENTIALS_DIRECTORY:-creds}/mqtt-password"\n'
+    path = write_config(tmp_path, "mqtts://b.example.net", mqtt=mqtt)
+    assert load_config(path, {})[0].mqtt.password == SECRET  # outside systemd: the default
+    elsewhere = tmp_path / "systemd-creds"
+    elsewhere.mkdir()
+    (elsewhere / "mqtt-password").write_text("from-systemd")
+    loaded = load_config(path, {"CREDENTIALS_DIRECTORY": str(elsewhere)})[0]
+    assert loaded.mqtt.password == "from-systemd"
