@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
+from . import __version__
 from .aio import cancel_and_wait
 from .buffer import BUFFER_FILE, Buffer
 from .clock import Clock, ClockGuard
 from .config import Config, load_config
 from .driver import bus_driver, load_driver, local_bus
 from .errors import ConfigError
-from .health import health_payload
+from .health import health_payload, status_snapshot
 from .lock import data_dir_lock
+from .logs import flush_suppressed
 from .model import Value
 from .report import ReportFilter
 from .scheduler import BusPoller, Sink
+from .status import StatusServer, status_path
 from .systemd import notify, watchdog_interval
 from .tools import plan_lines
 from .uplink import Uplink
@@ -48,7 +53,7 @@ class Agent:
         self.uplink = Uplink(config, self.buffer, self.clock, self.guard)
         self.reports = {d.name: ReportFilter.for_device(d) for d in config.devices}
         self.pollers = build_pollers(config, self._store, self.clock)
-        self.started = self.clock.wall_ms()
+        self._started_mono = self.clock.monotonic()
         #: Each poller's task, owned here: started in ``run``, replaced on reload, cancelled at
         #: stop.
         self._poll_tasks: dict[BusPoller, asyncio.Task[None]] = {}
@@ -98,11 +103,12 @@ class Agent:
         )
         stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
-            # Workers run until cancelled; one that ends early has failed and stops the agent.
-            # (Pollers never end: a bus's failures, even a driver's bugs, are retried.)
-            done, _ = await asyncio.wait(
-                [stopper, uplink, *workers], return_when=asyncio.FIRST_COMPLETED
-            )
+            async with StatusServer(status_path(self.config.agent.data_dir), self.status_snapshot):
+                # Workers run until cancelled; one that ends early has failed and stops the
+                # agent. (Pollers never end: a bus's failures, even a driver's bugs, are retried.)
+                done, _ = await asyncio.wait(
+                    [stopper, uplink, *workers], return_when=asyncio.FIRST_COMPLETED
+                )
         finally:
             notify("STOPPING=1")
             await cancel_and_wait(stopper, *self._poll_tasks.values(), *workers)
@@ -218,6 +224,30 @@ class Agent:
             if interval and not stuck:
                 notify("WATCHDOG=1")
 
+    def status_snapshot(self) -> dict[str, Any]:
+        """What ``edge-agent status`` shows, from the status socket."""
+        link = {
+            "state": "connected" if self.uplink.connected else "disconnected",
+            "broker": self.config.mqtt.url,
+            "reconnects": max(0, self.uplink.connects - 1),
+            "sent": self.uplink.sent,
+        }
+        if self.uplink.last_error:
+            link["last_error"] = self.uplink.last_error
+        about = {
+            "id": self.config.agent.id,
+            "version": __version__,
+            # from the monotonic clock: an agent started before NTP answered is not 54 years old
+            "started": self.clock.wall_ms()
+            - round(1000 * (self.clock.monotonic() - self._started_mono)),
+            "pid": os.getpid(),
+            "config": str(self.config.source),
+        }
+        return status_snapshot(self.pollers, self.buffer, link, about, self.clock.wall_ms())
+
+    def uptime(self) -> float:
+        return self.clock.monotonic() - self._started_mono
+
     def status_line(self) -> str:
         """One line for ``systemctl status``: devices, buffer, link."""
         health = [(name, h) for p in self.pollers for name, h in p.health.items()]
@@ -248,6 +278,7 @@ class Agent:
         while True:
             await asyncio.sleep(self.config.buffer.flush_interval / 4)
             self.buffer.flush()
+            flush_suppressed()  # "N similar messages suppressed" without waiting for a next line
 
 
 def build_pollers(config: Config, sink: Sink, clock: Clock) -> list[BusPoller]:
@@ -266,12 +297,15 @@ def build_pollers(config: Config, sink: Sink, clock: Clock) -> list[BusPoller]:
     return pollers
 
 
-async def run_until_signalled(config: Config) -> None:
-    """``edge-agent run``: the agent until SIGTERM or SIGINT; SIGHUP reloads the config."""
+async def run_until_signalled(config: Config, hangups: Sequence[int] = ()) -> None:
+    """``edge-agent run``: the agent until SIGTERM or SIGINT; SIGHUP reloads the config (also
+    one of ``hangups``, received while starting up)."""
     stop = asyncio.Event()
     agent = Agent(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
+    if hangups:
+        agent.request_reload()
     await agent.run(stop)

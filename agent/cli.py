@@ -18,6 +18,7 @@ from pathlib import Path
 from . import __version__, tools
 from .config import Config, builtin_templates, load_config
 from .errors import AgentError, ConfigError, DeviceError, Problem
+from .logs import setup_logging
 
 log = logging.getLogger("agent")
 
@@ -65,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--pty", action="store_true", help="serve each bus on a pseudo-terminal (prints its path)"
     )
+    status = command("status", "ask the running agent for its links, devices and buffer")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a summary")
     buffer = command("buffer", "inspect or empty the local buffer")
     buffer.add_argument("action", choices=("stats", "export", "purge"))
     templates = command("templates", "list the device templates, or show one")
@@ -78,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("run", "simulate"):
         # A SIGTERM while starting up is a clean stop too; the event loop installs its own handler.
         signal.signal(signal.SIGTERM, _interrupt)
+    hangups: list[int] = []
+    if args.command == "run":
+        # A SIGHUP while starting up (Python's default would end the process) is a reload asked
+        # for: noted here, done once the agent runs.
+        signal.signal(signal.SIGHUP, lambda signum, frame: hangups.append(signum))
     path: Path = args.config or default_config_path()
     if args.command == "check":
         return _check(path, args.plan)
@@ -86,9 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = _load(path)
     if config is None:
         return EXIT_INVALID
-    _setup_logging(config.agent.log_level)
+    setup_logging(config.agent.log_level)
     try:
-        return _dispatch(args, config)
+        return _dispatch(args, config, hangups)
     except KeyboardInterrupt:
         return EXIT_OK
     except tools.UsageError as exc:
@@ -99,11 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def _dispatch(args: argparse.Namespace, config: Config) -> int:
+def _dispatch(args: argparse.Namespace, config: Config, hangups: Sequence[int] = ()) -> int:
     if args.command == "run":
         from .app import run_until_signalled
 
-        asyncio.run(run_until_signalled(config))
+        asyncio.run(run_until_signalled(config, hangups))
     elif args.command == "read":
         device = tools.find_device(config, args.device)
         try:
@@ -115,6 +123,10 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             return EXIT_FAILED
         tools.print_poll(device, poll, args.points, args.json)
         return EXIT_FAILED if poll.errors else EXIT_OK
+    elif args.command == "status":
+        from .status import status_command
+
+        return status_command(config.agent.data_dir, args.json, sys.stdout)
     elif args.command == "buffer":
         return tools.buffer_command(config, args.action)
     elif args.command == "scan":
@@ -195,19 +207,6 @@ def _templates(path: Path, name: str | None) -> int:
         print(f"edge-agent templates: {exc}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Library chatter is not the technician's business: pymodbus logs every failed connect and
-    # every unanswered request (with a hex dump), which our transition logs say once instead.
-    # (paho's own messages go through the uplink's logger, at debug.)
-    if level != "debug":
-        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 if __name__ == "__main__":

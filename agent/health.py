@@ -1,4 +1,5 @@
-"""The ``health`` payload (SPEC §4): devices, buffer, link and the gateway itself."""
+"""What the agent says of itself: the ``health`` payload (SPEC §4) — devices, buffer, link and
+the gateway — and the fuller snapshot ``edge-agent status`` reads from the local socket."""
 
 from __future__ import annotations
 
@@ -32,6 +33,48 @@ def health_payload(
         },
         "link": {"reconnects": reconnects},
         "gateway": _gateway(buffer.path.parent),
+    }
+
+
+def status_snapshot(
+    pollers: Sequence[BusPoller],
+    buffer: Buffer,
+    link: Mapping[str, Any],
+    agent: Mapping[str, Any],
+    now_ms: int,
+) -> dict[str, Any]:
+    """``health`` and more, for a technician at the gateway: each device's last good reading
+    and raw frames, each bus's connection, the link's state and readings sent."""
+    stats = buffer.stats()
+    devices: dict[str, Any] = {}
+    buses: dict[str, Any] = {}
+    for poller in pollers:
+        local = poller.bus.type == "local"
+        if not local:
+            overruns = sum(h.overruns for h in poller.health.values())
+            buses[poller.bus.name] = {"connected": poller.connected, "overruns": overruns}
+        frames = getattr(poller.driver_instance, "frames", None)
+        for name, health in poller.health.items():
+            device = devices[name] = {
+                "bus": "" if local else poller.bus.name,
+                "last_good": health.last_good,
+                **_device(poller, name),
+            }
+            if callable(frames) and (raw := list(frames(name))):
+                device["frames"] = raw
+    return {
+        "agent": dict(agent),
+        "link": dict(link),
+        "buffer": {
+            "depth": stats.depth,
+            "oldest": stats.oldest_ts,
+            "bytes": stats.bytes,
+            "dropped": stats.dropped,
+        },
+        "gateway": _gateway(buffer.path.parent),
+        "buses": buses,
+        "devices": devices,
+        "now": now_ms,
     }
 
 

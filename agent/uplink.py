@@ -106,6 +106,8 @@ class Uplink:
         self.connected = False
         self._client_online: aiomqtt.Client | None = None
         self.connects = 0  # successful connections; more than one means reconnects
+        self.sent = 0  # samples the broker acknowledged (or took, at QoS 0)
+        self.last_error = ""  # why the link last failed, for `edge-agent status`
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._started = self.clock.wall_ms()
@@ -133,6 +135,7 @@ class Uplink:
             except aiomqtt.MqttError as exc:
                 self._client_online = None
                 self.buffer.release()
+                self.last_error = str(exc)
                 if self.connected:
                     log.warning("mqtt %s: link lost: %s", self.mqtt.url, exc)
                     reported.clear()
@@ -247,6 +250,7 @@ class Uplink:
         for sent, payload in telemetry_messages(self.config.agent.id, stamped, backlog):
             await self._publish(client, "telemetry", payload, self.mqtt.qos)
             self.buffer.acknowledge(sent)
+            self.sent += len(sent)
 
     async def _publish(
         self, client: aiomqtt.Client, subtopic: str, payload: bytes, qos: int, retain: bool = False

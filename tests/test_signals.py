@@ -1,4 +1,5 @@
-"""`edge-agent run` as systemd drives it: SIGHUP reloads, SIGTERM stops cleanly even mid-outage."""
+"""`edge-agent run` as systemd drives it: SIGHUP reloads, SIGTERM stops cleanly even mid-outage,
+`edge-agent status` asks it how it is."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import json
 import signal
 import textwrap
 from pathlib import Path
+from typing import Any
 
+from agent.config.types import PointConfig
+from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 from tests.conftest import run
-from tests.rig.agent import AgentProcess, cli
+from tests.rig.agent import AgentProcess, cli, cli_async
 from tests.rig.broker import Broker
 from tests.rig.mqtt import Subscriber
 
@@ -112,3 +116,79 @@ def test_sigterm_during_an_outage_loses_nothing(tmp_path: Path, broker: Broker) 
     ids = sorted(set(received))
     assert ids == list(range(ids[0], ids[-1] + 1))  # no gap: nothing lost
     assert "Traceback" not in agent.output() + again.output()
+
+
+def test_status_of_a_running_agent_and_of_none(tmp_path: Path, broker: Broker) -> None:
+    """`edge-agent status` asks the agent over its socket in the data dir: devices, the one that
+    fails with its raw frames, the link; and says so when no agent runs."""
+    slave = SimulatedSlave(1, (PointConfig("level", "holding", 0, "uint16"),))
+    slave.set_value("level", 42)
+
+    async def scenario() -> tuple[str, dict[str, Any]]:
+        async with ModbusSimulator([slave]) as sim:
+            config = site(tmp_path, broker)
+            config.write_text(
+                config.read_text()
+                + textwrap.dedent(
+                    f"""
+                    [[bus]]
+                    name = "plc"
+                    type = "modbus-tcp"
+                    host = "127.0.0.1"
+                    port = {sim.port}
+                    timeout = "200ms"
+                    [[device]]
+                    name = "tank"
+                    bus = "plc"
+                    unit = 1
+                    interval = "300ms"
+                      [[device.point]]
+                      name = "level"
+                      address = 0
+                    [[device]]
+                    name = "ghost"
+                    bus = "plc"
+                    unit = 9
+                    interval = "300ms"
+                      [[device.point]]
+                      name = "level"
+                      address = 0
+                    """
+                )
+            )
+            agent = AgentProcess(config)
+            agent.start()
+            try:
+                await asyncio.to_thread(agent.wait_notified, "READY=1")
+                status: dict[str, Any] = {}
+                while status.get("devices", {}).get("tank", {}).get("ok", 0) < 2 or (
+                    status["devices"]["ghost"]["state"] != "failing"
+                ):  # bounded by run's timeout; each ask is a real round trip to the agent
+                    code, out, err = await cli_async("status", "--json", "-c", str(config))
+                    assert code == 0, err
+                    status = json.loads(out)
+                code, text, err = await cli_async("status", "-c", str(config))
+                assert code == 0, err
+            finally:
+                assert agent.stop() == 0
+        return text, status
+
+    text, status = run(scenario(), timeout=40)
+    ghost = status["devices"]["ghost"]
+    assert ghost["bus"] == "plc" and ghost["errors"] >= 1 and ghost["last_good"] is None
+    assert any(frame.startswith("sent ") for frame in ghost["frames"])
+    assert status["devices"]["tank"]["last_good"] <= status["now"]
+    assert status["buses"]["plc"]["connected"] is True
+    assert status["link"]["broker"] == broker.url
+    assert status["agent"]["id"] == "gw"
+    lines = text.splitlines()
+    assert lines[0].startswith("agent ") and "gw (edge-agent" in lines[0]
+    assert any(line.split()[:2] == ["ghost", "FAILING"] for line in lines), text
+    assert any("sent " in line for line in lines)  # its raw frames, under it
+
+    gone = cli("status", "-c", str(tmp_path / "site.toml"))
+    assert gone.returncode == 1
+    assert gone.stderr.strip() == (
+        f"edge-agent status: no agent is running with data dir {tmp_path / 'data'} "
+        "(no status socket)"
+    )
