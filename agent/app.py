@@ -15,6 +15,7 @@ from . import __version__
 from .aio import cancel_and_wait
 from .buffer import BUFFER_FILE, Buffer
 from .clock import Clock, ClockGuard
+from .commands import Commands
 from .config import Config, load_config
 from .driver import bus_driver, load_driver, local_bus
 from .errors import ConfigError
@@ -32,6 +33,8 @@ from .uplink import Uplink
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 15.0
+#: Commands carried out at once; more are refused as "busy" (a flood must not pile up tasks).
+MAX_PENDING_COMMANDS = 50
 #: How often STATUS= is refreshed without a watchdog (with one: at each of its pings).
 STATUS_EVERY = 5.0
 #: Under the data dir: what drivers keep across restarts (pulse counts).
@@ -50,7 +53,12 @@ class Agent:
             config.buffer.flush_interval,
         )
         self.guard = ClockGuard(self.clock)
-        self.uplink = Uplink(config, self.buffer, self.clock, self.guard)
+        self.commands = Commands(lambda: self.config, lambda: self.pollers, self._trusted_now_ms)
+        self.uplink = Uplink(
+            config, self.buffer, self.clock, self.guard, on_command=self._command_arrived
+        )
+        #: Commands being carried out, owned here: cancelled at stop.
+        self._command_tasks: set[asyncio.Task[None]] = set()
         self.reports = {d.name: ReportFilter.for_device(d) for d in config.devices}
         self.pollers = build_pollers(config, self._store, self.clock)
         self._started_mono = self.clock.monotonic()
@@ -59,6 +67,26 @@ class Agent:
         self._poll_tasks: dict[BusPoller, asyncio.Task[None]] = {}
         self._reload_requested = asyncio.Event()
         self._status = ""  # the STATUS= line last sent to systemd
+
+    # --- commands
+
+    def _command_arrived(self, topic: str, data: bytes) -> None:
+        busy = len(self._command_tasks) >= MAX_PENDING_COMMANDS
+        task = asyncio.create_task(self._answer(topic, data, busy), name="command")
+        self._command_tasks.add(task)
+        task.add_done_callback(self._command_tasks.discard)
+
+    async def _answer(self, topic: str, data: bytes, busy: bool) -> None:
+        reply = await (
+            self.commands.refuse_busy(data, topic) if busy else self.commands.handle(data, topic)
+        )
+        if reply is not None and not await self.uplink.publish_reply(reply):
+            log.warning("cmd %s: the reply was not sent: the link is down", reply["id"])
+
+    def _trusted_now_ms(self) -> int | None:
+        """The wall clock in ms, None while it cannot be trusted."""
+        now, mono = self.clock.wall_ms(), self.clock.monotonic()
+        return now if self.guard.trusted(now, mono) else None
 
     def request_reload(self) -> None:
         """Re-read the configuration file (SIGHUP): applied by ``run`` between polls."""
@@ -111,7 +139,8 @@ class Agent:
                 )
         finally:
             notify("STOPPING=1")
-            await cancel_and_wait(stopper, *self._poll_tasks.values(), *workers)
+            await cancel_and_wait(stopper, *self._command_tasks)
+            await cancel_and_wait(*self._poll_tasks.values(), *workers)
             await self.uplink.stop()
             _, late = await asyncio.wait([uplink], timeout=STOP_TIMEOUT)
             if late:
@@ -226,7 +255,7 @@ class Agent:
 
     def status_snapshot(self) -> dict[str, Any]:
         """What ``edge-agent status`` shows, from the status socket."""
-        link = {
+        link: dict[str, Any] = {
             "state": "connected" if self.uplink.connected else "disconnected",
             "broker": self.config.mqtt.url,
             "reconnects": max(0, self.uplink.connects - 1),
@@ -234,6 +263,7 @@ class Agent:
         }
         if self.uplink.last_error:
             link["last_error"] = self.uplink.last_error
+        link["commands"] = dict(self.commands.counts)
         about = {
             "id": self.config.agent.id,
             "version": __version__,
@@ -265,7 +295,11 @@ class Agent:
             reconnects = max(0, self.uplink.connects - 1)
             try:
                 payload = health_payload(
-                    self.pollers, self.buffer, reconnects, self.clock.wall_ms()
+                    self.pollers,
+                    self.buffer,
+                    reconnects,
+                    self.clock.wall_ms(),
+                    self.commands.counts,
                 )
             except Exception:  # a health report is not worth stopping the agent for
                 log.exception("health: cannot build the report")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -66,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--pty", action="store_true", help="serve each bus on a pseudo-terminal (prints its path)"
     )
+    write = command("write", "set a writable point now, with a command's checks, and read it back")
+    write.add_argument("device")
+    write.add_argument("point")
+    write.add_argument("value", help="true/false, a number, or text")
     status = command("status", "ask the running agent for its links, devices and buffer")
     status.add_argument("--json", action="store_true", help="print JSON instead of a summary")
     buffer = command("buffer", "inspect or empty the local buffer")
@@ -123,6 +128,8 @@ def _dispatch(args: argparse.Namespace, config: Config, hangups: Sequence[int] =
             return EXIT_FAILED
         tools.print_poll(device, poll, args.points, args.json)
         return EXIT_FAILED if poll.errors else EXIT_OK
+    elif args.command == "write":
+        return _write(config, args.device, args.point, args.value)
     elif args.command == "status":
         from .status import status_command
 
@@ -150,6 +157,18 @@ def _units(text: str) -> range:
     if not 0 <= first <= last <= 247:
         raise argparse.ArgumentTypeError(f'"{text}": unit ids run from 0 to 247')
     return range(first, last + 1)
+
+
+def _write(config: Config, device: str, point: str, text: str) -> int:
+    from .commands import CommandRefused, value_from_text, write_now
+
+    try:
+        value = asyncio.run(write_now(config, device, point, value_from_text(text)))
+    except (CommandRefused, DeviceError) as exc:
+        print(f"edge-agent write: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{device}.{point} = {json.dumps(value)} (read back)")
+    return EXIT_OK
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -17,7 +17,11 @@ THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")
 
 
 def health_payload(
-    pollers: Sequence[BusPoller], buffer: Buffer, reconnects: int, now_ms: int
+    pollers: Sequence[BusPoller],
+    buffer: Buffer,
+    reconnects: int,
+    now_ms: int,
+    commands: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Per-device ok/error counts and last error, buffer depth/oldest/dropped, link reconnects,
     gateway CPU load, memory, disk and temperature."""
@@ -33,6 +37,7 @@ def health_payload(
         },
         "link": {"reconnects": reconnects},
         "gateway": _gateway(buffer.path.parent),
+        "commands": dict(commands or {}),
     }
 
 

@@ -8,20 +8,22 @@ the bus is busy waits its turn; one whose slot passed entirely is skipped and co
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .aio import wait_event
 from .backoff import Backoff
 from .clock import Clock
-from .config import BusConfig, DeviceConfig
+from .config import BusConfig, DeviceConfig, PointConfig
 from .driver import Driver, build_driver
 from .errors import BusError, DeviceError
-from .model import Value
+from .model import Poll, Value
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ class DeviceHealth:
     retry_at: float = 0.0
     #: Wall-clock time (ms) of the last poll that read something.
     last_good: int | None = None
+    #: Each point's latest value read (what a command's log calls the old value).
+    last_values: dict[str, Value] = field(default_factory=dict)
 
 
 #: Failed polls in a row before a device is retried with growing backoff instead of every slot.
@@ -54,6 +58,17 @@ BACKOFF_AFTER = 3
 MAX_DEVICE_BACKOFF = 300.0
 #: A driver call lasting this long (plus twice the longest interval) means a wedged poll loop.
 WEDGED_AFTER = 300.0
+
+
+@dataclass
+class _Write:
+    """A write waiting for its turn on the bus; ``result`` is the poll read back after it."""
+
+    device: DeviceConfig
+    point: PointConfig
+    value: Value
+    result: asyncio.Future[Poll]
+    started: bool = False
 
 
 def next_slot(wall: float, interval: float) -> float:
@@ -86,6 +101,8 @@ class BusPoller:
         #: between calls. The watchdog judges a poll loop wedged by it.
         self.busy_since: float | None = None
         self.wedged_after = WEDGED_AFTER
+        self._writes: collections.deque[_Write] = collections.deque()
+        self._write_queued = asyncio.Event()
 
     @property
     def owner(self) -> tuple[str, str]:
@@ -118,7 +135,16 @@ class BusPoller:
             self.busy_since = None
 
     async def run(self) -> None:
-        """Poll until cancelled."""
+        """Poll until cancelled; writes queued and not made then are failed."""
+        try:
+            await self._run()
+        finally:
+            while self._writes:
+                self._writes.popleft().result.set_exception(
+                    DeviceError(f"bus {self.bus.name}: stopped before the write was made")
+                )
+
+    async def _run(self) -> None:
         backoff = Backoff(initial=0.5, maximum=30.0)
         # One driver for the poller's life, re-entered to reconnect: what it learned about the
         # devices (refused merged reads, counters) survives a lost connection.
@@ -149,9 +175,71 @@ class BusPoller:
             heapq.heappush(due, (self._next_due(device), order, device))
         while True:
             when, order, device = heapq.heappop(due)
-            await asyncio.sleep(max(0.0, when - self.clock.monotonic()))
+            # Writes go ahead of polls: each waits only for the transaction under way.
+            await self._run_writes(driver)
+            while await wait_event(self._write_queued, when - self.clock.monotonic()):
+                await self._run_writes(driver)
             await self._poll_device(driver, device)
             heapq.heappush(due, (self._next_due(device, after=when), order, device))
+
+    # --- writes
+
+    async def write(
+        self, device: DeviceConfig, point: PointConfig, value: Value, timeout: float
+    ) -> Poll:
+        """Write ``value`` to ``point`` between two transactions, ahead of the polls waiting,
+        and read the device back: the poll that followed the write.
+
+        ``DeviceError`` when the bus is down, the driver cannot write, the device refused or did
+        not answer; ``ValueError`` when the value cannot be written to that point; ``TimeoutError``
+        when the write could not start within ``timeout`` (it is then never made).
+        """
+        if not self.connected:
+            raise DeviceError(f"bus {self.bus.name} is not connected: the write was not made")
+        job = _Write(device, point, value, asyncio.get_running_loop().create_future())
+        self._writes.append(job)
+        self._write_queued.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.result), timeout)
+        except asyncio.TimeoutError:
+            if job.started:  # under way: it ends within the driver's own timeouts
+                return await job.result
+            self._writes.remove(job)
+            raise TimeoutError(
+                f"bus {self.bus.name} stayed busy for {timeout:g}s: the write was not made"
+            ) from None
+
+    async def _run_writes(self, driver: Driver) -> None:
+        self._write_queued.clear()
+        while self._writes:
+            job = self._writes.popleft()
+            job.started = True
+            try:
+                job.result.set_result(await self._write_and_read(driver, job))
+            except (DeviceError, ValueError) as exc:
+                job.result.set_exception(exc)
+            except BusError as exc:
+                job.result.set_exception(DeviceError(str(exc)))
+                raise
+            except asyncio.CancelledError:  # the loop stops (agent stop, reload) mid-write
+                job.result.set_exception(
+                    DeviceError(
+                        f"bus {self.bus.name}: stopped during the write, which may or "
+                        "may not have been made"
+                    )
+                )
+                raise
+            except Exception as exc:  # a driver's bug: the command fails, the bus restarts
+                job.result.set_exception(DeviceError(f"the driver failed: {exc!r}"))
+                raise
+
+    async def _write_and_read(self, driver: Driver, job: _Write) -> Poll:
+        write = getattr(driver, "write", None)
+        if write is None:
+            raise DeviceError(f"device {job.device.name}: its driver cannot write")
+        with self._calling():
+            await write(job.device, job.point, job.value)
+            return await driver.read(job.device)
 
     def _next_due(self, device: DeviceConfig, after: float | None = None) -> float:
         """Monotonic time of the device's next wall-aligned slot (after its backoff, if any).
@@ -197,6 +285,7 @@ class BusPoller:
         if poll.values:
             health.ok += 1
             health.last_good = ts
+            health.last_values.update(poll.values)
             self.sink(device.name, ts, mono, poll.values)
 
     def _back_off(self, device: DeviceConfig) -> None:
@@ -224,7 +313,8 @@ class BusPoller:
         health.last_error = error
         if not health.failing:
             health.failing = True
-            log.warning("device %s: %s", name, error)
+            # drivers' errors mostly name the device already: said once in the log line
+            log.warning("device %s: %s", name, error.removeprefix(f"device {name}: "))
 
     def _recovered(self, name: str) -> None:
         health = self.health[name]
@@ -233,8 +323,10 @@ class BusPoller:
             log.info("device %s: answering again", name)
 
     def _set_connected(self, connected: bool, error: str) -> None:
-        if connected and not self.connected:
-            log.info("bus %s: connected", self.bus.name)
-        elif not connected and self.connected:
-            log.warning("bus %s: lost: %s", self.bus.name, error)
+        # A device on no bus has no connection worth a line: its failures are its device's.
+        if self.bus.type != "local":
+            if connected and not self.connected:
+                log.info("bus %s: connected", self.bus.name)
+            elif not connected and self.connected:
+                log.warning("bus %s: lost: %s", self.bus.name, error)
         self.connected = connected

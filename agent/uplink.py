@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import aiomqtt
 
 from . import __version__
-from .aio import wait_event
+from .aio import cancel_and_wait, wait_event
 from .backoff import Backoff
 from .buffer import Buffer
 from .clock import Clock, ClockGuard
@@ -96,8 +97,11 @@ class Uplink:
         buffer: Buffer,
         clock: Clock | None = None,
         guard: ClockGuard | None = None,
+        on_command: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.config = config
+        #: Receives each message on ``cmd`` (topic, payload); None: ``cmd`` is not subscribed.
+        self.on_command = on_command
         self.mqtt: MqttSection = config.mqtt
         self.buffer = buffer
         self.clock = clock or Clock()
@@ -129,8 +133,12 @@ class Uplink:
                     accepted = True
                     await self._online(client)
                     backoff.reset()  # only now: a broker that drops us at once is retried slowly
-                    await self._send_until_stopped(client)
-                    await self._offline(client)
+                    receiver = asyncio.create_task(self._receive(client), name="mqtt receive")
+                    try:
+                        await self._send_until_stopped(client)
+                        await self._offline(client)
+                    finally:
+                        await cancel_and_wait(receiver)
                     return
             except aiomqtt.MqttError as exc:
                 self._client_online = None
@@ -179,6 +187,8 @@ class Uplink:
     async def _online(self, client: aiomqtt.Client) -> None:
         status = {"state": "online", "version": __version__, "started": self._started}
         await self._publish(client, "status", _json(status), qos=1, retain=True)
+        if self.on_command is not None:
+            await client.subscribe(f"{self.topic}/cmd", qos=1)
         await self._publish(client, "meta", _json(meta_payload(self.config)), qos=1, retain=True)
         log.info("mqtt %s: connected as %s", self.mqtt.url, self.mqtt.client_id)
         self.connects += 1
@@ -189,6 +199,28 @@ class Uplink:
         self._client_online = None
         await self._publish(client, "status", _json({"state": "offline"}), qos=1, retain=True)
         self.connected = False
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        """Hand each message on ``cmd`` to ``on_command``, until the link goes."""
+        try:
+            async for message in client.messages:
+                payload = message.payload
+                data = payload if isinstance(payload, bytes) else str(payload).encode()
+                if self.on_command is not None:
+                    self.on_command(str(message.topic), data)
+        except aiomqtt.MqttError:  # the link is gone: the sending side notices and reconnects
+            return
+
+    async def publish_reply(self, reply: dict[str, Any]) -> bool:
+        """Answer a command on ``cmd/reply`` (QoS 1); False when the link is down."""
+        client = self._client_online
+        if client is None or not self.connected:
+            return False
+        try:
+            await self._publish(client, "cmd/reply", _json(reply), qos=1)
+        except aiomqtt.MqttError:
+            return False
+        return True
 
     async def reconfigure(self, config: Config) -> None:
         """Devices and points changed (a reload): ``meta`` says so now if the link is up, else

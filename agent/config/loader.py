@@ -677,10 +677,11 @@ def _bus(s: Section) -> BusConfig | None:
         "timeout": s.take("timeout", conv.positive_duration, d.timeout),
         "request_gap": s.take("request_gap", conv.duration, d.request_gap),
     }
-    if bus_type != "serial":  # read sizes and merging are Modbus's: unknown keys elsewhere
+    if bus_type != "serial":  # read sizes, merging, writes are Modbus's: unknown keys elsewhere
         common["max_registers"] = s.take("max_registers", conv.in_range(1, 125), d.max_registers)
         common["max_bits"] = s.take("max_bits", conv.in_range(1, 2000), d.max_bits)
         common["merge_gap"] = s.take("merge_gap", conv.in_range(0, 124), d.merge_gap)
+        common["write_multiple"] = s.take("write_multiple", conv.boolean, d.write_multiple)
     if bus_type in SERIAL_BUS_TYPES:
         link: dict[str, Any] = {
             "serial_port": s.take("port", conv.text),

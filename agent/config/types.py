@@ -112,6 +112,9 @@ class BusConfig:
     max_bits: int = 2000
     #: Unused registers (or bits) a merged read may span between two points.
     merge_gap: int = 8
+    #: Write every point with FC 15/16 (write multiple coils/registers), even a single coil or
+    #: register, for slaves that lack FC 5/6 (write single coil/register).
+    write_multiple: bool = False
 
     @property
     def serial(self) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
 from agent.config.types import BIT_TABLES, PointConfig, WordOrder
@@ -171,8 +172,11 @@ def encode(point: PointConfig, value: Value) -> list[int] | list[bool]:
     """The raw registers (or one bit) that make ``point`` read ``value``: the inverse of ``decode``.
 
     Numbers are unscaled as ``(value - offset) / scale`` and, for integer types, rounded to the
-    nearest integer. Raises ``ValueError`` with a message naming the point when the value has the
-    wrong kind or does not fit the type (out of range, string too long or not ASCII).
+    nearest integer, halves away from zero (on the decimal digits of ``value``, see
+    ``_nearest_raw``). A ``bit`` point gives its register with only that bit possibly set: merging
+    it into the register's other bits is the caller's job. Raises ``ValueError`` with a message
+    naming the point when the value has the wrong kind or does not fit the type (out of range,
+    string too long or not ASCII).
     """
     if point.table in BIT_TABLES:
         return [_as_bool(point, value)]
@@ -239,6 +243,10 @@ def _as_bool(point: PointConfig, value: Value) -> bool:
     raise ValueError(f"point {point.name}: expected a boolean, got {value!r}")
 
 
+#: Raw values beyond this are shown in scientific notation in messages.
+_HUGE = Decimal(10) ** 20
+
+
 def _unscale(point: PointConfig, value: Value) -> int | float:
     """The raw number for ``value``: unscaled, rounded and range-checked for integer types."""
     if isinstance(value, (bool, str)):
@@ -248,16 +256,30 @@ def _unscale(point: PointConfig, value: Value) -> int | float:
     identity = point.scale == 1 and point.offset == 0
     if point.type in _FLOAT_TYPES:
         return float(value) if identity else (value - point.offset) / point.scale
-    # An int with the identity scaling skips float arithmetic, which would lose the low bits
-    # of a 64-bit value.
-    exact = value if identity else (value - point.offset) / point.scale
-    if isinstance(exact, float) and not math.isfinite(exact):
+    if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"point {point.name}: {value!r} is not a finite number")
-    raw = round(exact)
+    rounded = _nearest_raw(point, value)
     low, high = int_range(point.type)
-    if not low <= raw <= high:
+    if not low <= rounded <= high:
+        shown = f"{rounded:.0f}" if abs(rounded) < _HUGE else f"{rounded:.3e}"
         raise ValueError(
             f"point {point.name}: {value!r} is out of range for {point.type} "
-            f"(raw {raw}, allowed {low}..{high})"
+            f"(raw {shown}, allowed {low}..{high})"
         )
-    return raw
+    return int(rounded)
+
+
+def _nearest_raw(point: PointConfig, value: int | float) -> Decimal:
+    """``(value - offset) / scale`` rounded to the nearest integer, halves away from zero.
+
+    Computed on the decimals as written, not in binary floating point: 21.35 with scale 0.1 is
+    raw 213.5 and gives 214 (21.4), where floats would make it 213.49999999999997 and give 213;
+    an int, even a 64-bit one, stays exact.
+    """
+    exact = (_decimal(value) - _decimal(point.offset)) / _decimal(point.scale)
+    return exact.to_integral_value(rounding=ROUND_HALF_UP)
+
+
+def _decimal(number: int | float) -> Decimal:
+    # repr is the shortest decimal that is the same float: the one a person or a TOML file wrote.
+    return Decimal(number) if isinstance(number, int) else Decimal(repr(number))

@@ -33,6 +33,14 @@ cannot decode — is ``garbled``. On ``modbus-tcp`` an answer carrying another t
 dropped by pymodbus too; when the answer to our request then never comes, the connection is out of
 step and we raise ``BusError`` so that it is reopened.
 
+Writes (``write``) go through the same machinery, one transaction each (two for a ``bit`` point:
+the register is read, the bit changed, the register written back), paced and counted like reads:
+a coil with FC 5, a one-register point with FC 6, a longer one with FC 16; ``write_multiple`` on
+the bus sends FC 15/16 even for one coil or register, for slaves that lack FC 5/6. A value that
+cannot be written to the point raises ``ValueError`` before anything is sent; an exception
+response or no usable answer raises ``DeviceError`` (after no answer the write may or may not
+have been made); a broken link ``BusError``.
+
 pymodbus closes a TCP connection itself after 4 unanswered requests in a row (``retries + 3``, its
 way of detecting a half-open link): polls of a dead unit that nothing else on the connection
 answers in between give ``DeviceError`` four times, then ``BusError``. A serial port is never
@@ -69,7 +77,7 @@ from agent.config.types import BIT_TABLES, BusConfig, DeviceConfig, PointConfig,
 from agent.errors import BusError, DeviceError
 from agent.model import Poll, Value
 
-from .codec import apply_exponents, decode_request
+from .codec import NotAvailable, apply_exponents, decode, decode_request, encode
 from .plan import DevicePlan, Request
 
 log = logging.getLogger(__name__)
@@ -119,6 +127,18 @@ GATEWAY_CODES = frozenset({10, 11})
 #: The function code that reads each table.
 FUNCTION_CODES: dict[Table, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
+#: The function codes that write: one coil, one register, several coils, several registers.
+WRITE_COIL, WRITE_REGISTER, WRITE_COILS, WRITE_REGISTERS = 5, 6, 15, 16
+
+#: Most registers one write may carry (FC 16): the protocol's limit.
+MAX_WRITE_REGISTERS = 123
+
+#: What a person is told when a point of a read-only table is to be written.
+_READ_ONLY: dict[str, str] = {
+    "input": "input registers cannot be written",
+    "discrete": "discrete inputs cannot be written",
+}
+
 _REQUEST_DECODER = DecodePDU(True)
 _RESPONSE_DECODER = DecodePDU(False)
 
@@ -154,6 +174,98 @@ class _BusFault(BusError):
     def __init__(self, message: str, category: str = "bus") -> None:
         super().__init__(message)
         self.category = category
+
+
+@dataclass(frozen=True)
+class Write:
+    """One write request: ``values`` (registers, or coils as bools) into ``table`` from
+    ``address`` with function code ``function``."""
+
+    point: PointConfig
+    function: int
+    values: tuple[int, ...] | tuple[bool, ...]
+
+    @property
+    def table(self) -> Table:
+        return self.point.table
+
+    @property
+    def address(self) -> int:
+        return self.point.address
+
+    @property
+    def span(self) -> str:
+        """The addresses written, for messages: ``"40-41"``, or ``"40"`` for a single one."""
+        last = self.address + len(self.values) - 1
+        return str(self.address) if last == self.address else f"{self.address}-{last}"
+
+    def describe(self) -> str:
+        """E.g. ``"FC 16 holding 40-41: setpoint = 0x4000 0x41ab"``."""
+        if self.table in BIT_TABLES:
+            shown = " ".join("on" if v else "off" for v in self.values)
+        else:
+            shown = " ".join(f"0x{v:04x}" for v in self.values)
+        return f"FC {self.function} {self.table} {self.span}: {self.point.name} = {shown}"
+
+
+def encode_write(point: PointConfig, value: Value) -> list[int] | list[bool]:
+    """The raw registers (or coil state) that set ``point`` to ``value``; no I/O.
+
+    ``value`` is encoded by the point's type, word order, scale and offset (``codec.encode``);
+    a ``bit`` point gives its register with only that bit possibly set, to be merged into the
+    register's current value. Raises ``ValueError`` with one line for a person, without the
+    point's name (the caller puts it in front), when the point cannot be written (a read-only
+    table, not ``writable``, scaled by another point) or the value does not fit it (wrong kind,
+    not finite, out of the type's range, beyond ``min``/``max`` once rounded to a raw value, the
+    point's "not available" value, a string too long).
+    """
+    if point.table in _READ_ONLY:
+        raise ValueError(_READ_ONLY[point.table])
+    if not point.writable:
+        raise ValueError("not writable (writable = true is not set on the point)")
+    if point.scale_exponent is not None:
+        raise ValueError(
+            f"its scale comes from point {point.scale_exponent} (scale_exponent): writing it "
+            "is not supported"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    try:
+        raw = encode(point, value)
+    except ValueError as exc:
+        raise ValueError(str(exc).removeprefix(f"point {point.name}: ")) from None
+    if len(raw) > MAX_WRITE_REGISTERS:
+        raise ValueError(
+            f"{len(raw)} registers are more than one write can carry ({MAX_WRITE_REGISTERS})"
+        )
+    try:
+        written = decode(point, raw)
+    except NotAvailable:
+        raise ValueError(f'{value!r} is the device\'s own "not available" value') from None
+    if isinstance(written, int | float) and not isinstance(written, bool):
+        # The caller checked value against min/max; rounding to a raw value may cross them.
+        if point.min is not None and written < point.min:
+            raise ValueError(
+                f"{value!r} would be {written!r} on the device, below min {point.min:g}"
+            )
+        if point.max is not None and written > point.max:
+            raise ValueError(
+                f"{value!r} would be {written!r} on the device, above max {point.max:g}"
+            )
+    return raw
+
+
+def plan_write(
+    point: PointConfig, raw: Sequence[int] | Sequence[bool], write_multiple: bool = False
+) -> Write:
+    """The request that writes ``raw`` (from ``encode_write``, with a bit point's register
+    merged) to ``point``: FC 5 for a coil, FC 6 for one register, FC 16 for more; FC 15/16
+    always with ``write_multiple``."""
+    if point.table in BIT_TABLES:
+        function = WRITE_COILS if write_multiple else WRITE_COIL
+        return Write(point, function, tuple(bool(v) for v in raw))
+    function = WRITE_REGISTERS if write_multiple or len(raw) > 1 else WRITE_REGISTER
+    return Write(point, function, tuple(int(v) for v in raw))
 
 
 class FrameRing:
@@ -376,6 +488,54 @@ class ModbusDriver:
             log.debug("device %s: partial poll: %s", device.name, "; ".join(errors))
         return Poll(values=values, errors=tuple(errors), raw=raws)
 
+    async def write(self, device: DeviceConfig, point: PointConfig, value: Value) -> None:
+        """Set ``point`` of ``device`` to ``value`` (see ``encode_write`` and ``plan_write``).
+
+        A ``bit`` point is written read-modify-write: its register is read (FC 3), the bit set or
+        cleared, the register written back; the other bits keep what was read, so a device that
+        changes them itself in between loses that change. ``ValueError`` (nothing sent) when the
+        value cannot be written to the point; ``DeviceError`` when the device refused or did not
+        answer; ``BusError`` when the port or connection broke.
+        """
+        if all(p.name != point.name for p in device.points):
+            raise ValueError(f"not a point of device {device.name}")
+        raw = encode_write(point, value)
+        where = f"device {device.name}: {point.name}"
+        if point.bit is not None:
+            request = Request(point.table, point.address, 1, (point,))
+            try:
+                (current,) = await self._execute(device, request)
+            except _Fault as exc:
+                raise self._device_error(
+                    device,
+                    f"{where}: cannot read {point.table} {point.address} to change bit "
+                    f"{point.bit}: {_why(exc)}; nothing was written",
+                ) from None
+            raw = [int(current) & ~(1 << point.bit) | int(raw[0])]
+        write = plan_write(point, raw, self.bus.write_multiple)
+        try:
+            await self._execute(device, write)
+        except _RequestFailed as exc:
+            if exc.code is not None:
+                raise self._device_error(
+                    device, f"{where}: the slave refused the write: {_exception_name(exc.code)}"
+                ) from None
+            made = (
+                "nothing was written"
+                if exc.category == "unsendable"
+                else "it may or may not have been made"
+            )
+            raise self._device_error(
+                device, f"{where}: the write failed: {exc.cause}; {made}"
+            ) from None
+        except _NoResponse as exc:
+            raise self._device_error(
+                device,
+                f"{where}: the write was not confirmed by unit {device.unit} on bus "
+                f"{self.bus.name}: {exc.cause}; it may or may not have been made",
+            ) from None
+        log.debug("device %s: wrote %r: %s", device.name, value, write.describe())
+
     async def probe(self, unit: int) -> tuple[str, str]:
         """Read holding register 0 of ``unit``: how it ended (a ``FAULTS`` category) and why.
 
@@ -394,8 +554,11 @@ class ModbusDriver:
 
     # --- one request ---------------------------------------------------------------------------
 
-    async def _execute(self, device: DeviceConfig, request: Request) -> list[int] | list[bool]:
-        """The raw registers or bits of one request, or a _Fault or BusError; counted."""
+    async def _execute(
+        self, device: DeviceConfig, request: Request | Write
+    ) -> list[int] | list[bool]:
+        """The raw registers or bits a read brought or a write set, or a _Fault or BusError;
+        counted."""
         what = f"device {device.name} (unit {device.unit}): {request.table} {request.span}"
         try:
             raw = await self._request(device, request, what)
@@ -409,32 +572,33 @@ class ModbusDriver:
         return raw
 
     async def _request(
-        self, device: DeviceConfig, request: Request, what: str
+        self, device: DeviceConfig, request: Request | Write, what: str
     ) -> list[int] | list[bool]:
         client = self._connected_client()
         where = f"bus {self.bus.name}, {what}"
-        read = _reader(client, request.table)
+        send = _sender(client, device, request)
+        doing = "writing" if isinstance(request, Write) else "reading"
         try:
-            response = await self._transact(
-                device, lambda: read(request.address, count=request.count, device_id=device.unit)
-            )
+            response = await self._transact(device, send)
         except ConnectionException as exc:
             raise BusError(self._lost(f"{exc}")) from exc
         except ModbusIOException as exc:
             # pymodbus does not fail a pending request when the connection drops: the request
             # times out, and only then do we see the connection is gone.
             if not client.connected:
-                raise BusError(self._lost(f"no response while reading {what}")) from exc
+                raise BusError(self._lost(f"no response while {doing} {what}")) from exc
             raise self._no_answer(where) from exc
         except ModbusException as exc:
             raise _RequestFailed(where, f"{exc}") from exc
         except ValueError as exc:  # pymodbus refuses to encode e.g. more than 125 registers
             raise _RequestFailed(where, f"cannot be sent: {exc}", "unsendable") from exc
         except OSError as exc:
-            raise BusError(self._lost(f"while reading {what}: {exc}")) from exc
+            raise BusError(self._lost(f"while {doing} {what}: {exc}")) from exc
         if response is None:
-            raise BusError(self._lost(f"the link dropped while reading {what}"))
+            raise BusError(self._lost(f"the link dropped while {doing} {what}"))
         _check_origin(where, device, request, response)
+        if isinstance(request, Write):
+            return _confirmed(where, request, response)
         return _payload(where, request, response)
 
     async def _transact(
@@ -642,12 +806,12 @@ def port_problem_message(bus: str, path: str, code: int | None, reason: str) -> 
     return f"bus {bus}: cannot open {path}: {reason or 'pymodbus did not say why'}; retrying"
 
 
-_Reader = Callable[..., Awaitable[ModbusPDU]]
+_Call = Callable[..., Awaitable[ModbusPDU]]
 
 
-def _reader(client: ModbusBaseClient, table: Table) -> _Reader:
+def _reader(client: ModbusBaseClient, table: Table) -> _Call:
     """The client method that reads ``table``."""
-    readers: dict[Table, _Reader] = {
+    readers: dict[Table, _Call] = {
         "holding": client.read_holding_registers,
         "input": client.read_input_registers,
         "coil": client.read_coils,
@@ -656,23 +820,82 @@ def _reader(client: ModbusBaseClient, table: Table) -> _Reader:
     return readers[table]
 
 
-def _check_origin(where: str, device: DeviceConfig, request: Request, response: ModbusPDU) -> None:
+def _sender(
+    client: ModbusBaseClient, device: DeviceConfig, request: Request | Write
+) -> Callable[[], Awaitable[ModbusPDU]]:
+    """What sends ``request`` to ``device`` when called."""
+    unit = device.unit
+    if isinstance(request, Request):
+        read = _reader(client, request.table)
+        return lambda: read(request.address, count=request.count, device_id=unit)
+    address, values = request.address, request.values
+    writers: dict[int, Callable[[], Awaitable[ModbusPDU]]] = {
+        WRITE_COIL: lambda: client.write_coil(address, bool(values[0]), device_id=unit),
+        WRITE_REGISTER: lambda: client.write_register(address, int(values[0]), device_id=unit),
+        WRITE_COILS: lambda: client.write_coils(address, [bool(v) for v in values], device_id=unit),
+        WRITE_REGISTERS: lambda: client.write_registers(
+            address, [int(v) for v in values], device_id=unit
+        ),
+    }
+    return writers[request.function]
+
+
+def _check_origin(
+    where: str, device: DeviceConfig, request: Request | Write, response: ModbusPDU
+) -> None:
     """Refuse an answer that is not to this request (pymodbus checks only unit and tid)."""
     if device.unit and response.dev_id != device.unit:
         cause = f"an answer came from unit {response.dev_id} instead (not taken)"
         raise _NoResponse(where, cause, "wrong_unit")
-    function = FUNCTION_CODES[request.table]
+    function = request.function if isinstance(request, Write) else FUNCTION_CODES[request.table]
     if response.function_code & 0x7F != function:
         cause = f"the answer is to function {response.function_code & 0x7F}, not {function}"
         raise _NoResponse(where, cause, "garbled")
 
 
-def _payload(where: str, request: Request, response: ModbusPDU) -> list[int] | list[bool]:
-    """The registers or bits of a response, or _RequestFailed for an exception or short answer."""
+def _check_refusal(where: str, response: ModbusPDU) -> None:
+    """_RequestFailed for an exception response."""
     if response.isError():
         code = response.exception_code
         name = EXCEPTION_NAMES.get(code, "unknown exception")
         raise _RequestFailed(where, f"Modbus exception {code} ({name})", "exception", code)
+
+
+def _exception_name(code: int) -> str:
+    """E.g. ``"illegal data address (exception 2)"``."""
+    return f"{EXCEPTION_NAMES.get(code, 'unknown exception')} (exception {code})"
+
+
+def _why(exc: _Fault) -> str:
+    """Why a request failed, for a message that names the request itself."""
+    if exc.code is not None:
+        return f"the slave refused: {_exception_name(exc.code)}"
+    return exc.cause
+
+
+def _confirmed(where: str, write: Write, response: ModbusPDU) -> list[int] | list[bool]:
+    """The values written, once the answer confirms them; _RequestFailed for an exception or an
+    answer that confirms something else (the spec's answer echoes the address and the value of
+    FC 5/6, the address and the count of FC 15/16)."""
+    _check_refusal(where, response)
+    echoed: list[tuple[str, object, object]] = [("address", response.address, write.address)]
+    if write.function == WRITE_COIL:
+        echoed.append(("value", bool(response.bits[0]) if response.bits else None, write.values[0]))
+    elif write.function == WRITE_REGISTER:
+        echoed.append(
+            ("value", response.registers[0] if response.registers else None, write.values[0])
+        )
+    else:
+        echoed.append(("count", response.count, len(write.values)))
+    for name, got, sent in echoed:
+        if got != sent:
+            raise _RequestFailed(where, f"the answer confirms {name} {got}, not {sent}")
+    return list(write.values)
+
+
+def _payload(where: str, request: Request, response: ModbusPDU) -> list[int] | list[bool]:
+    """The registers or bits of a response, or _RequestFailed for an exception or short answer."""
+    _check_refusal(where, response)
     if request.table in BIT_TABLES:
         # Bits come packed in bytes: the response is padded to a multiple of 8.
         bits = list(response.bits)

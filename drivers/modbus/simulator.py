@@ -85,7 +85,8 @@ class SimulatedSlave:
 
     Set ``dead = True`` to make the slave stop answering, ``slow`` to a number of seconds to make
     it answer that late, ``exception`` to a Modbus exception code to make it answer every request
-    with that exception. ``requests`` counts the requests it answered (exception responses
+    with that exception, ``unsupported`` to function codes it answers with "illegal function"
+    (a slave without FC 5/6). ``requests`` counts the requests it answered (exception responses
     included).
     """
 
@@ -97,6 +98,7 @@ class SimulatedSlave:
         self.dead = False
         self.slow = 0.0
         self._exception: ExcCodes | None = None
+        self.unsupported: set[int] = set()
         self.requests = 0
         # Every address a point covers starts at 0/False; overlapping points share addresses.
         self._images: dict[Table, dict[int, int | bool]] = {table: {} for table in TABLES}
@@ -276,7 +278,7 @@ class _SlaveContext(SimCore):
         if slave.exception is not None:
             return ExcCodes(slave.exception)
         table = _FUNCTION_TABLES.get(func_code)
-        if table is None:
+        if table is None or func_code in slave.unsupported:
             return ExcCodes.ILLEGAL_FUNCTION
         try:
             return slave.registers(table, address, count)
@@ -290,7 +292,7 @@ class _SlaveContext(SimCore):
         if slave.exception is not None:
             return ExcCodes(slave.exception)
         table = _FUNCTION_TABLES.get(func_code)
-        if table is None or table not in ("coil", "holding"):
+        if table not in ("coil", "holding") or func_code in slave.unsupported:
             return ExcCodes.ILLEGAL_FUNCTION
         try:
             slave.set_registers(table, address, values)

@@ -298,6 +298,14 @@ def test_permission_denied_names_the_fix(short_dir: Path) -> None:
         "    print(exc)\n"
     )
 
+    # A copy of the package that nobody can read (a clone may sit in a directory only root can
+    # enter, as mktemp -d makes them).
+    lib = Path(tempfile.mkdtemp(prefix="ea-lib-"))
+    lib.chmod(0o755)
+    shutil.copytree(REPO / "agent", lib / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    for place in lib.rglob("*"):
+        place.chmod(0o755 if place.is_dir() else 0o644)
+
     async def as_nobody() -> None:
         async with StatusServer(path, snapshot):
             done = await asyncio.to_thread(
@@ -306,7 +314,7 @@ def test_permission_denied_names_the_fix(short_dir: Path) -> None:
                 user=65534,
                 group=65534,
                 extra_groups=[],
-                env={"PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"},
+                env={"PYTHONPATH": str(lib), "PYTHONDONTWRITEBYTECODE": "1"},
                 cwd="/",
                 capture_output=True,
                 text=True,
@@ -315,7 +323,10 @@ def test_permission_denied_names_the_fix(short_dir: Path) -> None:
             )
             assert done.stdout.strip() == expected, done.stderr
 
-    run(as_nobody(), 40)
+    try:
+        run(as_nobody(), 40)
+    finally:
+        shutil.rmtree(lib, ignore_errors=True)
 
 
 def test_an_agent_that_does_not_answer_in_time(short_dir: Path) -> None:

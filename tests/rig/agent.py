@@ -10,13 +10,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 
 def cli(
-    *args: str, cwd: Path | None = None, timeout: float = 60
+    *args: str, cwd: Path | None = None, timeout: float = 60, env: Mapping[str, str] = {}
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``edge-agent ARGS`` to completion and capture its output."""
+    """Run ``edge-agent ARGS`` to completion and capture its output; ``env`` is added to ours."""
     return subprocess.run(
         [sys.executable, "-m", "agent", *args],
         capture_output=True,
@@ -24,6 +25,7 @@ def cli(
         timeout=timeout,
         cwd=cwd,
         check=False,
+        env={**os.environ, **env},
     )
 
 
