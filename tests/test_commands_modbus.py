@@ -7,6 +7,7 @@ import asyncio
 import json
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,14 @@ def command(ident: str, point: str, value: Any) -> bytes:
 
 
 async def commanded(
-    config_path: Path, broker: Broker, sent: list[bytes], points_after: set[str]
+    config_path: Path,
+    broker: Broker,
+    sent: list[bytes],
+    points_after: set[str] | None,
+    before_sending: Callable[[], None] = lambda: None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Agent]:
-    """Run the agent, send the commands, and wait for every reply and then for a sample of
-    ``points_after`` taken after the last reply."""
+    """Run the agent, send the commands, and wait for every reply and then (unless
+    ``points_after`` is None) for a sample of ``points_after`` taken after the last reply."""
     config, _ = load_config(config_path, environ={})
     agent = Agent(config)
     stop = asyncio.Event()
@@ -92,10 +97,13 @@ async def commanded(
             Subscriber(broker.host, broker.port, "m/gw/cmd/reply") as replies,
         ):
             await telemetry.wait_samples(2, "pump")
+            before_sending()
             for payload in sent:
                 await replies._client.publish("m/gw/cmd", payload, qos=1)
             await replies.wait_for(lambda _: len(replies.payloads("cmd/reply")) >= len(sent))
             answered = time.time() * 1000
+            if points_after is None:
+                return replies.payloads("cmd/reply"), [], agent
             await telemetry.wait_for(
                 lambda _: any(
                     s["ts"] > answered and points_after <= set(s["values"])
@@ -188,3 +196,29 @@ def test_edge_agent_write_on_a_modbus_bus_with_the_same_checks(
     assert (above[0], above[2].strip()) == (1, "edge-agent write: 101 is above setpoint's max 100")
     assert (level[0], level[2].strip()) == (1, "edge-agent write: level is not writable")
     assert word[0] == 1 and word[2].strip().startswith("edge-agent write: relay: ")
+
+
+def test_a_slave_that_stops_answering_fails_the_command_with_why(
+    tmp_path: Path, broker: Broker
+) -> None:
+    slave = SimulatedSlave(1, POINTS)
+
+    def kill() -> None:
+        slave.dead = True
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with ModbusSimulator([slave]) as sim:
+            bus = f'[[bus]]\nname = "plc"\ntype = "modbus-tcp"\nhost = "127.0.0.1"\nport = {sim.port}\ntimeout = "300ms"\n'
+            path = site(tmp_path, broker, bus)
+            sent = [command("dead", "setpoint", 50), command("typo", "setpoint", "fifty")]
+            replies, _, _ = await commanded(path, broker, sent, None, before_sending=kill)
+            return replies
+
+    replies = {r["id"]: r for r in run(scenario(), timeout=40)}
+    assert replies["dead"]["ok"] is False
+    assert replies["dead"]["error"].startswith("device pump: setpoint: the write was not confirmed")
+    assert replies["typo"] == {
+        "id": "typo",
+        "ok": False,
+        "error": "setpoint takes a number, not a string",
+    }
