@@ -1,32 +1,21 @@
-"""Fixtures shared by every test: a real broker, a data dir, and a bounded event loop."""
+"""What every test shares beyond the test kit's fixtures (``agent.testkit.plugin``, loaded through
+its ``pytest11`` entry point: ``mosquitto``, ``telemetry``, ``modbus_bus``, ``modbus_slave``,
+``serial_sensor``, ``edge_agent``): the name ``broker`` for ``mosquitto``, and a thread-leak check."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import Coroutine, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import pytest
 
-from tests.rig.broker import Broker
-
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-    """Run an async test body to completion; a hang fails after ``timeout`` seconds."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+from agent.testkit.broker import Broker
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A Mosquitto of our own on a free loopback port."""
-    rig = Broker(tmp_path)
-    rig.start()
-    yield rig
-    rig.stop()
+def broker(mosquitto: Broker) -> Broker:
+    """The kit's ``mosquitto``, under the name the suite has always used."""
+    return mosquitto
 
 
 @pytest.fixture(autouse=True)

@@ -24,10 +24,10 @@ import pytest
 
 from agent.config import Config, load_config
 from agent.model import Poll, Value
+from agent.testkit import run
+from agent.testkit.process import cli
 from drivers.modbus import ModbusDriver
 from drivers.modbus.simulator import ModbusSimulator, slaves_for_bus
-from tests.conftest import run
-from tests.rig.agent import cli
 
 CASES = Path(__file__).parent / "cases"
 ALL = sorted(path for path in CASES.iterdir() if path.is_dir())

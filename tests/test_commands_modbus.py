@@ -15,13 +15,13 @@ from agent.aio import cancel_and_wait
 from agent.app import Agent
 from agent.config import load_config
 from agent.config.types import PointConfig
+from agent.testkit import run
+from agent.testkit.broker import Broker
+from agent.testkit.mqtt import Subscriber
+from agent.testkit.process import cli_async
+from agent.testkit.serial import SerialProxy
 from drivers.modbus.codec import encode
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
-from tests.conftest import run
-from tests.rig.agent import cli_async
-from tests.rig.broker import Broker
-from tests.rig.mqtt import Subscriber
-from tests.rig.serial import SerialProxy
 
 SETPOINT = PointConfig(
     "setpoint", "holding", 10, "float32", "CDAB", scale=0.1, writable=True, min=0, max=100

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config.types import PointConfig
+from agent.testkit import run
+from agent.testkit.broker import Broker
+from agent.testkit.mqtt import Subscriber
+from agent.testkit.process import AgentProcess
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
-from tests.conftest import run
-from tests.rig.agent import AgentProcess
-from tests.rig.broker import Broker
-from tests.rig.mqtt import Subscriber
 
 METER_POINTS = (
     PointConfig("voltage", table="input", address=0, type="float32"),

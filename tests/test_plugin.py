@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run
-from tests.rig.agent import AgentProcess, cli
-from tests.rig.broker import Broker
-from tests.rig.mqtt import Subscriber
+from agent.testkit import run
+from agent.testkit.broker import Broker
+from agent.testkit.mqtt import Subscriber
+from agent.testkit.process import AgentProcess, cli
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "edge-agent-textfile"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.config.types import PointConfig
+from agent.testkit import run
+from agent.testkit.broker import Broker
+from agent.testkit.mqtt import Subscriber
+from agent.testkit.process import AgentProcess, cli, cli_async
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
-from tests.conftest import run
-from tests.rig.agent import AgentProcess, cli, cli_async
-from tests.rig.broker import Broker
-from tests.rig.mqtt import Subscriber
 
 
 def site(tmp_path: Path, broker: Broker, devices: tuple[str, ...] = ("gateway",)) -> Path:

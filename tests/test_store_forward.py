@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from agent.config.types import PointConfig
+from agent.testkit import run
+from agent.testkit.broker import Broker
+from agent.testkit.mqtt import Subscriber
+from agent.testkit.process import AgentProcess, cli
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
-from tests.conftest import run
-from tests.rig.agent import AgentProcess, cli
-from tests.rig.broker import Broker
-from tests.rig.mqtt import Subscriber
 
 POINTS = (PointConfig("level", "holding", 0, "uint16"), PointConfig("temp", "input", 0, "int16"))
 UNITS = (1, 2, 3)

@@ -620,7 +620,7 @@ class PtyLink:
 
     Each end's slave side stays open here too: a program that closes its end leaves the link
     working for the next one, instead of the master reporting a hang-up. ``forward`` is the place
-    to meddle with the traffic (see ``tests/rig/serial.py``); ``open_end``/``close_end`` replace
+    to meddle with the traffic (see ``agent/testkit/serial.py``); ``open_end``/``close_end`` replace
     one end by a fresh pseudo-terminal (an unplugged adapter).
     """
 

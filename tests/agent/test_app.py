@@ -12,10 +12,10 @@ from agent.app import Agent
 from agent.clock import Clock
 from agent.config import load_config
 from agent.config.types import PointConfig
+from agent.testkit import run
+from agent.testkit.broker import Broker
+from agent.testkit.mqtt import Subscriber
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
-from tests.conftest import run
-from tests.rig.broker import Broker
-from tests.rig.mqtt import Subscriber
 
 POINT = PointConfig("level", "holding", 0, "uint16")
 BOOTED_AT = 3.0  # seconds after 1970-01-01: what a Pi without RTC believes

@@ -9,7 +9,7 @@ import pytest
 
 from agent.buffer import Buffer
 from agent.lock import DataDirBusy, data_dir_lock
-from tests.rig.agent import cli
+from agent.testkit.process import cli
 
 CONFIG = """
 [agent]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from tests.rig.agent import cli
+from agent.testkit.process import cli
 
 ROOT = Path(__file__).parents[2]
 

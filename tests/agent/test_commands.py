@@ -20,10 +20,10 @@ from agent.aio import cancel_and_wait
 from agent.app import Agent
 from agent.commands import MAX_PAYLOAD, parse, value_from_text
 from agent.config import load_config
-from tests.conftest import run
-from tests.rig.agent import cli
-from tests.rig.broker import Broker
-from tests.rig.mqtt import Subscriber
+from agent.testkit import run
+from agent.testkit.broker import Broker
+from agent.testkit.mqtt import Subscriber
+from agent.testkit.process import cli
 
 SITE = """
 [agent]

@@ -1,5 +1,5 @@
 """The MQTT link: TLS, mutual TLS, passwords, and a broker that refuses us — all against a real
-Mosquitto with real certificates (tests/rig/certs.py), and the agent as systemd runs it.
+Mosquitto with real certificates (agent/testkit/certs.py), and the agent as systemd runs it.
 
 The broker's plain listener is the tests' own tap: the agent connects to its secured listener,
 the subscriber to the plain one, so a test sees what got through without the agent's secrets.
@@ -24,14 +24,14 @@ from agent.config import Config, load_config
 from agent.config.types import PointConfig
 from agent.errors import ConfigError, Problem
 from agent.mqtt_link import connect_failure
+from agent.testkit import run
+from agent.testkit.broker import Broker
+from agent.testkit.certs import Certs, make_certs
+from agent.testkit.mqtt import Subscriber
+from agent.testkit.net import free_port
+from agent.testkit.process import AgentProcess
 from agent.uplink import Uplink
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
-from tests.conftest import run
-from tests.rig.agent import AgentProcess
-from tests.rig.broker import Broker
-from tests.rig.certs import Certs, make_certs
-from tests.rig.mqtt import Subscriber
-from tests.rig.net import free_port
 
 VOLTAGE = PointConfig("voltage", table="input", address=0, type="float32")
 SECRET = "s3cret-Pa55"

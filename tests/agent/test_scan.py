@@ -11,10 +11,10 @@ import pytest
 from agent.config.types import BusConfig, PointConfig
 from agent.errors import BusError
 from agent.scan import NOTHING_FOUND, scan_bus
+from agent.testkit import run
+from agent.testkit.serial import SerialProxy
 from drivers.modbus.scan import Probe, scan
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
-from tests.conftest import run
-from tests.rig.serial import SerialProxy
 
 TIMEOUT = 0.1  # each silent unit id costs one
 

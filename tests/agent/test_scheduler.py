@@ -17,7 +17,7 @@ from agent.config import BusConfig, DeviceConfig, PointConfig
 from agent.errors import DeviceError
 from agent.model import Poll, Value
 from agent.scheduler import BusPoller, next_slot
-from tests.conftest import run
+from agent.testkit import run
 
 BUS = BusConfig("plc", "modbus-tcp", host="127.0.0.1")
 

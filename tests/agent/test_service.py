@@ -16,11 +16,11 @@ from agent.app import Agent
 from agent.config import DeviceConfig, load_config
 from agent.model import Poll
 from agent.systemd import watchdog_interval
+from agent.testkit import run
+from agent.testkit.broker import Broker
+from agent.testkit.mqtt import Subscriber
+from agent.testkit.systemd import NotifyListener
 from drivers.system import SystemDriver
-from tests.conftest import run
-from tests.rig.broker import Broker
-from tests.rig.mqtt import Subscriber
-from tests.rig.systemd import NotifyListener
 
 SITE = """
 [agent]

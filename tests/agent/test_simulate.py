@@ -8,9 +8,9 @@ from pathlib import Path
 from agent.aio import cancel_and_wait
 from agent.config import load_config
 from agent.simulate import plan, serve
+from agent.testkit import run
+from agent.testkit.net import free_ports
 from drivers.modbus import ModbusDriver
-from tests.conftest import run
-from tests.rig.net import free_ports
 
 TWO_BUSES = """
 [agent]

@@ -31,7 +31,7 @@ from agent.status import (
     query_status,
     status_command,
 )
-from tests.conftest import run
+from agent.testkit import run
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = 1_714_550_400_000  # ms

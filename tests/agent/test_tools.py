@@ -7,9 +7,9 @@ import textwrap
 from pathlib import Path
 
 from agent.config.types import PointConfig
+from agent.testkit import run
+from agent.testkit.process import cli, cli_async
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
-from tests.conftest import run
-from tests.rig.agent import cli, cli_async
 
 POINTS = (
     PointConfig("voltage", table="input", address=0, type="float32", unit="V"),

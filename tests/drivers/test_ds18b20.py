@@ -9,8 +9,8 @@ import pytest
 from agent.config import load_config
 from agent.driver import local_bus
 from agent.errors import ConfigError, DeviceError
+from agent.testkit import run
 from drivers.ds18b20 import Ds18b20Driver
-from tests.conftest import run
 
 GOOD = "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t=23125\n"
 BAD_CRC = "72 01 4b 46 7f ff 0e 10 57 : crc=58 NO\n72 01 4b 46 7f ff 0e 10 57 t=23125\n"

@@ -30,6 +30,9 @@ from agent.config import Config, DeviceConfig, load_config
 from agent.driver import build_driver, load_driver, local_bus
 from agent.errors import BusError, ConfigError, DeviceError
 from agent.scheduler import BusPoller
+from agent.testkit import run
+from agent.testkit.broker import Broker
+from agent.testkit.mqtt import Subscriber
 from drivers.gpio import (
     FACTORY_FIX,
     SAVE_EVERY,
@@ -38,9 +41,6 @@ from drivers.gpio import (
     GpioOutputDriver,
     pin_spec,
 )
-from tests.conftest import run
-from tests.rig.broker import Broker
-from tests.rig.mqtt import Subscriber
 
 HEAD = """
 [agent]

@@ -9,9 +9,9 @@ from agent.aio import cancel_and_wait
 from agent.config import BusConfig, DeviceConfig, PointConfig
 from agent.model import Value
 from agent.scheduler import BusPoller
+from agent.testkit import run
 from drivers.modbus import ModbusDriver
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
-from tests.conftest import run
 
 POINTS = (PointConfig("level", "holding", 0, "uint16"),)
 INTERVAL = 0.2

@@ -7,10 +7,10 @@ import logging
 import pytest
 
 from agent.config import BusConfig, DeviceConfig, PointConfig
+from agent.testkit import run
 from drivers.modbus import ModbusDriver
 from drivers.modbus.plan import DevicePlan, plan_requests
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
-from tests.conftest import run
 
 A = PointConfig("a", "holding", 0, "uint16")
 B = PointConfig("b", "holding", 5, "float32")

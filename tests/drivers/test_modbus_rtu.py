@@ -1,7 +1,7 @@
 """ModbusDriver on RTU lines: real pymodbus slaves on pseudo-terminals and RTU over TCP.
 
 The faults of a real RS-485 line (bad CRC, a cut-off frame, a slave answering for another unit, a
-lost answer, an unplugged adapter) come from ``tests.rig.serial.SerialProxy``, which sits between
+lost answer, an unplugged adapter) come from ``agent.testkit.serial.SerialProxy``, which sits between
 the agent's port and the slaves' port.
 """
 
@@ -27,11 +27,11 @@ from agent.errors import BusError, DeviceError
 from agent.model import Poll, Value
 from agent.scheduler import BusPoller
 from agent.simulate import serve
+from agent.testkit import run
+from agent.testkit.serial import Fault, SerialProxy, pty_pair
 from drivers.modbus import ModbusDriver
 from drivers.modbus.driver import port_problem_message, rtu_crc_ok
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
-from tests.conftest import run
-from tests.rig.serial import Fault, SerialProxy, pty_pair
 
 TIMEOUT = 0.3  # the bus timeout: short, since fault tests wait for it once each
 

@@ -17,6 +17,7 @@ from pymodbus.exceptions import ModbusIOException
 from pymodbus.framer import FramerType
 
 from agent.config.types import DeviceConfig, PointConfig, PointType
+from agent.testkit.serial import pty_pair
 from drivers.modbus.codec import decode
 from drivers.modbus.driver import rtu_crc_ok
 from drivers.modbus.simulator import (
@@ -26,7 +27,6 @@ from drivers.modbus.simulator import (
     animate_slave,
     slaves_for_bus,
 )
-from tests.rig.serial import pty_pair
 
 POINTS = (
     PointConfig("voltage", "input", 0, "float32", min=220.0, max=240.0),

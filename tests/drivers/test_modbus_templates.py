@@ -16,12 +16,12 @@ import pytest
 from agent.config import BusConfig, DeviceConfig, PointConfig, TemplateConfig, load_config
 from agent.config.loader import BUILTIN_TEMPLATES, builtin_templates
 from agent.model import Poll, Value
+from agent.testkit import run
+from agent.testkit.process import cli
 from drivers.modbus import ModbusDriver
 from drivers.modbus.codec import int_range
 from drivers.modbus.plan import plan_requests
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
-from tests.conftest import run
-from tests.rig.agent import cli
 
 TEMPLATES: dict[str, TemplateConfig] = {t.name: t for t in builtin_templates()}
 NAMES = sorted(TEMPLATES)

@@ -23,12 +23,12 @@ from agent.config import load_config
 from agent.config.types import BusConfig, DeviceConfig, PointConfig
 from agent.errors import BusError, ConfigError, DeviceError
 from agent.model import Value
+from agent.testkit import run
+from agent.testkit.serial import SerialProxy
 from drivers.modbus import ModbusDriver
 from drivers.modbus.codec import decode, encode
 from drivers.modbus.driver import encode_write, plan_write, rtu_crc_ok
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave, _SlaveContext
-from tests.conftest import run
-from tests.rig.serial import SerialProxy
 
 TIMEOUT = 0.3  # the bus timeout: short, since a few tests wait for it once
 

@@ -17,13 +17,13 @@ from agent.config.types import BusConfig, DeviceConfig, PointConfig
 from agent.errors import ConfigError, DeviceError
 from agent.scan import NO_SENSOR, scan_sdi12_bus
 from agent.scheduler import BusPoller
+from agent.testkit import run
+from agent.testkit.process import cli_async
 from agent.tools import plan_lines
 from drivers.modbus.simulator import PtyLink
 from drivers.sdi12 import Sdi12Driver
 from drivers.sdi12 import protocol as p
 from drivers.sdi12.emulator import Sdi12Bus, SimulatedSensor
-from tests.conftest import run
-from tests.rig.agent import cli_async
 
 # --- the protocol
 

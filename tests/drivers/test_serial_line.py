@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-import tty
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,38 +12,10 @@ import pytest
 from agent.config import load_config
 from agent.config.types import BusConfig, DeviceConfig, PointConfig
 from agent.errors import BusError, ConfigError, DeviceError
+from agent.testkit import run
+from agent.testkit.sensor import SerialSensor
 from drivers.modbus.simulator import PtyLink
 from drivers.serial_line import SerialLineDriver, decode_escapes
-from tests.conftest import run
-
-
-class Sensor:
-    """The far end of the cable: answers each command with its next scripted reply."""
-
-    def __init__(self, path: str, command: bytes = b"", replies: Sequence[bytes] = ()) -> None:
-        self.command = command
-        self.replies = list(replies)
-        self.heard = bytearray()
-        self.asked = asyncio.Event()  # set at each command heard
-        self.fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        tty.setraw(self.fd)
-        self.loop = asyncio.get_running_loop()
-        self.loop.add_reader(self.fd, self._readable)
-
-    def print(self, data: bytes) -> None:
-        os.write(self.fd, data)
-
-    def close(self) -> None:
-        self.loop.remove_reader(self.fd)
-        os.close(self.fd)
-
-    def _readable(self) -> None:
-        self.heard += os.read(self.fd, 4096)
-        while self.command and self.command in self.heard:
-            del self.heard[: self.heard.index(self.command) + len(self.command)]
-            self.asked.set()
-            if self.replies:
-                self.print(self.replies.pop(0))
 
 
 def bus_at(path: str, **overrides: Any) -> BusConfig:
@@ -79,16 +48,13 @@ def test_escapes_are_decoded() -> None:
 
 def test_a_regex_answer_is_parsed_and_scaled() -> None:
     async def body() -> None:
-        async with PtyLink() as link:
-            agent, far = link.paths
-            sensor = Sensor(far, b"R\r", [b"T=215 H=40\r\nT=0 H=0\r\n", b"T=-10 H=41\r\n"])
-            try:
-                assert SerialLineDriver.validate(bus_at(agent), [WEATHER]) == []
-                async with SerialLineDriver(bus_at(agent)) as driver:
-                    first = await driver.read(WEATHER)
-                    second = await driver.read(WEATHER)
-            finally:
-                sensor.close()
+        async with SerialSensor(terminator="") as sensor:
+            agent = sensor.path
+            sensor.answer(b"R\r", [b"T=215 H=40\r\nT=0 H=0\r\n", b"T=-10 H=41\r\n"])
+            assert SerialLineDriver.validate(bus_at(agent), [WEATHER]) == []
+            async with SerialLineDriver(bus_at(agent)) as driver:
+                first = await driver.read(WEATHER)
+                second = await driver.read(WEATHER)
         assert first.values == {"temperature": pytest.approx(20.5), "h": 40}
         assert first.errors == ()
         # the unasked-for second line of the first answer was not taken for the second's
@@ -108,15 +74,12 @@ def test_delimited_fields() -> None:
     )
 
     async def body() -> None:
-        async with PtyLink() as link:
-            agent, far = link.paths
-            sensor = Sensor(far, b"?\n", [b"L1, 3.25 ,ok,OFF,x7\n"])
-            try:
-                assert SerialLineDriver.validate(bus_at(agent), [meter]) == []
-                async with SerialLineDriver(bus_at(agent)) as driver:
-                    poll = await driver.read(meter)
-            finally:
-                sensor.close()
+        async with SerialSensor(terminator="") as sensor:
+            agent = sensor.path
+            sensor.answer(b"?\n", [b"L1, 3.25 ,ok,OFF,x7\n"])
+            assert SerialLineDriver.validate(bus_at(agent), [meter]) == []
+            async with SerialLineDriver(bus_at(agent)) as driver:
+                poll = await driver.read(meter)
         # a field of the wrong kind is an error for that point only
         assert poll.values == {"level": 6.5, "state": "ok", "alarm": False}
         assert len(poll.errors) == 1
@@ -128,18 +91,15 @@ def test_delimited_fields() -> None:
 
 def test_a_garbage_line_is_counted_and_reported_and_the_next_poll_is_fine() -> None:
     async def body() -> None:
-        async with PtyLink() as link:
-            agent, far = link.paths
+        async with SerialSensor(terminator="") as sensor:
+            agent = sensor.path
             replies = [b"T=215 H=40\r\n", b"\x00#?garbage\r\n", b"T=220 H=42\r\n"]
-            sensor = Sensor(far, b"R\r", replies)
-            try:
-                async with SerialLineDriver(bus_at(agent)) as driver:
-                    assert (await driver.read(WEATHER)).values["h"] == 40
-                    with pytest.raises(DeviceError) as failed:
-                        await driver.read(WEATHER)
-                    assert (await driver.read(WEATHER)).values["h"] == 42
-            finally:
-                sensor.close()
+            sensor.answer(b"R\r", replies)
+            async with SerialLineDriver(bus_at(agent)) as driver:
+                assert (await driver.read(WEATHER)).values["h"] == 40
+                with pytest.raises(DeviceError) as failed:
+                    await driver.read(WEATHER)
+                assert (await driver.read(WEATHER)).values["h"] == 42
         message = str(failed.value)
         assert "malformed line (1 so far)" in message
         assert "'\\x00#?garbage'" in message
@@ -157,14 +117,11 @@ def test_a_missing_group_is_an_error_for_its_point_only() -> None:
     )
 
     async def body() -> None:
-        async with PtyLink() as link:
-            agent, far = link.paths
-            sensor = Sensor(far, b"R\r", [b"T=1.5\n"])
-            try:
-                async with SerialLineDriver(bus_at(agent)) as driver:
-                    poll = await driver.read(optional)
-            finally:
-                sensor.close()
+        async with SerialSensor(terminator="") as sensor:
+            agent = sensor.path
+            sensor.answer(b"R\r", [b"T=1.5\n"])
+            async with SerialLineDriver(bus_at(agent)) as driver:
+                poll = await driver.read(optional)
         assert poll.values == {"t": 1.5}
         assert poll.errors == ("device wx: h: no group h in 'T=1.5'",)
 
@@ -175,9 +132,8 @@ def test_without_a_command_the_next_printed_line_is_read() -> None:
     streaming = device({"pattern": r"^(?P<v>\d+)$", "line_timeout": 2.0}, point("v", type="int"))
 
     async def body() -> None:
-        async with PtyLink() as link:
-            agent, far = link.paths
-            sensor = Sensor(far)
+        async with SerialSensor(terminator="") as sensor:
+            agent = sensor.path
 
             async def printing() -> None:
                 # The sensor's own period, not a synchronisation: it prints whether read or not.
@@ -192,7 +148,6 @@ def test_without_a_command_the_next_printed_line_is_read() -> None:
                     second = (await driver.read(streaming)).values["v"]
             finally:
                 printer.cancel()
-                sensor.close()
         assert isinstance(first, int)
         assert isinstance(second, int)
         assert 3 <= first < second
@@ -204,40 +159,34 @@ def test_no_answer_is_a_device_error_within_the_timeout() -> None:
     silent = device({"command": "R\\r", "pattern": "(?P<t>.+)", "line_timeout": 0.2}, point("t"))
 
     async def body() -> None:
-        async with PtyLink() as link:
-            agent, far = link.paths
-            sensor = Sensor(far, b"R\r")
-            try:
-                async with SerialLineDriver(bus_at(agent)) as driver:
-                    started = time.monotonic()
-                    with pytest.raises(DeviceError, match=r"no line to 'R\\\\r' within 0.2s"):
-                        await driver.read(silent)
-                    elapsed = time.monotonic() - started
-            finally:
-                sensor.close()
+        async with SerialSensor(terminator="") as sensor:
+            agent = sensor.path
+            sensor.answer(b"R\r", lambda _: None)  # heard, not answered
+            async with SerialLineDriver(bus_at(agent)) as driver:
+                started = time.monotonic()
+                with pytest.raises(DeviceError, match=r"no line to 'R\\\\r' within 0.2s"):
+                    await driver.read(silent)
+                elapsed = time.monotonic() - started
         assert 0.2 <= elapsed < 1.0
         assert driver.counters["wx"]["timeouts"] == 1
-        assert sensor.heard == b""  # the command was sent (and consumed by the sensor)
+        assert sensor.commands == 1  # the command was sent (and heard by the sensor)
 
     run(body(), 10)
 
 
 def test_a_cancelled_read_stops_at_once_and_leaves_the_port_usable() -> None:
     async def body() -> None:
-        async with PtyLink() as link:
-            agent, far = link.paths
-            sensor = Sensor(far, b"R\r", [])
-            try:
-                async with SerialLineDriver(bus_at(agent, timeout=30.0)) as driver:
-                    reading = asyncio.create_task(driver.read(WEATHER))
-                    await sensor.asked.wait()  # the poll is waiting for its answer
-                    reading.cancel()
-                    with pytest.raises(asyncio.CancelledError):
-                        await reading
-                    sensor.replies.append(b"T=1 H=2\r\n")
-                    assert (await driver.read(WEATHER)).values["h"] == 2
-            finally:
-                sensor.close()
+        async with SerialSensor(terminator="") as sensor:
+            agent = sensor.path
+            sensor.answer(b"R\r", lambda _: None)  # heard, not answered
+            async with SerialLineDriver(bus_at(agent, timeout=30.0)) as driver:
+                reading = asyncio.create_task(driver.read(WEATHER))
+                await sensor.asked.wait()  # the poll is waiting for its answer
+                reading.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await reading
+                sensor.answer(b"R\r", b"T=1 H=2\r\n")
+                assert (await driver.read(WEATHER)).values["h"] == 2
 
     run(body(), 10)
 

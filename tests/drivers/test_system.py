@@ -12,11 +12,11 @@ from agent.app import Agent
 from agent.config import load_config
 from agent.driver import local_bus
 from agent.errors import ConfigError
+from agent.testkit import run
+from agent.testkit.broker import Broker
+from agent.testkit.mqtt import Subscriber
 from agent.tools import plan_lines
 from drivers.system import SystemDriver
-from tests.conftest import run
-from tests.rig.broker import Broker
-from tests.rig.mqtt import Subscriber
 
 CONFIG = """
 [agent]

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -52,9 +53,11 @@ async def cli_async(*args: str, timeout: float = 60) -> tuple[int, str, str]:
 class AgentProcess:
     """``edge-agent run -c CONFIG`` in the background; stopped by its PID."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, env: Mapping[str, str] | None = None) -> None:
         self.config = config
         self.log = config.with_suffix(".log")
+        self.env = dict(env or {})
+        self.returncode: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._notify: socket.socket | None = None
 
@@ -69,20 +72,38 @@ class AgentProcess:
                 [sys.executable, "-m", "agent", "run", "-c", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": address},
+                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": address},
             )
 
     def wait_notified(self, state: str = "READY=1", timeout: float = 20) -> None:
-        """Block until the agent sends ``state`` to its notify socket."""
+        """Block until the agent sends ``state`` to its notify socket; ``TimeoutError`` (with
+        its output) when it does not in ``timeout`` seconds, or exits first."""
         assert self._notify is not None, "agent not started"
-        self._notify.settimeout(timeout)
-        try:
-            while state not in self._notify.recv(4096).decode().split("\n"):
-                pass
-        except TimeoutError:
-            raise TimeoutError(
-                f"agent did not notify {state} in {timeout}s:\n{self.output()}"
-            ) from None
+        deadline = time.monotonic() + timeout
+        while True:
+            # in short steps, so that an agent that exits is not waited for until the deadline
+            self._notify.settimeout(max(0.01, min(0.25, deadline - time.monotonic())))
+            try:
+                if state in self._notify.recv(4096).decode().split("\n"):
+                    return
+            except TimeoutError:
+                code = self.poll()
+                if code is not None:
+                    raise TimeoutError(
+                        f"agent exited with {code} before notifying {state}:\n{self.output()}"
+                    ) from None
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"agent did not notify {state} in {timeout}s:\n{self.output()}"
+                    ) from None
+
+    def poll(self) -> int | None:
+        """The exit code if it has exited (or was never started: None), else None."""
+        return self._process.poll() if self._process is not None else self.returncode
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
 
     def signal(self, sig: signal.Signals) -> None:
         assert self._process is not None, "agent not started"
@@ -98,6 +119,7 @@ class AgentProcess:
             self._process.wait(timeout=timeout)
             raise
         self._process = None
+        self.returncode = code
         if self._notify is not None:
             address = Path(self._notify.getsockname())
             self._notify.close()

@@ -1,0 +1,242 @@
+"""Simulated Modbus buses for tests: ``drivers.modbus.simulator`` (the simulator behind
+``edge-agent simulate``) served on the kit's loop, with slaves built from a built-in template, a
+list of points, or the devices of a site configuration, and faults to inject.
+
+Over TCP (``kind="tcp"``: Modbus TCP; ``"rtu-over-tcp"``: RTU frames over TCP) a slave can be
+dead, slow or answer with an exception code. Over RTU (``kind="rtu"``) the slaves sit behind a
+``SerialProxy`` on a pseudo-terminal pair, which can also spoil answers on the wire: a corrupt
+CRC, a truncated frame, a frame from the wrong unit id, a lost answer (``ModbusBus.corrupt``).
+Modbus TCP has no CRC, and its unit id is echoed by the server: those faults are RTU-only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Literal
+
+from agent.config import load_config
+from agent.config.loader import builtin_templates
+from agent.config.types import PointConfig
+from agent.model import Value
+from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave, slaves_for_bus
+
+from .aio import KitLoop
+from .serial import Fault, SerialProxy
+
+BusKind = Literal["tcp", "rtu", "rtu-over-tcp"]
+
+
+def template_points(name: str) -> tuple[PointConfig, ...]:
+    """The points of the built-in template ``name`` (``edge-agent templates`` lists them)."""
+    templates = {t.name: t for t in builtin_templates()}
+    try:
+        return templates[name].points
+    except KeyError:
+        known = ", ".join(sorted(templates))
+        raise KeyError(f"no built-in template {name!r}; there are: {known}") from None
+
+
+class SimSlave:
+    """One simulated slave (unit id) on a ``ModbusBus``; its attributes may be set from the test.
+
+    ``set(point, value)`` makes polls of the point read ``value`` (encoded as the point says:
+    type, byte order, scale); ``get(point)`` is what a poll reads now. Faults: ``dead = True``
+    (no answer at all: the agent times out), ``slow_ms = N`` (answers N ms late),
+    ``exception = CODE`` (every request answered with that Modbus exception; ``None`` to stop).
+    ``requests`` counts the requests it answered.
+    """
+
+    def __init__(self, bus: ModbusBus, slave: SimulatedSlave) -> None:
+        self.bus = bus
+        self.simulated = slave
+
+    def __repr__(self) -> str:
+        return f"SimSlave(unit={self.unit}, bus={self.bus.address!r})"
+
+    @property
+    def unit(self) -> int:
+        return self.simulated.unit
+
+    @property
+    def points(self) -> Mapping[str, PointConfig]:
+        return self.simulated.points
+
+    def set(self, point: str, value: Value) -> None:
+        """Written on the bus's loop, so that no poll reads a value half written; ``ValueError``
+        if ``value`` does not fit the point."""
+        self.bus.run_soon(self.simulated.set_value, point, value)
+
+    def get(self, point: str) -> Value:
+        return self.simulated.value(point)
+
+    @property
+    def dead(self) -> bool:
+        return self.simulated.dead
+
+    @dead.setter
+    def dead(self, dead: bool) -> None:
+        self.simulated.dead = dead
+
+    @property
+    def slow_ms(self) -> float:
+        return self.simulated.slow * 1000
+
+    @slow_ms.setter
+    def slow_ms(self, delay: float) -> None:
+        self.simulated.slow = delay / 1000
+
+    @property
+    def exception(self) -> int | None:
+        return self.simulated.exception
+
+    @exception.setter
+    def exception(self, code: int | None) -> None:
+        self.simulated.exception = code
+
+    @property
+    def requests(self) -> int:
+        return self.simulated.requests
+
+
+class ModbusBus:
+    """Simulated slaves on one bus, served while the bus is started (the fixtures start it).
+
+    ``address`` is what the agent's ``[[bus]]`` points at: a pseudo-terminal path for ``rtu``
+    (its ``port``), ``HOST:PORT`` for the TCP kinds. Slaves may be added before or after the start.
+    """
+
+    def __init__(
+        self, kit: KitLoop, directory: Path, kind: BusKind = "tcp", name: str = "ttyRS485"
+    ) -> None:
+        if kind not in ("tcp", "rtu", "rtu-over-tcp"):
+            raise ValueError(f"kind must be tcp, rtu or rtu-over-tcp, not {kind!r}")
+        self.kit = kit
+        self.kind = kind
+        self.directory = directory
+        self.name = name
+        self.simulator = ModbusSimulator([], rtu=kind != "tcp")
+        self.proxy: SerialProxy | None = None
+        self.slaves: dict[int, SimSlave] = {}
+        self._stack: AsyncExitStack | None = None
+
+    def __repr__(self) -> str:
+        return f"ModbusBus({self.kind}, {self.address!r}, units={sorted(self.slaves)})"
+
+    @property
+    def address(self) -> str:
+        """The RTU port's path (a link in the test's directory), or ``HOST:PORT``."""
+        if self._stack is None:
+            raise RuntimeError("the bus is not started")
+        if self.proxy is not None:
+            return str(self.proxy.agent_path)
+        return f"{self.simulator.host}:{self.simulator.port}"
+
+    @property
+    def host(self) -> str:
+        return self.simulator.host
+
+    @property
+    def port(self) -> int:
+        """The TCP port (TCP kinds only)."""
+        if self.proxy is not None:
+            raise AttributeError("an RTU bus has no TCP port: use .address (the serial port path)")
+        return self.simulator.port
+
+    def add(
+        self,
+        unit: int = 1,
+        template: str | None = None,
+        points: Sequence[PointConfig] = (),
+    ) -> SimSlave:
+        """A slave with unit id ``unit`` answering for the points of the built-in ``template``
+        and/or ``points``. Its values start at zero (an empty string for strings)."""
+        chosen = (*(template_points(template) if template else ()), *points)
+        if not chosen:
+            raise ValueError("a slave needs a template or points")
+        return self._attach(SimulatedSlave(unit, chosen))
+
+    def add_devices(
+        self, config: Path | str, bus: str, environ: Mapping[str, str] | None = None
+    ) -> dict[str, SimSlave]:
+        """A slave for each device of bus ``bus`` in the site configuration ``config`` (a file),
+        with its unit id and points (templates resolved), as ``edge-agent simulate`` serves them:
+        ``{device name: slave}``. Values start as the simulator's animation has them at t=0."""
+        loaded, _ = load_config(Path(config), {**os.environ, **(environ or {})})
+        devices = loaded.devices_on(bus)
+        if not devices:
+            buses = ", ".join(b.name for b in loaded.buses)
+            raise KeyError(f"{config}: no device on a bus {bus!r} (buses: {buses})")
+        slaves = slaves_for_bus(devices)
+        return {d.name: self._attach(s) for d, s in zip(devices, slaves, strict=True)}
+
+    def _attach(self, slave: SimulatedSlave) -> SimSlave:
+        if slave.unit in self.simulator.slaves:
+            raise ValueError(f"the bus has a slave with unit id {slave.unit} already")
+        # The server looks slaves up in this very dict: one added while serving answers at once.
+        self.simulator.slaves[slave.unit] = slave
+        handle = self.slaves[slave.unit] = SimSlave(self, slave)
+        return handle
+
+    def run_soon(self, function: Callable[..., object], *args: object) -> None:
+        """``function(*args)`` on the loop the bus is served on, waited for."""
+        if self._stack is None:
+            function(*args)  # not serving: nobody reads meanwhile
+        else:
+            self.kit.call(_call(function, *args))
+
+    def slave(self, unit: int) -> SimSlave:
+        return self.slaves[unit]
+
+    def corrupt(self, fault: Fault, count: int = 1) -> None:
+        """Spoil the next ``count`` answers on the wire (RTU only): ``"crc"`` (a bad CRC),
+        ``"unit"`` (from the next unit id, good CRC), ``"truncate"``, ``"drop"`` (lost)."""
+        if self.proxy is None:
+            raise NotImplementedError(
+                f"{fault!r} faults are spoilt RTU frames: use a bus of kind 'rtu' "
+                "(Modbus TCP has no CRC, and the server echoes the unit id)"
+            )
+        self.run_soon(self.proxy.corrupt, fault, count)
+
+    @property
+    def faults_pending(self) -> int:
+        return self.proxy.faults_pending if self.proxy is not None else 0
+
+    def unplug(self) -> None:
+        """RTU: the adapter goes (the agent's open port fails, its path disappears)."""
+        if self.proxy is None:
+            raise NotImplementedError("only an RTU bus has an adapter to unplug")
+        self.kit.call(_call(self.proxy.unplug))
+
+    def replug(self) -> None:
+        if self.proxy is None:
+            raise NotImplementedError("only an RTU bus has an adapter to replug")
+        self.kit.call(_call(self.proxy.replug))
+
+    def start(self) -> ModbusBus:
+        if self._stack is None:
+            self.kit.call(self._start())
+        return self
+
+    def stop(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            self.kit.call(stack.aclose())
+
+    async def _start(self) -> None:
+        stack = AsyncExitStack()
+        try:
+            if self.kind == "rtu":
+                self.proxy = await stack.enter_async_context(SerialProxy(self.directory, self.name))
+                self.simulator.serial_port = self.proxy.device_path
+            await stack.enter_async_context(self.simulator)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+
+
+async def _call(function: Callable[..., object], *args: object) -> None:
+    function(*args)

@@ -1,1 +1,0 @@
-"""The rigs the tests run edge-agent against: a real Mosquitto, real Modbus slaves, the real CLI."""

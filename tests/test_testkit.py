@@ -1,0 +1,265 @@
+"""The test kit (``agent.testkit``) as users get it: its pytest plugin's fixtures from plain tests,
+the faults they inject, and the promises around it (no pytest in ``agent``, one simulator)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from agent.config.types import PointConfig
+from agent.testkit import run, toml
+from agent.testkit.broker import Broker
+from agent.testkit.modbus import ModbusBus, SimSlave, template_points
+from agent.testkit.runner import AgentRunner, site_config
+from agent.testkit.sensor import SerialSensor
+from agent.testkit.telemetry import Telemetry
+from drivers.modbus.simulator import ModbusSimulator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+LEVEL = PointConfig("level", "holding", 0, "uint16")
+
+HEAD = """
+[agent]
+id = "kit"
+[mqtt]
+topic_prefix = "t"
+batch_interval = "100ms"
+"""
+TANK = """
+[[bus]]
+name = "plc"
+type = "modbus-tcp"
+host = "192.0.2.1"
+timeout = "300ms"
+[[device]]
+name = "tank"
+bus = "plc"
+unit = 4
+interval = "200ms"
+  [[device.point]]
+  name = "level"
+  table = "holding"
+  address = 0
+"""
+WX = """
+[[bus]]
+name = "line"
+type = "serial"
+port = "/dev/ttyUSB9"
+timeout = "300ms"
+[[device]]
+name = "wx"
+bus = "line"
+driver = "serial-line"
+interval = "200ms"
+command = '?\\r'
+delimiter = ","
+  [[device.point]]
+  name = "wind"
+  field = 1
+"""
+SITE = HEAD + TANK + WX
+
+
+def test_importing_agent_or_the_plugin_imports_neither_pytest_nor_the_rig() -> None:
+    code = (
+        "import sys, agent, agent.cli, agent.testkit\n"
+        "assert 'pytest' not in sys.modules, 'agent imports pytest'\n"
+        "import agent.testkit.plugin\n"
+        "heavy = {'aiomqtt', 'pymodbus', 'agent.testkit.broker'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_plugin_is_registered_through_its_entry_point() -> None:
+    from importlib.metadata import entry_points
+
+    plugins = {e.name: e.value for e in entry_points(group="pytest11")}
+    assert plugins.get("edge_agent") == "agent.testkit.plugin"
+
+
+def test_the_kit_serves_with_the_simulator_of_edge_agent_simulate(
+    modbus_bus: Callable[..., ModbusBus],
+) -> None:
+    bus = modbus_bus("tcp")
+    assert isinstance(bus.simulator, ModbusSimulator)
+
+
+def test_a_tcp_slave_from_a_template_answers_what_the_test_set(
+    modbus_slave: Callable[..., SimSlave],
+) -> None:
+    meter = modbus_slave(template="eastron-sdm120", unit=7)
+    assert set(meter.points) == {p.name for p in template_points("eastron-sdm120")}
+    meter.set("voltage", 229.5)
+    assert meter.get("voltage") == 229.5
+
+    async def body() -> None:
+        async with AsyncModbusTcpClient(meter.bus.host, port=meter.bus.port, timeout=0.3) as c:
+            answer = await c.read_input_registers(0, count=2, device_id=7)
+            assert answer.registers == [0x4365, 0x8000]  # 229.5 as a big-endian float32
+            meter.exception = 4
+            failed = await c.read_input_registers(0, count=2, device_id=7)
+            assert failed.isError() and failed.exception_code == 4
+            meter.exception = None
+            meter.slow_ms = 150
+            started = time.monotonic()
+            await c.read_input_registers(0, count=2, device_id=7)
+            assert time.monotonic() - started >= 0.14
+            meter.slow_ms = 0
+            meter.dead = True
+            with pytest.raises(ModbusException):
+                await c.read_input_registers(0, count=2, device_id=7)
+
+    run(body(), timeout=30)
+    assert meter.requests == 3  # the dead one was not answered
+    with pytest.raises(NotImplementedError, match="RTU"):
+        meter.bus.corrupt("crc")
+
+
+def test_a_slave_from_points_and_a_missing_template_is_named() -> None:
+    with pytest.raises(KeyError, match="no built-in template 'nope'; there are: apogee"):
+        template_points("nope")
+
+
+def test_an_rtu_bus_spoils_answers_and_the_agent_counts_them(
+    modbus_bus: Callable[..., ModbusBus], edge_agent: AgentRunner
+) -> None:
+    bus = modbus_bus("rtu")
+    tank = bus.add(4, points=[LEVEL])
+    tank.set("level", 42)
+    site = HEAD + TANK.replace('type = "modbus-tcp"\nhost = "192.0.2.1"', 'type = "modbus-rtu"')
+    edge_agent.start(site, buses={"plc": bus})
+    edge_agent.wait_sample("tank", "level", 42)
+    bus.corrupt("crc", 2)
+    bus.corrupt("unit", 1)
+    edge_agent.telemetry.wait_for(lambda _: bus.faults_pending == 0, timeout=10)
+    tank.set("level", 43)
+    edge_agent.wait_sample("tank", "level", 43)  # it answers well again
+    faults = edge_agent.status()["devices"]["tank"]
+    assert faults["errors"] >= 2 and faults["state"] == "ok", faults
+
+
+def test_a_serial_sensor_answers_commands_and_prints_on_a_schedule(
+    serial_sensor: Callable[..., SerialSensor],
+) -> None:
+    sensor = serial_sensor(terminator="\n")
+    sensor.answer("?\r", ["first", "second"])
+    sensor.answer("N\r", lambda command: None)  # heard, not answered
+
+    async def body() -> list[bytes]:
+        import serial  # type: ignore[import-untyped]
+
+        port = serial.Serial(str(sensor.path), timeout=2)
+        try:
+            lines = []
+            for _ in range(3):
+                port.write(b"?\r")
+                lines.append(port.readline())
+            port.write(b"N\r")
+            sensor.every(0.05, "tick", "tock")
+            lines += [port.readline(), port.readline()]
+            return lines
+        finally:
+            port.close()
+
+    assert run(body()) == [b"first\n", b"second\n", b"second\n", b"tick\n", b"tock\n"]
+    assert sensor.commands == 4
+
+
+def test_the_agent_runner_points_buses_and_runs_the_agent(
+    modbus_slave: Callable[..., SimSlave],
+    serial_sensor: Callable[..., SerialSensor],
+    edge_agent: AgentRunner,
+    mosquitto: Broker,
+) -> None:
+    tank = modbus_slave(points=[LEVEL], unit=4)
+    tank.set("level", 7)
+    wx = serial_sensor()
+    wx.answer("?\r", "W,3.5,N")
+    edge_agent.start(SITE, buses={"plc": tank.bus, "line": wx})
+    written = tomllib.loads(edge_agent.config_path.read_text())
+    assert written["bus"][0]["host"] == "127.0.0.1" and written["bus"][0]["port"] == tank.bus.port
+    assert written["bus"][1]["port"] == str(wx.path)
+    assert written["mqtt"]["url"] == mosquitto.url
+    assert written["agent"]["data_dir"] == str(edge_agent.data_dir)
+
+    assert edge_agent.wait_sample("wx", "wind", 3.5)["device"] == "wx"
+    edge_agent.wait_sample("tank", "level", 7)
+    assert edge_agent.status()["devices"]["tank"]["state"] == "ok"
+    edge_agent.wait_log("running: 2 device")
+
+    edge_agent.hup()
+    edge_agent.wait_log("reload")
+    assert edge_agent.running
+    assert edge_agent.kill() == -9
+    assert not edge_agent.running
+    edge_agent.start(SITE, buses={"plc": tank.bus, "line": wx})  # the same data dir again
+    tank.set("level", 8)
+    edge_agent.wait_sample("tank", "level", 8)
+    assert edge_agent.term() == 0
+    ids = [s["id"] for s in edge_agent.samples("tank")]
+    assert ids == sorted(ids)
+
+
+def test_a_failed_start_says_why(edge_agent: AgentRunner) -> None:
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        edge_agent.start('[agent]\nid = "x"\nbogus = 1\n', timeout=15)
+
+
+def test_telemetry_rides_through_a_broker_restart(
+    telemetry: Telemetry,
+    mosquitto: Broker,
+    modbus_slave: Callable[..., SimSlave],
+    edge_agent: AgentRunner,
+) -> None:
+    tank = modbus_slave(points=[LEVEL], unit=4)
+    edge_agent.start(HEAD + TANK, buses={"plc": tank.bus})
+    telemetry.wait_samples(2, device="tank")
+    mosquitto.restart()
+    count = len(telemetry.samples())
+    telemetry.wait_samples(count + 3, timeout=30)
+    assert telemetry.connections >= 2
+
+
+def test_site_config_from_a_dict_writes_toml_that_reads_back() -> None:
+    data = tomllib.loads(SITE)
+    data["device"][0]["point"][0]["not_available"] = [0xFFFF, float("nan")]
+    data["agent"]["include"] = ["extra/*.toml"]
+    data["mqtt"]["topic_prefix"] = 'quote " and \\ and é'
+    back = tomllib.loads(toml.dumps(data))
+    nan = back["device"][0]["point"][0]["not_available"].pop()
+    assert math.isnan(nan)
+    data["device"][0]["point"][0]["not_available"].pop()
+    assert back == data
+
+    changed = site_config(
+        data,
+        buses={"plc": "127.0.0.1:1502", "line": Path("/dev/pts/9")},
+        mqtt_url="mqtt://127.0.0.1:1",
+        overrides={"mqtt": {"health_interval": "1s"}, "buffer": {"max_size": "1MB"}},
+    )
+    assert changed["bus"][0] | {} == {**data["bus"][0], "host": "127.0.0.1", "port": 1502}
+    assert changed["bus"][1]["port"] == "/dev/pts/9"
+    assert changed["mqtt"]["health_interval"] == "1s" and changed["mqtt"]["topic_prefix"]
+    assert changed["buffer"] == {"max_size": "1MB"}
+    assert data["bus"][1]["port"] == "/dev/ttyUSB9"  # the caller's dict is left alone
+    with pytest.raises(KeyError, match=r"no bus 'rs485' \(buses: plc, line\)"):
+        site_config(data, buses={"rs485": "/dev/pts/1"})
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        site_config(data, buses={"plc": "/dev/pts/1"})
