@@ -20,6 +20,9 @@ def notify(state: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            # Never wait: a listener that stopped reading (a test rig, a wedged manager) fills
+            # its queue, and a blocking send would stop the whole event loop with it.
+            sock.setblocking(False)
             sock.sendto(state.encode(), address)
     except OSError as exc:
         log.debug("sd_notify %s failed: %s", state, exc)

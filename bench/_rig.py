@@ -1,6 +1,7 @@
 """What the store-and-forward benchmarks share: a broker, configurations, samples, /proc figures.
 
-The broker is the tests' own (``tests.rig.broker``): run the benchmarks from the repository root.
+The broker is the test kit's (``agent.testkit``, through ``bench._kit``): run the
+benchmarks from the repository root.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from agent.aio import cancel_and_wait
 from agent.buffer import Buffer
 from agent.config import AgentSection, BufferSection, Config, MqttSection
 from agent.model import Sample, Value
+from agent.testkit.broker import Broker
+from agent.testkit.process import AgentProcess
 from agent.uplink import Uplink
-from tests.rig.agent import AgentProcess
-from tests.rig.broker import Broker
 
 READINGS_PER_SAMPLE = 20
 #: Point names and values of every benchmark sample. Multiples of 0.25 survive float32 unchanged,

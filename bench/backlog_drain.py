@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.rig.broker import Broker
+from agent.testkit.broker import Broker
 
 from ._rig import (
     READINGS_PER_SAMPLE,

@@ -32,11 +32,11 @@ from pathlib import Path
 
 from agent.aio import cancel_and_wait
 from agent.config import PointConfig
+from agent.testkit.broker import Broker
+from agent.testkit.mqtt import Subscriber
+from agent.testkit.process import AgentProcess
 from agent.uplink import Uplink
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
-from tests.rig.agent import AgentProcess
-from tests.rig.broker import Broker
-from tests.rig.mqtt import Subscriber
 
 from ._rig import (
     READINGS_PER_SAMPLE,

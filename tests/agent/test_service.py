@@ -15,7 +15,7 @@ from agent.aio import cancel_and_wait
 from agent.app import Agent
 from agent.config import DeviceConfig, load_config
 from agent.model import Poll
-from agent.systemd import watchdog_interval
+from agent.systemd import notify, watchdog_interval
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
@@ -216,3 +216,15 @@ def test_settings_that_need_a_restart_are_said_and_kept(
         "reload: [mqtt] changed: that takes a restart (systemctl restart edge-agent); "
         "buses and devices are reloaded now"
     ]
+
+
+def test_a_listener_that_stops_reading_never_blocks_the_agent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A datagram queue holds ~10 messages: once full, notify gives up at once instead of
+    stopping the event loop until someone reads."""
+    with NotifyListener() as listener:
+        monkeypatch.setenv("NOTIFY_SOCKET", listener.path)
+        sent = [notify(f"STATUS={i}") for i in range(100)]
+    assert sent[0] is True
+    assert sent[-1] is False
