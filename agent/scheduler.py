@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .aio import wait_event
 from .backoff import Backoff
 from .clock import Clock
 from .config import BusConfig, DeviceConfig, PointConfig
@@ -71,6 +70,11 @@ class _Write:
     started: bool = False
 
 
+def _resolve(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
 def next_slot(wall: float, interval: float) -> float:
     """The first wall-clock multiple of ``interval`` strictly after ``wall``."""
     return (math.floor(wall / interval) + 1) * interval
@@ -102,7 +106,8 @@ class BusPoller:
         self.busy_since: float | None = None
         self.wedged_after = WEDGED_AFTER
         self._writes: collections.deque[_Write] = collections.deque()
-        self._write_queued = asyncio.Event()
+        #: What the poll loop awaits between polls; a queued write resolves it early.
+        self._wakeup: asyncio.Future[bool] | None = None
 
     @property
     def owner(self) -> tuple[str, str]:
@@ -177,7 +182,7 @@ class BusPoller:
             when, order, device = heapq.heappop(due)
             # Writes go ahead of polls: each waits only for the transaction under way.
             await self._run_writes(driver)
-            while await wait_event(self._write_queued, when - self.clock.monotonic()):
+            while await self._sleep_until(when):
                 await self._run_writes(driver)
             await self._poll_device(driver, device)
             heapq.heappush(due, (self._next_due(device, after=when), order, device))
@@ -198,7 +203,8 @@ class BusPoller:
             raise DeviceError(f"bus {self.bus.name} is not connected: the write was not made")
         job = _Write(device, point, value, asyncio.get_running_loop().create_future())
         self._writes.append(job)
-        self._write_queued.set()
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(True)
         try:
             return await asyncio.wait_for(asyncio.shield(job.result), timeout)
         except asyncio.TimeoutError:
@@ -209,8 +215,25 @@ class BusPoller:
                 f"bus {self.bus.name} stayed busy for {timeout:g}s: the write was not made"
             ) from None
 
+    async def _sleep_until(self, when: float) -> bool:
+        """Until monotonic ``when`` (False), or until a write is queued (True): a sleep that
+        writes can cut short, with no task per poll (``asyncio.wait_for`` would make one)."""
+        if self._writes:
+            return True
+        delay = when - self.clock.monotonic()
+        if delay <= 0:
+            return False
+        loop = asyncio.get_running_loop()
+        wakeup: asyncio.Future[bool] = loop.create_future()
+        self._wakeup = wakeup
+        timer = loop.call_later(delay, _resolve, wakeup, False)
+        try:
+            return await wakeup
+        finally:
+            timer.cancel()
+            self._wakeup = None
+
     async def _run_writes(self, driver: Driver) -> None:
-        self._write_queued.clear()
         while self._writes:
             job = self._writes.popleft()
             job.started = True

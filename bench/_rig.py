@@ -13,7 +13,7 @@ import io
 import os
 import pstats
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from agent.aio import cancel_and_wait
 from agent.buffer import Buffer
 from agent.config import AgentSection, BufferSection, Config, MqttSection
 from agent.model import Sample, Value
+from agent.testkit.aio import until
 from agent.testkit.broker import Broker
 from agent.testkit.process import AgentProcess
 from agent.uplink import Uplink
@@ -97,23 +98,12 @@ async def running_uplink(uplink: Uplink, timeout: float = 10.0) -> AsyncIterator
     sender = asyncio.create_task(uplink.run(), name="uplink")
     flusher = asyncio.create_task(flush_periodically(uplink.buffer), name="flush")
     try:
-        await until(lambda: uplink.connected, timeout, "the uplink did not connect")
+        await until(lambda: uplink.connected, timeout, "the uplink to connect")
         yield
     finally:
         await cancel_and_wait(flusher)
         await uplink.stop()
         await asyncio.wait_for(sender, timeout)
-
-
-async def until(
-    condition: Callable[[], object], timeout: float, what: str, step: float = 0.01
-) -> None:
-    """Poll ``condition()`` until true: the buffer and uplink have no event for what we await."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout:g}s")
-        await asyncio.sleep(step)
 
 
 # --- the broker

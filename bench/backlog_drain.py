@@ -80,9 +80,11 @@ async def drain(buffer: CountingBuffer, uplink: CountingUplink, samples: int) ->
     """Run the uplink until the buffer is empty; returns the seconds to the last PUBACK."""
     started = time.perf_counter()
     async with running_uplink(uplink):
-        await until(lambda: buffer.acknowledged >= samples, DRAIN_TIMEOUT, "not acknowledged")
+        await until(
+            lambda: buffer.acknowledged >= samples, DRAIN_TIMEOUT, "every sample acknowledged"
+        )
         acked_after = time.perf_counter() - started
-        await until(lambda: buffer.depth == 0, DRAIN_TIMEOUT, "the buffer did not empty")
+        await until(lambda: buffer.depth == 0, DRAIN_TIMEOUT, "the buffer to empty")
     return acked_after
 
 

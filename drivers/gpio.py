@@ -337,6 +337,19 @@ def _default_factory() -> Any:
 # --- validation
 
 
+def _point_pins_problems(device: DeviceConfig) -> list[tuple[str, str]]:
+    """Of a device whose points are pins: each point has one, a GPIO, and none twice."""
+    problems = []
+    pins = []
+    for point in device.points:
+        path = f"device.{device.name}.point.{point.name}.pin"
+        if "pin" not in point.options:
+            problems.append((path, 'is required: the GPIO, e.g. 17 or "GPIO17"'))
+        else:
+            pins.append((path, str(point.options["pin"])))
+    return problems + _pins_problems(device, pins)
+
+
 def _pins_problems(device: DeviceConfig, pins: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """``pins`` as (key path, spec): each a GPIO, and no GPIO twice."""
     problems = []
@@ -403,20 +416,15 @@ class GpioInputDriver(_GpioDriver):
     def validate(cls, bus: BusConfig, devices: Sequence[DeviceConfig]) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
         for device in devices:
-            pins = []
+            problems.extend(_point_pins_problems(device))
             for point in device.points:
                 path = f"device.{device.name}.point.{point.name}"
-                if "pin" not in point.options:
-                    problems.append((f"{path}.pin", 'is required: the GPIO, e.g. 17 or "GPIO17"'))
-                else:
-                    pins.append((f"{path}.pin", str(point.options["pin"])))
                 problems.extend(_level_problems(path, point.options))
                 problems.extend(_bool_point_problems(path, point, "contact"))
                 if point.writable:
                     problems.append(
                         (f"{path}.writable", "an input cannot be set: relays are gpio-output")
                     )
-            problems.extend(_pins_problems(device, pins))
         return problems
 
     def _makers(self, device: DeviceConfig) -> list[tuple[str, str, Callable[[], Any]]]:
@@ -714,15 +722,10 @@ class GpioOutputDriver(_GpioDriver):
     def validate(cls, bus: BusConfig, devices: Sequence[DeviceConfig]) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
         for device in devices:
-            pins = []
+            problems.extend(_point_pins_problems(device))
             for point in device.points:
                 path = f"device.{device.name}.point.{point.name}"
-                if "pin" not in point.options:
-                    problems.append((f"{path}.pin", 'is required: the GPIO, e.g. 17 or "GPIO17"'))
-                else:
-                    pins.append((f"{path}.pin", str(point.options["pin"])))
                 problems.extend(_bool_point_problems(path, point, "relay"))
-            problems.extend(_pins_problems(device, pins))
         return problems
 
     def _makers(self, device: DeviceConfig) -> list[tuple[str, str, Callable[[], Any]]]:

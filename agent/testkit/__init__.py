@@ -14,6 +14,6 @@ and only ``plugin`` imports pytest.
 
 from __future__ import annotations
 
-from .aio import run
+from .aio import run, until
 
-__all__ = ["run"]
+__all__ = ["run", "until"]

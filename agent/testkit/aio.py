@@ -1,5 +1,6 @@
-"""Event loops for tests that are plain functions: ``run`` for an async test body, and
-``KitLoop``, the background loop on which the fixtures' simulators live while the test runs."""
+"""Event loops for tests that are plain functions: ``run`` for an async test body, ``until``
+for state no event announces, and ``KitLoop``, the background loop on which the fixtures'
+simulators live while the test runs."""
 
 from __future__ import annotations
 
@@ -22,6 +23,20 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
     pytest-asyncio: ``run(body(), timeout=60)``.
     """
     return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def until(
+    condition: Callable[[], object], timeout: float, what: str, step: float = 0.05
+) -> None:
+    """Check ``condition()`` every ``step`` seconds until it holds, for state that another
+    process or the agent's own schedule advances and no event announces (a log file, a buffer
+    depth); ``TimeoutError`` naming ``what`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise TimeoutError(f"not within {timeout:g}s: {what}")
+        await asyncio.sleep(step)
 
 
 class KitLoop:

@@ -27,9 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ import psycopg
 from psycopg import sql
 
 from agent.config import PointConfig
+from agent.testkit.aio import until
 from agent.testkit.broker import Broker
 from agent.testkit.process import AgentProcess
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
@@ -82,15 +81,6 @@ def site_config(workdir: Path, broker: Broker, modbus_port: int) -> Path:
         f'[[device]]\nname = "meter1"\nbus = "plc"\nunit = 1\ninterval = "0.2s"\n{points}'
     )
     return path
-
-
-async def wait_for(what: str, condition: Callable[[], bool], timeout: float) -> None:
-    """Poll ``condition`` until it holds; ``TimeoutError`` naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def observe(port: int, got: list[tuple[str, bytes]], ready: asyncio.Event) -> None:
@@ -174,13 +164,13 @@ async def run(workdir: Path, dsn: str) -> tuple[list[tuple[str, bytes]], dict[in
             observer = asyncio.create_task(observe(broker.port, published, ready))
             await asyncio.wait_for(ready.wait(), 10)
             consumers = [start_consumer(workdir, broker, n, dsn) for n in (1, 2)]
-            await wait_for(
-                "both consumers to subscribe",
+            await until(
                 lambda: (
                     all("subscribed to" in log_text(workdir, n) for n in (1, 2))
                     or any(c.poll() is not None for c in consumers)
                 ),
                 20,
+                "both consumers to subscribe",
             )
             if any(c.poll() is not None for c in consumers):
                 raise RuntimeError(
@@ -195,38 +185,38 @@ async def run(workdir: Path, dsn: str) -> tuple[list[tuple[str, bytes]], dict[in
 
             # consumer 1 dies mid-stream (SIGKILL: perhaps between a commit and its PUBACK) and
             # comes back with the same client id: its session brings what it had not acknowledged
-            await wait_for("half the samples", lambda: samples() >= WANT_SAMPLES // 2, 60)
+            await until(lambda: samples() >= WANT_SAMPLES // 2, 60, "half the samples")
             consumers[0].kill()
             consumers[0].wait(10)
             await asyncio.sleep(0.5)
             consumers[0] = start_consumer(workdir, broker, 1, dsn)
-            await wait_for(
-                "consumer 1 to subscribe again",
+            await until(
                 lambda: log_text(workdir, 1).count("subscribed to") == 2,
                 20,
+                "consumer 1 to subscribe again",
             )
-            await wait_for(
-                f"{WANT_SAMPLES} samples from the agent", lambda: samples() >= WANT_SAMPLES, 60
+            await until(
+                lambda: samples() >= WANT_SAMPLES, 60, f"{WANT_SAMPLES} samples from the agent"
             )
             await asyncio.to_thread(agent.stop)
             agent = None
             rows = sum(len(s["values"]) for _, p in published for s in json.loads(p)["samples"])
-            await wait_for(f"{rows} rows in Postgres", lambda: db_rows(dsn) >= rows, 30)
+            await until(lambda: db_rows(dsn) >= rows, 30, f"{rows} rows in Postgres")
             # at-least-once: the first batch once more; then payloads that are not telemetry
             n_seen = len(published)
             await publish(broker.port, [published[0], *BAD])
-            await wait_for(
-                "the observer to see the extra messages",
+            await until(
                 lambda: len(published) >= n_seen + 1 + len(BAD),
                 10,
+                "the observer to see the extra messages",
             )
             del published[n_seen:]  # the agent's messages only
-            await wait_for(
-                "the consumers to skip the bad payloads",
+            await until(
                 lambda: (
                     sum(log_text(workdir, n).count("skipped a message") for n in (1, 2)) >= len(BAD)
                 ),
                 10,
+                "the consumers to skip the bad payloads",
             )
             await asyncio.sleep(0.5)  # let the duplicate land (it must change nothing)
     finally:

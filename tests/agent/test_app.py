@@ -12,7 +12,7 @@ from agent.app import Agent
 from agent.clock import Clock
 from agent.config import load_config
 from agent.config.types import PointConfig
-from agent.testkit import run
+from agent.testkit import run, until
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
@@ -87,9 +87,9 @@ def test_samples_before_ntp_are_marked_then_restamped(tmp_path: Path, broker: Br
                 async with Subscriber(broker.host, broker.port, topic, session) as sub:
                     early = await sub.wait_samples(2)
                 broker.stop()
-                await _until(lambda: not agent.uplink.connected)
+                await until(lambda: not agent.uplink.connected, 10, "the link to go down")
                 held_from = agent.buffer.next_id  # from here on samples wait in the buffer
-                await _until(lambda: agent.buffer.next_id >= held_from + 3)
+                await until(lambda: agent.buffer.next_id >= held_from + 3, 10, "3 samples held")
                 clock.ntp_answers()
                 synced_at = time.time()
                 broker.start()
@@ -110,15 +110,6 @@ def test_samples_before_ntp_are_marked_then_restamped(tmp_path: Path, broker: Br
         assert all(s["ts"] > synced_at * 1000 - 30_000 for s in later if "clock" not in s)
 
     run(body(), timeout=60)
-
-
-async def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll an in-process condition the agent advances on its own schedule (bounded)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
 
 
 def test_health_reports_devices_buffer_link_and_gateway(tmp_path: Path, broker: Broker) -> None:

@@ -24,7 +24,7 @@ from agent.config import Config, load_config
 from agent.config.types import PointConfig
 from agent.errors import ConfigError, Problem
 from agent.mqtt_link import connect_failure
-from agent.testkit import run
+from agent.testkit import run, until
 from agent.testkit.broker import Broker
 from agent.testkit.certs import Certs, make_certs
 from agent.testkit.mqtt import Subscriber
@@ -114,16 +114,6 @@ def meter() -> SimulatedSlave:
     return slave
 
 
-async def until(what: str, condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    """Poll ``condition`` (log files another process writes: no event to await) for a while."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise TimeoutError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
-
-
 async def delivers_readings(tmp_path: Path, broker: Broker, mqtt: str) -> str:
     """Run the agent against ``broker.secure_url`` until readings and a clean ``offline`` arrive;
     its output."""
@@ -202,9 +192,11 @@ async def refused_while_polling(
         agent.start()
         try:
             await asyncio.to_thread(agent.wait_notified, "READY=1")  # not blocking the slave
-            await until(f"3 refused attempts:\n{broker.log_text()}", lambda: attempts_seen() >= 3)
+            await until(
+                lambda: attempts_seen() >= 3, 15, f"3 refused attempts:\n{broker.log_text()}"
+            )
             polled = slave.requests
-            await until("another poll after the refusals", lambda: slave.requests > polled)
+            await until(lambda: slave.requests > polled, 15, "another poll after the refusals")
         finally:
             assert agent.stop() == 0, agent.output()
     # what was polled meanwhile waits in the buffer for a broker that takes it
@@ -371,7 +363,7 @@ def test_a_tls_file_gone_at_run_time_is_one_line_retried_with_backoff(
             uplink = Uplink(config, buffer)
             task = asyncio.create_task(uplink.run())
             try:
-                await until("3 connection attempts", lambda: attempts() >= 3)
+                await until(lambda: attempts() >= 3, 15, "3 connection attempts")
             finally:
                 await uplink.stop()
                 await asyncio.wait_for(task, 5)
