@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import os
+import re
 import socket
 import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
-from urllib.parse import urlsplit
+from typing import Any, Protocol, TypeVar, cast
+from urllib.parse import SplitResult, urlsplit
 
 import drivers
 
 from ..driver import BUS_DRIVERS, Driver, is_local, load_driver, local_bus
 from ..errors import ConfigError, DriverError, Problem
 from . import sections as conv
+from .mqtt_limits import (
+    MAX_AGENT_ID,
+    MAX_CLIENT_ID,
+    MAX_USERNAME,
+    length_problem,
+    longest_topic_problem,
+    password_problems,
+    text_problems,
+)
 from .sections import Convert, Problems, Section, suggest
 from .source import SourceFile, TomlSyntaxError, read_toml
 from .types import (
@@ -35,6 +46,14 @@ from .types import (
     TemplateConfig,
 )
 
+
+class _HasName(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_Named = TypeVar("_Named", bound=_HasName)
+
 ADDRESS_SPACE = 65536
 #: Device templates shipped with edge-agent (register maps of common field devices).
 BUILTIN_TEMPLATES = Path(drivers.__file__).parent / "modbus" / "templates"
@@ -44,6 +63,9 @@ _INCLUDED_TOP_LEVEL = ("bus", "device", "template")
 _READ_ONLY_TABLES = ("input", "discrete")
 #: MQTT keepalive is a 16-bit count of seconds.
 MAX_KEEPALIVE = 65535
+DEFAULT_URL = "mqtt://localhost:1883"
+EXAMPLE_URL = "mqtts://broker.example.net:8883"
+_PORT = re.compile(r"[0-9]+")
 
 
 def load_config(
@@ -72,6 +94,10 @@ class _Loader:
         self.path = path
         self.environ = environ
         self.problems = Problems()
+        #: "device.NAME" → the file and line of the first table of that name.
+        self._first_tables: dict[str, tuple[str, int]] = {}
+        #: id() of each loaded bus and device → the place key of its table (see Problems).
+        self._place: dict[int, str] = {}
 
     def load(self) -> Config | None:
         main = self._read(self.path)
@@ -83,7 +109,7 @@ class _Loader:
         mqtt = self._mqtt(root, agent.id)
         files = [root, *self._includes(agent)]
         buses = [b for f in files for b in self._buses(f)]
-        user_templates = [t for f in files for t in self._templates(f)]
+        user_templates = [t for f in files for t in self._templates(f, self._first_tables)]
         # A user template of the same name replaces the built-in one: a technician's fixed copy.
         templates = list(
             (
@@ -93,9 +119,6 @@ class _Loader:
         devices = [d for f in files for d in self._devices(f, buses, templates)]
         for section in files:
             section.finish()
-        self._check_unique("bus", [b.name for b in buses])
-        self._check_unique("template", [t.name for t in user_templates])
-        self._check_unique("device", [d.name for d in devices])
         self._check_drivers(buses, devices)
         return Config(
             self.path, agent, buffer, mqtt, tuple(buses), tuple(devices), tuple(templates)
@@ -123,14 +146,15 @@ class _Loader:
 
     def _agent(self, root: Section) -> AgentSection:
         s = self._table(root, "agent")
-        agent_id = s.take("id", conv.name, _host_name()) or "gateway"
+        agent_id = s.take("id", _agent_id, _host_name()) or "gateway"
         default_dir = self.environ.get("STATE_DIRECTORY", "/var/lib/edge-agent").split(":")[0]
-        data_dir = s.take("data_dir", conv.text, default_dir) or default_dir
+        data_dir = self._relative(s.take("data_dir", conv.text, default_dir) or default_dir)
+        _check_data_dir(s, data_dir)
         include = s.take("include", conv.strings, ()) or ()
         levels = ("debug", "info", "warning", "error")
         log_level = s.take("log_level", conv.one_of(*levels), "info") or "info"
         s.finish()
-        return AgentSection(agent_id, self._relative(data_dir), log_level, include)
+        return AgentSection(agent_id, data_dir, log_level, include)
 
     def _buffer(self, root: Section) -> BufferSection:
         s = self._table(root, "buffer")
@@ -146,36 +170,10 @@ class _Loader:
         s = self._table(root, "mqtt")
         d = MqttSection()
         host, port, tls = self._broker_url(s)
-        username = s.take("username", conv.text, None)
-        password = s.take("password", conv.text, None)
-        password_file = s.take("password_file", conv.text, None)
-        secret_key = "password_file" if password_file is not None else "password"
-        if password is not None and password_file is not None:
-            s.problem("password_file", "set either password or password_file, not both")
-        elif password_file is not None:
-            password = self._read_secret(s, password_file)
-        has_password = password is not None
-        if has_password and username is None:
-            # MQTT sends no password without a user name: paho would drop it without a word.
-            s.problem(
-                secret_key, "is ignored without a username: set [mqtt] username", warning=True
-            )
-        elif has_password and not tls and not _loopback(host):
-            s.problem(
-                secret_key,
-                f"the password crosses the network in clear text to {host} over mqtt://: "
-                "use mqtts:// (TLS)",
-                warning=True,
-            )
+        username, password = self._credentials(s, host, tls)
         tls_insecure = s.take("tls_insecure", conv.boolean, False) or False
         ca_file, cert_file, key_file = self._mqtt_tls_files(s, tls, tls_insecure)
-        prefix = s.take("topic_prefix", conv.text, d.topic_prefix)
-        if prefix is not None and (
-            not prefix or any(c in prefix for c in "+#") or prefix.endswith("/")
-        ):
-            s.problem(
-                "topic_prefix", f'"{prefix}" cannot be a topic prefix: no "+", "#" or trailing "/"'
-            )
+        prefix = _topic_prefix(s, agent_id)
         keepalive = s.take("keepalive", conv.positive_duration, d.keepalive)
         if keepalive is not None and not 1 <= keepalive <= MAX_KEEPALIVE:
             # MQTT carries it as whole seconds in 16 bits.
@@ -185,7 +183,7 @@ class _Loader:
             host=host,
             port=port,
             tls=tls,
-            client_id=s.take("client_id", conv.text, agent_id) or agent_id,
+            client_id=_client_id(s, agent_id),
             username=username,
             password=password,
             ca_file=ca_file,
@@ -210,28 +208,60 @@ class _Loader:
         return result
 
     def _broker_url(self, s: Section) -> tuple[str, int, bool]:
-        url = s.take("url", conv.text, "mqtt://localhost:1883") or "mqtt://localhost:1883"
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
-            parts, port = urlsplit("mqtt://localhost"), None
-            s.problem(
-                "url", f'"{url}" is not a valid URL: write e.g. "mqtts://broker.example.net:8883"'
-            )
-        if parts.username is not None or parts.password is not None:
-            # Not echoed: the URL holds a password. The agent would not use it either.
+        # With user info, an unset ${…} in it may be (part of) the password: not named.
+        written = s.data.get("url")
+        holds_user_info = isinstance(written, str) and "@" in written
+        url = s.take("url", conv.utf8_text, DEFAULT_URL, secret=holds_user_info) or DEFAULT_URL
+        what = conv.shown(url)
+        if "@" in url:
             s.problem(
                 "url",
                 "holds a user name or password: put them in [mqtt] username and "
                 "password/password_file instead",
             )
+            # Where a password ends cannot be told when it holds "/" or ":": what follows the
+            # last "@" is checked, and no part of the URL is ever shown.
+            scheme, separator, _ = url.partition("://")
+            url = f"{scheme}{separator}{url.rpartition('@')[2]}" if separator else ""
+            what = "the URL (not shown: it holds a password)"
+        parts, port, problem = _split_url(url)
+        if problem:
+            s.problem("url", f'{what} {problem}: write e.g. "{EXAMPLE_URL}"')
         elif parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            s.problem("url", f'"{url}" must look like mqtt://HOST[:PORT] or mqtts://HOST[:PORT]')
+            s.problem("url", f"{what} must look like mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
         elif parts.path not in ("", "/") or parts.query or parts.fragment:
-            s.problem("url", f'"{url}" has a path or query, which MQTT has no use for')
+            s.problem("url", f"{what} has a path or query, which MQTT has no use for")
         tls = parts.scheme == "mqtts"
         return parts.hostname or "localhost", port or (8883 if tls else 1883), tls
+
+    def _credentials(self, s: Section, host: str, tls: bool) -> tuple[str | None, str | None]:
+        """[mqtt] username and the password, from ``password`` or ``password_file``."""
+        username = s.take("username", conv.text, None)
+        if username is not None:
+            _report(s, "username", _mqtt_string_problems(username, "the user name", MAX_USERNAME))
+        password = s.take("password", conv.text, None, secret=True)
+        if password is not None:
+            _report(s, "password", password_problems(password))
+        password_file = s.take("password_file", conv.text, None)
+        secret_key = "password_file" if password_file is not None else "password"
+        if s.has("password") and password_file is not None:
+            s.problem("password_file", "set either password or password_file, not both")
+        elif password_file is not None:
+            password = self._read_secret(s, password_file)
+        has_password = password is not None
+        if has_password and username is None:
+            # MQTT sends no password without a user name: paho would drop it without a word.
+            s.problem(
+                secret_key, "is ignored without a username: set [mqtt] username", warning=True
+            )
+        elif has_password and not tls and not _loopback(host):
+            s.problem(
+                secret_key,
+                f"the password crosses the network in clear text to {host} over mqtt://: "
+                "use mqtts:// (TLS)",
+                warning=True,
+            )
+        return username, password
 
     def _mqtt_tls_files(
         self, s: Section, tls: bool, tls_insecure: bool
@@ -286,60 +316,97 @@ class _Loader:
 
     def _read_secret(self, s: Section, file: str) -> str | None:
         """The password in ``file``; None, said as a warning, when the file is empty (the
-        installer leaves an empty one for a broker that takes no password)."""
+        installer leaves an empty one for a broker that takes no password). No message shows
+        any of its content."""
         try:
-            secret = self._relative(file).read_text(encoding="utf-8").strip()
+            content = self._relative(file).read_bytes()
         except OSError as exc:
             s.problem("password_file", f"cannot read {file}: {exc.strerror or exc}")
+            return None
+        try:
+            secret = content.decode("utf-8").strip()
+        except UnicodeDecodeError:  # its message would quote the bytes around the fault
+            s.problem(
+                "password_file",
+                f"{file} is not UTF-8 text (its content is not shown): write the password in UTF-8",
+            )
             return None
         if not secret:
             s.problem(
                 "password_file", f"{file} is empty: connecting without a password", warning=True
             )
             return None
-        return secret
+        return secret if _report(s, "password_file", password_problems(secret)) else None
 
     # --- includes, [[bus]], [[template]], [[device]]
 
     def _includes(self, agent: AgentSection) -> list[Section]:
         base = self.path.parent
         sections = []
+        # Each file once, and never the main one again: two patterns (or "*.toml" beside the
+        # config) matching one file would make every table in it a duplicate of itself.
+        read = {self.path.resolve()}
         for pattern in agent.include:
-            matches = sorted(base.glob(pattern))
-            for file in matches:
-                source = self._read(file)
-                if source is None:
+            for file in self._matches(base, pattern):
+                if file.resolve() in read:
                     continue
-                section = Section(source, source.data, (), "", self.problems, self.environ)
-                for key in source.data:
-                    if key not in _INCLUDED_TOP_LEVEL:
-                        section.problem(
-                            key,
-                            "an included file may hold only [[bus]], [[device]] and [[template]]",
-                        )
-                        section.take(key, lambda v: v, None)
-                sections.append(section)
+                read.add(file.resolve())
+                source = self._read(file)
+                if source is not None:
+                    sections.append(self._included(source))
         return sections
+
+    def _matches(self, base: Path, pattern: str) -> list[Path]:
+        """The files ``pattern`` matches; pathlib refuses some patterns with an exception."""
+        problem = None
+        if not pattern:
+            problem = 'an empty pattern matches nothing: write e.g. "conf.d/*.toml"'
+        elif Path(pattern).is_absolute():
+            problem = "is absolute: write the pattern relative to the config file's directory"
+        else:
+            try:
+                return sorted(base.glob(pattern))
+            except ValueError as exc:  # "**" inside a name
+                problem = str(exc)
+        self.problems.at("agent.include", f"{conv.shown(pattern)}: {problem}")
+        return []
+
+    def _included(self, source: SourceFile) -> Section:
+        section = Section(source, source.data, (), "", self.problems, self.environ)
+        for key in source.data:
+            if key not in _INCLUDED_TOP_LEVEL:
+                section.problem(
+                    key, "an included file may hold only [[bus]], [[device]] and [[template]]"
+                )
+                section.take(key, lambda v: v, None)
+        return section
 
     def _buses(self, root: Section) -> list[BusConfig]:
         result = []
         for index, data in root.tables("bus"):
             s = root.child("bus", index, f"bus.{data.get('name', index[-1])}", data)
-            bus = _bus(s)
+            bus_name = s.take("name", conv.name)
+            _say_if_named_before(s, "bus", bus_name, self._first_tables)
+            bus = _bus(s, bus_name)
             s.finish()
             if bus:
+                self._place[id(bus)] = s.place
                 result.append(bus)
         return result
 
-    def _templates(self, root: Section) -> list[TemplateConfig]:
+    def _templates(
+        self, root: Section, first_tables: dict[str, tuple[str, int]]
+    ) -> list[TemplateConfig]:
         result = []
         for index, data in root.tables("template"):
             s = root.child("template", index, f"template.{data.get('name', index[-1])}", data)
             template_name = s.take("name", conv.name)
-            description = s.take("description", conv.text, "") or ""
-            points = self._points(s)
+            _say_if_named_before(s, "template", template_name, first_tables)
+            description = s.take("description", conv.utf8_text, "") or ""
+            placed = self._points(s)
             s.finish()
-            _check_exponents(self.problems, s.path, points, points)
+            points = tuple(point for point, _ in placed)
+            _check_exponents(s.path, placed, points)
             if template_name:
                 source = str(s.source.path)
                 result.append(TemplateConfig(template_name, points, source, description))
@@ -348,11 +415,12 @@ class _Loader:
     def _builtin_templates(self) -> list[TemplateConfig]:
         """The templates shipped with edge-agent, one or more per file under BUILTIN_TEMPLATES."""
         result = []
+        first_tables: dict[str, tuple[str, int]] = {}  # a user's may replace one: apart
         for file in sorted(BUILTIN_TEMPLATES.glob("*.toml")):
             source = self._read(file)
             if source is not None:
                 root = Section(source, source.data, (), "", self.problems, self.environ)
-                result.extend(self._templates(root))
+                result.extend(self._templates(root, first_tables))
                 root.finish()
         return result
 
@@ -363,16 +431,22 @@ class _Loader:
         bus_by_name = {b.name: b for b in buses}
         for index, data in root.tables("device"):
             s = root.child("device", index, f"device.{data.get('name', index[-1])}", data)
-            device = self._device(s, bus_by_name, templates)
+            device_name = s.take("name", conv.name)
+            _say_if_named_before(s, "device", device_name, self._first_tables)
+            device = self._device(s, device_name, bus_by_name, templates)
             s.finish()
             if device:
+                self._place[id(device)] = s.place
                 result.append(device)
         return result
 
     def _device(
-        self, s: Section, bus_by_name: Mapping[str, BusConfig], templates: list[TemplateConfig]
+        self,
+        s: Section,
+        device_name: str | None,
+        bus_by_name: Mapping[str, BusConfig],
+        templates: list[TemplateConfig],
     ) -> DeviceConfig | None:
-        device_name = s.take("name", conv.name)
         bus_name = s.take("bus", conv.text, None)
         bus = bus_by_name.get(bus_name or "")
         implied = BUS_DRIVERS.get(bus.type, "") if bus else ""
@@ -420,7 +494,7 @@ class _Loader:
         if point_options is None:
             points = self._device_points(s, templates)
         else:
-            points = self._points(s, point_options)
+            points = tuple(point for point, _ in self._points(s, point_options))
             if not points and not s.has("point"):
                 s.problem(None, "has no points: add [[device.point]] tables")
         if bus and bus.timeout > interval:
@@ -455,67 +529,92 @@ class _Loader:
     ) -> tuple[PointConfig, ...]:
         points: list[PointConfig] = []
         template_name = s.take("template", conv.text, None)
-        if template_name is not None:
-            found = next((t for t in templates if t.name == template_name), None)
-            if found:
-                points.extend(found.points)
-            else:
-                known = [t.name for t in templates]
-                s.problem(
-                    "template",
-                    f'no template named "{template_name}"{suggest(template_name, known)}',
-                )
+        found = next((t for t in templates if t.name == template_name), None)
+        if found:
+            points.extend(found.points)
+        elif template_name is not None:
+            known = [t.name for t in templates]
+            s.problem(
+                "template", f'no template named "{template_name}"{suggest(template_name, known)}'
+            )
         own = self._points(s)
         inherited = {p.name for p in points}
-        for point in own:
-            if point.name in inherited:
-                s.problem(
-                    "point", f'point "{point.name}" is also defined by template {template_name}'
+        for point, section in own:
+            if found and point.name in inherited:
+                section.problem(
+                    "name",
+                    f'point "{point.name}" is also defined by template {found.name} '
+                    f"({found.source}): rename or remove one",
                 )
-        points.extend(own)
-        _check_exponents(self.problems, s.path, own, points)
+        points.extend(point for point, _ in own)
+        _check_exponents(s.path, own, points)
         if not points and template_name is None and not s.has("point"):
             s.problem(None, "has no points: add [[device.point]] tables or a template")
         return tuple(points)
 
     def _points(
         self, owner: Section, options: Mapping[str, Convert[Any]] | None = None
-    ) -> tuple[PointConfig, ...]:
-        """The owner's ``[[…point]]`` tables: Modbus points, or with ``options`` a driver's own."""
-        result: list[PointConfig] = []
-        seen: set[str] = set()
+    ) -> list[tuple[PointConfig, Section]]:
+        """The owner's ``[[…point]]`` tables, each with its section (where its problems are
+        said): Modbus points, or with ``options`` a driver's own."""
+        result: list[tuple[PointConfig, Section]] = []
+        first_tables: dict[str, tuple[str, int]] = {}
         for index, data in owner.tables("point"):
             path = f"{owner.path}.point.{data.get('name', index[-1])}"
             section = owner.child("point", index, path, data)
-            point = _point(section) if options is None else _driver_point(section, options)
-            if point is None:
-                continue
-            if point.name in seen:
-                section.problem("name", f'another point of {owner.path} is named "{point.name}"')
-            seen.add(point.name)
-            result.append(point)
-        return tuple(result)
+            point_name = section.take("name", conv.name)
+            if point_name is not None and point_name in first_tables:
+                file, line = first_tables[point_name]
+                section.problem(
+                    "name",
+                    f'another point of {owner.path} is named "{point_name}", at {file}:{line}: '
+                    "rename or remove one",
+                )
+            elif point_name is not None:
+                first_tables[point_name] = (str(section.source.path), section.line())
+            if options is None:
+                point = _point(section, point_name)
+            else:
+                point = _driver_point(section, point_name, options)
+            if point is not None:
+                result.append((point, section))
+        return result
 
     # --- cross-checks
 
-    def _check_unique(self, kind: str, names: list[str]) -> None:
-        seen: set[str] = set()
-        for n in names:
-            if n in seen:
-                self.problems.at(f"{kind}.{n}", f'two [[{kind}]] tables are named "{n}"')
-            seen.add(n)
-
     def _check_drivers(self, buses: list[BusConfig], devices: list[DeviceConfig]) -> None:
-        """Each bus's driver validates what only it knows; no I/O happens here."""
+        """Each bus's driver validates what only it knows; no I/O happens here.
+
+        A driver names what it finds by key path (``device.NAME…``), which two tables of one
+        name share: it is asked once per duplicate, each time with names that are unique, so
+        that each of its findings is said at the table it is about.
+        """
+        rounds = max(_most_of_one_name(buses), _most_of_one_name(devices))
+        for round_buses, round_devices in zip(
+            _unique_rounds(buses, rounds), _unique_rounds(devices, rounds), strict=True
+        ):
+            places = {
+                **{f"bus.{b.name}": self._place[id(b)] for b in round_buses},
+                **{f"device.{d.name}": self._place[id(d)] for d in round_devices},
+            }
+            for path, message in self._driver_findings(round_buses, round_devices):
+                self.problems.at(path, message, place=_placed(path, places))
+
+    def _driver_findings(
+        self, buses: list[BusConfig], devices: list[DeviceConfig]
+    ) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
         for bus in buses:
             on_bus = [d for d in devices if d.bus == bus.name]
             if bus.type not in BUS_DRIVERS:  # its devices name their driver: one per bus
                 names = sorted({d.driver for d in on_bus})
                 if len(names) > 1:
-                    self.problems.at(
-                        f"bus.{bus.name}",
-                        f"its devices use different drivers ({', '.join(names)}): one port "
-                        "is one driver's; put them on buses of their own",
+                    found.append(
+                        (
+                            f"bus.{bus.name}",
+                            f"its devices use different drivers ({', '.join(names)}): one port "
+                            "is one driver's; put them on buses of their own",
+                        )
                     )
                     continue
                 if not names:
@@ -525,15 +624,14 @@ class _Loader:
                 try:
                     driver = load_driver(BUS_DRIVERS[bus.type])
                 except DriverError as exc:
-                    self.problems.at(f"bus.{bus.name}.type", str(exc))
+                    found.append((f"bus.{bus.name}.type", str(exc)))
                     continue
-            for path, message in driver.validate(bus, on_bus):
-                self.problems.at(path, message)
+            found.extend(driver.validate(bus, on_bus))
         for device in devices:
             if not device.bus:
                 local = load_driver(device.driver)
-                for path, message in local.validate(local_bus(device), [device]):
-                    self.problems.at(path, message)
+                found.extend(local.validate(local_bus(device), [device]))
+        return found
 
     def _relative(self, value: str) -> Path:
         path = Path(value)
@@ -543,8 +641,7 @@ class _Loader:
         return None if value is None else self._relative(value)
 
 
-def _point(s: Section) -> PointConfig | None:
-    point_name = s.take("name", conv.name)
+def _point(s: Section, point_name: str | None) -> PointConfig | None:
     table = s.take("table", conv.one_of(*TABLES), "holding")
     default_type = "bool" if table in BIT_TABLES or s.has("bit") else "uint16"
     point_type = s.take("type", conv.one_of(*POINT_TYPES), default_type)
@@ -554,7 +651,7 @@ def _point(s: Section) -> PointConfig | None:
         "order": s.take("order", conv.one_of(*ORDERS), "ABCD"),
         "scale": s.take("scale", conv.number, 1.0),
         "offset": s.take("offset", conv.number, 0.0),
-        "unit": s.take("unit", conv.text, ""),
+        "unit": s.take("unit", conv.utf8_text, ""),  # sent in meta
         "deadband": s.take("deadband", conv.number, None),
         "heartbeat": s.take("heartbeat", conv.positive_duration, None),
         "writable": s.take("writable", conv.boolean, False),
@@ -584,15 +681,16 @@ def _point(s: Section) -> PointConfig | None:
     return point if _point_fits(s, point) else None
 
 
-def _driver_point(s: Section, options: Mapping[str, Convert[Any]]) -> PointConfig | None:
+def _driver_point(
+    s: Section, point_name: str | None, options: Mapping[str, Convert[Any]]
+) -> PointConfig | None:
     """A point of a driver that is not Modbus: the common keys and the driver's own. A point
     with a problem is left out, so that its driver sees only points that parsed."""
     before = len(s.problems.errors)
-    point_name = s.take("name", conv.name)
     common: dict[str, Any] = {
         "scale": s.take("scale", conv.number, 1.0),
         "offset": s.take("offset", conv.number, 0.0),
-        "unit": s.take("unit", conv.text, ""),
+        "unit": s.take("unit", conv.utf8_text, ""),  # sent in meta
         "deadband": s.take("deadband", conv.number, None),
         "heartbeat": s.take("heartbeat", conv.positive_duration, None),
         "writable": s.take("writable", conv.boolean, False),
@@ -606,21 +704,61 @@ def _driver_point(s: Section, options: Mapping[str, Convert[Any]]) -> PointConfi
     return PointConfig(name=point_name, options=own, **common)
 
 
+def _say_if_named_before(
+    s: Section, kind: str, name: str | None, first_tables: dict[str, tuple[str, int]]
+) -> None:
+    """Say so when a table of ``kind`` has the name of an earlier one: at this one, the
+    later, which is the one to rename, naming where the first is."""
+    if name is None:
+        return
+    first = first_tables.get(f"{kind}.{name}")
+    if first is None:
+        first_tables[f"{kind}.{name}"] = (str(s.source.path), s.line())
+    else:
+        s.problem(
+            None,
+            f'two [[{kind}]] tables are named "{name}"; the first is at '
+            f"{first[0]}:{first[1]}: rename or remove one",
+        )
+
+
 def _check_exponents(
-    problems: Problems, owner: str, mine: Sequence[PointConfig], points: Sequence[PointConfig]
+    owner: str, mine: Sequence[tuple[PointConfig, Section]], points: Sequence[PointConfig]
 ) -> None:
     """Each of ``mine`` whose ``scale_exponent`` does not name an integer point of ``points``."""
     by_name = {p.name: p for p in points}
-    for point in mine:
+    for point, section in mine:
         if point.scale_exponent is None:
             continue
         other = by_name.get(point.scale_exponent)
         if other is None or other.type not in ("int16", "uint16", "int32"):
-            problems.at(
-                f"{owner}.point.{point.name}.scale_exponent",
+            section.problem(
+                "scale_exponent",
                 f'"{point.scale_exponent}" is not an int16, uint16 or int32 point of {owner}'
                 f"{suggest(point.scale_exponent, by_name)}",
             )
+
+
+def _most_of_one_name(items: Sequence[_Named]) -> int:
+    """How many of ``items`` share the most shared name (1 when all are unique)."""
+    counts = collections.Counter(item.name for item in items)
+    return max(counts.values(), default=1)
+
+
+def _unique_rounds(items: Sequence[_Named], rounds: int) -> list[list[_Named]]:
+    """``rounds`` lists of ``items`` with each name once: the first of each name, then the
+    second of names written twice (and the only one of the others), and so on."""
+    by_name: dict[str, list[_Named]] = {}
+    for item in items:
+        by_name.setdefault(item.name, []).append(item)
+    return [[same[min(n, len(same) - 1)] for same in by_name.values()] for n in range(rounds)]
+
+
+def _placed(path: str, places: Mapping[str, str]) -> str:
+    """``path`` (``device.NAME.…``) with its table's part replaced by that table's place key."""
+    table = ".".join(path.split(".")[:2])
+    place = places.get(table)
+    return path if place is None else place + path[len(table) :]
 
 
 def _numbers(value: Any) -> tuple[float, ...]:
@@ -668,9 +806,8 @@ def _point_fits(s: Section, point: PointConfig) -> bool:
     return len(s.problems.errors) == before
 
 
-def _bus(s: Section) -> BusConfig | None:
+def _bus(s: Section, bus_name: str | None) -> BusConfig | None:
     """One ``[[bus]]``: network buses take host and port, serial ones a port path and line."""
-    bus_name = s.take("name", conv.name)
     bus_type = s.take("type", conv.one_of(*BUS_TYPES))
     d = BusConfig("", "modbus-tcp")
     common: dict[str, Any] = {
@@ -684,7 +821,7 @@ def _bus(s: Section) -> BusConfig | None:
         common["write_multiple"] = s.take("write_multiple", conv.boolean, d.write_multiple)
     if bus_type in SERIAL_BUS_TYPES:
         link: dict[str, Any] = {
-            "serial_port": s.take("port", conv.text),
+            "serial_port": s.take("port", conv.utf8_text),  # named in health and status
             "baudrate": s.take("baudrate", conv.in_range(50, 4_000_000), d.baudrate),
             "parity": s.take("parity", conv.one_of("N", "E", "O"), d.parity),
             "stopbits": s.take("stopbits", conv.in_range(1, 2), d.stopbits),
@@ -692,12 +829,101 @@ def _bus(s: Section) -> BusConfig | None:
         }
     else:
         link = {
-            "host": s.take("host", conv.text),
+            "host": s.take("host", conv.utf8_text),
             "port": s.take("port", conv.in_range(1, 65535), d.port),
         }
     if bus_name is None or bus_type is None or None in link.values() or None in common.values():
         return None
     return BusConfig(bus_name, cast(Any, bus_type), **link, **common)
+
+
+def _agent_id(value: Any) -> str:
+    result = conv.name(value)
+    why = "it names this gateway in every topic and on every dashboard"
+    if problem := length_problem(result, MAX_AGENT_ID, why):
+        raise ValueError(problem)
+    return result
+
+
+def _check_data_dir(s: Section, data_dir: Path) -> None:
+    """A data_dir that is a file (or under one) cannot be made a directory: a config mistake.
+    One that is missing or read-only is not: the agent says so when it starts."""
+    for path in (data_dir, *data_dir.parents):
+        try:
+            if path.is_dir():
+                return
+            if path.exists():
+                what = "is a file, not a directory" if path.is_file() else "is not a directory"
+                where = str(data_dir) if path == data_dir else f"{path} (part of {data_dir})"
+                s.problem("data_dir", f"{what}: {where}")
+                return
+        except OSError:  # cannot look (permissions): the agent will tell at start
+            return
+
+
+def _topic_prefix(s: Section, agent_id: str) -> str | None:
+    """[mqtt] topic_prefix: the first levels of every topic, ``{prefix}/{agent.id}/…``."""
+    prefix = s.take("topic_prefix", conv.text, MqttSection().topic_prefix)
+    if prefix is None:
+        return None
+    if not prefix:
+        s.problem("topic_prefix", 'is empty: write e.g. "edge"')
+        return None
+    found = text_problems(prefix, "a topic")
+    if any(c in prefix for c in "+#") or prefix.endswith("/"):
+        found.append(f'{conv.shown(prefix)} cannot be a topic prefix: no "+", "#" or trailing "/"')
+    if prefix.startswith("$"):
+        found.append(
+            f'{conv.shown(prefix)} cannot be a topic prefix: topics that start with "$" are the '
+            'broker\'s own ($SYS, $share): write e.g. "edge"'
+        )
+    if topic := longest_topic_problem(prefix, agent_id):
+        found.append(topic)
+    return prefix if _report(s, "topic_prefix", found) else None
+
+
+def _client_id(s: Section, agent_id: str) -> str:
+    client_id = s.take("client_id", conv.text, agent_id) or agent_id
+    _report(s, "client_id", _mqtt_string_problems(client_id, "the client id", MAX_CLIENT_ID))
+    return client_id
+
+
+def _mqtt_string_problems(value: str, used_as: str, max_chars: int) -> list[str]:
+    found = text_problems(value, used_as)
+    if problem := length_problem(value, max_chars, "a sensible limit, well within MQTT's"):
+        found.append(problem)
+    return found
+
+
+def _report(s: Section, key: str, messages: Sequence[str]) -> bool:
+    """Each message as a problem at ``key``; True when there is none."""
+    for message in messages:
+        s.problem(key, message)
+    return not messages
+
+
+def _split_url(url: str) -> tuple[SplitResult, int | None, str | None]:
+    """The parts of the broker URL, its port, and what is wrong with it (said of the URL,
+    without showing it)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return urlsplit(DEFAULT_URL), None, "is not a valid URL"
+    written = _port_text(parts.netloc)
+    if not written:
+        return parts, None, None
+    if not _PORT.fullmatch(written):
+        return parts, None, "has a port that is not a number"
+    if not 1 <= int(written) <= 65535:
+        return parts, None, "has a port out of range 1..65535"
+    return parts, int(written), None
+
+
+def _port_text(netloc: str) -> str:
+    """What follows the host's ":" in ``netloc`` (without user info); "" when none."""
+    host_port = netloc.rpartition("]")[2] if netloc.startswith("[") else netloc
+    _, colon, port = host_port.rpartition(":")
+    return port if colon else ""
 
 
 def _loopback(host: str) -> bool:
@@ -754,4 +980,5 @@ def _tls_reason(exc: OSError) -> str:
 def _host_name() -> str:
     """The default agent id: the host name, cut to what is valid in a topic."""
     host = socket.gethostname().split(".")[0]
-    return "".join(c if c.isalnum() or c in "_-" else "-" for c in host) or "gateway"
+    cleaned = "".join(c if c.isalnum() or c in "_-" else "-" for c in host)
+    return cleaned[:MAX_AGENT_ID] or "gateway"

@@ -8,38 +8,63 @@ from typing import Any, TypeVar
 
 from ..errors import Problem
 from .source import IndexPath, SourceFile
-from .units import parse_duration, parse_size, substitute_env
+from .units import ESCAPED_BRACE, UnsetVariableError, parse_duration, parse_size, substitute_env
 
 T = TypeVar("T")
 Convert = Callable[[Any], T]
 
 _MISSING = object()
+_SECRET_UNSET = (
+    "names an environment variable (${…}) that is not set; not shown, as the text is secret: "
+    f'set the variable, or write a literal "${{" as "{ESCAPED_BRACE}"'
+)
 
 
 class Problems:
-    """Every problem found while loading, in the order found."""
+    """Every problem found while loading, in the order found, each said once."""
 
     def __init__(self) -> None:
         self.items: list[Problem] = []
+        self._said: set[Problem] = set()
         self._where: dict[str, tuple[str, int]] = {}
+        self._tables: dict[str, int] = {}  # table path → how many tables were written with it
 
-    def note_place(self, path: str, file: str, line: int) -> None:
-        """Remember where ``path`` was written, so later checks (drivers) can point at it."""
-        self._where.setdefault(path, (file, line))
+    def table_place(self, path: str) -> str:
+        """The key under which the places of a table at ``path`` are noted, unique to it.
 
-    def at(self, path: str, message: str, *, warning: bool = False) -> None:
-        """A problem located at the key path ``path`` or its nearest known parent."""
-        parts = path.split(".")
-        file, line = "?", 1
+        Two tables can have one path (two ``[[device]]`` named alike): noted under one key, the
+        second's places would be the first's, and its problems would point at the wrong table.
+        The second is noted as ``path#2``, the third ``path#3``.
+        """
+        count = self._tables.get(path, 0) + 1
+        self._tables[path] = count
+        return path if count == 1 else f"{path}#{count}"
+
+    def note_place(self, place: str, file: str, line: int) -> None:
+        """Remember where ``place`` was written, so later checks (drivers) can point at it."""
+        self._where.setdefault(place, (file, line))
+
+    def where(self, place: str) -> tuple[str, int] | None:
+        """The file and line of ``place`` or of its nearest known parent."""
+        parts = place.split(".")
         for end in range(len(parts), 0, -1):
             found = self._where.get(".".join(parts[:end]))
             if found:
-                file, line = found
-                break
-        self.items.append(Problem(file, line, path, message, warning))
+                return found
+        return None
+
+    def at(
+        self, path: str, message: str, *, place: str | None = None, warning: bool = False
+    ) -> None:
+        """A problem at the key path ``path``, located at ``place`` (the table's own key, see
+        ``table_place``; ``path`` when omitted) or its nearest known parent."""
+        file, line = self.where(place or path) or ("?", 1)
+        self.add(Problem(file, line, path, message, warning))
 
     def add(self, problem: Problem) -> None:
-        self.items.append(problem)
+        if problem not in self._said:  # a check run once per duplicate name says it again
+            self._said.add(problem)
+            self.items.append(problem)
 
     @property
     def errors(self) -> list[Problem]:
@@ -67,23 +92,30 @@ class Section:
         path: str,
         problems: Problems,
         environ: Mapping[str, str],
+        place: str | None = None,
     ) -> None:
         self.source = source
         self.data = data
         self.index = index
         self.path = path
+        #: Where this table's places are noted: ``path``, unless another table has that path.
+        self.place = path if place is None else place
         self.problems = problems
         self.environ = environ
         self._known: set[str] = set()
-        problems.note_place(path, str(source.path), self.line())
+        problems.note_place(self.place, str(source.path), self.line())
         for key in data:
-            problems.note_place(self.key_path(key), str(source.path), self.line(key))
+            problems.note_place(self.place_of(key), str(source.path), self.line(key))
 
     def line(self, key: str | None = None) -> int:
         return self.source.line_of(self.index if key is None else (*self.index, key))
 
     def key_path(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
+
+    def place_of(self, key: str) -> str:
+        """The place key of ``key`` (or of a key path below this table)."""
+        return f"{self.place}.{key}" if self.place else key
 
     def problem(self, key: str | None, message: str, *, warning: bool = False) -> None:
         path = self.key_path(key) if key else self.path
@@ -93,8 +125,19 @@ class Section:
     def has(self, key: str) -> bool:
         return key in self.data
 
-    def take(self, key: str, convert: Convert[T], default: T | object = _MISSING) -> T | None:
-        """The converted value of ``key``; the default when absent; ``None`` after a problem."""
+    def take(
+        self,
+        key: str,
+        convert: Convert[T],
+        default: T | object = _MISSING,
+        *,
+        secret: bool = False,
+    ) -> T | None:
+        """The converted value of ``key``; the default when absent; ``None`` after a problem.
+
+        A ``secret`` key's text is never in a message: not even the "name" of an unset
+        ``${…}``, which is the password's own text when the password holds ``${``.
+        """
         self._known.add(key)
         if key not in self.data:
             if default is _MISSING:
@@ -102,7 +145,12 @@ class Section:
                 return None
             return default  # type: ignore[return-value]
         try:
-            return convert(self._substituted(self.data[key]))
+            value = self._substituted(self.data[key])
+        except UnsetVariableError as exc:
+            self.problem(key, _SECRET_UNSET if secret else str(exc))
+            return None
+        try:
+            return convert(value)
         except (ValueError, TypeError) as exc:
             self.problem(key, str(exc))
             return None
@@ -110,7 +158,10 @@ class Section:
     def child(self, key: str, index: IndexPath, path: str, data: Mapping[str, Any]) -> Section:
         """A sub-table, e.g. one ``[[device.point]]`` element."""
         self._known.add(key)
-        return Section(self.source, data, index, path, self.problems, self.environ)
+        prefix = f"{self.path}." if self.path else ""
+        below = path[len(prefix) :] if path.startswith(prefix) else path
+        place = self.problems.table_place(self.place_of(below))
+        return Section(self.source, data, index, path, self.problems, self.environ, place)
 
     def tables(self, key: str) -> list[tuple[IndexPath, Mapping[str, Any]]]:
         """The elements of an array of tables ``key`` (``[[…]]``), with their index paths."""
@@ -151,11 +202,26 @@ def text(value: Any) -> str:
     return value
 
 
+def utf8_text(value: Any) -> str:
+    """A string that can be written as UTF-8: sent over MQTT or printed.
+
+    TOML holds only UTF-8, but ``${VAR}`` can bring a lone surrogate: ``os.environ`` decodes
+    an undecodable byte as one (surrogateescape), and encoding it later fails.
+    """
+    result = text(value)
+    if (where := lone_surrogate(result)) is not None:
+        raise ValueError(
+            f"is not valid UTF-8: character {where + 1} is an undecodable byte (from an "
+            "environment variable?); write it in UTF-8"
+        )
+    return result
+
+
 def name(value: Any) -> str:
     """A name used in topics and key paths: letters, digits, ``_`` and ``-``."""
     result = text(value)
     if not result or not all(c.isalnum() or c in "_-" for c in result):
-        raise ValueError(f'"{result}" is not a valid name: use letters, digits, "_" and "-"')
+        raise ValueError(f'{shown(result)} is not a valid name: use letters, digits, "_" and "-"')
     return result
 
 
@@ -202,7 +268,8 @@ def one_of(*choices: str) -> Convert[str]:
     def convert(value: Any) -> str:
         word = text(value)
         if word not in choices:
-            raise ValueError(f'"{word}" is not one of {", ".join(choices)}{suggest(word, choices)}')
+            hint = suggest(word, choices)
+            raise ValueError(f"{shown(word)} is not one of {', '.join(choices)}{hint}")
         return word
 
     return convert
@@ -216,6 +283,20 @@ def in_range(low: int, high: int) -> Convert[int]:
         return result
 
     return convert
+
+
+def lone_surrogate(value: str) -> int | None:
+    """The index of the first character UTF-8 cannot encode, or None."""
+    return next((i for i, c in enumerate(value) if "\ud800" <= c <= "\udfff"), None)
+
+
+def shown(value: str, limit: int = 60) -> str:
+    """``value`` quoted for a message: cut to ``limit`` characters, and with control characters
+    and undecodable bytes escaped (a terminal would act on the first, UTF-8 refuses the second).
+    Never for a secret."""
+    cut = value if len(value) <= limit else f"{value[:limit]}…"
+    safe = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in cut)
+    return f'"{safe}"'
 
 
 def _kind(value: Any) -> str:

@@ -19,7 +19,17 @@ _SIZE_UNITS = {
     "gib": 2**30,
     "tib": 2**40,
 }
-_ENV = re.compile(r"\$\{([^}]*)\}")
+#: ``$${`` first: it is the escape that writes a literal ``${`` (a password may hold one).
+_ENV = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+ESCAPED_BRACE = "$${"
+
+
+class UnsetVariableError(ValueError):
+    """``${NAME}`` names a variable that is not set; ``name`` is what stood between the braces."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"environment variable {name} is not set (used as ${{{name}}})")
+        self.name = name
 
 
 def parse_duration(value: object) -> float:
@@ -65,14 +75,16 @@ def substitute_env(text: str, environ: Mapping[str, str]) -> str:
     """Replace every ``${NAME}`` with the environment variable (an unset one is an error), and
     ``${NAME:-default}`` with it or, when it is unset or empty, with ``default`` (as a shell does:
     ``"${CREDENTIALS_DIRECTORY:-/etc/edge-agent}/mqtt-password"`` works under systemd and
-    beside it)."""
+    beside it). ``$${`` is a literal ``${``, for the text (a password) that holds one."""
 
     def replace(match: re.Match[str]) -> str:
+        if match[0] == ESCAPED_BRACE:
+            return "${"
         name, has_default, default = match[1].partition(":-")
         if has_default:
             return environ.get(name) or default
         if name not in environ:
-            raise ValueError(f"environment variable {name} is not set (used as ${{{name}}})")
+            raise UnsetVariableError(name)
         return environ[name]
 
     return _ENV.sub(replace, text)

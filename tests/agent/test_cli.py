@@ -55,3 +55,23 @@ def test_simulate_refuses_a_bad_address(capsys: pytest.CaptureFixture[str]) -> N
         'simulate: "localhost" is not HOST:PORT, e.g. 127.0.0.1:5020'
     )
     assert "Traceback" not in result.stderr
+
+
+def test_a_data_dir_that_is_a_file_is_a_config_problem(tmp_path: Path) -> None:
+    """Not a FileExistsError traceback at `run`: one line at agent.data_dir, exit 2."""
+    (tmp_path / "state").write_text("not a directory")
+    for data_dir, where in (
+        ("state", "state"),
+        ("state/buffer", "state (part of {dir}/state/buffer)"),
+    ):
+        config = tmp_path / "config.toml"
+        config.write_text(f'[agent]\nid = "gw"\ndata_dir = "{data_dir}"\n')
+        expected = (
+            f"{config}:3: agent.data_dir: is a file, not a directory: {tmp_path}/"
+            + where.format(dir=tmp_path)
+        )
+        for command in ("check", "run"):
+            result = cli(command, "-c", str(config), timeout=30)
+            assert result.returncode == 2, result.stderr
+            assert result.stderr.splitlines()[0] == expected
+            assert "Traceback" not in result.stderr

@@ -239,3 +239,20 @@ def test_password_is_never_printed(tmp_path: Path) -> None:
     config, _ = load_config(write(tmp_path, text), {})
     assert config.mqtt.password == "s3cret"
     assert "s3cret" not in repr(config)
+
+
+def test_a_missing_data_dir_is_no_config_problem(tmp_path: Path) -> None:
+    """The agent makes it when it starts (and says so if it cannot): not check's business."""
+    config, _ = load_config(write(tmp_path, BASE.replace('"data"', '"not/yet/made"')), {})
+    assert config.agent.data_dir == tmp_path / "not/yet/made"
+
+
+def test_an_include_pattern_pathlib_refuses_is_a_problem(tmp_path: Path) -> None:
+    text = BASE.replace('data_dir = "data"', 'data_dir = "data"\ninclude = ["/etc/*.toml", ""]')
+    found = [str(p) for p in problems(tmp_path, text)]
+    assert found == [
+        f'{tmp_path}/config.toml:5: agent.include: "/etc/*.toml": is absolute: write the '
+        "pattern relative to the config file's directory",
+        f'{tmp_path}/config.toml:5: agent.include: "": an empty pattern matches nothing: write '
+        'e.g. "conf.d/*.toml"',
+    ]
