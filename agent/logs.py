@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -69,13 +70,15 @@ SUMMARY = "rate_limit_summary"  # set on the records RateLimit makes itself
 class RateLimit(logging.Filter):
     """At most ``burst`` records of one key per ``window`` seconds; then one summary line.
 
-    The key is the logger, the message template and its first argument, which by convention names
-    the device or bus (``log.warning("device %s: %s", name, error)``): each device is limited on
-    its own, and different errors of one device count as the same event. When a key's window is
-    over (seen at the next record of any key) or when ``flush`` is called, a record "… (N similar
-    messages suppressed in the last 10 min)" is handed to ``emit`` for each key that had some
-    dropped. Records below ``min_level`` (debug, asked for on a bench) pass untouched. At most
-    ``max_keys`` keys are kept: beyond, the oldest window is closed early (and summarised).
+    The key is the logger, the message template (its numbers blanked) and its first argument,
+    which by convention names the device or bus (``log.warning("device %s: %s", name, error)``):
+    each device is limited on its own, and different errors of one device count as the same
+    event. When a key's window is over (seen at the next record of any key, or by ``flush``) a
+    record "… (N similar messages suppressed in the last 10 min)" is handed to ``emit`` if the
+    key had some dropped: one per key and window, so at most ``burst + 1`` lines per key and
+    window. ``flush_all`` (at exit) summarises the open windows too. Records below
+    ``min_level`` (debug, asked for on a bench) pass untouched. At most ``max_keys`` keys are
+    kept: beyond, the oldest window is closed early (and summarised).
     """
 
     def __init__(
@@ -102,16 +105,9 @@ class RateLimit(logging.Filter):
         if record.levelno < self.min_level or getattr(record, SUMMARY, False):
             return True
         key = _key(record)
-        summaries: list[logging.LogRecord] = []
         with self._lock:
             now = self.clock()
-            while self._windows:  # close the windows that are over, oldest first
-                oldest = next(iter(self._windows.values()))
-                full = len(self._windows) >= self.max_keys and key not in self._windows
-                if now - oldest.start < self.window and not full:
-                    break
-                self._windows.popitem(last=False)
-                summaries += oldest.summary(now, self.window)
+            summaries = self._close_windows(now, key)
             window = self._windows.setdefault(key, _Window(now))
             window.count += 1
             passes = window.count <= self.burst
@@ -126,20 +122,48 @@ class RateLimit(logging.Filter):
                     record.funcName,
                     record.getMessage(),
                 )
-        for summary in summaries:  # outside the lock: emit may come back to filter
-            self.emit(summary)
+        self._emit_all(summaries)
         return passes
 
     def flush(self) -> None:
-        """Summarise now what was dropped so far (at exit, or from a periodic task so that a
-        summary need not wait for the next record); the windows go on, so a periodic flush
-        does not let a new burst through."""
+        """Close the windows that are over and emit their summaries now, not at the next record
+        (for a periodic task). Open windows are left alone: a summary of each at every flush
+        would be a line per key per flush, however often the event repeats."""
+        with self._lock:
+            summaries = self._close_windows(self.clock())
+        self._emit_all(summaries)
+
+    def flush_all(self) -> None:
+        """Summarise what was dropped so far in every window, open ones too (at exit); the
+        windows go on, so that this does not let a new burst through either."""
         summaries: list[logging.LogRecord] = []
         with self._lock:
             now = self.clock()
             for window in self._windows.values():
                 summaries += window.summary(now, self.window)
-        for summary in summaries:
+        self._emit_all(summaries)
+
+    def _close_windows(
+        self, now: float, incoming: tuple[str, str, str] | None = None
+    ) -> list[logging.LogRecord]:
+        """Forget the windows that are over, oldest first, and the oldest beyond ``max_keys``
+        when a record of a new key ``incoming`` comes; their summaries. Under the lock."""
+        summaries: list[logging.LogRecord] = []
+        while self._windows:
+            oldest = next(iter(self._windows.values()))
+            full = (
+                incoming is not None
+                and len(self._windows) >= self.max_keys
+                and incoming not in self._windows
+            )
+            if now - oldest.start < self.window and not full:
+                break
+            self._windows.popitem(last=False)
+            summaries += oldest.summary(now, self.window)
+        return summaries
+
+    def _emit_all(self, summaries: list[logging.LogRecord]) -> None:
+        for summary in summaries:  # outside the lock: emit may come back to filter
             self.emit(summary)
 
     @property
@@ -188,7 +212,18 @@ class _Window:
 def _key(record: logging.LogRecord) -> tuple[str, str, str]:
     args = record.args
     first = args[0] if isinstance(args, tuple) and args else ""
-    return record.name, str(record.msg)[:KEY_CHARS], str(first)[:KEY_CHARS]
+    return record.name, _template(record.msg), str(first)[:KEY_CHARS]
+
+
+def _template(msg: object) -> str:
+    """The message template with its numbers blanked: a library that formats its own message
+    (asyncio's "Fatal error … protocol: <… object at 0x7f…>", "Task-12") would otherwise make a
+    new key of every repetition. Our templates carry numbers only as arguments; the first
+    argument, a device's or bus's name, keeps its digits."""
+    return _NUMBER.sub("#", str(msg)[:KEY_CHARS])
+
+
+_NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+")
 
 
 def _duration(seconds: float) -> str:
@@ -223,7 +258,7 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
         super().flush()
 
     def close(self) -> None:
-        self.rate_limit.flush()
+        self.rate_limit.flush_all()
         # logging.shutdown flushed before closing, not after the summaries; a stream already
         # closed is no reason to fail (as logging.shutdown itself reasons).
         with contextlib.suppress(OSError, ValueError):
@@ -253,8 +288,8 @@ def setup_logging(
 
 
 def flush_suppressed() -> None:
-    """Emit now the summaries of what the rate limit dropped (for a periodic task of the agent,
-    so that "N similar messages suppressed" need not wait for the next log line)."""
+    """Emit now the summaries of the rate limit's windows that are over (for a periodic task of
+    the agent, so that "N similar messages suppressed" need not wait for the next log line)."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler, _Handler):
             handler.rate_limit.flush()

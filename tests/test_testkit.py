@@ -4,6 +4,7 @@ the faults they inject, and the promises around it (no pytest in ``agent``, one 
 from __future__ import annotations
 
 import math
+import random
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from agent.config.types import PointConfig
@@ -263,3 +264,73 @@ def test_site_config_from_a_dict_writes_toml_that_reads_back() -> None:
         site_config(data, buses={"rs485": "/dev/pts/1"})
     with pytest.raises(ValueError, match="HOST:PORT"):
         site_config(data, buses={"plc": "/dev/pts/1"})
+
+
+def test_a_slaves_wire_faults_are_set_on_its_simslave(
+    modbus_slave: Callable[..., SimSlave],
+) -> None:
+    meter = modbus_slave(points=[LEVEL])
+    meter.wrong_tid, meter.garbage, meter.noise, meter.drip_ms = True, True, True, 40
+    seeded = random.Random(5)
+    meter.random = seeded
+    simulated = meter.simulated
+    assert (simulated.wrong_tid, simulated.garbage, simulated.noise) == (True, True, True)
+    assert simulated.drip == 0.04 and simulated.random is seeded
+    meter.corrupt = None  # nothing to clear on TCP: no error either
+    with pytest.raises(NotImplementedError, match="RTU"):
+        meter.corrupt = "crc"
+    for kind in ("rtu", "rtu-over-tcp"):
+        with pytest.raises(NotImplementedError, match="transaction ids are Modbus TCP's"):
+            modbus_slave(points=[LEVEL], kind=kind).wrong_tid = True
+
+
+def test_one_rtu_slave_is_corrupted_on_its_own(modbus_bus: Callable[..., ModbusBus]) -> None:
+    bus = modbus_bus("rtu")
+    healthy, spoilt = bus.add(1, points=[LEVEL]), bus.add(2, points=[LEVEL])
+    with pytest.raises(ValueError, match="corrupt must be one of crc, truncate, unit, drop"):
+        spoilt.corrupt = "bogus"  # type: ignore[assignment]
+    spoilt.corrupt = "crc"
+    assert spoilt.corrupt == "crc" and healthy.corrupt is None
+
+    async def body() -> None:
+        client = AsyncModbusSerialClient(str(bus.address), timeout=0.2, retries=0)
+        assert await client.connect()
+        try:
+            for _ in range(3):
+                with pytest.raises(ModbusException):
+                    await client.read_holding_registers(0, count=1, device_id=2)
+                assert not (await client.read_holding_registers(0, count=1, device_id=1)).isError()
+            spoilt.corrupt = None
+            assert not (await client.read_holding_registers(0, count=1, device_id=2)).isError()
+        finally:
+            client.close()
+
+    run(body(), timeout=30)
+    assert bus.faults_pending == 0  # the slave's own fault is not a queued one
+
+
+def test_an_rtu_answer_drips_through_the_proxy_as_it_comes(
+    modbus_bus: Callable[..., ModbusBus],
+) -> None:
+    bus = modbus_bus("rtu")
+    meter = bus.add(1, points=[LEVEL])
+    meter.drip_ms = 50
+    request = bytes.fromhex("01 03 0000 0001 840a")  # FC 3, one register, its CRC
+
+    def arrivals() -> list[float]:
+        import serial  # type: ignore[import-untyped]
+
+        port = serial.Serial(str(bus.address), timeout=1)
+        try:
+            port.write(request)
+            started, times = time.monotonic(), []
+            while len(times) < 7 and port.read(1):
+                times.append(time.monotonic() - started)
+            return times
+        finally:
+            port.close()
+
+    times = arrivals()
+    assert len(times) == 7
+    assert times[0] < 0.1  # the first byte did not wait for the rest of the frame
+    assert times[-1] - times[0] >= 6 * 0.05 * 0.9

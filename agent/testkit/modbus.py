@@ -2,11 +2,14 @@
 ``edge-agent simulate``) served on the kit's loop, with slaves built from a built-in template, a
 list of points, or the devices of a site configuration, and faults to inject.
 
-Over TCP (``kind="tcp"``: Modbus TCP; ``"rtu-over-tcp"``: RTU frames over TCP) a slave can be
-dead, slow or answer with an exception code. Over RTU (``kind="rtu"``) the slaves sit behind a
-``SerialProxy`` on a pseudo-terminal pair, which can also spoil answers on the wire: a corrupt
-CRC, a truncated frame, a frame from the wrong unit id, a lost answer (``ModbusBus.corrupt``).
-Modbus TCP has no CRC, and its unit id is echoed by the server: those faults are RTU-only.
+On every kind of bus a slave can be dead, slow, answer with an exception code, answer garbage
+(a well-framed answer that does not parse, or plain noise) or drip its answer a byte at a time;
+on Modbus TCP (``kind="tcp"``) it can also answer with a stale transaction id. Over RTU
+(``kind="rtu"``) the slaves sit behind a ``SerialProxy`` on a pseudo-terminal pair, which can also
+spoil answers on the wire: a corrupt CRC, a truncated frame, a frame from the wrong unit id, a
+lost answer (``ModbusBus.corrupt`` for the next answers of any slave, ``SimSlave.corrupt`` for
+all of one). Modbus TCP has no CRC, and its unit id is echoed by the server: those faults are
+RTU-only.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
+from random import Random
 from typing import Literal
 
 from agent.config import load_config
@@ -24,9 +28,14 @@ from agent.model import Value
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave, slaves_for_bus
 
 from .aio import KitLoop
-from .serial import Fault, SerialProxy
+from .serial import FAULTS, Fault, SerialProxy
 
 BusKind = Literal["tcp", "rtu", "rtu-over-tcp"]
+
+_RTU_ONLY = (
+    "{fault!r} faults are spoilt RTU frames: use a bus of kind 'rtu' "
+    "(Modbus TCP has no CRC, and the server echoes the unit id)"
+)
 
 
 def template_points(name: str) -> tuple[PointConfig, ...]:
@@ -45,8 +54,17 @@ class SimSlave:
     ``set(point, value)`` makes polls of the point read ``value`` (encoded as the point says:
     type, byte order, scale); ``get(point)`` is what a poll reads now. Faults: ``dead = True``
     (no answer at all: the agent times out), ``slow_ms = N`` (answers N ms late),
-    ``exception = CODE`` (every request answered with that Modbus exception; ``None`` to stop).
-    ``requests`` counts the requests it answered.
+    ``exception = CODE`` (every request answered with that Modbus exception; ``None`` to stop),
+    and the faults of an answer on the wire: ``wrong_tid = True`` (Modbus TCP, kind ``"tcp"``,
+    only: the answer carries the previous request's transaction id, as a stale answer does),
+    ``garbage = True`` (a well-framed answer whose PDU is random bytes: it does not parse),
+    ``noise = True`` (the whole answer random bytes), ``drip_ms = N`` (the answer sent a byte at a
+    time, N ms apart: it arrives partly after the agent's timeout, or barely within it). The
+    random bytes come from ``random``, a ``random.Random`` seeded by the unit id: assign one of
+    the test's own (``slave.random = random.Random(7)``) for other garbage, as reproducible.
+    On an RTU line (kind ``"rtu"``) ``corrupt = "crc" | "unit" | "truncate" | "drop"`` spoils
+    every answer of this slave on the wire, as ``ModbusBus.corrupt`` does the next few of any
+    (``None`` to stop). ``requests`` counts the requests it answered (spoilt answers too).
     """
 
     def __init__(self, bus: ModbusBus, slave: SimulatedSlave) -> None:
@@ -95,6 +113,68 @@ class SimSlave:
     @exception.setter
     def exception(self, code: int | None) -> None:
         self.simulated.exception = code
+
+    @property
+    def wrong_tid(self) -> bool:
+        return self.simulated.wrong_tid
+
+    @wrong_tid.setter
+    def wrong_tid(self, wrong: bool) -> None:
+        if wrong and self.bus.kind != "tcp":
+            raise NotImplementedError(
+                "transaction ids are Modbus TCP's (MBAP): RTU frames, over TCP or not, have none"
+            )
+        self.simulated.wrong_tid = wrong
+
+    @property
+    def garbage(self) -> bool:
+        return self.simulated.garbage
+
+    @garbage.setter
+    def garbage(self, garbage: bool) -> None:
+        self.simulated.garbage = garbage
+
+    @property
+    def noise(self) -> bool:
+        return self.simulated.noise
+
+    @noise.setter
+    def noise(self, noise: bool) -> None:
+        self.simulated.noise = noise
+
+    @property
+    def drip_ms(self) -> float:
+        return self.simulated.drip * 1000
+
+    @drip_ms.setter
+    def drip_ms(self, gap: float) -> None:
+        self.simulated.drip = gap / 1000
+
+    @property
+    def random(self) -> Random:
+        return self.simulated.random
+
+    @random.setter
+    def random(self, generator: Random) -> None:
+        self.simulated.random = generator
+
+    @property
+    def corrupt(self) -> Fault | None:
+        proxy = self.bus.proxy
+        return proxy.unit_faults.get(self.unit) if proxy is not None else None
+
+    @corrupt.setter
+    def corrupt(self, fault: Fault | None) -> None:
+        proxy = self.bus.proxy
+        if fault is None:
+            if proxy is not None:
+                self.bus.run_soon(proxy.unit_faults.pop, self.unit, None)
+            return
+        if proxy is None:
+            raise NotImplementedError(_RTU_ONLY.format(fault=fault))
+        if fault not in FAULTS:
+            raise ValueError(f"corrupt must be one of {', '.join(FAULTS)} or None, not {fault!r}")
+        self.bus.run_soon(proxy.unit_faults.__setitem__, self.unit, fault)
 
     @property
     def requests(self) -> int:
@@ -194,10 +274,7 @@ class ModbusBus:
         """Spoil the next ``count`` answers on the wire (RTU only): ``"crc"`` (a bad CRC),
         ``"unit"`` (from the next unit id, good CRC), ``"truncate"``, ``"drop"`` (lost)."""
         if self.proxy is None:
-            raise NotImplementedError(
-                f"{fault!r} faults are spoilt RTU frames: use a bus of kind 'rtu' "
-                "(Modbus TCP has no CRC, and the server echoes the unit id)"
-            )
+            raise NotImplementedError(_RTU_ONLY.format(fault=fault))
         self.run_soon(self.proxy.corrupt, fault, count)
 
     @property

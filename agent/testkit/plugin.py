@@ -95,8 +95,10 @@ def modbus_bus(kit_loop: KitLoop, tmp_path: Path) -> Iterator[Callable[..., Modb
     (RTU frames on a pseudo-terminal pair through a proxy that can spoil answers; the agent's
     bus ``port`` is ``bus.address``, a link named ``name`` in the test's directory). Add slaves
     with ``bus.add(unit, template="eastron-sdm120")`` or ``bus.add(unit, points=[...])``, or a
-    site's own with ``bus.add_devices("site.toml", "rs485")``. Wire faults (RTU):
-    ``bus.corrupt("crc" | "unit" | "truncate" | "drop", count)``.
+    site's own with ``bus.add_devices("site.toml", "rs485")``. Slave faults are ``SimSlave``
+    attributes (see ``modbus_slave``). Wire faults (RTU): ``bus.corrupt("crc" | "unit" |
+    "truncate" | "drop", count)`` spoils the next ``count`` answers of any slave,
+    ``slave.corrupt = "crc"`` every answer of one (``None`` to stop).
     """
     from .modbus import ModbusBus
 
@@ -116,8 +118,14 @@ def modbus_bus(kit_loop: KitLoop, tmp_path: Path) -> Iterator[Callable[..., Modb
 def modbus_slave(modbus_bus: Callable[..., ModbusBus]) -> Callable[..., SimSlave]:
     """``modbus_slave(template=None, points=(), unit=1, kind="tcp")``: one simulated slave on a
     bus of its own (``slave.bus.address``). ``slave.set(point, value)``, ``slave.get(point)``;
-    faults: ``slave.dead = True``, ``slave.slow_ms = 800``, ``slave.exception = 2``, and on RTU
-    ``slave.bus.corrupt("crc")``; ``slave.requests`` counts the requests it answered."""
+    faults (set them back to ``False``/``0``/``None`` to clear): ``slave.dead = True`` (no
+    answer), ``slave.slow_ms = 800`` (answers late), ``slave.exception = 2`` (a Modbus exception),
+    ``slave.wrong_tid = True`` (``kind="tcp"`` only: the previous request's transaction id),
+    ``slave.garbage = True`` (a well-framed answer that does not parse), ``slave.noise = True``
+    (random bytes), ``slave.drip_ms = 50`` (a byte at a time, 50 ms apart), with the random bytes
+    from ``slave.random`` (assign a ``random.Random(seed)``); on RTU ``slave.corrupt = "crc" |
+    "unit" | "truncate" | "drop"`` (every answer) or ``slave.bus.corrupt("crc", count)`` (the
+    next few of any slave). ``slave.requests`` counts the requests it answered."""
 
     def make(
         template: str | None = None,

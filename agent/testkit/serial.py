@@ -28,6 +28,7 @@ from drivers.modbus.simulator import PtyLink
 
 #: What ``SerialProxy.corrupt`` can do to a slave's answer.
 Fault = Literal["crc", "truncate", "unit", "drop"]
+FAULTS: tuple[Fault, ...] = ("crc", "truncate", "unit", "drop")
 
 AGENT, DEVICE = 0, 1  # the two ends of a proxy
 
@@ -42,8 +43,11 @@ async def pty_pair() -> AsyncIterator[tuple[str, str]]:
 class SerialProxy(PtyLink):
     """Sits between the agent's port (``agent_path``) and the slaves' port (``device_path``).
 
-    Frames pass whole (split by the RTU length rules), counted in ``passed``, ``requests`` and
-    ``replies``; ``corrupt(fault, n)`` spoils the next ``n`` answers from the slaves.
+    Requests pass as whole frames (split by the RTU length rules); answers pass as their bytes
+    come (a slave that drips its answer drips it on the agent's side too), except one to be
+    spoilt, held until it is whole: ``corrupt(fault, n)`` spoils the next ``n`` answers from the
+    slaves, ``unit_faults[unit] = fault`` every answer from that unit until it is removed (the
+    queued faults go first). Frames are counted in ``passed``, ``requests`` and ``replies``.
     """
 
     def __init__(self, directory: Path, name: str = "ttyUSB0") -> None:
@@ -53,7 +57,9 @@ class SerialProxy(PtyLink):
         self.requests = 0  # frames from the agent
         self.replies = 0  # frames from the slaves
         self._faults: list[Fault] = []
+        self.unit_faults: dict[int, Fault] = {}
         self._buffers = (bytearray(), bytearray())
+        self._holding = False  # the answer coming is held back, to be spoilt once whole
 
     @property
     def device_path(self) -> str:
@@ -94,23 +100,47 @@ class SerialProxy(PtyLink):
         self._link()
 
     def forward(self, index: int, data: bytes) -> None:
-        buffer = self._buffers[index]
+        if index == AGENT:
+            self._forward_request(data)
+        else:
+            self._forward_answer(data)
+
+    def _forward_request(self, data: bytes) -> None:
+        self._end_answer()
+        buffer = self._buffers[AGENT]
         buffer += data
-        for frame in _split(buffer, request=index == AGENT):
-            if index == AGENT:
-                self.requests += 1
-                passing: bytes | None = frame
-            else:
-                self.replies += 1
-                passing = self._spoil(frame)
+        for frame in _split(buffer, request=True):
+            self.requests += 1
+            self.passed += 1
+            self.deliver(DEVICE, frame)
+
+    def _forward_answer(self, data: bytes) -> None:
+        buffer = self._buffers[DEVICE]
+        if not buffer:  # an answer starts: its first byte is the unit id
+            self._holding = bool(self._faults) or data[0] in self.unit_faults
+        if not self._holding:
+            self.deliver(AGENT, data)
+        buffer += data
+        for frame in _split(buffer, request=False):
+            self.replies += 1
+            if not self._holding:
+                self.passed += 1  # on its way already
+                continue
+            passing = self._spoil(frame)
             if passing is not None:
                 self.passed += 1
-                self.deliver(1 - index, passing)
+                self.deliver(AGENT, passing)
+
+    def _end_answer(self) -> None:
+        """A request means the answer before it is over: what is left of it (bytes of no whole
+        frame: noise, an answer cut short) is not split with the next one. It passed on already,
+        unless it was held to be spoilt: then it is lost, and the fault waits for a whole one."""
+        self._buffers[DEVICE].clear()
 
     def _spoil(self, frame: bytes) -> bytes | None:
-        if not self._faults:
+        fault = self._faults.pop(0) if self._faults else self.unit_faults.get(frame[0])
+        if fault is None:
             return frame
-        fault = self._faults.pop(0)
         if fault == "crc":
             return frame[:-1] + bytes([frame[-1] ^ 0xFF])
         if fault == "truncate":

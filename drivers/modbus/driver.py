@@ -30,8 +30,16 @@ back during the request (``trace_packet``): nothing at all is a timeout, a frame
 length whose CRC does not match is ``crc``, a valid frame from another unit is ``wrong_unit``
 (never taken as the answer), anything else — too short, an unknown function code, a frame pymodbus
 cannot decode — is ``garbled``. On ``modbus-tcp`` an answer carrying another transaction id is
-dropped by pymodbus too; when the answer to our request then never comes, the connection is out of
-step and we raise ``BusError`` so that it is reopened.
+dropped by pymodbus too; when the answer to our request then never comes, the request is
+``out_of_step``: a fault of that device (a stale answer, or a slave or gateway that mislabels its
+answers), not of the connection, which pymodbus resynchronises at every request.
+
+What came back before the answer to the request under way (a late answer of another request, the
+tail of one that dripped in past its timeout) is skipped before pymodbus reads the buffer: it reads
+an RTU buffer as one frame and would drop ours with the late one, and it reads MBAP frames only
+from the start of its buffer. So one slave's late answers do not cost the next device its poll.
+A well-framed answer pymodbus cannot decode is dropped too (pymodbus would raise it out of its
+receive callback, where asyncio logs a traceback and closes the connection).
 
 Writes (``write``) go through the same machinery, one transaction each (two for a ``bit`` point:
 the register is read, the bit changed, the register written back), paced and counted like reads:
@@ -103,7 +111,7 @@ FAULTS: tuple[str, ...] = (
     "crc",  # a frame whose CRC does not match
     "garbled",  # a truncated, undecodable or wrong-sized answer
     "wrong_unit",  # a valid answer from another unit id
-    "out_of_step",  # TCP answers with other transaction ids: the connection is reopened
+    "out_of_step",  # TCP: only answers carrying other transaction ids came (not taken)
     "bus",  # the port or connection failed
     "unsendable",  # a request pymodbus refuses to encode
 )
@@ -166,14 +174,6 @@ class _RequestFailed(_Fault):
 
 class _NoResponse(_Fault):
     """No usable answer came within the bus timeout."""
-
-
-class _BusFault(BusError):
-    """A ``BusError`` counted under ``category`` for the device whose request met it."""
-
-    def __init__(self, message: str, category: str = "bus") -> None:
-        super().__init__(message)
-        self.category = category
 
 
 @dataclass(frozen=True)
@@ -330,12 +330,38 @@ def _inspect_rtu(buffer: bytes, unit: int) -> tuple[str, str]:
 def _inspect_mbap(buffer: bytes, unit: int, tid: int) -> tuple[str, str]:
     """What is wrong with a Modbus TCP answer buffer: (category, cause), or ("", "")."""
     if len(buffer) >= 2 and (got := int.from_bytes(buffer[:2], "big")) != tid:
-        return "out_of_step", f"an answer carried transaction id {got} instead of {tid}"
+        return "out_of_step", f"an answer carried transaction id {got} instead of {tid} (not taken)"
     if len(buffer) < 8 or len(buffer) < 6 + int.from_bytes(buffer[4:6], "big"):
         return "garbled", f"truncated answer ({len(buffer)} bytes)"
     if buffer[6] != unit:
         return "wrong_unit", f"an answer came from unit {buffer[6]} instead (not taken)"
     return "", ""
+
+
+def skip_stale_bytes(buffer: bytes, tid: int) -> bytes:
+    """A Modbus TCP receive buffer from the answer to transaction ``tid`` on, when other bytes
+    came first (the rest of a late answer to an earlier request): pymodbus reads frames only from
+    the start of its buffer, and would wait behind them until the request timed out."""
+    header = tid.to_bytes(2, "big") + b"\x00\x00"  # the transaction id, protocol 0
+    if buffer.startswith(header[: len(buffer)]):
+        return buffer
+    start = buffer.find(header)
+    return buffer[start:] if start > 0 else buffer
+
+
+def skip_to_rtu_frame(buffer: bytes, unit: int) -> bytes:
+    """An RTU receive buffer from the first whole frame of ``unit`` (its CRC good) on; empty
+    until one is there. pymodbus's RTU framer takes a buffer for one frame: a late answer from
+    another unit, or the tail of one, in front of ours would make it drop ours with it."""
+    if not unit:  # a broadcast: nothing answers it
+        return buffer
+    for start in range(len(buffer)):
+        if buffer[start] != unit:
+            continue
+        size = rtu_frame_size(buffer[start:])
+        if size and len(buffer) - start >= size and rtu_crc_ok(buffer[start : start + size]):
+            return buffer[start:]
+    return b""
 
 
 @dataclass
@@ -364,6 +390,12 @@ class _Exchange:
         )
         if fault:
             self.fault, self.cause = fault, cause
+
+    def answer_part(self, buffer: bytes) -> bytes:
+        """What of a receive buffer pymodbus should read: from the answer to this request on."""
+        if self.rtu:
+            return skip_to_rtu_frame(buffer, self.device.unit)
+        return skip_stale_bytes(buffer, self.tid)
 
 
 class ModbusDriver:
@@ -412,6 +444,7 @@ class ModbusDriver:
         """Connect; raises ``BusError`` when the port or server cannot be opened or reached."""
         self._close()
         client = self._new_client()
+        _drop_undecodable_answers(client)
         if self.tolerate_silence:
             client.set_max_no_responses(1 << 30)
         try:
@@ -565,8 +598,8 @@ class ModbusDriver:
         except _Fault as exc:
             self._count(device, exc.category)
             raise
-        except BusError as exc:
-            self._count(device, exc.category if isinstance(exc, _BusFault) else "bus")
+        except BusError:
+            self._count(device, "bus")
             raise
         self._count(device, "ok")
         return raw
@@ -622,17 +655,11 @@ class ModbusDriver:
             # asyncio may fire a timer up to its clock's resolution early.
             await asyncio.sleep(left + _CLOCK_RESOLUTION)
 
-    def _no_answer(self, where: str) -> _NoResponse | BusError:
+    def _no_answer(self, where: str) -> _NoResponse:
         """The error for a request that ended without an answer pymodbus would take."""
         exchange = self._exchange
         if exchange is None or not exchange.heard:
             return _NoResponse(where, f"no response within {self.bus.timeout:g} s", "timeout")
-        if exchange.fault == "out_of_step":
-            return _BusFault(
-                f"bus {self.bus.name}: answers from {self.bus.address} are out of step "
-                f"({exchange.cause}); reconnecting",
-                "out_of_step",
-            )
         cause = exchange.cause or "an answer came but pymodbus could not decode it"
         return _NoResponse(where, cause, exchange.fault or "garbled")
 
@@ -689,6 +716,7 @@ class ModbusDriver:
                     exchange.sent(data)
                 else:
                     exchange.received(data)
+                    return exchange.answer_part(data)
         except Exception:  # an error here would break pymodbus's receive path
             log.exception("bus %s: cannot inspect a frame", self.bus.name)
         return data
@@ -736,6 +764,29 @@ class ModbusDriver:
                 return port_problem_message(bus.name, bus.serial_port, errno.ENOENT, reason)
             return f"bus {bus.name}: lost {bus.serial_port}: {reason}; reopening"
         return f"bus {bus.name}: connection to {bus.address} lost: {reason}"
+
+
+def _drop_undecodable_answers(client: ModbusBaseClient) -> None:
+    """Make pymodbus drop a well-framed answer it cannot decode, as it drops a bad RTU frame:
+    the request then times out and ``_Exchange`` tells why.
+
+    pymodbus raises ``ModbusIOException`` out of its receive callback for such a frame. asyncio
+    then logs "Fatal error: protocol.data_received() call failed" with a traceback and closes the
+    connection; the message names the protocol object, new at every reconnect, so that no rate
+    limit sees two alike: a slave answering garbage would flood the log and cost every device on
+    the bus its connection.
+    """
+    manager = client.ctx
+    receive = manager.callback_data
+
+    def callback_data(data: bytes, addr: tuple[Any, ...] | None = None) -> int:
+        try:
+            return receive(data, addr)
+        except ModbusIOException:
+            return len(data)  # all of it: what followed the frame is no better
+
+    # setattr: mypy refuses an assignment to a method, and this one is the instance's own
+    setattr(manager, "callback_data", callback_data)  # noqa: B010
 
 
 async def _guarded(call: Awaitable[T], down: asyncio.Future[None] | None = None) -> T | None:

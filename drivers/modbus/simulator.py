@@ -15,7 +15,9 @@ like a real device: a request touching any other address is answered with Modbus
 (illegal data address). A slave marked ``dead``, like an unknown unit id, does not answer at all,
 so the client times out as it would on a real bus (pymodbus's stock server would send exception
 4 or 11 instead). A ``slow`` slave answers that many seconds late; one given an ``exception``
-code answers every request with it.
+code answers every request with it. The faults of a field bus's answers on the wire are the
+slave's too: a stale transaction id (``wrong_tid``), a well-framed answer that does not parse
+(``garbage``), line noise (``noise``), an answer dripping in a byte at a time (``drip``).
 
 The server is pymodbus's ``ModbusTcpServer`` or ``ModbusSerialServer``; its datastore is replaced
 by ``_SlaveContext``, which reads and writes the slaves' images directly, so nothing here uses the
@@ -29,18 +31,19 @@ import collections
 import logging
 import math
 import os
+import random
 import socket
 import time
 import tty
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, NamedTuple
 
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
-from pymodbus.framer import FramerType
+from pymodbus.framer import FramerRTU, FramerSocket, FramerType
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
@@ -87,7 +90,21 @@ class SimulatedSlave:
     it answer that late, ``exception`` to a Modbus exception code to make it answer every request
     with that exception, ``unsupported`` to function codes it answers with "illegal function"
     (a slave without FC 5/6). ``requests`` counts the requests it answered (exception responses
-    included).
+    included, spoilt answers too).
+
+    Faults of the answer on the wire (each may be combined with the others):
+
+    * ``wrong_tid = True``: Modbus TCP framing only: the answer carries the previous request's
+      transaction id, as a stale answer does (never 0, which pymodbus would take for any);
+    * ``garbage = True``: the answer's PDU (function code and data) is random bytes inside a
+      sound envelope (the MBAP header; RTU: the unit id and a valid CRC), so that it reaches the
+      client's decoder and does not parse, or parses to nonsense;
+    * ``noise = True``: the whole answer is random bytes, envelope included (line noise);
+    * ``drip`` seconds: the answer is sent a byte at a time with that gap between bytes, so that
+      it arrives partly after the client's timeout, or barely within it.
+
+    The random bytes come from ``random``, seeded by the unit id: set it to a
+    ``random.Random(seed)`` of the test's own for other garbage, as reproducible.
     """
 
     def __init__(self, unit: int, points: Sequence[PointConfig]) -> None:
@@ -99,6 +116,11 @@ class SimulatedSlave:
         self.slow = 0.0
         self._exception: ExcCodes | None = None
         self.unsupported: set[int] = set()
+        self.wrong_tid = False
+        self.garbage = False
+        self.noise = False
+        self.drip = 0.0
+        self.random = random.Random(unit)
         self.requests = 0
         # Every address a point covers starts at 0/False; overlapping points share addresses.
         self._images: dict[Table, dict[int, int | bool]] = {table: {} for table in TABLES}
@@ -338,7 +360,11 @@ class _Connection(ServerRequestHandler):
             return
         slave = self.owner.slaves.get(pdu.dev_id)
         delay = slave.slow if slave is not None and not slave.dead else 0.0
-        task = asyncio.create_task(self._answer(pdu, addr, delay), name="modbus simulator answer")
+        self._in_task(self._answer(pdu, addr, delay), "modbus simulator answer")
+
+    def _in_task(self, answer: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``answer`` in a task the simulator cancels when it stops."""
+        task = asyncio.create_task(answer, name=name)
         self.owner.answers.add(task)
         task.add_done_callback(self.owner.answers.discard)
 
@@ -349,6 +375,45 @@ class _Connection(ServerRequestHandler):
         # them before the answer is sent.
         self.last_pdu, self.last_addr = pdu, addr
         await self.handle_request()  # type: ignore[no-untyped-call]
+
+    def send(self, data: bytes, addr: tuple[Any, ...] | None = None) -> None:
+        # pymodbus's send also empties the receive buffer. Answers go out late here, in tasks of
+        # their own: the first bytes of the next request (a read of a serial port may return
+        # part of a frame) would be lost with it, and that request never answered.
+        received = self.recv_buffer
+        super().send(data, addr)
+        self.recv_buffer = received
+
+    def pdu_send(self, pdu: ModbusPDU, addr: tuple[Any, ...] | None = None) -> None:
+        """Send an answer, spoilt as its slave's wire faults say (``SimulatedSlave``)."""
+        slave = self.owner.slaves.get(pdu.dev_id)
+        if slave is None or not _spoils_answers(slave):
+            super().pdu_send(pdu, addr)
+            return
+        frame = self.trace_packet(True, self._spoilt_frame(pdu, slave))
+        if slave.drip > 0:
+            self._in_task(self._drip(frame, slave.drip), "modbus simulator drip")
+        else:
+            self.low_level_send(frame, addr=addr)
+
+    def _spoilt_frame(self, pdu: ModbusPDU, slave: SimulatedSlave) -> bytes:
+        mbap = isinstance(self.framer, FramerSocket)
+        if slave.wrong_tid and mbap:
+            pdu.transaction_id = _stale_tid(pdu.transaction_id)
+        frame: bytes = self.framer.buildFrame(self.trace_pdu(True, pdu))
+        if slave.garbage:
+            frame = _garbled(frame, slave.random, mbap=mbap)
+        if slave.noise:
+            frame = slave.random.randbytes(len(frame))
+        return frame
+
+    async def _drip(self, frame: bytes, gap: float) -> None:
+        for index in range(len(frame)):
+            if index:
+                await asyncio.sleep(gap)
+            if self.transport is None:  # the client hung up meanwhile
+                return
+            self.low_level_send(frame[index : index + 1])
 
 
 class _Server(ModbusTcpServer):
@@ -562,6 +627,24 @@ class ModbusSimulator:
             stepped, self._stepped = self._stepped, asyncio.Event()
             if stepped is not None:
                 stepped.set()
+
+
+def _spoils_answers(slave: SimulatedSlave) -> bool:
+    return slave.wrong_tid or slave.garbage or slave.noise or slave.drip > 0
+
+
+def _stale_tid(tid: int) -> int:
+    """The transaction id of the request before ``tid``; never 0 (pymodbus takes an answer with
+    transaction id 0 for any request)."""
+    return (tid - 1) % 0x10000 or 0xFFFF
+
+
+def _garbled(frame: bytes, rng: random.Random, *, mbap: bool) -> bytes:
+    """``frame`` with its PDU replaced by random bytes, its envelope kept sound."""
+    if mbap:  # transaction id, protocol id, length, unit id: then the PDU
+        return frame[:7] + rng.randbytes(len(frame) - 7)
+    body = frame[:1] + rng.randbytes(len(frame) - 3)  # the unit id, then the PDU; a good CRC
+    return body + FramerRTU.compute_CRC(body).to_bytes(2, "big")
 
 
 async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:

@@ -234,16 +234,52 @@ def test_errors_from_bugs_are_limited_too_debug_is_not() -> None:
     ]
 
 
-def test_flush_summarises_now_and_the_window_goes_on() -> None:
+def test_flush_summarises_the_windows_that_are_over_without_waiting_for_a_record() -> None:
     logs = Limited()
     logs.fail("pump", times=8)
     logs.take()
     logs.clock.now += 90
     logs.limit.flush()
+    assert logs.take() == []  # the window goes on: its summary comes when it is over
+    logs.fail("pump", times=4)  # still the same window: no new burst
+    logs.clock.now += 510
+    logs.limit.flush()
+    assert logs.take() == [
+        "WARNING device pump: timeout (7 similar messages suppressed in the last 10 min)"
+    ]
+    logs.limit.flush()
+    assert logs.take() == []  # said once
+    logs.fail("pump", times=6)  # a new window: a new burst
+    assert logs.take() == ["WARNING device pump: timeout"] * 5
+
+
+def test_a_periodic_flush_does_not_let_repetitions_through_as_summaries() -> None:
+    """The field report: a flush every 0.25 s turned each repetition past the burst into a line
+    "… (1 similar message suppressed in the last 1 s)"."""
+    logs = Limited()
+    for _ in range(2400):  # 10 minutes of a flapping bus, flushed every quarter second
+        logs.log(logging.WARNING, "bus %s: lost: %s", "plc", "out of step")
+        logs.log(logging.INFO, "bus %s: connected", "plc")
+        logs.clock.now += 0.25
+        logs.limit.flush()
+    out = logs.take()
+    assert out[:10] == ["WARNING bus plc: lost: out of step", "INFO bus plc: connected"] * 5
+    assert out[10:] == [
+        "WARNING bus plc: lost: out of step (2395 similar messages suppressed in the last 10 min)",
+        "INFO bus plc: connected (2395 similar messages suppressed in the last 10 min)",
+    ]
+
+
+def test_flush_all_summarises_the_open_windows_too_and_they_go_on() -> None:
+    logs = Limited()
+    logs.fail("pump", times=8)
+    logs.take()
+    logs.clock.now += 90
+    logs.limit.flush_all()
     assert logs.take() == [
         "WARNING device pump: timeout (3 similar messages suppressed in the last 2 min)"
     ]
-    logs.limit.flush()
+    logs.limit.flush_all()
     assert logs.take() == []  # nothing new
     logs.fail("pump", times=4)  # still the same window: no new burst
     logs.clock.now += 600
@@ -284,6 +320,24 @@ def test_the_message_template_and_logger_are_part_of_the_key() -> None:
     assert len(logs.take()) == 5
 
 
+def test_a_library_message_with_changing_numbers_is_limited_as_one() -> None:
+    """asyncio formats its own message, with the protocol's address: new at every reconnect."""
+    logs = Limited()
+    for n in range(20):
+        logs.log(
+            logging.ERROR,
+            "Fatal error: protocol.data_received() call failed.\n"
+            f"protocol: <pymodbus.transaction.TransactionManager object at {0x7F00 + n:#x}>\n"
+            f"transport: <_SelectorSocketTransport fd={7 + n} read=polling>",
+        )
+    assert len(logs.take()) == 5
+    for unit in ("pump1", "pump2"):  # a name's digits still tell devices apart
+        logs.fail(unit, times=6)
+    assert (
+        logs.take() == ["WARNING device pump1: timeout"] * 5 + ["WARNING device pump2: timeout"] * 5
+    )
+
+
 # --- end to end ------------------------------------------------------------------------------
 
 
@@ -318,13 +372,39 @@ def test_a_dead_device_under_journald_writes_a_few_lines(tmp_path: Path) -> None
     ), lines[5]
 
 
+def our_handler() -> Any:
+    """The handler setup_logging installed (its rate limit's clock can be replaced)."""
+    return next(h for h in logging.getLogger().handlers if hasattr(h, "rate_limit"))
+
+
 @pytest.mark.usefixtures("root_logging")
 def test_flush_suppressed_goes_through_the_handler(tmp_path: Path) -> None:
     with (tmp_path / "stderr").open("w") as stderr:
         setup_logging("info", stderr, journal_of(stderr))
+        clock = Clock()
+        our_handler().rate_limit.clock = clock
         for _ in range(7):
             logging.getLogger("tests.flush").warning("device %s: %s", "pump", "timeout")
         flush_suppressed()
+        stderr.flush()
+        assert len((tmp_path / "stderr").read_text().splitlines()) == 5  # the window goes on
+        clock.now += 600
+        flush_suppressed()
+    lines = (tmp_path / "stderr").read_text().splitlines()
+    assert len(lines) == 6
+    assert lines[-1] == (
+        "<4>WARNING tests.flush: device pump: timeout (2 similar messages suppressed in the "
+        "last 10 min)"
+    )
+
+
+@pytest.mark.usefixtures("root_logging")
+def test_closing_the_handler_at_exit_summarises_the_open_windows(tmp_path: Path) -> None:
+    with (tmp_path / "stderr").open("w") as stderr:
+        setup_logging("info", stderr, journal_of(stderr))
+        for _ in range(7):
+            logging.getLogger("tests.flush").warning("device %s: %s", "pump", "timeout")
+        our_handler().close()  # as logging.shutdown does at exit
     lines = (tmp_path / "stderr").read_text().splitlines()
     assert len(lines) == 6
     assert lines[-1].startswith(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import random
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
-from pymodbus.framer import FramerType
+from pymodbus.framer import FramerRTU, FramerType
 
 from agent.config.types import DeviceConfig, PointConfig, PointType
 from agent.testkit.serial import pty_pair
@@ -351,5 +353,118 @@ def test_exception_injection() -> None:
             fine = await modbus.read_holding_registers(0, count=1, device_id=1)
         assert (busy.exception_code, refused.exception_code) == (6, 6)
         assert not fine.isError()
+
+    run(body)
+
+
+# --- faults of the answer on the wire ------------------------------------------------------------
+
+
+def answers(sim: ModbusSimulator) -> list[bytes]:
+    return [f.data for f in sim.frames if f.sending]
+
+
+def test_a_stale_transaction_id_is_the_previous_requests_never_0() -> None:
+    async def body() -> None:
+        slave = SimulatedSlave(1, POINTS)
+        slave.wrong_tid = True
+        async with ModbusSimulator([slave]) as sim, client(sim.port, timeout=0.1) as modbus:
+            for _ in range(2):  # pymodbus drops both: neither carries its transaction id
+                with pytest.raises(ModbusIOException):
+                    await modbus.read_holding_registers(0, count=1, device_id=1)
+            slave.wrong_tid = False
+            assert not (await modbus.read_holding_registers(0, count=1, device_id=1)).isError()
+        assert [a[:2] for a in answers(sim)] == [b"\xff\xff", b"\x00\x01", b"\x00\x03"]
+        assert slave.requests == 3
+
+    run(body)
+
+
+def test_rtu_frames_have_no_transaction_id_to_get_wrong() -> None:
+    async def body() -> None:
+        slave = SimulatedSlave(1, POINTS)
+        slave.wrong_tid = True
+        async with ModbusSimulator([slave], rtu=True) as sim:
+            modbus = AsyncModbusTcpClient(
+                "127.0.0.1", port=sim.port, framer=FramerType.RTU, timeout=0.5, retries=0
+            )
+            assert await modbus.connect()
+            try:
+                assert not (await modbus.read_holding_registers(0, count=1, device_id=1)).isError()
+            finally:
+                modbus.close()
+
+    run(body)
+
+
+READ_ONE = bytes.fromhex("01 03 0000 0001")  # unit 1, FC 3: one holding register
+
+
+def request_frame(tid: int, rtu: bool) -> bytes:
+    if rtu:
+        return READ_ONE + FramerRTU.compute_CRC(READ_ONE).to_bytes(2, "big")
+    return tid.to_bytes(2, "big") + bytes([0, 0, 0, len(READ_ONE)]) + READ_ONE
+
+
+async def garbled_answers(fault: str, seed: int, rtu: bool) -> list[bytes]:
+    """What a slave with ``fault`` and a ``random.Random(seed)`` sent for three requests (on a
+    plain socket: pymodbus's client raises out of its receive callback for some garbage)."""
+    slave = SimulatedSlave(1, POINTS)
+    setattr(slave, fault, True)
+    slave.random = random.Random(seed)
+    async with ModbusSimulator([slave], rtu=rtu) as sim:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+        try:
+            for tid in (1, 2, 3):
+                writer.write(request_frame(tid, rtu))
+                await asyncio.wait_for(reader.readexactly(7 if rtu else 11), timeout=1)
+        finally:
+            writer.close()
+        return answers(sim)
+
+
+@pytest.mark.parametrize("rtu", [False, True], ids=["mbap", "rtu"])
+def test_garbage_is_a_sound_envelope_around_random_bytes_the_same_for_a_seed(rtu: bool) -> None:
+    async def body() -> None:
+        first = await garbled_answers("garbage", 7, rtu)
+        assert first == await garbled_answers("garbage", 7, rtu)  # reproducible
+        assert first != await garbled_answers("garbage", 8, rtu)
+        assert len(set(first)) == 3  # a new garble each time
+        for tid, frame in enumerate(first, 1):
+            if rtu:
+                assert frame[0] == 1 and rtu_crc_ok(frame) and len(frame) == 7
+            else:  # transaction id, protocol id, length and unit as the answer's
+                assert frame[:7] == tid.to_bytes(2, "big") + bytes([0, 0, 0, 5, 1])
+                assert len(frame) == 11
+
+    run(body)
+
+
+def test_noise_is_random_bytes_envelope_included() -> None:
+    async def body() -> None:
+        noise = await garbled_answers("noise", 7, rtu=True)
+        assert noise == await garbled_answers("noise", 7, rtu=True)
+        assert [len(frame) for frame in noise] == [7] * 3
+        assert not any(rtu_crc_ok(frame) for frame in noise)
+
+    run(body)
+
+
+def test_a_dripping_answer_comes_a_byte_at_a_time() -> None:
+    async def body() -> None:
+        slave = SimulatedSlave(1, POINTS)
+        slave.drip = 0.03
+        async with ModbusSimulator([slave]) as sim:
+            reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+            try:
+                writer.write(request_frame(1, rtu=False))
+                started, arrivals = time.monotonic(), []
+                while sum(len(chunk) for _, chunk in arrivals) < 11:
+                    chunk = await asyncio.wait_for(reader.read(16), timeout=1)
+                    arrivals.append((time.monotonic() - started, chunk))
+            finally:
+                writer.close()
+        assert [len(chunk) for _, chunk in arrivals] == [1] * 11
+        assert arrivals[-1][0] - arrivals[0][0] >= 10 * 0.03 * 0.9
 
     run(body)
