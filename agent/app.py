@@ -13,9 +13,9 @@ from typing import Any
 
 from . import __version__
 from .aio import cancel_and_wait
-from .buffer import BUFFER_FILE, Buffer
+from .buffer import open_buffer
 from .clock import Clock, ClockGuard
-from .commands import Commands
+from .commands import Commands, shown
 from .config import Config, load_config
 from .driver import bus_driver, load_driver, local_bus
 from .errors import ConfigError
@@ -47,13 +47,20 @@ class Agent:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or Clock()
-        self.buffer = Buffer(
-            config.agent.data_dir / BUFFER_FILE,
+        self.guard = ClockGuard(self.clock)
+        self.buffer = open_buffer(
+            config.agent.data_dir,
             config.buffer.max_size,
             config.buffer.flush_interval,
+            trusted_ms=self._trusted_now_ms,
+            boot=self.guard.boot,
         )
-        self.guard = ClockGuard(self.clock)
-        self.commands = Commands(lambda: self.config, lambda: self.pollers, self._trusted_now_ms)
+        self.commands = Commands(
+            lambda: self.config,
+            lambda: self.pollers,
+            self._trusted_now_ms,
+            data_dir=config.agent.data_dir,
+        )
         self.uplink = Uplink(
             config, self.buffer, self.clock, self.guard, on_command=self._command_arrived
         )
@@ -77,11 +84,15 @@ class Agent:
         task.add_done_callback(self._command_tasks.discard)
 
     async def _answer(self, topic: str, data: bytes, busy: bool) -> None:
-        reply = await (
-            self.commands.refuse_busy(data, topic) if busy else self.commands.handle(data, topic)
-        )
-        if reply is not None and not await self.uplink.publish_reply(reply):
-            log.warning("cmd %s: the reply was not sent: the link is down", reply["id"])
+        commands = self.commands
+        try:
+            reply = await (commands.refuse_busy if busy else commands.handle)(data, topic)
+            if reply is not None and not await self.uplink.publish_reply(reply):
+                log.warning(
+                    "cmd %s: the reply was not sent: the link is down", shown(str(reply["id"]))
+                )
+        except Exception:  # a bug costs one reply and a traceback here, never a stray task error
+            log.exception("cmd on %s: cannot be answered", topic)
 
     def _trusted_now_ms(self) -> int | None:
         """The wall clock in ms, None while it cannot be trusted."""

@@ -1,20 +1,25 @@
 """The store of samples the broker has not acknowledged yet: memory first, disk for the rest.
 
-A new sample lives in memory. Most are acknowledged within moments and never touch the SD card.
-``flush`` (called every quarter of ``flush_interval``) commits to SQLite (WAL) the samples that
-stayed unacknowledged for ¾ of ``flush_interval``, and deletes in one batch those acknowledged
-since they were committed: a power cut loses less than one ``flush_interval``; a ``kill -9``
-loses nothing committed.
+A new sample lives in memory (and in the crash journal in RAM, ``agent.journal``). Most are
+acknowledged within moments and never touch the SD card. ``flush`` (every quarter of
+``flush_interval``) commits to SQLite (WAL) the samples that stayed unacknowledged for ¾ of
+``flush_interval``, and deletes in one batch those acknowledged since they were committed: a
+power cut loses less than one ``flush_interval``; a ``kill -9`` loses nothing.
 
-The disk part is bounded by ``max_size`` (SQLite's ``max_page_count``): when it is full the oldest
-samples are dropped, whole, and counted. A file system that is full or read-only, or a buffer
-file that is corrupt (moved aside, a fresh one started), never stops the agent: samples wait in
-memory (up to ``MEMORY_LIMIT``, oldest dropped beyond) and the disk is tried again.
+The disk part is bounded by ``max_size`` and by what the file system can hold: when it is full
+the oldest samples are dropped, whole, and counted. A file system that is full or read-only never
+stops the agent: samples wait in memory (up to ``MEMORY_LIMIT``, oldest dropped beyond, counted)
+and the disk is tried again.
 
-Ids are persistent and never repeat: they are reserved in blocks in a small file beside the
-database before they are handed out, and a clean close records the exact next id. After a crash
-the ids resume after the reserved block — a gap, which to a consumer correctly says "samples may
-be missing here". The same file keeps the newest sample time, for the clock check.
+Damage never stops it either. Every row carries a checksum: a damaged row is moved to the
+``quarantine`` table and counted as lost, and the intact ones still drain. A damaged write-ahead
+log (SQLite would silently drop every transaction after the damage) and a damaged database file
+are read back page by page (``agent.salvage``): every intact row is kept, the damaged files are
+moved aside for inspection, and the samples that were committed and are gone are reported once,
+loudly, with their count and ids. Counts of dropped and lost samples are kept in the database, in
+the same transaction as the drop, so they survive a ``kill -9``.
+
+Ids never repeat: see ``agent.ids``.
 """
 
 from __future__ import annotations
@@ -26,27 +31,35 @@ import os
 import shutil
 import sqlite3
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import salvage
+from .clock import Clock
 from .errors import StorageError
+from .ids import IdLedger
+from .journal import Journal, Recovered, journal_dirs, journal_path, runtime_dir
 from .model import Sample, Value
+from .salvage import Found, StoredRow, intact, row_crc, to_sample
 
 log = logging.getLogger(__name__)
 
 BUFFER_FILE = "buffer.sqlite"
-ID_BLOCK = 10_000
 #: Samples kept in memory at most while the disk cannot take them.
 MEMORY_LIMIT = 100_000
 #: Part of the stored samples dropped at once when the bound is reached (at least one).
 DROP_FRACTION = 0.02
-#: How often the same storage trouble is logged again, in seconds.
+#: How often the same storage trouble is logged again, in seconds (a summary says the rest).
 LOG_EVERY = 60.0
 #: Room kept free on the file system for the write-ahead log (halved on a small one).
 WAL_RESERVE = 8 * 1024 * 1024
+#: Samples read per query while rebuilding a damaged database.
+BATCH = 1000
+#: Ids listed by name in a line about lost samples; the rest are counted.
+SHOWN_IDS = 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (
@@ -55,14 +68,29 @@ CREATE TABLE IF NOT EXISTS samples (
     ts INTEGER NOT NULL,
     vals TEXT NOT NULL,
     mono REAL,      -- set only for a sample whose wall clock was not trusted
-    boot TEXT
+    boot TEXT,      -- its boot id; NULL with mono set: sent unsynced, to stay so
+    crc INTEGER     -- salvage.row_crc of the row; NULL in rows of earlier versions
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER, device BLOB, ts INTEGER, vals BLOB, mono REAL, boot BLOB, crc INTEGER,
+    reason TEXT NOT NULL, at INTEGER NOT NULL
 );
 """
+#: Each column as stored, or NULL (-1 for the checksum) where damage changed its type: a row
+#: read this way is judged by its checksum, never by a decoding error that stops the query.
+_COLUMNS = (
+    "id, CAST(device AS BLOB), CASE typeof(ts) WHEN 'integer' THEN ts END, "
+    "CAST(vals AS BLOB), CASE WHEN typeof(mono) IN ('real', 'integer') THEN mono END, "
+    "CAST(boot AS BLOB), CASE typeof(crc) WHEN 'integer' THEN crc WHEN 'null' THEN NULL "
+    "ELSE -1 END"
+)
+_LEGACY_COLUMNS = _COLUMNS[: _COLUMNS.rindex(", CASE typeof(crc)")] + ", NULL"
 
 
 @dataclass(frozen=True)
 class BufferStats:
-    """What ``edge-agent buffer stats`` and ``health`` report."""
+    """What ``edge-agent buffer stats``, ``health`` and ``status`` report."""
 
     depth: int  # samples waiting for the broker
     in_memory: int
@@ -71,49 +99,170 @@ class BufferStats:
     bytes: int  # the database files on disk
     dropped: int  # samples ever dropped because the bound (or memory) was full
     next_id: int
+    lost: int = 0  # samples ever lost to damage on disk
+    waiting_for_id: int = 0  # samples held until an id can be handed out safely
+
+
+class Complaints:
+    """Storage trouble logged at most once per ``LOG_EVERY`` per kind; what was held back is
+    said by ``tick`` once the minute is over (the latest message, with how many were held
+    back), so that the last word is never swallowed."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, tuple[int, str, int]] = {}  # kind: (count, latest, level)
+        self._tried: dict[str, float] = {}
+
+    def due(self, kind: str, every: float) -> bool:
+        """True at most once per ``every`` seconds for ``kind``: for retries, not for logs."""
+        now = self._clock()
+        if now - self._tried.get(kind, -every) < every:
+            return False
+        self._tried[kind] = now
+        return True
+
+    def say(self, kind: str, message: str, level: int = logging.ERROR) -> None:
+        now = self._clock()
+        if now - self._last.get(kind, -LOG_EVERY) >= LOG_EVERY:
+            self._last[kind] = now
+            self._held.pop(kind, None)
+            log.log(level, "%s", message)
+            return
+        count = self._held.get(kind, (0, "", level))[0]
+        self._held[kind] = (count + 1, message, level)
+
+    def tick(self) -> None:
+        now = self._clock()
+        for kind, (count, message, level) in list(self._held.items()):
+            if now - self._last.get(kind, 0.0) >= LOG_EVERY:
+                del self._held[kind]
+                self._last[kind] = now
+                many = f"{count} time{'s' * (count != 1)}"
+                log.log(level, "%s (this happened %s more in the last minute)", message, many)
+
+
+@dataclass
+class _Pending:
+    """A sample taken while no id could be handed out safely."""
+
+    device: str
+    ts: int
+    values: dict[str, Value]
+    mono: float | None
+    boot: str | None
+    added: float
 
 
 class Buffer:
     """Unacknowledged samples: the live ones in memory, the backlog on disk."""
 
-    def __init__(self, path: Path, max_size: int, flush_interval: float) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_size: int,
+        flush_interval: float,
+        *,
+        journal_dir: Path | None = None,
+        trusted_ms: Callable[[], int | None] | None = None,
+        boot: str = "",
+    ) -> None:
         self.path = path
         self.max_size = max_size
         #: A sample unacknowledged this long is committed at the next flush.
         self.commit_age = flush_interval * 0.75
-        self._ids_file = path.with_suffix(".ids")
+        #: The wall clock in ms when it can be trusted: ids come from it when the disk refuses.
+        self._trusted_ms = trusted_ms or (lambda: None)
+        self._ledger = IdLedger(path.with_suffix(".ids"))
+        self._journal = (
+            Journal(journal_path(journal_dir, path), path, boot) if journal_dir else None
+        )
         self._db: sqlite3.Connection | None = None
         self._memory: OrderedDict[int, tuple[Sample, float]] = OrderedDict()
+        self._pending: deque[_Pending] = deque()
         self._in_flight: set[int] = set()
         self._deletes: list[int] = []  # acknowledged samples still on disk
+        self._settled: list[Sample] = []  # disk rows whose final form is to be stored
         self._disk_cursor = 0  # backlog rows up to this id were handed out
         self._on_disk = 0
         self._wal_limit = max_size // 5
-        self._next_id = 1
-        self._reserved_until = 1
+        self._full_because = ""  # what limits the database now, for the drop message
+        #: Damaged rows skipped (and counted) while the database cannot be rebuilt.
+        self._bad: set[int] = set()
+        self._checked_from = 0  # rows from this id on carry a checksum
+        self._rebuilding = False
         self.newest_ts = 0  # ms: the newest sample time ever stored
-        self.dropped = 0  # ever, kept in the ids file
-        self._last_complaint = -LOG_EVERY
+        self.dropped = 0  # ever (kept in the database and in the ids file)
+        self.lost = 0  # ever lost to damage
+        self._counts_stored = (0, 0)
+        self._id_state = ""  # how ids were last said to be handed out: "", "clock", "waiting"
+        self.complaints = Complaints()
 
     # --- life cycle
 
     def open(self) -> Buffer:
-        """Open the store; a store that cannot be opened leaves the buffer in memory only."""
-        self._load_ids()
+        """Open the store, mending what damage it finds; one that cannot be opened leaves the
+        buffer in memory (and the journal) until the disk can be used."""
+        self._make_dir()
+        recovered = self._journal.recover() if self._journal else None
+        earlier = self._ledger.peek()
+        self.dropped, self.lost, self.newest_ts = earlier.dropped, earlier.lost, earlier.newest_ts
+        wal_rows = self._wal_rows_lost_by_sqlite()
+        lost_before = self.lost
+        # What the disk should hold: what a clean stop left (a rebuild compares with it).
+        self._on_disk = earlier.stored if earlier.next_id is not None else 0
         self._open_db()
+        self._load_counts()
+        exact = recovered.next_id if recovered and recovered.next_id else None
+        loaded = self._ledger.load(self._floor(recovered), exact)
+        for problem in loaded.problems:
+            log.error("buffer %s: %s: ids resume at %d", self.path, problem, self.next_id)
+        if loaded.clean:
+            self._check_count(earlier.stored, self.lost - lost_before)
+        elif exact is None and earlier.seq and not loaded.problems:
+            log.warning(
+                "buffer %s: the last run did not stop cleanly and left no journal (a reboot or "
+                "power cut): ids resume at %d, past what it reserved; the samples it had not "
+                "yet committed are lost",
+                self.path,
+                self.next_id,
+            )
+        if not self._ledger.mark_unclean():
+            self.complaints.say("ids", f"buffer {self.path}: {self._ledger.refusal}")
+        if wal_rows is not None:
+            self._restore(wal_rows, "the write-ahead log")
+        if recovered and recovered.samples:
+            self._take_back(recovered.samples)
+        if self._journal:
+            self._journal.start((s for s, _ in self._memory.values()), self._ledger.next_id)
         log.info(
-            "buffer %s: %d samples waiting, next id %d", self.path, self._on_disk, self._next_id
+            "buffer %s: %d samples waiting, next id %d",
+            self.path,
+            self.depth,
+            self._ledger.next_id,
         )
         return self
+
+    def _floor(self, recovered: Recovered | None) -> int:
+        """One past the highest id known to be taken: on disk, or in the journal."""
+        floor = self._highest_stored() + 1
+        if recovered:
+            floor = max(floor, recovered.next_id, max(recovered.samples, default=0) + 1)
+        return floor
 
     def close(self) -> None:
         """Commit everything unacknowledged and record the exact next id: no gap after a stop."""
         self.flush(force=True)
-        self._reserved_until = self._next_id
-        self._save_ids()
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self._store_counts()
+        self._ledger.note(dropped=self.dropped, lost=self.lost, newest_ts=self.newest_ts)
+        recorded = self._ledger.close(stored=self._on_disk if self._db is not None else 0)
+        if not recorded:
+            log.error("buffer %s: %s", self.path, self._ledger.refusal)
+        if self._journal:
+            # kept while it holds samples, or the exact next id the disk would not take
+            self._journal.close(keep=bool(self._memory or self._pending) or not recorded)
+        self._close_db()
+        self.complaints.tick()
 
     def __enter__(self) -> Buffer:
         return self.open()
@@ -121,16 +270,24 @@ class Buffer:
     def __exit__(self, *_: object) -> None:
         self.close()
 
+    def _make_dir(self) -> None:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            self.complaints.say(
+                "open", f"buffer {self.path}: cannot make its directory ({exc.strerror or exc})"
+            )
+
     # --- samples in
 
     @property
     def next_id(self) -> int:
-        return self._next_id
+        return self._ledger.next_id
 
     @property
     def depth(self) -> int:
         """Samples stored and not yet acknowledged."""
-        return len(self._memory) + self._on_disk
+        return len(self._memory) + self._on_disk + len(self._pending)
 
     def add(
         self,
@@ -141,20 +298,74 @@ class Buffer:
         mono: float | None = None,
         boot: str | None = None,
         now: float | None = None,
-    ) -> Sample:
-        """Keep one sample under the next id; ``mono``/``boot`` mark an untrusted wall clock."""
-        if self._next_id >= self._reserved_until:
-            self._reserved_until = self._next_id + ID_BLOCK
-            self._save_ids()
-        sample = Sample(self._next_id, device, ts, dict(values), mono=mono, boot=boot)
-        self._next_id += 1
-        if mono is None:
-            self.newest_ts = max(self.newest_ts, ts)
-        self._memory[sample.id] = (sample, time.monotonic() if now is None else now)
-        if len(self._memory) > MEMORY_LIMIT:  # the disk has been refusing for a long while
-            self._memory.popitem(last=False)
-            self._count_dropped(1, "memory is full and the disk cannot take samples")
+    ) -> Sample | None:
+        """Keep one sample under the next id; ``mono``/``boot`` mark an untrusted wall clock.
+        None when no id can be handed out safely yet: the sample waits for one (in order)."""
+        added = time.monotonic() if now is None else now
+        self._pending.append(_Pending(device, ts, dict(values), mono, boot, added))
+        sample = self._number_pending()
+        if len(self._memory) + len(self._pending) > MEMORY_LIMIT:
+            self._drop_from_memory()
+        return sample if not self._pending else None
+
+    def _number_pending(self) -> Sample | None:
+        """Give the waiting samples their ids, oldest first; the last one numbered."""
+        sample = None
+        while self._pending:
+            sample_id = self._ledger.take(self._trusted_ms())
+            if sample_id is None:
+                break
+            p = self._pending.popleft()
+            sample = Sample(sample_id, p.device, p.ts, p.values, mono=p.mono, boot=p.boot)
+            if p.mono is None:
+                self.newest_ts = max(self.newest_ts, p.ts)
+            self._memory[sample_id] = (sample, p.added)
+            if self._journal:
+                self._journal.added(sample)
+        self._say_ids()
+        while self._ledger.jumps:
+            first, to = self._ledger.jumps.pop(0)
+            # parseable, for whoever accounts for every id: these were never handed out
+            log.warning("buffer %s: ids skip from %d to %d (none between)", self.path, first, to)
         return sample
+
+    def _say_ids(self) -> None:
+        """Say once, and again when it changes, how ids are handed out while the disk refuses
+        to record a reservation."""
+        state = "waiting" if self._pending else "clock" if self._ledger.from_clock else ""
+        if state == self._id_state:
+            return
+        self._id_state = state
+        refusal = self._ledger.refusal or "ids cannot be reserved on disk"
+        if state == "waiting":
+            log.error(
+                "buffer %s: %s, and the clock cannot be trusted yet: samples wait for an id "
+                "(%d now)",
+                self.path,
+                refusal,
+                len(self._pending),
+            )
+        elif state == "clock":
+            log.error(
+                "buffer %s: %s: ids come from the clock until a reservation can be recorded "
+                "(they cannot repeat; they are far larger than the counted ones)",
+                self.path,
+                refusal,
+            )
+        else:
+            log.info("buffer %s: ids are reserved on disk again", self.path)
+
+    def _drop_from_memory(self) -> None:
+        """Memory is full and the disk cannot take samples: the oldest go."""
+        if self._memory:
+            sample_id, _ = self._memory.popitem(last=False)
+            self._in_flight.discard(sample_id)
+            if self._journal:
+                self._journal.removed((sample_id,))
+        else:
+            self._pending.popleft()
+        self.dropped += 1
+        self._say_dropped(1, "memory is full and the disk cannot take samples")
 
     # --- samples out
 
@@ -170,43 +381,82 @@ class Buffer:
         return batch
 
     def take_backlog(self, limit: int) -> list[Sample]:
-        """Up to ``limit`` of the oldest samples on disk not handed out yet."""
+        """Up to ``limit`` of the oldest samples on disk not handed out yet; damaged rows are
+        quarantined on the way."""
         if self._db is None or not self._on_disk:
             return []
         batch: list[Sample] = []
         while len(batch) < limit:
             rows = self._query(
-                "SELECT id, device, ts, vals, mono, boot FROM samples WHERE id > ? "
-                "ORDER BY id LIMIT ?",
+                f"SELECT {_COLUMNS} FROM samples WHERE id > ? ORDER BY id LIMIT ?",
                 (self._disk_cursor, limit - len(batch)),
             )
             if not rows:
                 break
             self._disk_cursor = rows[-1][0]
-            batch.extend(
-                Sample(i, d, ts, json.loads(v), mono=m, boot=b)
-                for i, d, ts, v, m, b in rows
-                if i not in self._in_flight  # moved to disk while it was being sent live
-            )
+            damaged: list[tuple[StoredRow, str]] = []
+            for row in map(_stored, rows):
+                if row.id in self._in_flight or row.id in self._bad:
+                    continue  # moved to disk while it was being sent live; or known damaged
+                try:
+                    if not intact(row, self._checked_from):
+                        raise ValueError("checksum mismatch")
+                    batch.append(to_sample(row))
+                except (ValueError, UnicodeDecodeError) as exc:
+                    damaged.append((row, str(exc)))
+            if damaged:
+                self._mend(damaged)
+                break  # the cursor starts again, on the rebuilt database
         self._in_flight.update(s.id for s in batch)
         return batch
 
     def acknowledge(self, samples: Sequence[Sample]) -> None:
         """The broker has them: they leave the buffer (from disk at the next flush)."""
+        gone = []
         for sample in samples:
             self._in_flight.discard(sample.id)
             if self._memory.pop(sample.id, None) is None:
                 self._deletes.append(sample.id)
+            else:
+                gone.append(sample.id)
+        if self._journal and gone:
+            self._journal.removed(gone)
 
     def release(self) -> None:
         """Sending failed: everything handed out and unacknowledged is to be sent again."""
         self._in_flight.clear()
         self._disk_cursor = 0
 
+    def settle(self, samples: Sequence[Sample]) -> None:
+        """These are about to be sent in this form (re-stamped, or marked unsynced for good):
+        store it, so that a sample sent again is sent the same."""
+        for sample in samples:
+            if sample.id in self._memory:
+                self._memory[sample.id] = (sample, self._memory[sample.id][1])
+                if self._journal:
+                    self._journal.added(sample)
+            else:
+                self._settled.append(sample)
+        if self._settled and self._db is not None:
+            try:
+                with self._conn() as db:
+                    self._write_settled(db)
+            except _DB_ERRORS as exc:
+                self._storage_trouble(exc)
+
+    def _write_settled(self, db: sqlite3.Connection) -> None:
+        db.executemany(
+            "UPDATE samples SET ts = ?, mono = ?, boot = ?, crc = ? WHERE id = ?",
+            ((s.ts, s.mono, s.boot, _row(s)[-1], s.id) for s in self._settled),
+        )
+        self._settled = []
+
     # --- the disk
 
     def flush(self, now: float | None = None, *, force: bool = False) -> None:
         """Commit samples unacknowledged for ``commit_age`` (all: ``force``) and the deletes."""
+        self._number_pending()
+        self.complaints.tick()
         if self._db is None and not self._reopen():
             return
         now = time.monotonic() if now is None else now
@@ -215,15 +465,19 @@ class Buffer:
             for sample, added in self._memory.values()
             if force or now - added >= self.commit_age
         ]
-        if not due and not self._deletes:
+        idle = not (due or self._deletes or self._settled)
+        if idle and self._counts_stored == (self.dropped, self.lost):
             return
         try:
             self._commit(due)
-        except sqlite3.DatabaseError as exc:
+        except _DB_ERRORS as exc:
             self._storage_trouble(exc)
             return
         for sample in due:
             del self._memory[sample.id]
+        if self._journal:
+            self._journal.removed(s.id for s in due)
+            self._journal.maybe_compact((s for s, _ in self._memory.values()), self._ledger.next_id)
 
     def _commit(self, due: list[Sample]) -> None:
         """Insert ``due`` and run the batched deletes in one transaction, dropping the oldest
@@ -236,10 +490,12 @@ class Buffer:
                         "DELETE FROM samples WHERE id = ?", ((i,) for i in self._deletes)
                     ).rowcount
                     inserted = db.executemany(
-                        "INSERT OR IGNORE INTO samples (id, device, ts, vals, mono, boot) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT OR IGNORE INTO samples (id, device, ts, vals, mono, boot, crc) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (_row(s) for s in due),
                     ).rowcount
+                    self._write_settled(db)
+                    self._write_counts(db)
                 break
             except sqlite3.OperationalError as exc:
                 if not _is_full(exc):
@@ -252,6 +508,33 @@ class Buffer:
         self._deletes = []
         self._bound_wal()
         self._apply_bound()
+
+    def _write_counts(self, db: sqlite3.Connection, dropped: int | None = None) -> None:
+        """The dropped and lost counts, in the transaction under way."""
+        counts = (self.dropped if dropped is None else dropped, self.lost)
+        if counts != self._counts_stored:
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                zip(("dropped", "lost"), counts, strict=True),
+            )
+            self._counts_stored = counts
+
+    def _store_counts(self) -> None:
+        if self._db is None or self._counts_stored == (self.dropped, self.lost):
+            return
+        try:
+            with self._conn() as db:
+                self._write_counts(db)
+        except _DB_ERRORS as exc:
+            self._storage_trouble(exc)
+
+    def _load_counts(self) -> None:
+        """The counts kept in the database, if they are ahead of what is known."""
+        meta = dict(self._query("SELECT key, value FROM meta", ())) if self._db else {}
+        stored = (int(meta.get("dropped", 0)), int(meta.get("lost", 0)))
+        self.dropped = max(self.dropped, stored[0])
+        self.lost = max(self.lost, stored[1])
+        self._counts_stored = stored
 
     def _apply_bound(self) -> None:
         """Cap the database below both ``max_size`` and what the file system can still hold.
@@ -269,7 +552,14 @@ class Buffer:
             free = self.max_size
         have = pages * page_size + free
         reserve = min(WAL_RESERVE, have // 2)
-        allowed = min(self.max_size * 6 // 10, have - reserve)
+        ours = self.max_size * 6 // 10
+        allowed = min(ours, have - reserve)
+        self._full_because = (
+            f"it reached its bound ([buffer] max_size = {self.max_size} bytes, 60 % of it for "
+            "samples)"
+            if ours <= have - reserve
+            else f"the file system holding it is full ({free // 1000} kB free)"
+        )
         db.execute(f"PRAGMA max_page_count={max(pages, allowed // page_size, 8)}")
         self._wal_limit = min(self.max_size // 5, reserve // 2)
 
@@ -295,133 +585,269 @@ class Buffer:
                 "DELETE FROM samples WHERE id IN (SELECT id FROM samples ORDER BY id LIMIT ?)",
                 (count,),
             )
+            # in the drop's own transaction: the count survives whatever comes next
+            self._write_counts(db, dropped=self.dropped + count)
+        self.dropped += count
         self._on_disk = rows - count
-        self._count_dropped(count, f"the buffer reached its bound of {self.max_size} bytes")
+        self._say_dropped(count, self._full_because or "it reached its bound")
         return True
 
-    def _count_dropped(self, count: int, why: str) -> None:
-        self.dropped += count
-        self._complain(
+    def _say_dropped(self, count: int, why: str) -> None:
+        self.complaints.say(
+            "dropped",
             f"buffer {self.path}: {why}; dropped the oldest {count} sample(s), "
-            f"{self.dropped} in all since start"
+            f"{self.dropped} in all",
         )
 
-    def _storage_trouble(self, exc: sqlite3.DatabaseError) -> None:
-        """The disk refused: corrupt file, full or read-only file system. Keep going in memory."""
+    def _storage_trouble(self, exc: Exception) -> None:
+        """The disk refused: damaged file, full or read-only file system. Keep going."""
         if _is_corrupt(exc):
-            self._move_aside(str(exc))
+            self._rebuild(_damage_reason(exc))
             return
-        self._complain(
+        self.complaints.say(
+            "write",
             f"buffer {self.path}: cannot write ({exc}); keeping {len(self._memory)} sample(s) "
-            "in memory and trying again"
+            "in memory and trying again",
         )
         try:
             self._conn().rollback()
         except sqlite3.Error:
             self._close_db()
 
-    def _complain(self, message: str) -> None:
-        """Log storage trouble at most once a minute: a full card must not fill the journal."""
-        now = time.monotonic()
-        if now - self._last_complaint >= LOG_EVERY:
-            self._last_complaint = now
-            log.error("%s", message)
-
-    # --- opening, corruption
+    # --- opening, damage
 
     def _open_db(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # ``with db`` commits or rolls back one transaction
+            self._create_private(self.path)
             db = self._db = sqlite3.connect(self.path, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a commit is on the card when it returns, and only then do its samples leave
+            # memory and the journal (NORMAL would leave the last seconds to the page cache,
+            # lost to a power cut or to a card that fails into read-only).
+            db.execute("PRAGMA synchronous=FULL")
             db.execute(f"PRAGMA journal_size_limit={self.max_size // 5}")
             db.executescript(_SCHEMA)
+            self._checked_from = _add_checksum_column(db)
             self._apply_bound()
             self._on_disk = self._count_rows()
-            highest = db.execute("SELECT coalesce(max(id), 0) FROM samples").fetchone()[0]
-            self._next_id = max(self._next_id, highest + 1)
-        except sqlite3.DatabaseError as exc:
+        except _DB_ERRORS as exc:
             self._close_db()
             if _is_corrupt(exc):
-                self._move_aside(str(exc))
+                self._rebuild(_damage_reason(exc))
             else:
-                self._complain(f"buffer {self.path}: cannot open ({exc}); samples wait in memory")
+                self.complaints.say(
+                    "open", f"buffer {self.path}: cannot open ({exc}); samples wait in memory"
+                )
         except OSError as exc:
             self._close_db()
-            self._complain(f"buffer {self.path}: cannot open ({exc}); keeping samples in memory")
+            self.complaints.say(
+                "open",
+                f"buffer {self.path}: cannot open ({exc.strerror or exc}); samples wait in memory",
+            )
+
+    def _create_private(self, path: Path) -> None:
+        """The files readings are kept in are the agent's alone (0600), whatever the umask;
+        SQLite gives its -wal and -shm files the database's mode."""
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        for other in (path, *_wal_and_shm(path), self._ledger.path):
+            with contextlib.suppress(OSError):
+                if other.stat().st_mode & 0o077:
+                    other.chmod(0o600)
 
     def _reopen(self) -> bool:
         """Try the disk again (it may have been freed or remounted)."""
-        now = time.monotonic()
-        if now - self._last_complaint < LOG_EVERY / 4:
+        if not self.complaints.due("reopen", LOG_EVERY / 4):
             return False
+        self._make_dir()
         self._open_db()
+        if self._db is not None:
+            self._load_counts()
         return self._db is not None
 
-    def _move_aside(self, reason: str) -> None:
-        """A corrupt buffer file is kept for inspection under a timestamped name; a fresh one
-        replaces it."""
+    def _highest_stored(self) -> int:
+        rows = self._query("SELECT coalesce(max(id), 0) FROM samples", ())
+        return int(rows[0][0]) if rows else 0
+
+    def _wal_rows_lost_by_sqlite(self) -> Found | None:
+        """Before SQLite opens the database: the rows of committed transactions it will drop
+        because its write-ahead log is damaged (the log is copied aside first)."""
+        wal_path = Path(f"{self.path}-wal")
+        scan = salvage.scan_wal(wal_path)
+        if not scan.damage:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        with contextlib.suppress(OSError):
+            shutil.copyfile(wal_path, f"{self.path}.damaged-{stamp}-wal")
+        found = salvage.rows_in_frames(wal_path, scan)
+        log.error(
+            "buffer %s: %s: SQLite would drop the transactions after it; reading them back "
+            "(the log is kept as %s.damaged-%s-wal)",
+            self.path,
+            scan.damage,
+            self.path.name,
+            stamp,
+        )
+        return found
+
+    def _restore(self, found: Found, where: str) -> None:
+        """Put the intact rows ``found`` back; count and report the ids of which no intact copy
+        survives."""
+        if self._db is None:
+            return
+        try:
+            with self._conn() as db:
+                _insert(db, found.rows.values())
+            present = _present(self._conn(), found.damaged)
+        except _DB_ERRORS as exc:
+            self._storage_trouble(exc)
+            return
+        self._on_disk = self._count_rows()
+        self._checkpoint()  # the damaged log folded in and emptied: said once, not at each start
+        lost = sorted(found.damaged - present)
+        self._report_lost(lost, found.unreadable, where, len(found.rows))
+
+    def _report_lost(self, ids: list[int], unreadable: int, where: str, restored: int) -> None:
+        count = len(ids) + unreadable
+        self.lost += count
+        shown = ", ".join(map(str, ids[:SHOWN_IDS])) + (" …" if len(ids) > SHOWN_IDS else "")
+        detail = f" (ids {shown})" if ids else ""
+        if unreadable:
+            detail += f"{',' if ids else ''} {unreadable} record(s) too damaged to tell their id"
+        level = logging.ERROR if count else logging.WARNING
+        log.log(
+            level,
+            "buffer %s: %s was damaged: %d intact sample(s) read back, %d committed sample(s) "
+            "lost to the damage%s; %d lost to damage in all",
+            self.path,
+            where,
+            restored,
+            count,
+            detail,
+            self.lost,
+        )
+        self._store_counts()
+
+    def _rebuild(self, reason: str) -> None:
+        """The database is damaged: read every intact row out of it (and its WAL), move the
+        damaged files aside, and start again from what was read."""
+        if self._rebuilding:  # the rebuilt file failed too: the disk itself is failing
+            self._close_db()
+            self.complaints.say("open", f"buffer {self.path}: {reason}; samples wait in memory")
+            return
+        expected = self._on_disk  # the rows the database held, as far as the buffer knows
         self._close_db()
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        for suffix in ("", "-wal", "-shm"):
-            old = Path(f"{self.path}{suffix}")
-            if old.exists():
-                old.rename(f"{self.path}.corrupt-{stamp}{suffix}")
+        fresh = self.path.with_name(f"{self.path.name}.rebuilt")
+        found = Found()
+        try:
+            for old in (fresh, *_wal_and_shm(fresh)):
+                old.unlink(missing_ok=True)
+            with contextlib.closing(sqlite3.connect(fresh)) as db:
+                db.executescript(_SCHEMA)
+                with db:
+                    _insert(db, salvage.scan(self.path, _wal_and_shm(self.path)[0], found))
+                    _keep_for_inspection(db, found.quarantined)
+                restored = int(db.execute("SELECT count(*) FROM samples").fetchone()[0])
+                present = _present(db, found.damaged)
+            for old in (self.path, *_wal_and_shm(self.path)):
+                if old.exists():  # buffer.sqlite-wal → buffer.sqlite.corrupt-STAMP-wal
+                    suffix = old.name.removeprefix(self.path.name)
+                    old.rename(old.with_name(f"{self.path.name}.corrupt-{stamp}{suffix}"))
+            fresh.rename(self.path)
+        except (OSError, sqlite3.Error) as exc:
+            self.complaints.say(
+                "open",
+                f"buffer {self.path} is damaged ({reason}) and cannot be rebuilt now "
+                f"({getattr(exc, 'strerror', None) or exc}); samples wait in memory",
+            )
+            return
+        self.dropped = max(self.dropped, found.meta.get("dropped", 0))
+        self.lost = max(self.lost, found.meta.get("lost", 0))
         log.error(
-            "buffer %s is corrupt (%s): moved aside as %s.corrupt-%s; starting a fresh buffer "
-            "(the samples in it are lost unless recovered by hand)",
+            "buffer %s is damaged (%s): rebuilt from the intact samples in it; the damaged "
+            "files are kept as %s.corrupt-%s",
             self.path,
             reason,
             self.path.name,
             stamp,
         )
-        self._disk_cursor = 0
-        self._on_disk = 0
-        self._open_db()
+        # The cursor and the samples in flight stay: what was handed out is not handed out
+        # again, and the deletes of acknowledged ones are still to run.
+        self._rebuilding = True
+        try:
+            self._open_db()
+        finally:
+            self._rebuilding = False
+        gone = found.damaged - present
+        # rows that left no trace at all (a cell pointer damaged) still show in the count
+        unreadable = max(found.unreadable, expected - restored - len(gone))
+        counted, self._bad = self._bad, set()  # skipped earlier: counted then
+        self._report_lost(sorted(gone - counted), unreadable, "its database", restored)
+
+    def _mend(self, damaged: list[tuple[StoredRow, str]]) -> None:
+        """A row failed its checksum: the database is rebuilt from its intact rows (the damaged
+        ones go to ``quarantine``; a damaged row may even carry another row's id, so it is never
+        deleted by id). A database that cannot be rebuilt now (read-only, full) is read on,
+        skipping the damaged rows, which are counted as lost."""
+        first, why = damaged[0]
+        self._rebuild(f"sample id {first.id} is damaged ({why})")
+        if self._db is None:
+            fresh = {r.id for r, _ in damaged} - self._bad
+            self._bad |= fresh
+            self._report_lost(sorted(fresh), 0, "a sample", 0)
+            self._open_db()
+
+    def _check_count(self, expected: int, counted: int) -> None:
+        """After a clean stop the disk must hold what that stop left (less ``counted``, lost to
+        damage found already): fewer is damage."""
+        missing = expected - self._on_disk - counted
+        if missing > 0 and self._db is not None:
+            self.lost += missing
+            log.error(
+                "buffer %s: %d committed sample(s) are missing (the last clean stop left %d on "
+                "disk, %d are there): lost to damage or removed by hand; %d lost to damage in "
+                "all",
+                self.path,
+                missing,
+                expected,
+                self._on_disk,
+                self.lost,
+            )
+            self._store_counts()
+
+    def _take_back(self, samples: Mapping[int, Sample]) -> None:
+        """Samples that were in memory only when the last run ended (from the journal)."""
+        stored: set[int] = set()
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.DatabaseError):
+                stored = _present(self._conn(), samples.keys())
+        back = [s for i, s in sorted(samples.items()) if i not in stored]
+        try:  # old samples: the backlog's, sent as such ("backlog": true), not as live ones
+            with self._conn() as db:
+                inserted = db.executemany(
+                    "INSERT OR IGNORE INTO samples (id, device, ts, vals, mono, boot, crc) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    map(_row, back),
+                ).rowcount
+            self._on_disk += max(inserted, 0)
+        except (*_DB_ERRORS, StorageError):  # no disk now: they wait in memory
+            now = time.monotonic()
+            for sample in back:
+                self._memory[sample.id] = (sample, now)
+        if back:
+            log.info(
+                "buffer %s: %d sample(s) that were in memory when the last run ended came back "
+                "from its journal",
+                self.path,
+                len(back),
+            )
 
     def _close_db(self) -> None:
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = None
-
-    # --- ids
-
-    def _load_ids(self) -> None:
-        try:
-            saved = json.loads(self._ids_file.read_text())
-            self._next_id = max(self._next_id, int(saved["reserved_until"]))
-            self.newest_ts = int(saved.get("newest_ts", 0))
-            self.dropped = int(saved.get("dropped", 0))
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            # Without it ids could repeat: jump far ahead instead (a gap, never a repeat).
-            log.error(
-                "buffer %s: %s unreadable (%s); ids skip ahead", self.path, self._ids_file.name, exc
-            )
-            self._next_id += 10 * ID_BLOCK
-        self._reserved_until = self._next_id
-
-    def _save_ids(self) -> None:
-        """Atomically record the reservation: write, sync, rename."""
-        state = {
-            "reserved_until": self._reserved_until,
-            "newest_ts": self.newest_ts,
-            "dropped": self.dropped,
-        }
-        tmp = self._ids_file.with_suffix(".tmp")
-        try:
-            self._ids_file.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("w") as file:
-                json.dump(state, file)
-                file.flush()
-                os.fsync(file.fileno())
-            tmp.replace(self._ids_file)
-        except OSError as exc:
-            self._complain(f"buffer {self.path}: cannot record ids in {self._ids_file}: {exc}")
 
     # --- inspection
 
@@ -430,19 +856,29 @@ class Buffer:
         if self._on_disk and self._db is not None:
             row = self._query("SELECT min(ts) FROM samples", ())
             oldest = row[0][0] if row and row[0][0] is not None else oldest
-        size = sum(
-            Path(f"{self.path}{s}").stat().st_size
-            for s in ("", "-wal")
-            if Path(f"{self.path}{s}").exists()
-        )
+        size = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                size += Path(f"{self.path}{suffix}").stat().st_size
         return BufferStats(
-            self.depth, len(self._memory), self._on_disk, oldest, size, self.dropped, self._next_id
+            self.depth,
+            len(self._memory),
+            self._on_disk,
+            oldest,
+            size,
+            self.dropped,
+            self._ledger.next_id,
+            self.lost,
+            len(self._pending),
         )
 
     def purge(self) -> int:
         """Drop every waiting sample; returns how many. Ids go on from where they were."""
         count = self.depth
+        if self._journal:
+            self._journal.removed(list(self._memory))
         self._memory.clear()
+        self._pending.clear()
         self._in_flight.clear()
         self._deletes = []
         if self._db is not None:
@@ -456,11 +892,17 @@ class Buffer:
         return int(rows[0][0]) if rows else 0
 
     def _query(self, sql: str, args: tuple[object, ...]) -> list[Any]:
-        try:
-            return self._conn().execute(sql, args).fetchall()
-        except sqlite3.DatabaseError as exc:
-            self._storage_trouble(exc)
-            return []
+        """The rows of a read; none while the database cannot be used (damage is mended)."""
+        for attempt in range(2):  # once more on the database rebuilt from a damaged one
+            if self._db is None:
+                return []
+            try:
+                return self._conn().execute(sql, args).fetchall()
+            except _DB_ERRORS as exc:
+                self._storage_trouble(exc)
+                if not _is_corrupt(exc) or attempt:
+                    return []
+        return []
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -468,55 +910,223 @@ class Buffer:
         return self._db
 
 
+def open_buffer(
+    data_dir: Path,
+    max_size: int,
+    flush_interval: float,
+    trusted_ms: Callable[[], int | None] | None = None,
+    boot: str = "",
+) -> Buffer:
+    """The agent's buffer in ``data_dir``, with its journal in the runtime directory."""
+    return Buffer(
+        data_dir / BUFFER_FILE,
+        max_size,
+        flush_interval,
+        journal_dir=runtime_dir(),
+        trusted_ms=trusted_ms,
+        boot=boot,
+    )
+
+
+# --- reading beside a running agent (``edge-agent buffer stats`` and ``export``)
+
+
 def read_only(path: Path) -> sqlite3.Connection:
     """The buffer database opened for reading only: safe beside a running agent."""
     if not path.exists():
         raise StorageError(f"no buffer at {path}: the agent has not run with this data_dir yet")
     try:
-        return sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise StorageError(f"buffer {path}: cannot open: {exc}") from exc
 
 
-def stored_samples(db: sqlite3.Connection) -> Iterator[Sample]:
-    """Every committed sample, oldest first."""
-    for i, d, ts, v, m, b in db.execute(
-        "SELECT id, device, ts, vals, mono, boot FROM samples ORDER BY id"
-    ):
-        yield Sample(i, d, ts, json.loads(v), mono=m, boot=b)
-
-
-def stored_stats(path: Path) -> BufferStats:
-    """What a running (or stopped) agent has committed, read from the files alone."""
-    with contextlib.closing(read_only(path)) as db:
-        count, oldest = db.execute("SELECT count(*), min(ts) FROM samples").fetchone()
+def stored_samples(
+    path: Path, boot: str | None = None, damaged: Callable[[str], None] = lambda _: None
+) -> Iterator[Sample]:
+    """Every waiting sample, oldest first, from the buffer's files alone (safe beside a running
+    agent): the committed ones and those its journal of this boot holds (in memory, or left by
+    a run that was killed). Damaged rows are left out, each said to ``damaged``; a damaged
+    database is read page by page. ``StorageError`` when there is no buffer at all."""
+    journal = _journal_samples(path, boot)
+    if not path.exists() and journal:  # a disk that never took the database
+        yield from (journal[i] for i in sorted(journal))
+        return
     try:
-        saved = json.loads(path.with_suffix(".ids").read_text())
-    except (OSError, ValueError):
-        saved = {}
-    size = sum(
-        p.stat().st_size for p in path.parent.glob(path.name + "*") if "corrupt" not in p.name
-    )
+        with contextlib.closing(read_only(path)) as db:
+            checked_from = _checked_from(db)
+            columns = _COLUMNS if checked_from < 2**63 else _LEGACY_COLUMNS
+            rows = db.execute(f"SELECT {columns} FROM samples ORDER BY id")
+            yield from _merged(map(_stored, rows), journal, damaged, checked_from)
+        return
+    except _DB_ERRORS as exc:
+        damaged(f"the database is damaged ({exc}): reading it page by page")
+    found = Found()
+    rows_by_id = sorted(salvage.scan(path, _wal_and_shm(path)[0], found), key=lambda r: r.id)
+    yield from _merged(iter(rows_by_id), journal, damaged)
+    for sample_id in sorted(found.damaged - {r.id for r in rows_by_id}):
+        damaged(f"sample id {sample_id} is damaged: left out")
+
+
+def stored_stats(path: Path, boot: str | None = None) -> BufferStats:
+    """What a running (or stopped) agent has stored, from its files alone (its journal: of
+    this boot unless ``boot`` names another)."""
+    counts: dict[str, int] = {}
+    journal = _journal_samples(path, boot)
+    count, oldest = 0, None
+    try:
+        if not path.exists() and journal:
+            raise FileNotFoundError(path)  # a disk that never took the database: the journal
+
+        with contextlib.closing(read_only(path)) as db:
+            count, oldest = db.execute("SELECT count(*), min(ts) FROM samples").fetchone()
+            with contextlib.suppress(sqlite3.Error):
+                counts = dict(db.execute("SELECT key, value FROM meta"))
+    except FileNotFoundError:
+        pass
+    except _DB_ERRORS:
+        found = Found()
+        times = [r.ts for r in salvage.scan(path, _wal_and_shm(path)[0], found)]
+        count, oldest, counts = len(times), min(times, default=None), found.meta
+    ids = IdLedger(path.with_suffix(".ids"))
+    ids.load()
+    oldest = min([t for t in (oldest, *(s.ts for s in journal.values())) if t is not None] or [0])
+    size = sum(p.stat().st_size for p in (path, _wal_and_shm(path)[0]) if p.exists())
     return BufferStats(
-        count,
-        0,
-        count,
-        oldest,
-        size,
-        int(saved.get("dropped", 0)),
-        int(saved.get("reserved_until", 1)),
+        depth=count + len(journal),
+        in_memory=len(journal),
+        on_disk=count,
+        oldest_ts=oldest or None,
+        bytes=size,
+        dropped=max(int(counts.get("dropped", 0)), ids.record.dropped),
+        next_id=max(ids.next_id, max(journal, default=0) + 1),
+        lost=max(int(counts.get("lost", 0)), ids.record.lost),
     )
+
+
+def _journal_samples(path: Path, boot: str | None) -> dict[int, Sample]:
+    boot = Clock().boot_id() if boot is None else boot
+    samples: dict[int, Sample] = {}
+    for directory in journal_dirs():
+        samples |= Journal(journal_path(directory, path), path, boot).recover().samples
+    return samples
+
+
+def _merged(
+    rows: Iterator[StoredRow],
+    journal: dict[int, Sample],
+    damaged: Callable[[str], None],
+    checked_from: int = 0,
+) -> Iterator[Sample]:
+    """Stored rows (by id) and the journal's samples, in one ascending run of ids."""
+    extra = deque(sorted(journal.items()))
+    for row in rows:
+        while extra and extra[0][0] < row.id:
+            yield extra.popleft()[1]
+        if extra and extra[0][0] == row.id:
+            extra.popleft()
+        try:
+            if not intact(row, checked_from):
+                raise ValueError("checksum mismatch")
+            yield to_sample(row)
+        except (ValueError, UnicodeDecodeError) as exc:
+            damaged(f"sample id {row.id} is damaged ({exc}): left out")
+    yield from (sample for _, sample in extra)
+
+
+def _stored(row: Sequence[Any]) -> StoredRow:
+    sample_id, device, ts, vals, mono, boot, crc = row
+    return StoredRow(sample_id, device, ts, vals, mono, boot, crc)
+
+
+def _stored_values(row: StoredRow) -> tuple[object, ...]:
+    return (row.id, row.device, row.ts, row.vals, row.mono, row.boot, row.crc)
 
 
 def _row(sample: Sample) -> tuple[object, ...]:
-    values = json.dumps(sample.values, separators=(",", ":"), ensure_ascii=False)
-    return (sample.id, sample.device, sample.ts, values, sample.mono, sample.boot)
+    """A sample as the columns it is stored in, with its checksum."""
+    vals = json.dumps(sample.values, separators=(",", ":"), ensure_ascii=False).encode()
+    device = sample.device.encode()
+    boot = sample.boot.encode() if sample.boot is not None else None
+    crc = row_crc(StoredRow(sample.id, device, sample.ts, vals, sample.mono, boot, None))
+    return (sample.id, sample.device, sample.ts, vals.decode(), sample.mono, sample.boot, crc)
 
 
-def _is_full(exc: sqlite3.Error) -> bool:
+def _add_checksum_column(db: sqlite3.Connection) -> int:
+    """Rows carry a checksum from id ``checked_from`` on (returned); databases of earlier
+    versions get the column, and their rows stay unchecked."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(samples)")}
+    with db:
+        if "crc" not in columns:
+            db.execute("ALTER TABLE samples ADD COLUMN crc INTEGER")
+            first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM samples").fetchone()[0]
+        else:
+            first = 0
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('checked_from', ?)", (first,))
+    return int(db.execute("SELECT value FROM meta WHERE key = 'checked_from'").fetchone()[0])
+
+
+def _checked_from(db: sqlite3.Connection) -> int:
+    """For a reader: from which id rows carry a checksum (all ids: none do yet)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(samples)")}
+    if "crc" not in columns:
+        return 2**63
+    with contextlib.suppress(sqlite3.Error):
+        row = db.execute("SELECT value FROM meta WHERE key = 'checked_from'").fetchone()
+        return int(row[0]) if row else 0
+    return 0
+
+
+def _is_full(exc: Exception) -> bool:
     return "full" in str(exc).lower()
 
 
-def _is_corrupt(exc: sqlite3.Error) -> bool:
+#: What a damaged file makes SQLite raise: its errors, and a UnicodeDecodeError when the message
+#: it gives quotes the damaged bytes (a mangled schema).
+_DB_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
+#: How SQLite (and its Python module) say that a file is damaged.
+_DAMAGE = ("malformed", "not a database", "corrupt", "could not decode", "unsupported file format")
+
+
+def _damage_reason(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "its schema is damaged"
+    return str(exc)
+
+
+def _is_corrupt(exc: Exception) -> bool:
+    if isinstance(exc, UnicodeDecodeError):  # SQLite's own message quoted damaged bytes
+        return True
     text = str(exc).lower()
-    return "malformed" in text or "not a database" in text or "corrupt" in text
+    return any(words in text for words in _DAMAGE)
+
+
+def _wal_and_shm(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def _insert(db: sqlite3.Connection, rows: Iterable[StoredRow]) -> None:
+    """Rows read back from damage: a later copy of a row replaces an earlier one."""
+    db.executemany(
+        "INSERT OR REPLACE INTO samples (id, device, ts, vals, mono, boot, crc) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        map(_stored_values, rows),
+    )
+
+
+def _keep_for_inspection(db: sqlite3.Connection, rows: Iterable[StoredRow]) -> None:
+    now = int(time.time() * 1000)
+    db.executemany(
+        "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, 'checksum mismatch', ?)",
+        ((*_stored_values(r), now) for r in rows),
+    )
+
+
+def _present(db: sqlite3.Connection, ids: Iterable[int]) -> set[int]:
+    """Which of ``ids`` the samples table holds."""
+    wanted, found = sorted(ids), set()
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        found |= {i for (i,) in db.execute(f"SELECT id FROM samples WHERE id IN ({marks})", chunk)}
+    return found

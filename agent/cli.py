@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edge-agent`` command; returns the exit code."""
     args = _parser().parse_args(argv)
+    # Readings, the buffer, the status socket: the agent's alone, also outside systemd's UMask=.
+    os.umask(os.umask(0o077) | 0o077)
     if args.command in ("run", "simulate"):
         # A SIGTERM while starting up is a clean stop too; the event loop installs its own handler.
         signal.signal(signal.SIGTERM, _interrupt)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .buffer import Buffer
+from .buffer import Buffer, BufferStats
 from .scheduler import BusPoller
 
 THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")
@@ -29,12 +29,7 @@ def health_payload(
     return {
         "ts": now_ms,
         "devices": {name: _device(p, name) for p in pollers for name in p.health},
-        "buffer": {
-            "depth": stats.depth,
-            "oldest": stats.oldest_ts,
-            "bytes": stats.bytes,
-            "dropped": stats.dropped,
-        },
+        "buffer": _buffer(stats),
         "link": {"reconnects": reconnects},
         "gateway": _gateway(buffer.path.parent),
         "commands": dict(commands or {}),
@@ -70,17 +65,28 @@ def status_snapshot(
     return {
         "agent": dict(agent),
         "link": dict(link),
-        "buffer": {
-            "depth": stats.depth,
-            "oldest": stats.oldest_ts,
-            "bytes": stats.bytes,
-            "dropped": stats.dropped,
-        },
+        "buffer": _buffer(stats),
         "gateway": _gateway(buffer.path.parent),
         "buses": buses,
         "devices": devices,
         "now": now_ms,
     }
+
+
+def _buffer(stats: BufferStats) -> dict[str, Any]:
+    """Depth, oldest, bytes; dropped (the bound) and lost (damage on disk), ever; the next id,
+    so that a consumer can tell every id below it was handed out, delivered or counted."""
+    report: dict[str, Any] = {
+        "depth": stats.depth,
+        "oldest": stats.oldest_ts,
+        "bytes": stats.bytes,
+        "dropped": stats.dropped,
+        "lost": stats.lost,
+        "next_id": stats.next_id,
+    }
+    if stats.waiting_for_id:
+        report["waiting_for_id"] = stats.waiting_for_id
+    return report
 
 
 def _device(poller: BusPoller, name: str) -> dict[str, Any]:

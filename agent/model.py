@@ -30,7 +30,8 @@ class Sample:
 
     ``mono`` and ``boot`` are set only while the wall clock could not be trusted when the poll
     ran: the monotonic time and boot id let the sample be re-stamped once the clock is right;
-    a sample sent without that carries ``"clock": "unsynced"``.
+    a sample sent without that carries ``"clock": "unsynced"``, and from then on has ``mono``
+    without ``boot`` (it is never re-stamped: a copy sent again must be the same).
     """
 
     id: int

@@ -59,7 +59,7 @@ MAX_DEVICE_BACKOFF = 300.0
 WEDGED_AFTER = 300.0
 
 
-@dataclass
+@dataclass(eq=False)  # one write is not another with the same fields: compared by identity
 class _Write:
     """A write waiting for its turn on the bus; ``result`` is the poll read back after it."""
 
@@ -67,7 +67,17 @@ class _Write:
     point: PointConfig
     value: Value
     result: asyncio.Future[Poll]
+    #: Called just before the write is sent (its caller records that it is under way).
+    on_start: Callable[[], None] | None = None
     started: bool = False
+
+    def succeeded(self, poll: Poll) -> None:
+        if not self.result.done():
+            self.result.set_result(poll)
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.result.done():
+            self.result.set_exception(exc)
 
 
 def _resolve(future: asyncio.Future[bool], value: bool) -> None:
@@ -145,7 +155,7 @@ class BusPoller:
             await self._run()
         finally:
             while self._writes:
-                self._writes.popleft().result.set_exception(
+                self._writes.popleft().failed(
                     DeviceError(f"bus {self.bus.name}: stopped before the write was made")
                 )
 
@@ -190,30 +200,52 @@ class BusPoller:
     # --- writes
 
     async def write(
-        self, device: DeviceConfig, point: PointConfig, value: Value, timeout: float
+        self,
+        device: DeviceConfig,
+        point: PointConfig,
+        value: Value,
+        timeout: float,
+        on_start: Callable[[], None] | None = None,
     ) -> Poll:
         """Write ``value`` to ``point`` between two transactions, ahead of the polls waiting,
-        and read the device back: the poll that followed the write.
+        and read the device back: the poll that followed the write. ``on_start`` is called just
+        before the write is sent: from then on it may have been made.
 
         ``DeviceError`` when the bus is down, the driver cannot write, the device refused or did
         not answer; ``ValueError`` when the value cannot be written to that point; ``TimeoutError``
-        when the write could not start within ``timeout`` (it is then never made).
+        when the write could not start within ``timeout`` (it is then never made). Cancelled
+        while it waits for its turn, the write is withdrawn and never made; cancelled once
+        under way, it ends within the driver's own timeouts.
         """
         if not self.connected:
             raise DeviceError(f"bus {self.bus.name} is not connected: the write was not made")
-        job = _Write(device, point, value, asyncio.get_running_loop().create_future())
+        job = _Write(device, point, value, asyncio.get_running_loop().create_future(), on_start)
         self._writes.append(job)
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(True)
         try:
+            return await self._outcome(job, timeout)
+        except asyncio.CancelledError:
+            self._withdraw(job)  # a caller gone (the agent stops) must not have it made later
+            raise
+
+    async def _outcome(self, job: _Write, timeout: float) -> Poll:
+        # Shielded: the caller's timeout or cancellation must not cancel the future the poll
+        # loop is to settle.
+        try:
             return await asyncio.wait_for(asyncio.shield(job.result), timeout)
         except asyncio.TimeoutError:
             if job.started:  # under way: it ends within the driver's own timeouts
-                return await job.result
-            self._writes.remove(job)
+                return await asyncio.shield(job.result)
+            self._withdraw(job)
             raise TimeoutError(
                 f"bus {self.bus.name} stayed busy for {timeout:g}s: the write was not made"
             ) from None
+
+    def _withdraw(self, job: _Write) -> None:
+        """Take a write that has not started off the queue: it is never made."""
+        if not job.started and job in self._writes:
+            self._writes.remove(job)
 
     async def _sleep_until(self, when: float) -> bool:
         """Until monotonic ``when`` (False), or until a write is queued (True): a sleep that
@@ -237,15 +269,17 @@ class BusPoller:
         while self._writes:
             job = self._writes.popleft()
             job.started = True
+            if not self._announce(job):
+                continue
             try:
-                job.result.set_result(await self._write_and_read(driver, job))
+                job.succeeded(await self._write_and_read(driver, job))
             except (DeviceError, ValueError) as exc:
-                job.result.set_exception(exc)
+                job.failed(exc)
             except BusError as exc:
-                job.result.set_exception(DeviceError(str(exc)))
+                job.failed(DeviceError(str(exc)))
                 raise
             except asyncio.CancelledError:  # the loop stops (agent stop, reload) mid-write
-                job.result.set_exception(
+                job.failed(
                     DeviceError(
                         f"bus {self.bus.name}: stopped during the write, which may or "
                         "may not have been made"
@@ -253,8 +287,21 @@ class BusPoller:
                 )
                 raise
             except Exception as exc:  # a driver's bug: the command fails, the bus restarts
-                job.result.set_exception(DeviceError(f"the driver failed: {exc!r}"))
+                job.failed(DeviceError(f"the driver failed: {exc!r}"))
                 raise
+
+    @staticmethod
+    def _announce(job: _Write) -> bool:
+        """Tell the caller its write goes out now; False (the write failed with the error, not
+        made) when that fails: the caller's bug, not the bus's."""
+        if job.on_start is None:
+            return True
+        try:
+            job.on_start()
+        except Exception as exc:
+            job.failed(exc)
+            return False
+        return True
 
     async def _write_and_read(self, driver: Driver, job: _Write) -> Poll:
         write = getattr(driver, "write", None)

@@ -31,6 +31,8 @@ STATUS_SOCKET = "status.sock"
 SEND_TIMEOUT = 5.0
 #: The private directory (mode 0700) the socket is bound in before it is moved into place.
 _BIND_DIR = ".status"
+#: How often a status socket that could not be made is tried again, in seconds.
+BIND_RETRY = 30.0
 #: Longest Unix socket path Linux accepts (sun_path is 108 bytes with its NUL).
 MAX_PATH = 107
 
@@ -55,9 +57,13 @@ class StatusServer:
     task and every client's task are cancelled and awaited.
     """
 
-    def __init__(self, path: Path, snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, path: Path, snapshot: Callable[[], dict[str, Any]], retry: float = BIND_RETRY
+    ) -> None:
         self.path = path
         self.snapshot = snapshot
+        #: A socket that cannot be made (read-only or full data dir) is tried again this often.
+        self.retry = retry
         self._sock: socket.socket | None = None
         self._inode: int | None = None
         self._accepter: asyncio.Task[None] | None = None
@@ -65,10 +71,26 @@ class StatusServer:
         self._failing = False  # the snapshot raised last time: already logged
 
     async def __aenter__(self) -> StatusServer:
-        self._sock = self._bind()
+        try:
+            self._sock = self._bind()
+        except StatusError as exc:
+            # A read-only or full data dir is no reason to stop polling: try again later.
+            log.warning("status: %s; trying again every %gs", exc, self.retry)
+            self._accepter = asyncio.create_task(self._bind_later(), name="status")
+            return self
         self._accepter = asyncio.create_task(self._accept(self._sock), name="status")
         log.debug("status: serving on %s", self.path)
         return self
+
+    async def _bind_later(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry)
+            try:
+                self._sock = self._bind()
+            except StatusError:
+                continue
+            log.info("status: serving on %s", self.path)
+            await self._accept(self._sock)
 
     async def __aexit__(
         self,

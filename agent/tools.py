@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TextIO
 
-from .buffer import BUFFER_FILE, Buffer, read_only, stored_samples, stored_stats
+from .buffer import BUFFER_FILE, BufferStats, open_buffer, stored_samples, stored_stats
 from .clock import Clock
 from .config import BusConfig, Config, DeviceConfig, TemplateConfig
 from .config.sections import suggest
@@ -159,32 +159,48 @@ def find_template(templates: Sequence[TemplateConfig], name: str) -> TemplateCon
     return next(t for t in templates if t.name == name)
 
 
-def buffer_command(config: Config, action: str, out: TextIO = sys.stdout) -> int:
-    """``edge-agent buffer stats|export|purge``: stats and export read the committed samples
-    (safe while the agent runs); purge needs the agent stopped."""
+def buffer_command(
+    config: Config, action: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+) -> int:
+    """``edge-agent buffer stats|export|purge``: stats and export read what the buffer's files
+    hold, committed or in the agent's journal (safe while the agent runs); purge needs the agent
+    stopped."""
     path = config.agent.data_dir / BUFFER_FILE
     if action == "stats":
-        stats = stored_stats(path)
-        oldest = (
-            "none"
-            if stats.oldest_ts is None
-            else f"{stats.oldest_ts} ({(Clock().wall_ms() - stats.oldest_ts) / 1000:.0f} s old)"
-        )
-        print(f"buffer {path}", file=out)
-        print(f"  waiting samples:  {stats.on_disk} committed", file=out)
-        print(f"  oldest sample:    {oldest}", file=out)
-        print(f"  size on disk:     {stats.bytes} bytes (bound {config.buffer.max_size})", file=out)
-        print(f"  dropped (ever):   {stats.dropped}", file=out)
-        print(f"  next id:          {stats.next_id}", file=out)
+        _print_stats(path, stored_stats(path), config.buffer.max_size, out)
         return 0
     if action == "export":
-        with contextlib.closing(read_only(path)) as db:
-            for sample in stored_samples(db):
-                print(json.dumps(sample.to_json(), ensure_ascii=False), file=out)
+
+        def say(problem: str) -> None:
+            print(f"edge-agent buffer export: {problem}", file=err)
+
+        for sample in stored_samples(path, damaged=say):
+            print(json.dumps(sample.to_json(), ensure_ascii=False), file=out)
         return 0
     with data_dir_lock(config.agent.data_dir):
-        buffer = Buffer(path, config.buffer.max_size, config.buffer.flush_interval).open()
+        buffer = open_buffer(
+            config.agent.data_dir,
+            config.buffer.max_size,
+            config.buffer.flush_interval,
+            boot=Clock().boot_id(),
+        ).open()
         count = buffer.purge()
         buffer.close()
     print(f"buffer {path}: purged {count} sample(s); ids continue from {buffer.next_id}", file=out)
     return 0
+
+
+def _print_stats(path: Path, stats: BufferStats, bound: int, out: TextIO) -> None:
+    oldest = (
+        "none"
+        if stats.oldest_ts is None
+        else f"{stats.oldest_ts} ({(Clock().wall_ms() - stats.oldest_ts) / 1000:.0f} s old)"
+    )
+    memory = f", {stats.in_memory} in memory only" if stats.in_memory else ""
+    print(f"buffer {path}", file=out)
+    print(f"  waiting samples:  {stats.depth} ({stats.on_disk} committed{memory})", file=out)
+    print(f"  oldest sample:    {oldest}", file=out)
+    print(f"  size on disk:     {stats.bytes} bytes (bound {bound})", file=out)
+    print(f"  dropped (ever):   {stats.dropped}", file=out)
+    print(f"  lost to damage:   {stats.lost}", file=out)
+    print(f"  next id:          {stats.next_id}", file=out)

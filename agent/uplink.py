@@ -278,11 +278,29 @@ class Uplink:
 
     async def _send(self, client: aiomqtt.Client, samples: list[Sample], backlog: bool) -> None:
         """Publish a batch (in messages of at most MAX_PAYLOAD bytes), acknowledging each."""
-        stamped = [self.guard.restamp(s) for s in samples]
+        stamped = self._final_forms(samples)
         for sent, payload in telemetry_messages(self.config.agent.id, stamped, backlog):
             await self._publish(client, "telemetry", payload, self.mqtt.qos)
             self.buffer.acknowledge(sent)
             self.sent += len(sent)
+
+    def _final_forms(self, samples: list[Sample]) -> list[Sample]:
+        """The samples as they are sent, now and whenever they are sent again: one taken before
+        the clock could be trusted is re-stamped if that can be known now, and otherwise goes
+        out marked unsynced for good (a copy the broker may already have must not differ from
+        a later one). The buffer stores the form before it leaves."""
+        final: list[Sample] = []
+        settled: list[Sample] = []
+        for sample in samples:
+            if sample.mono is None or sample.boot is None:
+                final.append(sample)
+                continue
+            restamped = self.guard.restamp(sample)
+            settled.append(restamped if restamped is not sample else replace(sample, boot=None))
+            final.append(settled[-1])
+        if settled:
+            self.buffer.settle(settled)
+        return final
 
     async def _publish(
         self, client: aiomqtt.Client, subtopic: str, payload: bytes, qos: int, retain: bool = False

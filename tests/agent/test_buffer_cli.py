@@ -44,11 +44,12 @@ def test_stats_reports_depth_size_and_next_id(site: Path) -> None:
     result = cli("buffer", "stats", "-c", str(site))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[1] == "  waiting samples:  3 committed"
+    assert lines[1] == "  waiting samples:  3 (3 committed)"
     assert lines[2].startswith("  oldest sample:    1795000000000 (")
     assert "bound 5000000" in lines[3]
     assert lines[4] == "  dropped (ever):   0"
-    assert lines[5] == "  next id:          4"
+    assert lines[5] == "  lost to damage:   0"
+    assert lines[6] == "  next id:          4"
 
 
 def test_export_prints_json_lines(site: Path) -> None:

@@ -201,21 +201,46 @@ def test_clients_that_hang_up_or_never_read_do_not_hurt(
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-def test_a_server_that_cannot_bind_says_why(short_dir: Path) -> None:
-    async def body(path: Path) -> str:
-        with pytest.raises(StatusError) as error:
-            async with StatusServer(path, snapshot):
-                pass
-        return str(error.value)
-
+def test_a_server_that_cannot_bind_says_why_and_tries_again(
+    short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A data dir that cannot take the socket (missing, read-only, full) is no reason to stop
+    the agent: it says why once and serves as soon as it can."""
     missing = short_dir / "nope" / STATUS_SOCKET
-    assert run(body(missing)) == (
-        f"cannot serve the status socket {missing}: No such file or directory"
-    )
+
+    async def body() -> None:
+        async with StatusServer(missing, snapshot, retry=0.05):
+            missing.parent.mkdir()
+            answer = None
+            for _ in range(200):  # the retry binds within a few of its periods
+                try:
+                    answer = await query_status(missing, 1.0)
+                    break
+                except StatusError:
+                    await asyncio.sleep(0.05)
+            assert answer == snapshot()
+
+    with caplog.at_level(logging.WARNING, logger="agent.status"):
+        run(body(), 20)
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [
+        f"status: cannot serve the status socket {missing}: No such file or directory; "
+        "trying again every 0.05s"
+    ]
+
     deep = short_dir / ("d" * 100)
     deep.mkdir()
-    assert run(body(deep / STATUS_SOCKET)).endswith(
-        "(a Unix socket path is at most 107 bytes: shorten data_dir)"
+
+    async def too_long() -> None:
+        async with StatusServer(deep / STATUS_SOCKET, snapshot, retry=60):
+            pass
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="agent.status"):
+        run(too_long(), 10)
+    said = caplog.records[0].getMessage()
+    assert said.endswith(
+        "(a Unix socket path is at most 107 bytes: shorten data_dir); trying again every 60s"
     )
     assert os.listdir(deep) == []
 

@@ -1,0 +1,475 @@
+"""A fault campaign: the real agent against a real broker and simulated slaves, with the faults of
+the field injected at moments drawn from a seed, and every sample id accounted for at the end.
+
+FoundationDB's lesson: faults at seeded random moments, and a failing seed replays. Jepsen's:
+account for every write at the client. A ``Campaign`` runs one scenario:
+
+* a Mosquitto of its own, a Modbus TCP bus of simulated slaves, and ``edge-agent run`` with its
+  data dir on an ``Ext4Card`` (an ext4 image on a loop device mounted ``errors=remount-ro``, as
+  an SD card is; a plain directory where that cannot be had, and then no disk faults), its
+  crash journal in a runtime directory of its own;
+* a timeline of faults (``plan``): ``kill`` (``kill -9``, then started again), ``term``
+  (SIGTERM in the middle of whatever it was doing), ``hup`` (a changed config), ``broker``
+  (stopped for a while), ``flap`` (stopped and started in quick succession), ``full`` (the card
+  filled), ``readonly`` (the card fails into read-only, as ext4 does after an I/O error; the
+  agent may be killed and started on the read-only card; later it is stopped, the card checked
+  with e2fsck and mounted again, the agent started), ``slow`` (every byte to and from the
+  broker seconds late), ``stall`` (every byte held for a while), ``cut`` (the connection
+  dropped without a word),
+  ``damage`` (``kill -9``, random bytes of the database, its WAL or the ids file flipped, started
+  again), ``slave`` (a slave dead, slow, answering garbage or the wrong transaction id, or
+  dripping bytes, for a while);
+* the end: every fault undone, the backlog drained, SIGTERM; then ``IdLedger.reconcile``.
+
+An ``Outcome`` is good when no id is unaccounted for (generated = delivered + buffered + dropped
++ lost to damage), none came twice with different content, the agent never exited by itself
+(no crash loop), and its log holds no traceback. The mounts need root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.buffer import BUFFER_FILE
+from agent.config.types import PointConfig
+
+from . import toml
+from .aio import KitLoop
+from .broker import Broker
+from .faults import MountError, Reconciled, TinyFilesystem, account, damage_bytes, drained
+from .link import SlowLink
+from .modbus import ModbusBus, SimSlave
+from .runner import AgentRunner, site_config
+
+KINDS = (
+    "kill",
+    "term",
+    "hup",
+    "broker",
+    "flap",
+    "slow",
+    "stall",
+    "cut",
+    "full",
+    "readonly",
+    "damage",
+    "slave",
+)
+#: Faults that need the card (root, a loop device).
+DISK_KINDS = ("full", "readonly", "damage")
+SLAVE_FAULTS = ("dead", "slow", "garbage", "wrong_tid", "drip", "noise")
+UNITS = (1, 2, 3)
+POINTS = (PointConfig("level", "holding", 0, "uint16"), PointConfig("temp", "input", 0, "int16"))
+
+SITE = """
+[agent]
+id = "field"
+[buffer]
+flush_interval = "500ms"
+max_size = "3MB"
+[mqtt]
+topic_prefix = "fc"
+batch_interval = "100ms"
+reconnect_max = "2s"
+health_interval = "5s"
+[[bus]]
+name = "plc"
+type = "modbus-tcp"
+host = "127.0.0.1"
+timeout = "250ms"
+"""
+DEVICE = """
+[[device]]
+name = "tank{unit}"
+bus = "plc"
+unit = {unit}
+interval = "{interval}"
+  [[device.point]]
+  name = "level"
+  address = 0
+  [[device.point]]
+  name = "temp"
+  table = "input"
+  type = "int16"
+  address = 0
+"""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One fault: what, when (seconds into the run), for how long, and a number of its own
+    (which slave, which file, which bytes)."""
+
+    at: float
+    kind: str
+    length: float
+    pick: int
+
+    def __str__(self) -> str:
+        return f"{self.at:5.1f}s {self.kind} ({self.length:.1f}s, #{self.pick})"
+
+
+def plan(seed: int, duration: float, kinds: Sequence[str] = KINDS, count: int = 8) -> list[Event]:
+    """``count`` faults of ``kinds`` at moments drawn from ``seed`` within ``duration``."""
+    rng = random.Random(seed)
+    moments = sorted(rng.uniform(1.0, duration * 0.8) for _ in range(count))
+    return [
+        Event(
+            round(at, 2),
+            rng.choice(list(kinds)),
+            round(rng.uniform(0.5, 5.0), 2),
+            rng.randrange(10**6),
+        )
+        for at in moments
+    ]
+
+
+class Ext4Card:
+    """An SD card: ext4 in an image file on a loop device, ``errors=remount-ro``. ``fail()``
+    makes the kernel remount it read-only as after an I/O error (writes then fail with EROFS
+    until it is unmounted); ``repair()`` unmounts, checks (``e2fsck``) and mounts it again (the
+    agent must have let go of it); ``fill()``/``free()`` as a ``TinyFilesystem``."""
+
+    def __init__(self, image: Path, path: Path, size: int = 16_000_000) -> None:
+        self.image = image
+        self.path = path
+        self.size = size
+        self._filler = TinyFilesystem(path)
+        self.mounted = False
+
+    def mount(self) -> Ext4Card:
+        if not self.image.exists():
+            with self.image.open("wb") as file:
+                file.truncate(self.size)
+            # no blocks reserved for root: "full" is full for the agent too, root as it may be
+            _run("mkfs.ext4", "-q", "-F", "-m", "0", str(self.image))
+        self.path.mkdir(parents=True, exist_ok=True)
+        _run("mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.path))
+        self.mounted = True
+        self.path.chmod(0o700)
+        return self
+
+    def fail(self) -> None:
+        device = _source(self.path).removeprefix("/dev/")
+        Path(f"/sys/fs/ext4/{device}/trigger_fs_error").write_text("fault campaign\n")
+
+    def repair(self) -> None:
+        self.unmount()
+        subprocess.run(["e2fsck", "-fy", str(self.image)], capture_output=True, check=False)
+        self.mount()
+
+    def fill(self) -> None:
+        self._filler.fill()
+
+    def free(self) -> None:
+        with contextlib.suppress(OSError):
+            self._filler.free()
+
+    def unmount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", str(self.path)], capture_output=True, check=False)
+            self.mounted = False
+
+
+def _run(*command: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise MountError(f"{' '.join(command)}: {done.stderr.strip()}")
+
+
+def _source(path: Path) -> str:
+    done = subprocess.run(
+        ["findmnt", "-n", "-o", "SOURCE", str(path)], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip()
+
+
+@dataclass
+class Outcome:
+    """What one scenario came to."""
+
+    seed: int
+    kinds: tuple[str, ...]
+    events: list[Event]
+    reconciled: Reconciled | None = None
+    tracebacks: list[str] = field(default_factory=list)
+    crashes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # faults that could not be injected here
+    log: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.reconciled is not None
+            and self.reconciled.ok
+            and not self.tracebacks
+            and not self.crashes
+        )
+
+    def __str__(self) -> str:
+        lines = [f"seed {self.seed} ({', '.join(self.kinds)}): {'ok' if self.ok else 'FAILED'}"]
+        lines += [f"  {e}" for e in self.events]
+        lines.append(f"  {self.reconciled}")
+        lines += [f"  crash: {c}" for c in self.crashes]
+        lines += [f"  traceback: {t}" for t in self.tracebacks[:3]]
+        lines += [f"  not injected here: {s}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+class Campaign:
+    """One scenario in ``workdir``: ``run(seed, duration, kinds)`` → ``Outcome``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.kit = KitLoop()
+        self.broker: Broker | None = None
+        self.bus: ModbusBus | None = None
+        self.link: SlowLink | None = None
+        self.slaves: list[SimSlave] = []
+        self.card: Ext4Card | None = None
+        self.runner: AgentRunner | None = None
+        self.intervals = dict.fromkeys(UNITS, "200ms")
+        self._expected_exit = True  # the agent is not running, or we stopped it
+
+    def run(self, seed: int, duration: float = 30.0, kinds: Sequence[str] = KINDS) -> Outcome:
+        events = plan(seed, duration, kinds)
+        outcome = Outcome(seed, tuple(kinds), events)
+        with self._rig(outcome):
+            assert self.runner is not None
+            self._start_agent()
+            started = time.monotonic()
+            for event in events:
+                self._check_alive(outcome)
+                pause = started + event.at - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)  # the campaign's own clock: faults at their moments
+                self._inject(event, random.Random(event.pick), outcome)
+            time.sleep(max(0.0, started + duration - time.monotonic()))
+            self._check_alive(outcome)
+            self._settle(outcome)
+        return outcome
+
+    # --- the rig
+
+    @contextlib.contextmanager
+    def _rig(self, outcome: Outcome) -> Iterator[None]:
+        self.kit.start()
+        try:
+            self.broker = Broker(self._dir("mosquitto"))
+            self.broker.start()
+            self.link = SlowLink(self.kit, self.broker.host, self.broker.port).start()
+            self.bus = ModbusBus(self.kit, self._dir("modbus"), "tcp").start()
+            for unit in UNITS:
+                slave = self.bus.add(unit, points=POINTS)
+                slave.set("level", 100 + unit)
+                self.slaves.append(slave)
+            card = Ext4Card(self.workdir / "card.img", self.workdir / "card")
+            try:
+                self.card = card.mount()
+            except (MountError, OSError) as exc:
+                self.card = None
+                outcome.skipped.append(f"disk faults: {exc}")
+            self.runner = AgentRunner(self.kit, self._dir("agent"), self.broker)
+            if self.card is not None:
+                self.runner.data_dir = self.card.path / "data"
+            yield
+        finally:
+            if self.runner is not None:
+                outcome.log = self.runner.log
+                self.runner.stop()
+            if self.card is not None:
+                self.card.unmount()
+            if self.bus is not None:
+                self.bus.stop()
+            if self.link is not None:
+                self.link.stop()
+            if self.broker is not None:
+                self.broker.stop()
+            self.kit.close()
+
+    def _dir(self, name: str) -> Path:
+        path = self.workdir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _config(self) -> str:
+        devices = "".join(DEVICE.format(unit=u, interval=self.intervals[u]) for u in UNITS)
+        return SITE + devices
+
+    def _start_agent(self) -> None:
+        assert self.runner is not None and self.bus is not None
+        runtime = self._dir("runtime")
+        assert self.link is not None
+        env = {"RUNTIME_DIRECTORY": str(runtime)}
+        link = {"mqtt": {"url": self.link.url}}  # the agent reaches the broker over the link
+        self.runner.start(self._config(), buses={"plc": self.bus}, env=env, overrides=link)
+        self._expected_exit = False
+
+    def _stop_agent(self, how: str) -> int:
+        assert self.runner is not None
+        self._expected_exit = True
+        return self.runner.kill() if how == "kill" else self.runner.term()
+
+    def _check_alive(self, outcome: Outcome) -> None:
+        """An agent that exited by itself crashed: said, and started again (as systemd would)."""
+        assert self.runner is not None
+        process = self.runner.process
+        if self._expected_exit or process is None or process.poll() is None:
+            return
+        outcome.crashes.append(f"the agent exited by itself with {process.poll()}")
+        self._expected_exit = True
+        process.wait()
+        self._start_agent()
+
+    # --- the faults
+
+    def _inject(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        if event.kind in DISK_KINDS and self.card is None:
+            return
+        getattr(self, f"_{event.kind}")(event, rng, outcome)
+
+    def _kill(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        self._stop_agent("kill")
+        time.sleep(min(event.length, 1.0))
+        self._start_agent()
+
+    def _term(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        code = self._stop_agent("term")
+        if code != 0:
+            outcome.crashes.append(f"SIGTERM ended the agent with {code}")
+        self._start_agent()
+
+    def _hup(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        assert self.runner is not None
+        assert self.link is not None and self.bus is not None
+        unit = rng.choice(UNITS)
+        self.intervals[unit] = "300ms" if self.intervals[unit] == "200ms" else "200ms"
+        changed = site_config(
+            self._config(),
+            buses={"plc": self.bus},
+            mqtt_url=self.link.url,
+            data_dir=self.runner.data_dir,
+        )
+        self.runner.config_path.write_text(toml.dumps(changed))
+        self.runner.hup()
+
+    def _broker(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        assert self.broker is not None
+        self.broker.stop()
+        time.sleep(event.length)
+        self.broker.start()
+
+    def _flap(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        assert self.broker is not None
+        for _ in range(3):
+            self.broker.stop()
+            time.sleep(rng.uniform(0.1, 0.6))
+            self.broker.start()
+            time.sleep(rng.uniform(0.1, 0.6))
+
+    def _slow(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        assert self.link is not None
+        self.link.delay = rng.uniform(0.2, 2.0)  # a cellular round trip on a bad day
+        time.sleep(event.length)
+        self.link.delay = 0.0
+
+    def _stall(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        assert self.link is not None
+        self.link.stalled = True  # every byte held: acknowledgements time out past 10 s
+        time.sleep(event.length * 3)
+        self.link.stalled = False
+
+    def _cut(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        assert self.link is not None
+        self.link.cut()
+
+    def _full(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        assert self.card is not None and self.broker is not None
+        self.card.fill()
+        outage = rng.random() < 0.5  # a full card matters when samples must go to it
+        if outage:
+            self.broker.stop()
+        time.sleep(event.length)
+        if outage:
+            self.broker.start()
+        self.card.free()
+
+    def _readonly(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        assert self.card is not None
+        self.card.fail()
+        time.sleep(event.length)  # live samples go on
+        self._check_alive(outcome)
+        if rng.random() < 0.5:  # a crash while the card is read-only: ids come from the clock
+            self._stop_agent("kill")
+            self._start_agent()
+            time.sleep(event.length)
+            self._check_alive(outcome)
+        self._stop_agent("term")  # a technician's reboot: stop, check the card, start
+        self.card.repair()
+        self._start_agent()
+
+    def _damage(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        assert self.runner is not None
+        self._stop_agent("kill" if rng.random() < 0.7 else "term")
+        target = rng.choice([BUFFER_FILE, f"{BUFFER_FILE}-wal", "buffer.ids"])
+        damage_bytes(self.runner.data_dir / target, rng, count=rng.choice([1, 1, 2, 3]))
+        self._start_agent()
+
+    def _slave(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        slave = rng.choice(self.slaves)
+        fault = rng.choice(SLAVE_FAULTS)
+        slave.random = random.Random(event.pick)
+        _set_fault(slave, fault, True)
+        time.sleep(event.length)
+        _set_fault(slave, fault, False)
+
+    # --- the end
+
+    def _settle(self, outcome: Outcome) -> None:
+        """Undo every fault, let the backlog drain, stop the agent, and account for every id."""
+        assert self.runner is not None and self.broker is not None
+        for slave in self.slaves:
+            for fault in SLAVE_FAULTS:
+                _set_fault(slave, fault, False)
+        if self.card is not None:
+            self.card.free()
+        if self.link is not None:
+            self.link.delay, self.link.stalled = 0.0, False
+        self._check_alive(outcome)
+        drained(self.runner, timeout=60)
+        code = self._stop_agent("term")
+        if code != 0:
+            outcome.crashes.append(f"SIGTERM ended the agent with {code}")
+        outcome.reconciled = account(self.runner)
+        outcome.tracebacks = [line for line in self.runner.log.splitlines() if "Traceback" in line]
+
+
+def _set_fault(slave: SimSlave, fault: str, on: bool) -> None:
+    if fault == "dead":
+        slave.dead = on
+    elif fault == "slow":
+        slave.slow_ms = 400 if on else 0
+    elif fault == "drip":
+        slave.drip_ms = 40 if on else 0
+    else:
+        setattr(slave, fault, on)
+
+
+def run_campaign(
+    workdir: Path, seeds: Sequence[int], duration: float, kinds: Sequence[str] = KINDS
+) -> list[Outcome]:
+    """Each seed in a directory of its own under ``workdir``."""
+    outcomes = []
+    for seed in seeds:
+        directory = workdir / f"seed-{seed}"
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        outcomes.append(Campaign(directory).run(seed, duration, kinds))
+    return outcomes
