@@ -52,7 +52,7 @@ class Agent:
             config.agent.data_dir,
             config.buffer.max_size,
             config.buffer.flush_interval,
-            trusted_ms=self._trusted_now_ms,
+            trusted_ms=self._id_clock_ms,
             boot=self.guard.boot,
         )
         self.commands = Commands(
@@ -98,6 +98,12 @@ class Agent:
         """The wall clock in ms, None while it cannot be trusted."""
         now, mono = self.clock.wall_ms(), self.clock.monotonic()
         return now if self.guard.trusted(now, mono) else None
+
+    def _id_clock_ms(self) -> int | None:
+        """The wall clock in ms for ids from the clock: trusted, and synchronised by the
+        kernel's account, so that it cannot repeat itself after a reboot."""
+        now = self._trusted_now_ms()
+        return now if now is not None and self.clock.synced() else None
 
     def request_reload(self) -> None:
         """Re-read the configuration file (SIGHUP): applied by ``run`` between polls."""

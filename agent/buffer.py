@@ -181,8 +181,10 @@ class Buffer:
         self._memory: OrderedDict[int, tuple[Sample, float]] = OrderedDict()
         self._pending: deque[_Pending] = deque()
         self._in_flight: set[int] = set()
-        self._deletes: list[int] = []  # acknowledged samples still on disk
-        self._settled: list[Sample] = []  # disk rows whose final form is to be stored
+        self._deletes: set[int] = set()  # acknowledged samples still on disk
+        self._unrestored: Found | None = None  # rows of a damaged WAL, still to be put back
+        self._noted_reservation = 0  # the reservation last copied into the database
+        self._journal_base = ""  # the run whose mark of the ids file this run started from
         self._disk_cursor = 0  # backlog rows up to this id were handed out
         self._on_disk = 0
         self._wal_limit = max_size // 5
@@ -203,6 +205,7 @@ class Buffer:
     def open(self) -> Buffer:
         """Open the store, mending what damage it finds; one that cannot be opened leaves the
         buffer in memory (and the journal) until the disk can be used."""
+        had_database = self.path.exists()
         self._make_dir()
         recovered = self._journal.recover() if self._journal else None
         earlier = self._ledger.peek()
@@ -213,8 +216,19 @@ class Buffer:
         self._on_disk = earlier.stored if earlier.next_id is not None else 0
         self._open_db()
         self._load_counts()
-        exact = recovered.next_id if recovered and recovered.next_id else None
-        loaded = self._ledger.load(self._floor(recovered), exact)
+        # The journal's next id speaks for the ids only if no run after it marked the ids file
+        # (its own mark, or the one it started from, is the last): a journal left by an older
+        # run, whose successor had no journal, must not.
+        exact = None
+        self._journal_base = earlier.run
+        if recovered and recovered.next_id and earlier.run in (recovered.run, recovered.base):
+            exact = recovered.next_id
+        loaded = self._ledger.load(
+            self._floor(recovered),
+            exact,
+            expected=had_database,
+            known_reserved=self._meta_value("reserved_until"),
+        )
         for problem in loaded.problems:
             log.error("buffer %s: %s: ids resume at %d", self.path, problem, self.next_id)
         if loaded.clean:
@@ -227,14 +241,15 @@ class Buffer:
                 self.path,
                 self.next_id,
             )
-        if not self._ledger.mark_unclean():
+        if self._ledger.mark_unclean():
+            self._note_reservation()
+        else:
             self.complaints.say("ids", f"buffer {self.path}: {self._ledger.refusal}")
-        if wal_rows is not None:
-            self._restore(wal_rows, "the write-ahead log")
+        self._unrestored = wal_rows
+        self._restore_pending()
         if recovered and recovered.samples:
             self._take_back(recovered.samples)
-        if self._journal:
-            self._journal.start((s for s, _ in self._memory.values()), self._ledger.next_id)
+        self._start_journal()
         log.info(
             "buffer %s: %d samples waiting, next id %d",
             self.path,
@@ -253,6 +268,15 @@ class Buffer:
     def close(self) -> None:
         """Commit everything unacknowledged and record the exact next id: no gap after a stop."""
         self.flush(force=True)
+        if self._pending:  # never got an id: nothing can keep them past this stop
+            self.dropped += len(self._pending)
+            log.error(
+                "buffer %s: %d sample(s) that never got an id (no reservation on disk, no "
+                "synchronised clock) are lost with this stop; counted as dropped",
+                self.path,
+                len(self._pending),
+            )
+            self._pending.clear()
         self._store_counts()
         self._ledger.note(dropped=self.dropped, lost=self.lost, newest_ts=self.newest_ts)
         recorded = self._ledger.close(stored=self._on_disk if self._db is not None else 0)
@@ -397,13 +421,16 @@ class Buffer:
             damaged: list[tuple[StoredRow, str]] = []
             for row in map(_stored, rows):
                 if row.id in self._in_flight or row.id in self._bad:
-                    continue  # moved to disk while it was being sent live; or known damaged
+                    continue  # being sent (live, or from here), or known damaged
                 try:
                     if not intact(row, self._checked_from):
                         raise ValueError("checksum mismatch")
-                    batch.append(to_sample(row))
+                    sample = to_sample(row)
                 except (ValueError, UnicodeDecodeError) as exc:
                     damaged.append((row, str(exc)))
+                    continue
+                if row.id not in self._deletes:  # acknowledged, its delete still to come
+                    batch.append(sample)
             if damaged:
                 self._mend(damaged)
                 break  # the cursor starts again, on the rebuilt database
@@ -416,7 +443,7 @@ class Buffer:
         for sample in samples:
             self._in_flight.discard(sample.id)
             if self._memory.pop(sample.id, None) is None:
-                self._deletes.append(sample.id)
+                self._deletes.add(sample.id)
             else:
                 gone.append(sample.id)
         if self._journal and gone:
@@ -427,29 +454,32 @@ class Buffer:
         self._in_flight.clear()
         self._disk_cursor = 0
 
-    def settle(self, samples: Sequence[Sample]) -> None:
+    def settle(self, samples: Sequence[Sample]) -> set[int]:
         """These are about to be sent in this form (re-stamped, or marked unsynced for good):
-        store it, so that a sample sent again is sent the same."""
+        store it, so that a sample sent again is sent the same. Returns the ids whose form could
+        not be stored (the disk refused): they must not be sent now, and are handed out again
+        later."""
+        on_disk: list[Sample] = []
         for sample in samples:
             if sample.id in self._memory:
                 self._memory[sample.id] = (sample, self._memory[sample.id][1])
                 if self._journal:
                     self._journal.added(sample)
             else:
-                self._settled.append(sample)
-        if self._settled and self._db is not None:
-            try:
-                with self._conn() as db:
-                    self._write_settled(db)
-            except _DB_ERRORS as exc:
+                on_disk.append(sample)
+        if not on_disk:
+            return set()
+        try:
+            with self._conn() as db:
+                _write_forms(db, on_disk)
+        except (*_DB_ERRORS, StorageError) as exc:
+            if not isinstance(exc, StorageError):
                 self._storage_trouble(exc)
-
-    def _write_settled(self, db: sqlite3.Connection) -> None:
-        db.executemany(
-            "UPDATE samples SET ts = ?, mono = ?, boot = ?, crc = ? WHERE id = ?",
-            ((s.ts, s.mono, s.boot, _row(s)[-1], s.id) for s in self._settled),
-        )
-        self._settled = []
+            refused = {s.id for s in on_disk}
+            self._in_flight -= refused
+            self._disk_cursor = min(self._disk_cursor, min(refused) - 1)
+            return refused
+        return set()
 
     # --- the disk
 
@@ -457,15 +487,18 @@ class Buffer:
         """Commit samples unacknowledged for ``commit_age`` (all: ``force``) and the deletes."""
         self._number_pending()
         self.complaints.tick()
+        if self._journal and self._journal.failed and self.complaints.due("journal", LOG_EVERY):
+            self._start_journal()
         if self._db is None and not self._reopen():
             return
+        self._restore_pending()
         now = time.monotonic() if now is None else now
         due = [
             sample
             for sample, added in self._memory.values()
             if force or now - added >= self.commit_age
         ]
-        idle = not (due or self._deletes or self._settled)
+        idle = not (due or self._deletes)
         if idle and self._counts_stored == (self.dropped, self.lost):
             return
         try:
@@ -494,8 +527,9 @@ class Buffer:
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (_row(s) for s in due),
                     ).rowcount
-                    self._write_settled(db)
+                    self._adjust_rows(db, max(inserted, 0) - max(deleted, 0))
                     self._write_counts(db)
+                    self._write_reservation(db)
                 break
             except sqlite3.OperationalError as exc:
                 if not _is_full(exc):
@@ -505,7 +539,7 @@ class Buffer:
                     raise
                 self._apply_bound()
         self._on_disk += max(inserted, 0) - max(deleted, 0)
-        self._deletes = []
+        self._deletes = set()
         self._bound_wal()
         self._apply_bound()
 
@@ -535,6 +569,46 @@ class Buffer:
         self.dropped = max(self.dropped, stored[0])
         self.lost = max(self.lost, stored[1])
         self._counts_stored = stored
+
+    def _meta_value(self, key: str) -> int:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return int(rows[0][0]) if rows else 0
+
+    def _note_reservation(self) -> None:
+        """A copy of the reservation in the database, at a start and then with the commits
+        (never a write of its own): should ``buffer.ids`` ever be lost, ids jump beyond it
+        rather than beyond what the database happens to hold."""
+        if self._db is None:
+            return
+        try:
+            with self._conn() as db:
+                self._write_reservation(db)
+        except _DB_ERRORS as exc:
+            self._storage_trouble(exc)
+
+    def _write_reservation(self, db: sqlite3.Connection) -> None:
+        reserved = self._ledger.record.reserved_until
+        if reserved != self._noted_reservation:
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('reserved_until', ?)",
+                (reserved,),
+            )
+            self._noted_reservation = reserved
+
+    def _adjust_rows(self, db: sqlite3.Connection, delta: int) -> None:
+        """How many samples the database holds, kept in it in the same transaction: a rebuild
+        knows how many it should find, whatever damage left no trace."""
+        if delta:
+            db.execute("UPDATE meta SET value = value + ? WHERE key = 'rows'", (delta,))
+
+    @staticmethod
+    def _set_rows(db: sqlite3.Connection, rows: int) -> None:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('rows', ?)", (rows,))
+
+    def _start_journal(self) -> None:
+        if self._journal:
+            memory = (s for s, _ in self._memory.values())
+            self._journal.start(memory, self._ledger.next_id, self._ledger.run, self._journal_base)
 
     def _apply_bound(self) -> None:
         """Cap the database below both ``max_size`` and what the file system can still hold.
@@ -587,6 +661,7 @@ class Buffer:
             )
             # in the drop's own transaction: the count survives whatever comes next
             self._write_counts(db, dropped=self.dropped + count)
+            self._adjust_rows(db, -count)
         self.dropped += count
         self._on_disk = rows - count
         self._say_dropped(count, self._full_because or "it reached its bound")
@@ -630,6 +705,10 @@ class Buffer:
             self._checked_from = _add_checksum_column(db)
             self._apply_bound()
             self._on_disk = self._count_rows()
+            if self._db is not db:  # it was found damaged and rebuilt on the way: done
+                return
+            self._load_counts()
+            self._check_rows(db)
         except _DB_ERRORS as exc:
             self._close_db()
             if _is_corrupt(exc):
@@ -660,9 +739,12 @@ class Buffer:
         if not self.complaints.due("reopen", LOG_EVERY / 4):
             return False
         self._make_dir()
+        if self._unrestored is None:  # the log may be read only now, before SQLite cuts it
+            self._unrestored = self._wal_rows_lost_by_sqlite()
         self._open_db()
         if self._db is not None:
             self._load_counts()
+            self._restore_pending()
         return self._db is not None
 
     def _highest_stored(self) -> int:
@@ -690,22 +772,33 @@ class Buffer:
         )
         return found
 
-    def _restore(self, found: Found, where: str) -> None:
+    def _restore_pending(self) -> None:
+        """Put back the rows of a damaged WAL, once the database can take them: until then
+        they are kept here (SQLite's next commit would overwrite the frames they came from)."""
+        if self._unrestored is not None and self._restore(self._unrestored, "the write-ahead log"):
+            self._unrestored = None
+
+    def _restore(self, found: Found, where: str) -> bool:
         """Put the intact rows ``found`` back; count and report the ids of which no intact copy
-        survives."""
+        survives. False when the database cannot take them now."""
         if self._db is None:
-            return
+            return False
         try:
             with self._conn() as db:
                 _insert(db, found.rows.values())
             present = _present(self._conn(), found.damaged)
+            self._on_disk = self._count_rows()
+            with self._conn() as db:
+                self._set_rows(db, self._on_disk)
         except _DB_ERRORS as exc:
             self._storage_trouble(exc)
-            return
-        self._on_disk = self._count_rows()
+            return False
         self._checkpoint()  # the damaged log folded in and emptied: said once, not at each start
         lost = sorted(found.damaged - present)
-        self._report_lost(lost, found.unreadable, where, len(found.rows))
+        # the count the last transaction wrote says what left no trace at all
+        unreadable = max(found.unreadable, found.meta.get("rows", 0) - self._on_disk - len(lost))
+        self._report_lost(lost, unreadable, where, len(found.rows))
+        return True
 
     def _report_lost(self, ids: list[int], unreadable: int, where: str, restored: int) -> None:
         count = len(ids) + unreadable
@@ -736,6 +829,9 @@ class Buffer:
             self.complaints.say("open", f"buffer {self.path}: {reason}; samples wait in memory")
             return
         expected = self._on_disk  # the rows the database held, as far as the buffer knows
+        if self._db is not None:
+            with contextlib.suppress(*_DB_ERRORS):
+                expected = max(expected, self._meta_value("rows"))
         self._close_db()
         stamp = time.strftime("%Y%m%dT%H%M%S")
         fresh = self.path.with_name(f"{self.path.name}.rebuilt")
@@ -779,6 +875,7 @@ class Buffer:
             self._open_db()
         finally:
             self._rebuilding = False
+        expected = max(expected, found.meta.get("rows", 0))
         gone = found.damaged - present
         # rows that left no trace at all (a cell pointer damaged) still show in the count
         unreadable = max(found.unreadable, expected - restored - len(gone))
@@ -797,6 +894,26 @@ class Buffer:
             self._bad |= fresh
             self._report_lost(sorted(fresh), 0, "a sample", 0)
             self._open_db()
+
+    def _check_rows(self, db: sqlite3.Connection) -> None:
+        """The database must hold as many samples as its own count says (kept with every
+        change): fewer is damage that left no trace, counted and said."""
+        row = db.execute("SELECT value FROM meta WHERE key = 'rows'").fetchone()
+        if row is not None and self._on_disk < int(row[0]) and not self._rebuilding:
+            missing = int(row[0]) - self._on_disk
+            self.lost += missing
+            log.error(
+                "buffer %s: %d committed sample(s) are missing from it (it counted %d, holds "
+                "%d): lost to damage; %d lost to damage in all",
+                self.path,
+                missing,
+                int(row[0]),
+                self._on_disk,
+                self.lost,
+            )
+        if row is None or int(row[0]) != self._on_disk:
+            with contextlib.suppress(*_DB_ERRORS), db:  # a read-only disk: said elsewhere
+                self._set_rows(db, self._on_disk)
 
     def _check_count(self, expected: int, counted: int) -> None:
         """After a clean stop the disk must hold what that stop left (less ``counted``, lost to
@@ -830,6 +947,7 @@ class Buffer:
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     map(_row, back),
                 ).rowcount
+                self._adjust_rows(db, max(inserted, 0))
             self._on_disk += max(inserted, 0)
         except (*_DB_ERRORS, StorageError):  # no disk now: they wait in memory
             now = time.monotonic()
@@ -880,10 +998,14 @@ class Buffer:
         self._memory.clear()
         self._pending.clear()
         self._in_flight.clear()
-        self._deletes = []
+        self._deletes = set()
         if self._db is not None:
-            with self._conn() as db:
-                db.execute("DELETE FROM samples")
+            try:
+                with self._conn() as db:
+                    db.execute("DELETE FROM samples")
+                    self._set_rows(db, 0)
+            except _DB_ERRORS as exc:
+                raise StorageError(f"buffer {self.path}: cannot purge: {exc}") from None
         self._on_disk = 0
         return count
 
@@ -1111,6 +1233,14 @@ def _insert(db: sqlite3.Connection, rows: Iterable[StoredRow]) -> None:
         "INSERT OR REPLACE INTO samples (id, device, ts, vals, mono, boot, crc) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
         map(_stored_values, rows),
+    )
+
+
+def _write_forms(db: sqlite3.Connection, samples: Iterable[Sample]) -> None:
+    """The forms samples are sent in, over what is stored."""
+    db.executemany(
+        "UPDATE samples SET ts = ?, mono = ?, boot = ?, crc = ? WHERE id = ?",
+        ((s.ts, s.mono, s.boot, _row(s)[-1], s.id) for s in samples),
     )
 
 

@@ -9,6 +9,8 @@ offset between the two clocks is then known, within the same boot), and otherwis
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,6 +23,19 @@ RELEASE_MS = 1_793_491_200_000
 #: NTP corrections, and a device polled just before a slightly earlier one.
 TOLERANCE_MS = 5 * 60 * 1000
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+#: adjtimex(2)'s answer while the clock is not synchronised.
+_TIME_ERROR = 5
+
+
+def kernel_clock_synced() -> bool:
+    """adjtimex(2) without changing anything: False while the kernel has no synchronised
+    time source (or where it cannot be asked)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        timex = ctypes.create_string_buffer(512)  # struct timex with modes 0: a read
+        return bool(libc.adjtimex(timex) not in (-1, _TIME_ERROR))
+    except (OSError, AttributeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,12 @@ class Clock:
 
     def wall_ms(self) -> int:
         return int(self.wall() * 1000)
+
+    def synced(self) -> bool:
+        """Whether the kernel says the wall clock is synchronised (NTP, chrony, timesyncd):
+        only then can it not repeat itself across boots (a clock restored at boot from the last
+        shutdown time, or from an RTC, can)."""
+        return kernel_clock_synced()
 
     def boot_id(self) -> str:
         """Identifies this boot: monotonic times compare only within one."""

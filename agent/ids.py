@@ -13,7 +13,10 @@ ids against; then ids come from the trusted wall clock instead: ``ms * 1000`` pl
 within the millisecond for the first one of a run, and the next ones following on (never more
 than 1000 a millisecond, so an id taken at time t is at most ``t * 1000 + 999``). Those cannot
 repeat without durable state: at most one agent runs per data dir, and a later run starts above
-every id an earlier one can have taken. They are far above any counted id. Without a trusted
+every id an earlier one can have taken, as long as the wall clock does not repeat itself across
+boots: so the buffer asks for ids from the clock only while the kernel says the clock is
+synchronised (NTP), never on a clock merely restored at boot. They are far above any counted
+id. Without a trusted
 clock either, samples wait for an id (in memory, counted in the buffer's depth).
 
 At a clean stop the exact next id is recorded: a restart continues without a gap. After an
@@ -65,6 +68,9 @@ class IdRecord:
     dropped: int = 0
     lost: int = 0
     stored: int = 0  # samples on disk, recorded at a clean stop: what the next start must find
+    #: The run that last marked the file (a token): a crash journal speaks for the ids only if
+    #: it is that run's.
+    run: str = ""
 
     def encode(self) -> bytes:
         body = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -84,6 +90,8 @@ class IdRecord:
         record = cls(**data)
         fields = (record.seq, record.reserved_until, record.block, record.newest_ts, record.stored)
         if not all(isinstance(v, int) and v >= 0 for v in fields):
+            raise ValueError("not a record")
+        if not isinstance(record.run, str):
             raise ValueError("not a record")
         return record
 
@@ -112,6 +120,12 @@ class IdLedger:
         self.refusal = ""  # why the reservation cannot be recorded, while it cannot
         self.from_clock = False  # the last id came from the clock
         self._clock_used = False  # this run has taken an id from the clock
+        #: The start's mark (both slots: "ids up to the reservation may be in use") is on disk;
+        #: until it is, every reservation goes into both slots, so no older clean record can
+        #: outvote it.
+        self._marked = False
+        #: This run, in the marks it writes and its crash journal.
+        self.run = os.urandom(6).hex()
         #: (first id skipped, next id handed out) for each jump in this run, to be said.
         self.jumps: list[tuple[int, int]] = []
 
@@ -122,11 +136,21 @@ class IdLedger:
         records, _ = self._read()
         return max(records, key=lambda r: r.seq, default=IdRecord())
 
-    def load(self, floor: int = 1, exact_next: int | None = None) -> Loaded:
+    def load(
+        self,
+        floor: int = 1,
+        exact_next: int | None = None,
+        expected: bool = False,
+        known_reserved: int = 0,
+    ) -> Loaded:
         """Read the reservation. ``floor`` is one past the highest id found stored;
         ``exact_next`` the first id the last run never handed out, when its crash journal
-        says so (then no damage to the file costs a jump)."""
+        says so (then no damage to the file costs a jump); ``expected``: a record must exist
+        (a database lies beside it); ``known_reserved`` a reservation known from elsewhere
+        (the database's copy), to jump beyond when the file cannot be trusted."""
         records, problems = self._read()
+        if not records and not problems and expected:
+            problems.append(f"{self.path.name} is missing beside the database")
         best = max(records, key=lambda r: r.seq, default=None)
         # A clean stop is written to both slots, and so is the mark a start makes before it
         # hands out an id: one damaged slot beside a clean record takes nothing away.
@@ -135,7 +159,7 @@ class IdLedger:
             reserved = best.reserved_until
             if problems and exact_next is None and not clean:
                 # the newer slot may be the damaged one: it reserved one block more at most
-                reserved += best.block * GROWTH
+                reserved = max(reserved, known_reserved) + best.block * GROWTH
             self.record = replace(best, reserved_until=reserved, next_id=None)
         if exact_next is not None:
             start = exact_next
@@ -145,7 +169,7 @@ class IdLedger:
             start = self.record.reserved_until
         elif problems or floor > 1:
             # No record survives, yet samples were stored: nothing tells how far ids went.
-            start = floor + BLIND_JUMP
+            start = max(floor, known_reserved) + BLIND_JUMP
             self.record = replace(self.record, reserved_until=start)
             problems.append("no record of the ids handed out survives")
         else:
@@ -210,7 +234,9 @@ class IdLedger:
             return
         block = self._next_block(now)
         wanted = max(self.next_id, self._durable_until) + block
-        if self.save(replace(self.record, reserved_until=wanted, block=block)):
+        record = replace(self.record, reserved_until=wanted, block=block, run=self.run)
+        if self.save(record, both=not self._marked):
+            self._marked = True
             self._durable_until = wanted
             self._block_started = (now, self.next_id)
         else:
@@ -235,7 +261,8 @@ class IdLedger:
 
     def mark_unclean(self) -> bool:
         """Record that ids up to the reservation may be in use (before using any of them)."""
-        if self.save(replace(self.record, next_id=None, stored=0), both=True):
+        if self.save(replace(self.record, next_id=None, stored=0, run=self.run), both=True):
+            self._marked = True
             self._durable_until = max(self.next_id, self.record.reserved_until)
             return True
         return False
@@ -258,7 +285,8 @@ class IdLedger:
         except OSError as exc:
             return self._refused(exc)
         finally:
-            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
         self.record = records[-1]
         self.refusal = ""
         return True

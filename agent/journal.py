@@ -78,6 +78,10 @@ class Recovered:
 
     samples: dict[int, Sample] = field(default_factory=dict)
     next_id: int = 0
+    #: The run that wrote it (``IdLedger.run``), and the run whose mark of the ids file it
+    #: started from: its next id speaks for the ids only if no later run marked the file.
+    run: str = ""
+    base: str = ""
 
 
 class Journal:
@@ -88,6 +92,9 @@ class Journal:
         self.header = f"{MAGIC} {boot} {buffer_path.absolute()}\n".encode()
         self._fd: int | None = None
         self._size = 0
+        self._run = ""
+        #: A write failed and the journal was removed: ``start`` again when memory allows.
+        self.failed = False
 
     @property
     def active(self) -> bool:
@@ -103,8 +110,12 @@ class Journal:
         except OSError:
             return Recovered()
 
-    def start(self, samples: Iterable[Sample], next_id: int) -> None:
-        """Begin a fresh journal holding ``samples`` (what memory holds now)."""
+    def start(self, samples: Iterable[Sample], next_id: int, run: str, base: str) -> None:
+        """Begin a fresh journal holding ``samples`` (what memory holds now), for ``run``
+        (started from the mark of ``base``); also after a failure: from then on it is complete
+        again."""
+        self._run = f"{run} {base}"
+        self.failed = False
         self._rewrite(samples, next_id)
 
     def added(self, sample: Sample) -> None:
@@ -129,7 +140,7 @@ class Journal:
 
     def _rewrite(self, samples: Iterable[Sample], next_id: int) -> None:
         body = b"".join(b"+" + _encode(s) + b"\n" for s in samples)
-        content = self.header + f"={next_id}\n".encode() + body
+        content = self.header + f"={next_id} {self._run}\n".encode() + body
         tmp = self.path.with_suffix(".tmp")
         self._close_fd()
         try:
@@ -157,12 +168,13 @@ class Journal:
     def _give_up(self, exc: OSError) -> None:
         """A journal that missed a record would mislead the next start: remove it."""
         self._close_fd()
+        self.failed = True
         for path in (self.path, self.path.with_suffix(".tmp")):
             with contextlib.suppress(OSError):
                 path.unlink()
         log.warning(
-            "buffer journal %s: %s; going on without it (a kill -9 would now lose the samples "
-            "not yet on disk)",
+            "buffer journal %s: %s; going on without it until it can be written again (a kill "
+            "-9 meanwhile would lose the samples not yet on disk)",
             self.path,
             exc.strerror or exc,
         )
@@ -200,7 +212,9 @@ def _replay(lines: Iterable[bytes]) -> Recovered:
                 for text in body.split(b","):
                     found.samples.pop(int(text), None)
             elif kind == b"=":
-                found.next_id = max(found.next_id, int(body))
+                next_id, _, runs = body.decode("ascii").partition(" ")
+                found.run, _, found.base = runs.partition(" ")
+                found.next_id = max(found.next_id, int(next_id))
     return found
 
 
@@ -209,5 +223,9 @@ def _decode(body: bytes) -> Sample:
     if not (isinstance(sample_id, int) and isinstance(device, str) and isinstance(ts, int)):
         raise ValueError("not a sample")
     if not isinstance(values, dict):
+        raise ValueError("not a sample")
+    if not (mono is None or isinstance(mono, int | float)) or not (
+        boot is None or isinstance(boot, str)
+    ):
         raise ValueError("not a sample")
     return Sample(sample_id, device, ts, values, mono=mono, boot=boot)

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: A telemetry message's size limit, well below any broker's (mosquitto: 256 MB; AWS IoT: 128 kB).
 MAX_PAYLOAD = 100_000
+#: How long samples wait whose final form the disk would not store, before they are tried again.
+SETTLE_RETRY = 5.0
 
 
 def _json(payload: Any) -> bytes:
@@ -265,8 +267,9 @@ class Uplink:
                 await self._send(client, live, backlog=False)
                 last_sent = loop.time()
             backlog = self.buffer.take_backlog(self.mqtt.batch_max)
-            if backlog:
-                await self._send(client, backlog, backlog=True)
+            if backlog and not await self._send(client, backlog, backlog=True):
+                # the disk would not store the form they must be sent in: not in a busy loop
+                await wait_event(self._stopping, SETTLE_RETRY)
             if live or backlog:
                 continue
             if self._stopping.is_set():
@@ -276,13 +279,14 @@ class Uplink:
             if pause > 0:
                 await wait_event(self._stopping, pause)
 
-    async def _send(self, client: aiomqtt.Client, samples: list[Sample], backlog: bool) -> None:
+    async def _send(self, client: aiomqtt.Client, samples: list[Sample], backlog: bool) -> bool:
         """Publish a batch (in messages of at most MAX_PAYLOAD bytes), acknowledging each."""
         stamped = self._final_forms(samples)
         for sent, payload in telemetry_messages(self.config.agent.id, stamped, backlog):
             await self._publish(client, "telemetry", payload, self.mqtt.qos)
             self.buffer.acknowledge(sent)
             self.sent += len(sent)
+        return bool(stamped)
 
     def _final_forms(self, samples: list[Sample]) -> list[Sample]:
         """The samples as they are sent, now and whenever they are sent again: one taken before
@@ -298,9 +302,10 @@ class Uplink:
             restamped = self.guard.restamp(sample)
             settled.append(restamped if restamped is not sample else replace(sample, boot=None))
             final.append(settled[-1])
-        if settled:
-            self.buffer.settle(settled)
-        return final
+        if not settled:
+            return final
+        refused = self.buffer.settle(settled)  # a form the disk would not take is not sent yet
+        return [s for s in final if s.id not in refused]
 
     async def _publish(
         self, client: aiomqtt.Client, subtopic: str, payload: bytes, qos: int, retain: bool = False

@@ -112,10 +112,10 @@ def test_unit_keeps_what_the_agent_and_the_devices_need() -> None:
     # lgpio makes its FIFO in the working directory: the state directory, the one writable place.
     assert one["StateDirectory"] == "edge-agent"
     assert one["WorkingDirectory"] == "/var/lib/edge-agent"
-    # The crash journal in RAM: it must outlive a restart of the service (a crash), and be
-    # the agent's alone (it holds readings).
+    # The crash journal in RAM: it must outlive a restart and a stop of the service (a crash,
+    # a stop the card would not record), and be the agent's alone (it holds readings).
     assert one["RuntimeDirectory"] == "edge-agent"
-    assert one["RuntimeDirectoryPreserve"] == "restart"
+    assert one["RuntimeDirectoryPreserve"] == "yes"
     assert one["RuntimeDirectoryMode"] == "0700"
     assert one["ProtectSystem"] == "strict"
     # A missing password file falls back to SetCredential= of the same id instead of failing.
