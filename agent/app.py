@@ -103,7 +103,7 @@ class Agent:
         """The wall clock in ms for ids from the clock: trusted, and synchronised by the
         kernel's account, so that it cannot repeat itself after a reboot."""
         now = self._trusted_now_ms()
-        return now if now is not None and self.clock.synced() else None
+        return now if now is not None and self.clock.ntp_synced() else None
 
     def request_reload(self) -> None:
         """Re-read the configuration file (SIGHUP): applied by ``run`` between polls."""

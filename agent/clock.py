@@ -51,7 +51,7 @@ class Clock:
     def wall_ms(self) -> int:
         return int(self.wall() * 1000)
 
-    def synced(self) -> bool:
+    def ntp_synced(self) -> bool:
         """Whether the kernel says the wall clock is synchronised (NTP, chrony, timesyncd):
         only then can it not repeat itself across boots (a clock restored at boot from the last
         shutdown time, or from an RTC, can)."""
