@@ -82,8 +82,10 @@ def test_a_mark_the_disk_refused_is_not_outvoted_by_the_clean_stop_before_it(
     raw = bytearray(ids_file.read_bytes())  # a power cut, then the newer slot is damaged
     raw[(second._ledger.record.seq % 2) * 512 + 10] ^= 0x20
     ids_file.write_bytes(bytes(raw))
+    second._close_db()  # (the power cut: the process is gone)
     third = buffer_at(db)
     assert not {third.add("dev", 3, {"v": 0}).id for _ in range(3)} & sent_ids  # type: ignore[union-attr]
+    third.close()
 
 
 def test_a_damaged_log_met_while_the_disk_refused_is_read_back_once_it_can(
@@ -114,6 +116,7 @@ def test_a_damaged_log_met_while_the_disk_refused_is_read_back_once_it_can(
     again = buffer_at(after / "buffer.sqlite")  # read-only at start
     again.flush(force=True)  # the disk is back: the log is read back before SQLite cuts it
     assert again.stats().on_disk == 60 and again.lost == 0
+    again.close()
 
 
 def test_a_page_lost_without_a_trace_after_a_power_cut_is_counted(tmp_path: Path) -> None:
@@ -138,6 +141,7 @@ def test_a_page_lost_without_a_trace_after_a_power_cut_is_counted(tmp_path: Path
     again = buffer_at(db)
     assert again.stats().on_disk == 300 - held
     assert again.lost == held  # the database's own count says how many are gone
+    again.close()
 
 
 def test_a_form_the_disk_would_not_store_is_not_sent(
