@@ -194,6 +194,10 @@ class Telemetry:
                 queue = client._queue
                 while not queue.empty():
                     self._add(queue.get_nowait())
+                # the reason it went is ours to know, not "Future exception was never retrieved"
+                gone = getattr(client, "_disconnected", None)
+                if isinstance(gone, asyncio.Future) and gone.done() and not gone.cancelled():
+                    gone.exception()
             await asyncio.sleep(0.1)  # the broker is away: try again soon
 
     def _add(self, message: aiomqtt.Message) -> None:
