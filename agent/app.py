@@ -275,9 +275,12 @@ class Agent:
         link: dict[str, Any] = {
             "state": "connected" if self.uplink.connected else "disconnected",
             "broker": self.config.mqtt.url,
-            "reconnects": max(0, self.uplink.connects - 1),
+            "protocol": self.config.mqtt.protocol,
+            **self.uplink.counts(),
             "sent": self.uplink.sent,
         }
+        if self.uplink.broker_limits:
+            link["broker_limits"] = dict(self.uplink.broker_limits)
         if self.uplink.last_error:
             link["last_error"] = self.uplink.last_error
         link["commands"] = dict(self.commands.counts)
@@ -309,12 +312,11 @@ class Agent:
     async def _report_health(self) -> None:
         while True:
             await asyncio.sleep(self.config.mqtt.health_interval)
-            reconnects = max(0, self.uplink.connects - 1)
             try:
                 payload = health_payload(
                     self.pollers,
                     self.buffer,
-                    reconnects,
+                    self.uplink.counts(),
                     self.clock.wall_ms(),
                     self.commands.counts,
                 )

@@ -1,4 +1,4 @@
-"""Exponential backoff with full jitter, so a fleet of gateways does not stampede a server."""
+"""Exponential backoff with jitter, so a fleet of gateways does not stampede a server."""
 
 from __future__ import annotations
 
@@ -6,20 +6,26 @@ import random
 
 
 class Backoff:
-    """Delays that double from ``initial`` up to ``maximum``; each drawn uniformly from [0, cap]."""
+    """Delays that double from ``initial`` up to ``maximum``; each drawn uniformly from
+    [least * cap, cap] (``least`` 0: full jitter; 0.5: never below half the cap)."""
 
     def __init__(
-        self, initial: float = 1.0, maximum: float = 60.0, rng: random.Random | None = None
+        self,
+        initial: float = 1.0,
+        maximum: float = 60.0,
+        rng: random.Random | None = None,
+        least: float = 0.0,
     ):
         self.initial = initial
         self.maximum = maximum
+        self.least = least
         self.attempts = 0
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float:
         cap = min(self.maximum, self.initial * 2**self.attempts)
         self.attempts += 1
-        return self._rng.uniform(0, cap)
+        return self._rng.uniform(self.least * cap, cap)
 
     def reset(self) -> None:
         self.attempts = 0

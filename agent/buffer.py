@@ -449,6 +449,12 @@ class Buffer:
         if self._journal and gone:
             self._journal.removed(gone)
 
+    def discard(self, samples: Sequence[Sample]) -> None:
+        """These can never be delivered (larger than the broker takes): they leave the buffer
+        and are counted as dropped. The caller names them."""
+        self.acknowledge(samples)
+        self.dropped += len(samples)
+
     def release(self) -> None:
         """Sending failed: everything handed out and unacknowledged is to be sent again."""
         self._in_flight.clear()

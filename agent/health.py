@@ -19,18 +19,19 @@ THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")
 def health_payload(
     pollers: Sequence[BusPoller],
     buffer: Buffer,
-    reconnects: int,
+    link: Mapping[str, int],
     now_ms: int,
     commands: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Per-device ok/error counts and last error, buffer depth/oldest/dropped, link reconnects,
-    gateway CPU load, memory, disk and temperature."""
+    """Per-device ok/error counts and last error, buffer depth/oldest/dropped, the link's
+    reconnects, refused publishes and samples too large for the broker, gateway CPU load,
+    memory, disk and temperature."""
     stats = buffer.stats()
     return {
         "ts": now_ms,
         "devices": {name: _device(p, name) for p in pollers for name in p.health},
         "buffer": _buffer(stats),
-        "link": {"reconnects": reconnects},
+        "link": dict(link),
         "gateway": _gateway(buffer.path.parent),
         "commands": dict(commands or {}),
     }

@@ -8,14 +8,19 @@ logger) to tell those cases apart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import logging
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .config import MqttSection
@@ -278,3 +283,176 @@ def tls_context(mqtt: MqttSection) -> ssl.SSLContext | None:
         except (OSError, ssl.SSLError) as exc:
             raise TlsFileError("client_cert_file", cert, _ssl_reason(exc)) from exc
     return context
+
+
+#: MQTT 5 reason codes at and above this one are refusals (a PUBACK's included).
+FIRST_REFUSAL = 0x80
+#: What the broker said, in a PUBACK or a DISCONNECT, of a message too large for it. Mosquitto
+#: answers a message above its ``message_size_limit`` with a PUBACK of this code, which MQTT 5
+#: allows only in a DISCONNECT: paho takes that PUBACK for a malformed packet and drops the link
+#: ("Protocol error").
+PACKET_TOO_LARGE = 0x95
+PROTOCOL_ERROR = 0x82
+
+
+def publish_properties() -> Properties:
+    return Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+
+
+def connect_properties() -> Properties:
+    return Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+
+
+class Refused(aiomqtt.MqttError):
+    """The broker answered a publish with a reason code that is not an acknowledgement."""
+
+    def __init__(self, topic: str, reason: ReasonCode) -> None:
+        super().__init__(f"{reason} (0x{reason.value:02X})")
+        self.topic = topic
+        self.reason = reason
+
+
+class LinkDropped(aiomqtt.MqttError):
+    """The link went while a publish waited for its acknowledgement; ``reason`` is the
+    DISCONNECT's (or paho's) reason code when there was one."""
+
+    def __init__(self, message: str, reason: int | None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Client(aiomqtt.Client):
+    """aiomqtt's client, plus what it does not surface: the CONNACK's properties, and each
+    PUBACK's reason code (aiomqtt's ``publish`` returns nothing, so a publish the broker refused
+    would look delivered).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: What the broker said in CONNACK (MQTT 5; None at 3.1.1 or before it came).
+        self.connack: Properties | None = None
+        self._acks: dict[int, asyncio.Future[ReasonCode | None]] = {}
+
+    def _on_connect(
+        self,
+        client: Any,
+        userdata: Any,
+        flags: Any,
+        reason_code: Any,
+        properties: Properties | None = None,
+    ) -> None:
+        self.connack = properties
+        window = getattr(properties, "ReceiveMaximum", None)
+        if window and window < self._client.max_inflight_messages:
+            # The broker's Receive Maximum: at most that many QoS 1 messages unacknowledged at
+            # once, or it drops us (paho queues the rest). paho does not read it and allows no
+            # change once connected; here, in its CONNACK handling, nothing is in flight yet.
+            self._client._max_inflight_messages = window
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_publish(
+        self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        ack = self._acks.pop(mid, None)
+        if ack is not None and not ack.done():
+            ack.set_result(reason_code if isinstance(reason_code, ReasonCode) else None)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        try:
+            await super().__aexit__(*exc_info)
+        finally:
+            # aiomqtt leaves the reason of a lost link unretrieved in this future: asyncio would
+            # print "Future exception was never retrieved" when it is collected.
+            if self._disconnected.done() and not self._disconnected.cancelled():
+                self._disconnected.exception()
+
+    async def publish_acked(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
+        """Publish; at QoS 1 wait for the PUBACK. Raises ``Refused`` for a PUBACK whose reason
+        code is a refusal, ``LinkDropped`` when the link goes first, ``MqttError`` on timeout."""
+        info = self._client.publish(topic, payload, qos, retain, properties)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if qos == 0:
+            return
+        ack = self._loop.create_future()
+        self._acks[info.mid] = ack
+        try:
+            done, _ = await asyncio.wait(
+                [ack, self._disconnected],
+                timeout=PUBLISH_TIMEOUT,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            self._acks.pop(info.mid, None)
+        if ack in done:
+            reason = ack.result()
+            if reason is not None and reason.value >= FIRST_REFUSAL:
+                raise Refused(topic, reason)
+            return
+        if self._disconnected.done():
+            raise _dropped(self._disconnected)
+        raise aiomqtt.MqttError("Operation timed out")
+
+
+def _dropped(disconnected: asyncio.Future[None]) -> LinkDropped:
+    cause = None if disconnected.cancelled() else disconnected.exception()
+    reason = getattr(cause, "rc", None)
+    code = reason.value if isinstance(reason, ReasonCode) else reason
+    return LinkDropped(str(cause or "disconnected"), code if isinstance(code, int) else None)
+
+
+#: How long a reachability probe waits for the broker's TCP handshake.
+PROBE_TIMEOUT = 3.0
+
+
+async def reachable(host: str, port: int) -> bool:
+    """Whether the broker's port takes a TCP connection now: the cheap question asked while
+    the broker is away (a SYN and a RST), before the dearer CONNECT (and TLS handshake)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+#: Socket errors of a broker that is not there (yet): probe for it, rather than back off.
+_AWAY_ERRNOS = (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN)
+
+
+def broker_away(exc: aiomqtt.MqttError) -> bool:
+    """Connecting failed before the broker could say anything: nothing listens, no route, no
+    name. Anything later (a refusal, a TLS failure, a CONNACK that never came) is not this."""
+    cause = exc.__context__
+    if isinstance(cause, ssl.SSLError) or isinstance(exc, TlsFileError):
+        return False
+    if isinstance(cause, socket.gaierror | TimeoutError | asyncio.TimeoutError):
+        return True
+    return isinstance(cause, OSError) and cause.errno in _AWAY_ERRNOS
+
+
+#: CONNACK reason codes of a broker that is there but will not have us now: wait, long.
+_BUSY = {
+    0x88: "server unavailable",
+    0x89: "server busy",
+    0x97: "quota exceeded",
+    0x9F: "connection rate exceeded",
+}
+
+
+def busy_refusal(exc: aiomqtt.MqttError) -> str | None:
+    """The broker's "not now" in a CONNACK, in words; None for any other failure."""
+    if isinstance(exc, aiomqtt.MqttCodeError) and _is_connack(exc.rc):
+        code = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
+        return _BUSY.get(code) if isinstance(code, int) else None
+    return None

@@ -309,7 +309,13 @@ def _link_lines(link: Mapping[str, Any]) -> list[str]:
         counts.append(_count(link["reconnects"], "reconnect"))
     if "sent" in link:
         counts.append(f"{_count(link['sent'], 'reading')} sent")
-    lines = [_section("link", f"{shown}{broker}" + ("; " + ", ".join(counts) if counts else ""))]
+    if link.get("refused"):
+        counts.append(f"{_count(link['refused'], 'message')} REFUSED by the broker")
+    if link.get("too_large"):
+        counts.append(f"{_count(link['too_large'], 'sample')} too large for the broker, dropped")
+    protocol = f" (MQTT {link['protocol']})" if link.get("protocol") else ""
+    summary = f"{shown}{broker}{protocol}" + ("; " + ", ".join(counts) if counts else "")
+    lines = [_section("link", summary)]
     if link.get("last_error"):
         lines.append(_more(f"last error: {link['last_error']}"))
     return lines

@@ -63,6 +63,10 @@ _INCLUDED_TOP_LEVEL = ("bus", "device", "template")
 _READ_ONLY_TABLES = ("input", "discrete")
 #: MQTT keepalive is a 16-bit count of seconds.
 MAX_KEEPALIVE = 65535
+#: MQTT 5 carries the session expiry as seconds in 32 bits (and 0xFFFFFFFF means never).
+MAX_EXPIRY = 0xFFFFFFFE
+#: How ``mqtt.protocol`` may be written.
+PROTOCOLS = {"5": "5", "5.0": "5", "3.1.1": "3.1.1"}
 DEFAULT_URL = "mqtt://localhost:1883"
 EXAMPLE_URL = "mqtts://broker.example.net:8883"
 _PORT = re.compile(r"[0-9]+")
@@ -203,6 +207,11 @@ class _Loader:
             or d.max_inflight,
             reconnect_max=s.take("reconnect_max", conv.positive_duration, d.reconnect_max)
             or d.reconnect_max,
+            protocol=s.take("protocol", _protocol, d.protocol) or d.protocol,
+            reconnect_window=_duration_up_to(s, "reconnect_window", d.reconnect_window, 3600),
+            session_expiry=_duration_up_to(s, "session_expiry", d.session_expiry, MAX_EXPIRY),
+            compression=s.take("compression", conv.one_of("none", "zlib"), d.compression)
+            or d.compression,
         )
         s.finish()
         return result
@@ -859,6 +868,23 @@ def _check_data_dir(s: Section, data_dir: Path) -> None:
                 return
         except OSError:  # cannot look (permissions): the agent will tell at start
             return
+
+
+def _protocol(value: object) -> str:
+    word = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+    if not isinstance(word, str) or word not in PROTOCOLS:
+        raise ValueError(f'{conv.shown(str(value))} is not "5" or "3.1.1"')
+    return PROTOCOLS[word]
+
+
+def _duration_up_to(s: Section, key: str, default: float, limit: float) -> float:
+    seconds = s.take(key, conv.duration, default)
+    if seconds is None:
+        return default
+    if seconds > limit:
+        s.problem(key, f"must be at most {limit:.0f}s")
+        return default
+    return seconds
 
 
 def _topic_prefix(s: Section, agent_id: str) -> str | None:

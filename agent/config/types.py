@@ -181,6 +181,16 @@ class MqttSection:
     #: Longest wait between reconnection attempts (full jitter below it: a fleet must not
     #: stampede a broker that comes back).
     reconnect_max: float = 60.0
+    #: "5" (MQTT 5: refusals are read from the broker's acknowledgements) or "3.1.1".
+    protocol: str = "5"
+    #: Once the broker answers again, the CONNECT waits a random moment within this window: a
+    #: fleet that lost the same broker spreads its reconnections over it.
+    reconnect_window: float = 0.5
+    #: MQTT 5: how long the broker keeps our session (the ``cmd`` subscription and the commands
+    #: queued for us) while we are away; 0: a new session at every connection.
+    session_expiry: float = 300.0
+    #: "none" (JSON) or "zlib" (JSON compressed with zlib, for metered links).
+    compression: str = "none"
 
     @property
     def url(self) -> str:

@@ -13,7 +13,7 @@ import os
 import pwd
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .certs import Certs
@@ -33,6 +33,8 @@ class Broker:
         certs: Certs | None = None,
         require_certificate: bool = False,
         users: Mapping[str, str] | None = None,
+        deny: Sequence[str] = (),
+        settings: Mapping[str, object] | None = None,
     ) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
@@ -47,6 +49,13 @@ class Broker:
         self.require_certificate = require_certificate
         self.users = dict(users) if users is not None else None
         self.secure_port = free_port() if certs is not None or users is not None else None
+        #: Topics no client of the plain listener may publish to (an ACL): the broker refuses
+        #: them (MQTT 5: a PUBACK reason code; 3.1.1: acknowledged and dropped).
+        self.deny = list(deny)
+        #: Further mosquitto.conf settings, e.g. ``{"message_size_limit": 4000,
+        #: "max_packet_size": 4000, "max_inflight_messages": 1}``; changed before a restart
+        #: they apply from it.
+        self.settings: dict[str, object] = dict(settings or {})
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,7 +81,9 @@ class Broker:
             "per_listener_settings true\n"
             f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
+            + self._acl()
             + self._secure_listener()
+            + "".join(f"{key} {value}\n" for key, value in self.settings.items())
             + "persistence true\n"  # sessions survive a restart, as on a production broker
             f"persistence_location {self.workdir}/\n"
             f"log_dest file {self.log}\n"
@@ -89,6 +100,13 @@ class Broker:
         except TimeoutError:
             self.stop()
             raise TimeoutError(f"mosquitto did not start:\n{self.log_text()}") from None
+
+    def _acl(self) -> str:
+        if not self.deny:
+            return ""
+        acl = self.workdir / "mosquitto.acl"
+        acl.write_text("topic readwrite #\n" + "".join(f"topic deny {t}\n" for t in self.deny))
+        return f"acl_file {acl}\n"
 
     def _secure_listener(self) -> str:
         if self.secure_port is None:

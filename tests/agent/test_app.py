@@ -143,7 +143,7 @@ def test_health_reports_devices_buffer_link_and_gateway(tmp_path: Path, broker: 
         assert silent["state"] == "failing" and "no response" in silent["last_error"]
         assert silent["faults"]["timeout"] >= 2
         assert set(health["buffer"]) == {"depth", "oldest", "bytes", "dropped", "lost", "next_id"}
-        assert health["link"] == {"reconnects": 0}
+        assert health["link"] == {"reconnects": 0, "refused": 0, "too_large": 0}
         assert health["gateway"]["disk_free"] > 0 and "load" in health["gateway"]
 
     run(body(), timeout=60)

@@ -256,3 +256,37 @@ def test_an_include_pattern_pathlib_refuses_is_a_problem(tmp_path: Path) -> None
         f'{tmp_path}/config.toml:5: agent.include: "": an empty pattern matches nothing: write '
         'e.g. "conf.d/*.toml"',
     ]
+
+
+def test_the_link_keys_default_to_mqtt_5_a_short_window_and_a_kept_session(tmp_path: Path) -> None:
+    config, _ = load_config(write(tmp_path, BASE + DEVICE), {})
+    mqtt = config.mqtt
+    assert (mqtt.protocol, mqtt.reconnect_window, mqtt.session_expiry) == ("5", 0.5, 300.0)
+    assert mqtt.compression == "none"
+
+
+@pytest.mark.parametrize(
+    ("written", "protocol"), [('"3.1.1"', "3.1.1"), ('"5"', "5"), ('"5.0"', "5"), ("5", "5")]
+)
+def test_the_protocol_may_be_written_as_a_field_user_would(
+    tmp_path: Path, written: str, protocol: str
+) -> None:
+    text = BASE.replace("[mqtt]", f"[mqtt]\nprotocol = {written}") + DEVICE
+    config, _ = load_config(write(tmp_path, text), {})
+    assert config.mqtt.protocol == protocol
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('protocol = "3.1"', 'mqtt.protocol: "3.1" is not "5" or "3.1.1"'),
+        ("protocol = 4", 'mqtt.protocol: "4" is not "5" or "3.1.1"'),
+        ('reconnect_window = "2h"', "mqtt.reconnect_window: must be at most 3600s"),
+        ('reconnect_window = "soon"', "mqtt.reconnect_window:"),
+        ('session_expiry = "2000000h"', "mqtt.session_expiry: must be at most 4294967294s"),
+        ('compression = "gzip"', 'mqtt.compression: "gzip" is not one of none, zlib'),
+    ],
+)
+def test_a_bad_link_key_is_one_line_naming_it(tmp_path: Path, line: str, message: str) -> None:
+    text = BASE.replace("[mqtt]", f"[mqtt]\n{line}") + DEVICE
+    assert message in only_error(tmp_path, text)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 
 from agent.model import Sample
-from agent.uplink import MAX_PAYLOAD, telemetry_messages
+from agent.wire import MAX_PAYLOAD, TelemetryEncoder
+
+
+def telemetry_messages(
+    agent_id: str, batch: list[Sample], backlog: bool = False
+) -> list[tuple[list[Sample], bytes]]:
+    encoder = TelemetryEncoder(agent_id)
+    return [(m.samples, m.payload) for m in encoder.messages(batch, backlog)]
 
 
 def samples(count: int, width: int = 20) -> list[Sample]:
