@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import aiomqtt
 
 from agent.aio import cancel_and_wait
+from agent.wire import decode_telemetry
 
 
 class Subscriber:
@@ -48,8 +48,10 @@ class Subscriber:
     async def _read(self) -> None:
         async for message in self._client.messages:
             payload = message.payload
-            text = payload.decode() if isinstance(payload, bytes | bytearray) else str(payload)
-            self.messages.append((str(message.topic), json.loads(text), bool(message.retain)))
+            raw = (
+                bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
+            )
+            self.messages.append((str(message.topic), decode_telemetry(raw), bool(message.retain)))
             self._arrived.set()
 
     async def wait_for(

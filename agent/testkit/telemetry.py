@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import threading
+import zlib
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, NamedTuple
@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import aiomqtt
 
 from agent.aio import cancel_and_wait
+from agent.wire import decode_telemetry
 
 from .aio import KitLoop
 
@@ -202,11 +203,11 @@ class Telemetry:
 
     def _add(self, message: aiomqtt.Message) -> None:
         raw = message.payload
-        text = raw.decode(errors="replace") if isinstance(raw, bytes | bytearray) else str(raw)
+        data = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw).encode()
         try:
-            payload: Any = json.loads(text)
-        except ValueError:
-            payload = text
+            payload: Any = decode_telemetry(data)  # plain or compressed JSON
+        except (ValueError, zlib.error):
+            payload = data.decode(errors="replace")
         with self._changed:
             self.messages.append(Message(str(message.topic), payload, bool(message.retain)))
             self._changed.notify_all()

@@ -22,21 +22,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import os
 import signal
 import socket
 import ssl
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import psycopg
+from edge_telemetry import BadPayload, Row, readings  # beside this file: stdlib only
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -46,66 +44,8 @@ INSERT = (
     "INSERT INTO readings (agent, device, id, ts, point, value, text_value, unsynced)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
 )
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 #: Seconds between reconnection attempts after losing the broker or the database.
 RETRY = 2.0
-
-Row = tuple[str, str, int, datetime, str, float | None, str | None, bool]
-
-
-class BadPayload(ValueError):
-    """The message is not edge-agent telemetry; the text says why, on one line."""
-
-
-def readings(topic: str, payload: bytes) -> list[Row]:
-    """The rows of one telemetry message; ``BadPayload`` if anything in it is not telemetry.
-
-    The whole message is checked before anything is inserted: it is stored entirely or not at
-    all.
-    """
-    try:
-        message = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadPayload(f"not JSON ({exc})") from None
-    if not isinstance(message, dict):
-        raise BadPayload("not a JSON object")
-    agent, samples = message.get("agent"), message.get("samples")
-    if not isinstance(agent, str) or not agent:
-        raise BadPayload('no "agent" string')
-    levels = topic.split("/")
-    if len(levels) >= 3 and levels[-2] != agent:
-        raise BadPayload(f'"agent" is {agent!r} but the topic names {levels[-2]!r}')
-    if not isinstance(samples, list):
-        raise BadPayload('no "samples" array')
-    rows: list[Row] = []
-    for n, sample in enumerate(samples):
-        if not isinstance(sample, dict):
-            raise BadPayload(f"sample {n} is not an object")
-        sid, device, ts, values = (sample.get(k) for k in ("id", "device", "ts", "values"))
-        if not isinstance(sid, int) or isinstance(sid, bool) or not 0 <= sid < 2**63:
-            raise BadPayload(f"sample {n}: id {sid!r} is not a 64-bit integer")
-        if not isinstance(device, str) or not device:
-            raise BadPayload(f"sample {sid}: no device")
-        if not isinstance(ts, int) or isinstance(ts, bool):
-            raise BadPayload(f"sample {sid}: ts {ts!r} is not an integer (ms)")
-        try:
-            when = EPOCH + timedelta(milliseconds=ts)  # exact, unlike ts / 1000
-        except (OverflowError, OSError, ValueError):
-            raise BadPayload(f"sample {sid}: ts {ts} is out of range") from None
-        if not isinstance(values, dict):
-            raise BadPayload(f"sample {sid}: no values object")
-        unsynced = sample.get("clock") == "unsynced"
-        for point, value in values.items():
-            if isinstance(value, bool | int | float):  # booleans as 0/1
-                number, text = float(value), None
-            elif isinstance(value, str):
-                number, text = None, value
-            else:
-                raise BadPayload(f"sample {sid}: {point} = {value!r} is not a number or string")
-            if number is not None and math.isinf(number):
-                raise BadPayload(f"sample {sid}: {point} = {value!r} is out of range")
-            rows.append((agent, device, sid, when, point, number, text, unsynced))
-    return rows
 
 
 @dataclass
@@ -170,7 +110,8 @@ async def consume(args: argparse.Namespace, totals: Totals) -> None:
                     try:
                         if not isinstance(payload, bytes):
                             raise BadPayload("empty")
-                        rows = readings(str(message.topic), payload)
+                        kind = getattr(message.properties, "ContentType", None)
+                        rows = readings(str(message.topic), payload, kind)
                         new = await store(db, rows)
                     except (BadPayload, psycopg.DataError) as exc:
                         # DataError: what Postgres refuses in a value (a NUL in a string...);

@@ -1,0 +1,103 @@
+"""Telemetry on the wire: the contract's JSON and its zlib form, cut below a size limit, every
+sample once and in order."""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+
+import pytest
+
+from agent.model import Sample
+from agent.wire import MAX_PAYLOAD, ZLIB_CONTENT_TYPE, TelemetryEncoder, decode_telemetry
+
+ENCODINGS = ["none", "zlib"]
+
+
+def meter(count: int, width: int = 20, seed: int = 1) -> list[Sample]:
+    """A 20-point meter whose readings drift, as field readings do."""
+    rng = random.Random(seed)
+    level = [100.0 + 10 * p for p in range(width)]
+    batch = []
+    for i in range(1, count + 1):
+        level = [round(v + rng.gauss(0, 0.05), 2) for v in level]
+        values = {f"p{p:02d}": v for p, v in enumerate(level)}
+        batch.append(Sample(i, "meter", 1_795_000_000_000 + 1000 * i, values))
+    return batch
+
+
+@pytest.mark.parametrize("compression", ENCODINGS)
+def test_every_sample_goes_once_in_order_and_reads_back_as_the_contract_says(
+    compression: str,
+) -> None:
+    batch = meter(300)
+    messages = TelemetryEncoder("gw01", compression).messages(batch, backlog=True)
+    assert [s.id for m in messages for s in m.samples] == [s.id for s in batch]
+    for message in messages:
+        body = decode_telemetry(message.payload)
+        assert body == {
+            "agent": "gw01",
+            "samples": [s.to_json() for s in message.samples],
+            "backlog": True,
+        }
+
+
+@pytest.mark.parametrize("compression", ENCODINGS)
+@pytest.mark.parametrize("limit", [300, 2_000, 20_000])
+def test_every_message_fits_the_limit_as_sent(compression: str, limit: int) -> None:
+    batch = meter(400)
+    messages = TelemetryEncoder("gw01", compression).messages(batch, limit=limit)
+    assert len(messages) > 1
+    assert all(len(m.payload) <= limit or len(m.samples) == 1 for m in messages)
+    assert [s.id for m in messages for s in m.samples] == [s.id for s in batch]
+
+
+@pytest.mark.parametrize("compression", ENCODINGS)
+def test_a_sample_larger_than_the_limit_goes_alone_and_the_rest_still_fit(
+    compression: str,
+) -> None:
+    rng = random.Random(2)
+    noise = {f"n{i}": rng.random() for i in range(400)}  # random digits barely compress
+    batch = [*meter(3), Sample(4, "wide", 1_795_000_004_000, noise), *meter(3, seed=3)]
+    messages = TelemetryEncoder("gw01", compression).messages(batch, limit=1_000)
+    [alone] = [m for m in messages if any(s.id == 4 for s in m.samples)]
+    assert len(alone.samples) == 1 and len(alone.payload) > 1_000
+    assert all(len(m.payload) <= 1_000 for m in messages if m is not alone)
+
+
+def test_zlib_says_what_it_is_and_is_not_utf8() -> None:
+    plain, packed = TelemetryEncoder("gw01"), TelemetryEncoder("gw01", "zlib")
+    assert (plain.content_type, plain.utf8) == (None, True)
+    assert (packed.content_type, packed.utf8) == (ZLIB_CONTENT_TYPE, False)
+    [message] = packed.messages(meter(2))
+    assert message.payload[:1] == b"\x78"  # how a 3.1.1 consumer tells it from JSON's "{"
+    assert json.loads(zlib.decompress(message.payload))["agent"] == "gw01"
+
+
+def test_a_backlog_batch_of_a_20_point_meter_costs_under_4_bytes_a_reading_compressed() -> None:
+    batch = meter(500)
+    [message] = TelemetryEncoder("gw01", "zlib").messages(batch, backlog=True)
+    readings = 500 * 20
+    assert len(message.payload) / readings < 4.0
+    [plain] = TelemetryEncoder("gw01").messages(batch, backlog=True, limit=10**7)
+    assert len(plain.payload) > 4 * len(message.payload)
+
+
+def test_unicode_names_and_an_empty_batch() -> None:
+    batch = [Sample(1, "pompe-été", 5000, {"débit": 1.5, "état": "marche"})]
+    for compression in ENCODINGS:
+        encoder = TelemetryEncoder("passerelle-ü", compression)
+        [message] = encoder.messages(batch)
+        assert decode_telemetry(message.payload)["samples"][0]["device"] == "pompe-été"
+        assert encoder.messages([]) == []
+
+
+def test_the_default_limit_is_the_agents_own() -> None:
+    messages = TelemetryEncoder("gw01").messages(meter(2_000))
+    assert all(len(m.payload) <= MAX_PAYLOAD for m in messages)
+
+
+def test_an_unknown_compression_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown compression"):
+        TelemetryEncoder("gw01", "brotli")
