@@ -332,6 +332,7 @@ class Client(aiomqtt.Client):
         #: What the broker said in CONNACK (MQTT 5; None at 3.1.1 or before it came).
         self.connack: Properties | None = None
         self._acks: dict[int, asyncio.Future[ReasonCode | None]] = {}
+        self._abandoned = False  # connecting failed: whatever comes late is ignored
 
     def _on_connect(
         self,
@@ -341,6 +342,8 @@ class Client(aiomqtt.Client):
         reason_code: Any,
         properties: Properties | None = None,
     ) -> None:
+        if self._abandoned:  # a CONNACK after we gave up on it
+            return
         self.connack = properties
         window = getattr(properties, "ReceiveMaximum", None)
         if window and window < self._client.max_inflight_messages:
@@ -357,6 +360,30 @@ class Client(aiomqtt.Client):
         if ack is not None and not ack.done():
             ack.set_result(reason_code if isinstance(reason_code, ReasonCode) else None)
         super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def keep_unacknowledged(self) -> None:
+        """Acknowledge nothing that arrives (before connecting): a broker keeps it queued."""
+        self._client.manual_ack_set(True)
+
+    def lost_reason(self) -> str:
+        """Why the link went, in the library's words."""
+        gone = self._disconnected
+        if gone.done() and not gone.cancelled() and gone.exception() is not None:
+            return str(gone.exception())
+        return "the broker closed the connection"
+
+    async def __aenter__(self) -> Client:
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            # aiomqtt leaves the socket of a CONNECT that got no CONNACK open: a late CONNACK
+            # would make it a ghost session under our client id, taking our commands.
+            self._abandoned = True
+            with contextlib.suppress(Exception):
+                self._client._sock_close()
+            if self._disconnected.done() and not self._disconnected.cancelled():
+                self._disconnected.exception()
+            raise
 
     async def __aexit__(self, *exc_info: Any) -> None:
         try:
@@ -380,8 +407,10 @@ class Client(aiomqtt.Client):
         info = self._client.publish(topic, payload, qos, retain, properties)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        if qos == 0:
+        if info.is_published():  # at QoS 0, written already
             return
+        # At QoS 0 too: paho says so once the bytes are written, and what is handed over is
+        # acknowledged by the buffer only then (a backlog must not vanish into paho's queue).
         ack = self._loop.create_future()
         self._acks[info.mid] = ack
         try:
@@ -409,16 +438,24 @@ def _dropped(disconnected: asyncio.Future[None]) -> LinkDropped:
     return LinkDropped(str(cause or "disconnected"), code if isinstance(code, int) else None)
 
 
-#: How long a reachability probe waits for the broker's TCP handshake.
+#: How long a reachability probe waits for the broker's TCP handshake, and for its name.
 PROBE_TIMEOUT = 3.0
+RESOLVE_TIMEOUT = 30.0
 
 
 async def reachable(host: str, port: int) -> bool:
     """Whether the broker's port takes a TCP connection now: the cheap question asked while
     the broker is away (a SYN and a RST), before the dearer CONNECT (and TLS handshake)."""
+    loop = asyncio.get_running_loop()
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT)
-    except (OSError, asyncio.TimeoutError):
+        # the name first, unhurried: a resolver that takes 5 s (a dead first nameserver) must
+        # not make every probe fail; only the TCP handshake is timed
+        found = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT
+        )
+        address = str(found[0][4][0])
+        _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), PROBE_TIMEOUT)
+    except (OSError, asyncio.TimeoutError, IndexError):
         return False
     writer.close()
     with contextlib.suppress(OSError):
@@ -436,6 +473,8 @@ def broker_away(exc: aiomqtt.MqttError) -> bool:
     cause = exc.__context__
     if isinstance(cause, ssl.SSLError) or isinstance(exc, TlsFileError):
         return False
+    if str(exc) == "Operation timed out" or "handshake" in str(cause):
+        return False  # TCP got through: the CONNACK (or the TLS handshake) never came
     if isinstance(cause, socket.gaierror | TimeoutError | asyncio.TimeoutError):
         return True
     return isinstance(cause, OSError) and cause.errno in _AWAY_ERRNOS

@@ -30,6 +30,7 @@ from .config import Config, MqttSection
 from .model import Sample
 from .mqtt_link import (
     ACL_HINT,
+    FIRST_REFUSAL,
     NOT_ONLINE,
     PACKET_TOO_LARGE,
     PROTOCOL_ERROR,
@@ -141,6 +142,7 @@ class Uplink:
         self._learnt_limit: int | None = None  # the size at which the broker drops us
         self._refit = False  # the link went at a message too large: back at once, smaller
         self._suspect: int | None = None  # a lone sample the link went at, once
+        self._lone_limit: int | None = None  # a lone sample this large: the link went, twice
         self._dropped_at: dict[str, int] = {}  # subtopic: the size the link went at
         self._alias = False  # the broker takes a topic alias for telemetry on this connection
         self._alias_set = False  # ... and it has been set up on this connection
@@ -180,6 +182,8 @@ class Uplink:
             stable = failure == "lost" and loop.time() - began >= STABLE_SESSION
             if stable:
                 self._backoff.reset()  # only now: a broker that drops us at once is not well
+            if failure == "lost" and not self._refit:
+                self._forget_size_limits()  # the broker that comes back may take more
             if self._refit:  # not the broker's trouble: ours, mended
                 self._refit = False
             elif failure == "away" or stable:
@@ -200,15 +204,29 @@ class Uplink:
                 accepted = True
                 self._adopt(client)
                 await self._online(client)
-                receiver = asyncio.create_task(self._receive(client), name="mqtt receive")
-                try:
-                    await self._send_until_stopped(client)
-                    await self._offline(client)
-                finally:
-                    await cancel_and_wait(receiver)
+                await self._until_stopped_or_lost(client)
+                await self._offline(client)
                 return None
         except aiomqtt.MqttError as exc:
             return self._failed(exc, accepted, reported)
+        except (UnicodeError, ValueError) as exc:  # paho's refusal of a name it cannot encode
+            return self._failed(aiomqtt.MqttError(f"cannot connect: {exc}"), accepted, reported)
+
+    async def _until_stopped_or_lost(self, client: Client) -> None:
+        """Send until the agent stops. The receiving side sees a lost link first when nothing
+        is being sent (an idle gateway): that ends the session too, not only a failed send."""
+        receiver = asyncio.create_task(self._receive(client), name="mqtt receive")
+        sender = asyncio.create_task(self._send_until_stopped(client), name="mqtt send")
+        try:
+            await asyncio.wait([receiver, sender], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not sender.done():
+                await cancel_and_wait(sender)
+            await cancel_and_wait(receiver)
+        if sender.done() and not sender.cancelled():
+            sender.result()  # its failure is the session's
+        else:
+            raise aiomqtt.MqttError(client.lost_reason())
 
     def _failed(self, exc: aiomqtt.MqttError, accepted: bool, reported: set[str]) -> str:
         self._client_online = None
@@ -227,6 +245,8 @@ class Uplink:
             return "lost"
         if busy := busy_refusal(exc):
             level, reason = logging.WARNING, f"the broker refused us for now ({busy}); retrying"
+        elif accepted and self._refit:  # a message too large, said by its own line
+            return "refused"
         elif accepted:
             level, reason = logging.ERROR, f"{NOT_ONLINE} ({exc}): {ACL_HINT} {self.topic}/#"
         else:
@@ -248,12 +268,16 @@ class Uplink:
                 "mqtt %s: could not publish offline as we stopped (%s): the broker's retained "
                 "status says online until the agent is back",
                 self.mqtt.url,
-                exc or "the broker did not come back in time",
+                str(exc) or "the broker did not come back in time",
             )
 
     async def _say_offline(self) -> None:
         await self._until_reachable(asyncio.Event())  # bounded by the caller's timeout
-        async with self._client() as client:
+        client = self._client()
+        # The kept session may hand us commands queued meanwhile: not acknowledged here, so
+        # that the broker keeps them for the agent's next run.
+        client.keep_unacknowledged()
+        async with client:
             await self._offline(client)
         log.info("mqtt %s: offline published as we stopped", self.mqtt.url)
 
@@ -346,7 +370,22 @@ class Uplink:
         self._client_online = client
 
     async def _subscribe(self, client: Client) -> bool:
-        await client.subscribe(f"{self.topic}/cmd", qos=1)
+        topic = f"{self.topic}/cmd"
+        granted = await client.subscribe(topic, qos=1)
+        codes = [getattr(code, "value", code) for code in granted or ()]
+        if any(isinstance(code, int) and code >= FIRST_REFUSAL for code in codes):
+            said = f"subscription refused: {granted}"
+            if self._refusals.get("cmd") != said:
+                self._refusals["cmd"] = said
+                log.error(
+                    "mqtt %s: the broker refused our subscription to %s (%s): no command can "
+                    "reach this gateway; check that its access rules let this client read it",
+                    self.mqtt.url,
+                    topic,
+                    ", ".join(str(c) for c in granted),
+                )
+            return False
+        self._refusals.pop("cmd", None)
         return True
 
     async def _offline(self, client: Client) -> None:
@@ -566,7 +605,12 @@ class Uplink:
     def _undeliverable(self, message: Message) -> bool:
         """A lone sample larger than the broker's Maximum Packet Size can never be sent: it is
         dropped, counted and named, not tried at every round."""
-        if self._packet_limit is None or len(message.samples) != 1:
+        if len(message.samples) != 1:
+            return False
+        if self._lone_limit is not None and len(message.payload) >= self._lone_limit:
+            self._drop_too_large(message, f"the broker dropped the link at {self._lone_limit}")
+            return True
+        if self._packet_limit is None:
             return False
         if len(message.payload) + self._publish_overhead() <= self._packet_limit:
             return False
@@ -587,6 +631,10 @@ class Uplink:
             why,
         )
 
+    def _forget_size_limits(self) -> None:
+        self._learnt_limit, self._lone_limit, self._suspect = None, None, None
+        self._dropped_at.clear()
+
     def _learn_limit(self, message: Message, dropped: LinkDropped) -> None:
         """The broker dropped the link at this message as too large (Mosquitto's answer to a
         message above its ``message_size_limit``, which paho calls a protocol error): smaller
@@ -597,9 +645,11 @@ class Uplink:
         self._refit = True
         if len(message.samples) == 1:
             # A lone sample cannot be made smaller. Dropped only when the link goes at it a
-            # second time: once could be some other message's trouble.
+            # second time: once could be some other message's trouble. Then any as large is
+            # dropped without trying: no reconnection per sample of a device too wide.
             if self._suspect == message.samples[0].id:
                 self._drop_too_large(message, "the broker dropped the link at it, twice")
+                self._lone_limit = min(size, self._lone_limit or size)
             self._suspect = message.samples[0].id
             return
         first = self._learnt_limit is None

@@ -240,6 +240,8 @@ class _Loader:
             s.problem("url", f"{what} must look like mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
         elif parts.path not in ("", "/") or parts.query or parts.fragment:
             s.problem("url", f"{what} has a path or query, which MQTT has no use for")
+        elif not _host_encodable(parts.hostname):
+            s.problem("url", f"{what} has a host name that is not valid (an empty label?)")
         tls = parts.scheme == "mqtts"
         return parts.hostname or "localhost", port or (8883 if tls else 1883), tls
 
@@ -950,6 +952,20 @@ def _port_text(netloc: str) -> str:
     host_port = netloc.rpartition("]")[2] if netloc.startswith("[") else netloc
     _, colon, port = host_port.rpartition(":")
     return port if colon else ""
+
+
+def _host_encodable(host: str) -> bool:
+    """What the socket library can look up: "a..b" or a 64-character label it refuses."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def _loopback(host: str) -> bool:

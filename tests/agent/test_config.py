@@ -290,3 +290,11 @@ def test_the_protocol_may_be_written_as_a_field_user_would(
 def test_a_bad_link_key_is_one_line_naming_it(tmp_path: Path, line: str, message: str) -> None:
     text = BASE.replace("[mqtt]", f"[mqtt]\n{line}") + DEVICE
     assert message in only_error(tmp_path, text)
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 64 + ".example"])
+def test_a_broker_host_the_resolver_cannot_take_is_refused_by_check(
+    tmp_path: Path, host: str
+) -> None:
+    text = BASE.replace("mqtt://127.0.0.1:1883", f"mqtt://{host}:1883") + DEVICE
+    assert "has a host name that is not valid" in only_error(tmp_path, text)
