@@ -162,9 +162,9 @@ def test_a_backlog_larger_than_the_brokers_message_size_limit_shrinks_to_fit(
 ) -> None:
     edge_agent.start(SITE, buses={"plc": tank(modbus_bus)})
     edge_agent.telemetry.wait_samples(3, "tank", timeout=20)
-    mosquitto.settings = {"message_size_limit": 4000}
+    mosquitto.settings = {"message_size_limit": 2000}
     mosquitto.stop()
-    wait_until(lambda: depth(edge_agent) >= 150, 30, "a backlog of 150 samples")  # ~10 kB
+    wait_until(lambda: depth(edge_agent) >= 60, 30, "a backlog of 60 samples")  # ~4 kB
     mosquitto.start()
     assert drained(edge_agent, timeout=60), edge_agent.log
     found = re.findall(r"taken for a message size limit", edge_agent.log)
