@@ -17,12 +17,11 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiomqtt
-
 from agent.aio import cancel_and_wait
 from agent.buffer import Buffer
 from agent.config import AgentSection, BufferSection, Config, MqttSection
 from agent.model import Sample, Value
+from agent.mqtt_link import Client
 from agent.testkit.aio import until
 from agent.testkit.broker import Broker
 from agent.testkit.process import AgentProcess
@@ -76,13 +75,10 @@ class CountingUplink(Uplink):
     messages = 0
     payload_bytes = 0
 
-    async def _publish(
-        self, client: aiomqtt.Client, subtopic: str, payload: bytes, qos: int, retain: bool = False
-    ) -> None:
-        await super()._publish(client, subtopic, payload, qos, retain)
-        if subtopic == "telemetry":
-            self.messages += 1
-            self.payload_bytes += len(payload)
+    async def _publish_telemetry(self, client: Client, payload: bytes) -> None:
+        await super()._publish_telemetry(client, payload)
+        self.messages += 1
+        self.payload_bytes += len(payload)
 
 
 async def flush_periodically(buffer: Buffer) -> None:

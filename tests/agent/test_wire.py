@@ -28,19 +28,17 @@ def meter(count: int, width: int = 20, seed: int = 1) -> list[Sample]:
 
 
 @pytest.mark.parametrize("compression", ENCODINGS)
+@pytest.mark.parametrize("backlog", [False, True])
 def test_every_sample_goes_once_in_order_and_reads_back_as_the_contract_says(
-    compression: str,
+    compression: str, backlog: bool
 ) -> None:
     batch = meter(300)
-    messages = TelemetryEncoder("gw01", compression).messages(batch, backlog=True)
+    messages = TelemetryEncoder("gw01", compression).messages(batch, backlog=backlog)
     assert [s.id for m in messages for s in m.samples] == [s.id for s in batch]
+    marked = {"backlog": True} if backlog else {}  # the key only on batches sent late
     for message in messages:
         body = decode_telemetry(message.payload)
-        assert body == {
-            "agent": "gw01",
-            "samples": [s.to_json() for s in message.samples],
-            "backlog": True,
-        }
+        assert body == {"agent": "gw01", "samples": [s.to_json() for s in message.samples]} | marked
 
 
 @pytest.mark.parametrize("compression", ENCODINGS)
@@ -64,6 +62,57 @@ def test_a_sample_larger_than_the_limit_goes_alone_and_the_rest_still_fit(
     [alone] = [m for m in messages if any(s.id == 4 for s in m.samples)]
     assert len(alone.samples) == 1 and len(alone.payload) > 1_000
     assert all(len(m.payload) <= 1_000 for m in messages if m is not alone)
+
+
+@pytest.mark.parametrize("compression", ENCODINGS)
+def test_a_sample_larger_than_the_agents_own_limit_goes_alone(compression: str) -> None:
+    rng = random.Random(4)
+    huge = Sample(2, "wide", 1_795_000_002_000, {f"n{i}": rng.random() for i in range(20_000)})
+    batch = [*meter(1), huge, *meter(1, seed=5)]
+    messages = TelemetryEncoder("gw01", compression).messages(batch)
+    assert [[s.id for s in m.samples] for m in messages] == [[1], [2], [1]]
+    assert len(messages[1].payload) > MAX_PAYLOAD
+    assert decode_telemetry(messages[1].payload)["samples"] == [huge.to_json()]
+
+
+@pytest.mark.parametrize("compression", ENCODINGS)
+def test_unsynced_samples_say_so(compression: str) -> None:
+    sample = Sample(1, "meter", 5000, {"v": 1}, mono=5.0, boot="b")
+    [message] = TelemetryEncoder("gw01", compression).messages([sample])
+    assert decode_telemetry(message.payload)["samples"][0]["clock"] == "unsynced"
+
+
+def test_each_sample_is_encoded_once_and_compression_work_stays_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cut by halving, not by growing a message a sample at a time and compressing each
+    candidate: samples that barely compress have most messages halved after a first try."""
+    rng = random.Random(6)
+    batch = [
+        Sample(i, "noisy", 1_795_000_000_000 + i, {f"n{j}": rng.random() for j in range(20)})
+        for i in range(1, 401)
+    ]
+    encoded = [0]
+    to_json = Sample.to_json
+
+    def counted_to_json(sample: Sample) -> dict[str, object]:
+        encoded[0] += 1
+        return to_json(sample)
+
+    compressed = [0]
+    compress = zlib.compress
+
+    def counted_compress(data: bytes, /, level: int = -1, wbits: int = 15) -> bytes:
+        compressed[0] += len(data)
+        return compress(data, level, wbits)
+
+    monkeypatch.setattr(Sample, "to_json", counted_to_json)
+    monkeypatch.setattr(zlib, "compress", counted_compress)
+    messages = TelemetryEncoder("gw01", "zlib").messages(batch, limit=2_000)
+    plain = sum(len(zlib.decompress(m.payload)) for m in messages)
+    assert len(messages) > 20
+    assert encoded[0] == len(batch)
+    assert compressed[0] <= 4 * plain  # each halving compresses the batch once more
 
 
 def test_zlib_says_what_it_is_and_is_not_utf8() -> None:
@@ -93,9 +142,14 @@ def test_unicode_names_and_an_empty_batch() -> None:
         assert encoder.messages([]) == []
 
 
-def test_the_default_limit_is_the_agents_own() -> None:
-    messages = TelemetryEncoder("gw01").messages(meter(2_000))
+@pytest.mark.parametrize("compression", ENCODINGS)
+def test_the_default_limit_is_the_agents_own(compression: str) -> None:
+    batch = meter(4_000)
+    messages = TelemetryEncoder("gw01", compression).messages(batch)
+    assert len(messages) > 1
     assert all(len(m.payload) <= MAX_PAYLOAD for m in messages)
+    ids = [s["id"] for m in messages for s in decode_telemetry(m.payload)["samples"]]
+    assert ids == [s.id for s in batch] == [s.id for m in messages for s in m.samples]
 
 
 def test_an_unknown_compression_is_refused() -> None:
