@@ -454,6 +454,9 @@ class Buffer:
         and are counted as dropped. The caller names them."""
         self.acknowledge(samples)
         self.dropped += len(samples)
+        # now, not at the next flush: a crash journal already says they are gone, and a kill
+        # before that flush would leave them uncounted
+        self.flush(force=True)
 
     def release(self) -> None:
         """Sending failed: everything handed out and unacknowledged is to be sent again."""

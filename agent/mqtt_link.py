@@ -361,6 +361,30 @@ class Client(aiomqtt.Client):
             ack.set_result(reason_code if isinstance(reason_code, ReasonCode) else None)
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
+    def _on_socket_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        """aiomqtt's, except when the socket is closed by the time the loop gets to it (the
+        broker just went): that is a lost link, not an "Exception in callback" traceback."""
+
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:  # a broken pipe: the link is gone
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def register() -> None:
+            fileno = sock.fileno()
+            if fileno < 0:
+                return
+            try:
+                self._loop.add_writer(fileno, write)
+            except (OSError, ValueError) as exc:
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(aiomqtt.MqttError(str(exc)))
+
+        # paho may call this from the thread connect() runs in
+        self._loop.call_soon_threadsafe(register)
+
     def keep_unacknowledged(self) -> None:
         """Acknowledge nothing that arrives (before connecting): a broker keeps it queued."""
         self._client.manual_ack_set(True)

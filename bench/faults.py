@@ -2,8 +2,9 @@
 
 Many seeds, each a scenario of the real agent against a real broker and simulated slaves with the
 faults of the field at seeded random moments (``agent.testkit.campaign``), several at once; a
-table of the scenarios and their outcomes, and the totals the README quotes. A failing seed is
-printed with the command that replays it; it belongs in ``tests/faults/test_campaign.py``.
+table of the scenarios and their outcomes, the totals the README quotes, and how long the first
+reading took to reach a subscriber each time the broker came back (by fault kind). A failing
+seed is printed with the command that replays it; it belongs in ``tests/faults/test_campaign.py``.
 
     python -m bench.faults                      # 40 scenarios of 25 s, 4 at a time (~5 min)
     python -m bench.faults --scenarios 200      # more
@@ -14,14 +15,22 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from agent.testkit.campaign import KINDS, Campaign, Outcome
+from agent.testkit.campaign import (
+    KINDS,
+    RETURN_KINDS,
+    RETURN_WITHIN,
+    Campaign,
+    Outcome,
+    Return,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         outcomes = list(pool.map(one, seeds))
     print(table(outcomes, time.monotonic() - started))
+    print()
+    print(returns_table([r for o in outcomes for r in o.returns]))
     failed = [o for o in outcomes if not o.ok]
     for outcome in failed:
         print(
@@ -68,8 +79,9 @@ def table(outcomes: list[Outcome], seconds: float) -> str:
     """Markdown: one row per scenario, then the totals."""
     rows = [
         "| seed | faults | ids generated | delivered | buffered | dropped | lost to damage "
-        "| unaccounted | other content | crashes | tracebacks | outcome |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| unaccounted | other content | crashes | tracebacks | broker back: first reading, s "
+        "| outcome |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     totals: Counter[str] = Counter()
     for o in outcomes:
@@ -92,9 +104,11 @@ def table(outcomes: list[Outcome], seconds: float) -> str:
         rows.append(
             f"| {o.seed} | {faults} | "
             + " | ".join(map(str, figures))
-            + f" | {len(o.crashes)} | {len(o.tracebacks)} | {'ok' if o.ok else 'FAILED'} |"
+            + f" | {len(o.crashes)} | {len(o.tracebacks)} | {_returns_cell(o.returns)} "
+            + f"| {'ok' if o.ok else 'FAILED'} |"
         )
         totals["faults"] += len(o.events)
+        totals["errors"] += len(o.errors)
         totals["crashes"] += len(o.crashes)
         totals["tracebacks"] += len(o.tracebacks)
         if r:
@@ -113,8 +127,60 @@ def table(outcomes: list[Outcome], seconds: float) -> str:
         f"{totals['tracebacks']} tracebacks; {totals['ok']} of {len(outcomes)} scenarios ok "
         f"({seconds / 60:.1f} min)"
     )
+    if totals["errors"]:
+        rows.append(f"the campaign itself failed {totals['errors']} time(s): see below")
     rows += [f"not injected here: {s}" for s in skipped]
     return "\n".join(rows)
+
+
+def _returns_cell(returns: list[Return]) -> str:
+    """Each return's seconds; in brackets when the next fault came first."""
+    cells = []
+    for r in returns:
+        took = "none" if r.seconds is None else f"{r.seconds:.1f}"
+        cells.append(f"({took})" if r.interrupted else took)
+    return ", ".join(cells) or "–"
+
+
+def returns_table(returns: list[Return]) -> str:
+    """Markdown: by fault kind, the seconds from the broker listening again to the next reading
+    at a subscriber (returns the next fault interrupted are left out)."""
+    by_kind: defaultdict[str, list[float]] = defaultdict(list)
+    missing: Counter[str] = Counter()
+    interrupted: Counter[str] = Counter()
+    for r in returns:
+        if r.interrupted:
+            interrupted[r.event.kind] += 1
+        elif r.seconds is None:
+            missing[r.event.kind] += 1
+        else:
+            by_kind[r.event.kind].append(r.seconds)
+    rows = [
+        "| broker back after | returns | min | median | 90th pct | max "
+        f"| over {RETURN_WITHIN:g} s | no reading | next fault first |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for kind in [k for k in RETURN_KINDS if k in by_kind or k in missing or k in interrupted]:
+        times = sorted(by_kind[kind])
+        over = sum(t > RETURN_WITHIN for t in times)
+        rows.append(
+            f"| {kind} | {len(times)} | {_figures(times)} | {over} | {missing[kind]} "
+            f"| {interrupted[kind]} |"
+        )
+    every = sorted(t for times in by_kind.values() for t in times)
+    rows.append(
+        f"| all | {len(every)} | {_figures(every)} "
+        f"| {sum(t > RETURN_WITHIN for t in every)} | {sum(missing.values())} "
+        f"| {sum(interrupted.values())} |"
+    )
+    return "\n".join(rows)
+
+
+def _figures(times: list[float]) -> str:
+    if not times:
+        return "– | – | – | –"
+    ninetieth = times[min(len(times) - 1, round(0.9 * (len(times) - 1)))]
+    return f"{times[0]:.2f} | {statistics.median(times):.2f} | {ninetieth:.2f} | {times[-1]:.2f}"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,18 +1,27 @@
-"""A fleet on one machine: N ``edge-agent run`` processes, each with its own id and its own
-simulated Modbus TCP slaves, against one Mosquitto; then the broker goes away for a while.
+"""A fleet on one machine: N ``edge-agent run`` processes, each with its own id and data dir,
+against one Mosquitto that then restarts: how hard the fleet's return hits the broker.
 
-Reports each agent's memory and CPU (min / median / max over the fleet), the broker's message rate
-and CPU, and that every agent's sample ids arrived without a gap; then stops the broker for
-``--outage`` seconds and shows when each agent came back (full jitter: spread over its backoff,
-no stampede) and that nothing was lost.
+First it reports each agent's memory and CPU (min / median / max over the fleet), the broker's
+message rate and CPU, and that every agent's sample ids arrived without a gap. Then it stops the
+broker for ``--outage`` seconds and starts it again. The agents probe the broker's port while it
+is away and, once it answers, each CONNECTs at a random moment within its ``reconnect_window``
+(``--window``, the same for every agent): the CONNECT rate the broker should see is at most
+agents / window. It reports the rate it did see (CONNECTs per second of the broker's log, and in
+any 1 s or 0.1 s span by the stamps of ``bench._fleet_stamp``), the time from the broker's start
+until every agent was back and until every agent's backlog had arrived, the samples lost (gaps
+in an agent's ids at a subscriber with a persistent session and an unlimited queue), and what
+the probes cost while the broker was away.
 
-The slaves (one ``ModbusSimulator`` on its own port per agent) are served from this process. The
-broker is a Mosquitto of our own with unlimited queues for the watching subscriber
-(``max_queued_messages 0``), so a gap can only be the agents' doing.
+Every agent polls the same simulated Modbus TCP slaves, served from this process. Agents start
+in waves, and no more start once the fleet has taken ``--memory-budget`` GiB of the machine's
+memory (the run goes on with those that did: that is how many the machine holds). ``--fork``
+forks them from one process that imported the agent once (``bench._fleet_forkserver``), so
+that more of them fit.
 
 Run from the repository root:
-    python -m bench.fleet                          # 100 agents, 60 s outage: ~5 minutes
-    python -m bench.fleet --agents 20 --outage 15  # ~1.5 minutes
+    python -m bench.fleet                                   # 100 agents: ~3 minutes
+    python -m bench.fleet --agents 20 --outage 10           # ~1.5 minutes
+    python -m bench.fleet --fork --agents 1000 --window 20  # the big run: ~7 minutes
 """
 
 from __future__ import annotations
@@ -20,112 +29,69 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import pwd
-import re
-import shutil
+import math
 import statistics
-import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.testkit.aio import until
 from agent.testkit.mqtt import Subscriber
-from agent.testkit.net import free_port, wait_listening
-from agent.testkit.process import AgentProcess
-from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
+from agent.testkit.net import free_port
+from agent.uplink import PROBE_EVERY, STABLE_SESSION
 
-from ._rig import READINGS_PER_SAMPLE, VALUES, cpu_seconds, markdown_table, rig_pid, until
+from ._fleet_broker import HOST, Connect, FleetBroker, peak_within, per_second, tcp_counters
+from ._fleet_launch import ExecLauncher, ForkLauncher, Launcher
+from ._fleet_slaves import SlaveFarm
+from ._rig import READINGS_PER_SAMPLE, cpu_seconds, markdown_table
 from .suite import POINTS, private, status_kib, task_cpu
 
 PREFIX = "fleet"
-HOST = "127.0.0.1"
-CONNECTED = re.compile(r"^(\d+): New client connected from \S+ as (\S+) ")
-
-
-class Mosquitto:
-    """One Mosquitto for the fleet: persistent sessions, timestamped connection log."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.log = workdir / "mosquitto.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{HOST}:{self.port}"
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
-            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
-            f"listener {self.port} {HOST}\nallow_anonymous true\n"
-            "max_queued_messages 0\n"  # the watcher's queue: never drop what it has not taken
-            f"persistence true\npersistence_location {self.workdir}/\n"
-            f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\n"
-            "connection_messages true\n"
-        )
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.process = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_listening(HOST, self.port)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-            self.process = None
-
-    def connections_since(self, since: float) -> dict[str, float]:
-        """Each client's first connection at or after ``since`` (Unix time, whole seconds)."""
-        first: dict[str, float] = {}
-        for line in self.log.read_text(errors="replace").splitlines():
-            if (match := CONNECTED.match(line)) and int(match[1]) >= int(since):
-                first.setdefault(match[2], float(match[1]))
-        return first
-
-
-@contextlib.contextmanager
-def running(broker: Mosquitto) -> Iterator[Mosquitto]:
-    broker.start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
+GIB = 1024**3
 
 
 @dataclass
 class Member:
-    """One agent of the fleet, its slaves' address and what arrived from it."""
+    """One agent of the fleet and what arrived from it."""
 
     name: str
     workdir: Path
-    modbus_port: int = 0
-    process: AgentProcess | None = None
+    modbus_port: int
+    interval: float  # seconds between its polls
+    pid: int = 0
     ids: set[int] = field(default_factory=set)
+    newest_id: int = 0
     newest_ts: int = 0
+    #: When everything it had taken up to the broker's return had arrived (Unix time; known
+    #: once a later reading arrived with no gap before it).
+    caught_up_at: float | None = None
+    #: When the last of the readings it took before the broker's return arrived.
+    backlog_in_at: float | None = None
 
-    def config(self, broker: Mosquitto, devices: int, interval: float, reconnect: float) -> Path:
+    def config(self, args: argparse.Namespace, broker_url: str) -> Path:
         lines = [
             f'[agent]\nid = "{self.name}"\ndata_dir = "{self.workdir / "data"}"\n',
-            f'[mqtt]\nurl = "{broker.url}"\ntopic_prefix = "{PREFIX}"\n'
-            f'reconnect_max = "{reconnect:g}s"\n',
+            f'[mqtt]\nurl = "{broker_url}"\ntopic_prefix = "{PREFIX}"\n'
+            f'reconnect_max = "{args.reconnect_max:g}s"\n'
+            f'reconnect_window = "{round(args.window * 1000)}ms"\n',
+            *(
+                [f'[buffer]\nflush_interval = "{args.flush_interval:g}s"\n']
+                if args.flush_interval
+                else []
+            ),
             '[[template]]\nname = "bench20"\n',
             *(
                 f'[[template.point]]\nname = "{p.name}"\naddress = {p.address}\ntype = "float32"\n'
                 for p in POINTS
             ),
             f'[[bus]]\nname = "plc"\ntype = "modbus-tcp"\nhost = "{HOST}"\n'
-            f'port = {self.modbus_port}\ntimeout = "1s"\n',
+            f'port = {self.modbus_port}\ntimeout = "{args.modbus_timeout:g}s"\n',
             *(
                 f'[[device]]\nname = "meter{d}"\nbus = "plc"\nunit = {d + 1}\n'
-                f'interval = "{interval:g}s"\ntemplate = "bench20"\n'
-                for d in range(devices)
+                f'interval = "{round(self.interval * 1000)}ms"\ntemplate = "bench20"\n'
+                for d in range(args.devices)
             ),
         ]
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -133,32 +99,32 @@ class Member:
         path.write_text("\n".join(lines))
         return path
 
-    @property
-    def pid(self) -> int:
-        pid = rig_pid(self.process) if self.process else None
-        assert pid is not None, f"{self.name} is not running"
-        return pid
-
     def gaps(self) -> int:
         """Ids missing up to the last that arrived (an agent with a fresh data dir starts at 1)."""
-        return (max(self.ids) - len(self.ids)) if self.ids else 0
+        return self.newest_id - len(self.ids)
+
+    def caught_up(self, since_ms: float) -> bool:
+        """A reading taken at or after ``since_ms`` arrived, and every one before it: live
+        readings go out beside the backlog, so the first alone does not say the backlog is in."""
+        return self.newest_ts >= since_ms and self.gaps() == 0
 
 
 class Watcher:
     """A QoS 1 subscriber with a persistent session on every agent's topics; it follows the
     broker through its restart (the broker keeps what arrives for it meanwhile)."""
 
-    def __init__(self, broker: Mosquitto, members: Sequence[Member]) -> None:
+    def __init__(self, broker: FleetBroker, members: Sequence[Member]) -> None:
         self.broker = broker
         self.by_name = {m.name: m for m in members}
         self.sub: Subscriber | None = None
         self.messages = 0
-        self._taken = 0
+        #: Members count as caught up once ``Member.caught_up(since_ms)``.
+        self.since_ms = math.inf
 
     @contextlib.asynccontextmanager
     async def attached(self) -> AsyncIterator[Watcher]:
         async with Subscriber(HOST, self.broker.port, f"{PREFIX}/#", session="fleet-watch") as s:
-            self.sub, self._taken = s, 0
+            self.sub = s
             try:
                 yield self
             finally:
@@ -166,20 +132,121 @@ class Watcher:
                 self.sub = None
 
     def collect(self) -> int:
-        """Take in what arrived; returns the messages seen so far."""
+        """Take in what arrived (and let the subscriber forget it: a thousand agents' samples
+        would otherwise pile up in this process); returns the messages seen so far."""
         if self.sub is None:
             return self.messages
-        new = self.sub.messages[self._taken :]
-        self._taken += len(new)
+        new = self.sub.messages[:]
+        del self.sub.messages[: len(new)]
         self.messages += len(new)
+        now = time.time()
         for topic, payload, _ in new:
-            if not topic.endswith("/telemetry"):
-                continue
-            member = self.by_name[payload["agent"]]
-            for sample in payload["samples"]:
-                member.ids.add(sample["id"])
-                member.newest_ts = max(member.newest_ts, sample["ts"])
+            if topic.endswith("/telemetry"):
+                member = self.by_name[payload["agent"]]
+                for sample in payload["samples"]:
+                    if sample["ts"] < self.since_ms:
+                        member.backlog_in_at = now
+                    member.ids.add(sample["id"])
+                    member.newest_id = max(member.newest_id, sample["id"])
+                    member.newest_ts = max(member.newest_ts, sample["ts"])
+                if member.caught_up_at is None and member.caught_up(self.since_ms):
+                    member.caught_up_at = now
         return self.messages
+
+
+# --- the machine
+
+
+def mem_available() -> int:
+    """``MemAvailable`` of ``/proc/meminfo``, in bytes."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def busy_cores_since(ticks: tuple[int, int], seconds: float) -> float:
+    """Cores the whole machine kept busy since ``ticks`` (``machine_ticks()``), over ``seconds``."""
+    busy, idle = machine_ticks()
+    done = (busy - ticks[0]) + (idle - ticks[1])
+    return (busy - ticks[0]) / done * cores() if done else 0.0
+
+
+def machine_ticks() -> tuple[int, int]:
+    """Busy and idle jiffies of every core (``/proc/stat``)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return sum(values[:8]) - idle, idle
+
+
+def cores() -> int:
+    return len(
+        [line for line in Path("/proc/stat").read_text().splitlines() if line[3:4].isdigit()]
+    )
+
+
+def fleet_cpu(members: Sequence[Member]) -> float:
+    return sum(task_cpu(m.pid) for m in members)
+
+
+# --- starting the fleet
+
+
+async def launch(
+    args: argparse.Namespace,
+    members: Sequence[Member],
+    launcher: Launcher,
+    broker: FleetBroker,
+    watcher: Watcher,
+) -> list[Member]:
+    """Start the agents in waves (their start-ups would otherwise all compete for the cores),
+    until all are running or the next wave would take the fleet past the memory budget;
+    returns those started."""
+    baseline, budget = mem_available(), args.memory_budget * GIB
+    started: list[Member] = []
+    for first in range(0, len(members), args.start_batch):
+        wave = members[first : first + args.start_batch]
+        taken = baseline - mem_available()
+        each = taken / len(started) if started else 0
+        if taken + each * len(wave) > budget:
+            print(
+                f"memory budget reached: {len(started)} agents took {taken / GIB:.1f} GiB "
+                f"({each / 2**20:.1f} MiB each); no more are started"
+            )
+            break
+        for member in wave:
+            member.pid = launcher.start(
+                member.config(args, broker.url), member.workdir / "agent.log"
+            )
+        started += wave
+        await asyncio.sleep(args.start_pause)
+        watcher.collect()
+    return started
+
+
+async def until_delivering(members: Sequence[Member], watcher: Watcher) -> None:
+    await until(
+        lambda: watcher.collect() >= 0 and all(m.ids for m in members),
+        180,
+        "a reading from every agent",
+        0.2,
+    )
+
+
+# --- measuring the fleet
+
+
+@dataclass
+class Rig:
+    """What the benchmark runs beside the agents."""
+
+    launcher: Launcher
+    broker: FleetBroker
+    farm: SlaveFarm
+
+    def cpu(self) -> float:
+        """CPU seconds of this process (the watcher) and of the slaves' processes."""
+        return time.process_time() + sum(cpu_seconds(pid) for pid in self.farm.pids)
 
 
 @dataclass
@@ -188,20 +255,22 @@ class Usage:
     anon: list[int]
     pss: list[int]
     cpu: list[float]  # share of one core over the window
+    helpers_pss: int  # KiB: the fork server's share of the pages it shares with the agents
+    message_rate: float
+    broker_cpu: float
+    rig_cpu: float  # the watcher's and the slaves' processes, cores
+    seconds: float
+    #: The machine's TCP counters per second meanwhile: what else opens connections on it
+    #: (the agents, connected, open none), to be taken off what the probes seem to cost.
+    tcp_per_s: dict[str, float]
 
 
-async def measure(
-    members: Sequence[Member], watcher: Watcher, broker: Mosquitto, seconds: float
-) -> tuple[Usage, float, float]:
+async def measure(members: Sequence[Member], watcher: Watcher, rig: Rig, seconds: float) -> Usage:
     """Every agent's memory now and its CPU over ``seconds``; the messages the watcher got and
     the broker's CPU meanwhile."""
-    assert broker.process is not None
     before = [task_cpu(m.pid) for m in members]
-    broker_before, messages, started = (
-        cpu_seconds(broker.process.pid),
-        watcher.messages,
-        time.time(),
-    )
+    broker, messages, started = rig.broker, watcher.messages, time.time()
+    broker_before, rig_before, tcp = cpu_seconds(broker.pid), rig.cpu(), tcp_counters()
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         await asyncio.sleep(0.5)
@@ -210,9 +279,18 @@ async def measure(
     cpu = [(task_cpu(m.pid) - b) / elapsed for m, b in zip(members, before, strict=True)]
     memory = [(status_kib(m.pid, "VmRSS"), *private(m.pid)) for m in members]
     rss, anon, pss = (list(column) for column in zip(*memory, strict=True))
-    usage = Usage(rss, anon, pss, cpu)
-    broker_cpu = (cpu_seconds(broker.process.pid) - broker_before) / elapsed
-    return usage, (watcher.messages - messages) / elapsed, broker_cpu
+    return Usage(
+        rss,
+        anon,
+        pss,
+        cpu,
+        sum(private(pid)[1] for pid in rig.launcher.helpers()),
+        (watcher.messages - messages) / elapsed,
+        (cpu_seconds(broker.pid) - broker_before) / elapsed,
+        (rig.cpu() - rig_before) / elapsed,
+        elapsed,
+        {k: (v - tcp[k]) / elapsed for k, v in tcp_counters().items()},
+    )
 
 
 def spread(values: Sequence[float]) -> str:
@@ -221,89 +299,24 @@ def spread(values: Sequence[float]) -> str:
     return " / ".join(f"{v:.1f}" for v in (min(values), statistics.median(values), max(values)))
 
 
-def histogram(delays: Sequence[float], width: float) -> str:
-    """Agents reconnected per ``width``-second slot after the broker came back."""
-    if not delays:
-        return "(none)"
-    slots = int(max(delays) // width) + 1
-    counts = [0] * slots
-    for d in delays:
-        counts[int(d // width)] += 1
-    return "\n".join(
-        f"  {i * width:4.0f}–{(i + 1) * width:<4.0f}s {n:4d} {'#' * n}"
-        for i, n in enumerate(counts)
-    )
-
-
-async def run(args: argparse.Namespace, workdir: Path) -> None:
-    members = [Member(f"gw{n:03d}", workdir / f"gw{n:03d}") for n in range(args.agents)]
-    readings_per_s = args.agents * args.devices * READINGS_PER_SAMPLE / args.interval
-    print(
-        f"{args.agents} agents × {args.devices} devices × {READINGS_PER_SAMPLE} points every "
-        f"{args.interval:g} s ({readings_per_s:,.0f} readings/s in all), one Mosquitto; "
-        f"outage {args.outage:g} s, reconnect_max {args.reconnect_max:g} s\n"
-    )
-    async with contextlib.AsyncExitStack() as stack:
-        for member in members:
-            slaves = [SimulatedSlave(unit, POINTS) for unit in range(1, args.devices + 1)]
-            for slave in slaves:
-                for name, value in VALUES.items():
-                    slave.set_value(name, value)
-            simulator = await stack.enter_async_context(ModbusSimulator(slaves))
-            member.modbus_port = simulator.port
-        broker = Mosquitto(workdir / "broker")
-        stack.enter_context(running(broker))
-        watcher = Watcher(broker, members)
-        try:
-            began = time.perf_counter()
-            async with watcher.attached():
-                for n, member in enumerate(members):
-                    config = member.config(broker, args.devices, args.interval, args.reconnect_max)
-                    member.process = AgentProcess(config)
-                    member.process.start()
-                    if n % args.start_batch == args.start_batch - 1:
-                        await asyncio.sleep(args.start_pause)  # ease the start-ups' import CPU
-                        watcher.collect()
-                await until(
-                    lambda: watcher.collect() >= 0 and all(m.ids for m in members),
-                    120,
-                    "a reading from every agent",
-                    0.2,
-                )
-                print(
-                    f"all {args.agents} agents delivering after {time.perf_counter() - began:.0f} s"
-                )
-                await asyncio.sleep(args.settle)
-                usage, message_rate, broker_cpu = await measure(
-                    members, watcher, broker, args.measure
-                )
-            print(fleet_table(usage, message_rate, broker_cpu, args.measure))
-            print(f"\nids before the outage: {gap_report(members)}")
-            await outage(args, members, broker, watcher)
-        finally:
-            stops = [asyncio.to_thread(m.process.stop) for m in members if m.process]
-            codes = await asyncio.gather(*stops, return_exceptions=True)
-            failed = [m.name for m, c in zip(members, codes, strict=False) if c not in (0, None)]
-            if failed:
-                print(f"agents that did not exit cleanly: {failed}")
-
-
-def fleet_table(usage: Usage, message_rate: float, broker_cpu: float, seconds: float) -> str:
+def fleet_table(usage: Usage) -> str:
     rss, anon, pss = ([kib / 1024 for kib in xs] for xs in (usage.rss, usage.anon, usage.pss))
+    total = (sum(usage.pss) + usage.helpers_pss) / 1024
     rows = [
         ("agent RSS, MiB", spread(rss)),
-        ("agent RssAnon (own pages), MiB", spread(anon)),
+        ("agent RssAnon (own pages, and pages shared with the fork server), MiB", spread(anon)),
         ("agent PSS (shared pages divided among the fleet), MiB", spread(pss)),
         ("agent CPU, % of one core", spread([c * 100 for c in usage.cpu])),
         ("fleet CPU, cores", f"{sum(usage.cpu):.2f}"),
-        ("fleet memory: sum of PSS, MiB", f"{sum(usage.pss) / 1024:,.0f}"),
-        ("broker CPU, % of one core", f"{broker_cpu * 100:.1f}"),
+        ("fleet memory: sum of PSS (and the fork server's), MiB", f"{total:,.0f}"),
+        ("broker CPU, % of one core", f"{usage.broker_cpu * 100:.1f}"),
+        ("the watcher's and the simulated slaves' CPU, cores", f"{usage.rig_cpu:.2f}"),
         (
             "messages/s the broker delivered to the watcher (= published by the fleet)",
-            f"{message_rate:,.1f}",
+            f"{usage.message_rate:,.1f}",
         ),
     ]
-    return f"Over {seconds:g} s (min / median / max over the agents):\n\n" + markdown_table(
+    return f"Over {usage.seconds:.0f} s (min / median / max over the agents):\n\n" + markdown_table(
         ("measure", "value"), rows
     )
 
@@ -318,65 +331,327 @@ def gap_report(members: Sequence[Member]) -> str:
     )
 
 
+# --- the outage
+
+
+@dataclass
+class Return:
+    """The broker's restart and the fleet's return, as measured."""
+
+    outage: float
+    back: float  # Unix time the restarted broker listened
+    connects: list[Connect]  # the agents' CONNECTs from then on
+    accepts: list[float]  # TCP connections accepted from then on (probes and CONNECTs)
+    logged: int  # CONNECTs in the broker's own log meanwhile (the stamps' cross-check)
+    caught_up: float  # seconds from ``back`` until every agent's backlog had arrived
+    #: The machine's TCP counters per second over the outage's second half, less what they
+    #: counted per second before it (``Usage.tcp_per_s``): the agents' probes.
+    probes: dict[str, float]
+    restart: dict[str, int]  # ... and over the return
+    trouble: dict[str, int]
+    steady_cores: float  # the fleet's CPU before the outage
+    outage_cores: float  # ... while the broker was away (polling on, and probing)
+    return_seconds: float  # from the broker's start until every agent's readings were in
+    return_cpu: float  # CPU seconds the agents spent meanwhile
+    machine_cores: float  # cores the whole machine kept busy meanwhile
+
+
 async def outage(
-    args: argparse.Namespace, members: Sequence[Member], broker: Mosquitto, watcher: Watcher
-) -> None:
+    args: argparse.Namespace,
+    members: Sequence[Member],
+    broker: FleetBroker,
+    watcher: Watcher,
+    usage: Usage,
+) -> Return:
     print(f"\nbroker stopped for {args.outage:g} s")
     broker.stop()
-    away_ms = int(time.time() * 1000)
-    await asyncio.sleep(args.outage)
-    back = time.time()
-    broker.start()
-    back_ms = int(back * 1000)
+    cpu_before, went = fleet_cpu(members), time.monotonic()
+    # The probes are counted over the outage's second half: by then every agent has noticed
+    # that the broker went, and probes.
+    await asyncio.sleep(args.outage / 2)
+    before = tcp_counters()
+    await asyncio.sleep(args.outage / 2)
+    during, cpu, ticks, moment = (
+        tcp_counters(),
+        fleet_cpu(members),
+        machine_ticks(),
+        time.monotonic(),
+    )
+    outage_cores = (cpu - cpu_before) / (moment - went)
+    spawned = time.time()  # before any connection to the new broker
+    detected = await broker.start()
+    watcher.since_ms = spawned * 1000
     async with watcher.attached():
-        # every agent back, and everything it polled until the broker returned arrived
-        await until(
-            lambda: watcher.collect() >= 0 and all(m.newest_ts >= back_ms for m in members),
-            args.reconnect_max + 120,
-            "every agent's backlog",
-            0.5,
-        )
-        await asyncio.sleep(2.0)
+        with contextlib.suppress(TimeoutError):  # who did not catch up is in the report
+            await until(
+                lambda: watcher.collect() >= 0 and all(m.caught_up_at for m in members),
+                args.window + args.reconnect_max + 120,
+                "every agent's readings up to the broker's return",
+                0.2,
+            )
+        busy = busy_cores_since(ticks, time.monotonic() - moment)
+        spent, settled = fleet_cpu(members) - cpu, time.time() - spawned
+        await asyncio.sleep(2.0)  # a straggling CONNECT (one agent's second) would show
         watcher.collect()
-    caught_up = time.time() - back
-    connected = broker.connections_since(back)
-    delays = sorted(connected[m.name] - int(back) for m in members if m.name in connected)
-    missing = [m.name for m in members if m.name not in connected]
-    print(
-        f"broker back; every agent's backlog had arrived {caught_up:.0f} s later. Reconnections "
-        f"after the restart (s, broker log's whole seconds): min / median / max "
-        f"{spread(delays)}; 90th percentile {percentile(delays, 0.9):.0f}"
-        + (f"; not seen reconnecting: {missing}" if missing else "")
-    )
-    print(histogram(delays, max(1.0, args.reconnect_max / 12)))
-    print(f"\nids after the outage: {gap_report(members)}")
-    newest_before = min(m.newest_ts for m in members)
-    print(
-        f"every agent's readings taken during the outage ({away_ms} → {back_ms} ms) arrived: "
-        f"{'yes' if newest_before >= back_ms else 'NO'}"
+    names = {m.name for m in members}
+    accepts = broker.accepts_since(spawned)
+    # When it listened: its first connection accepted (stamped by a process of its own), if
+    # that came before this busy process saw the port open.
+    back = min(detected, *accepts[:1])
+    return Return(
+        args.outage,
+        back,
+        [c for c in broker.connects_since(spawned) if c.client in names],
+        accepts,
+        broker.logged_connects_since(spawned),
+        max(m.backlog_in_at or back for m in members) - back,
+        {k: (during[k] - before[k]) / (args.outage / 2) - usage.tcp_per_s[k] for k in before},
+        {k: v - during[k] for k, v in tcp_counters().items()},
+        broker.trouble_since(spawned),
+        sum(usage.cpu),
+        outage_cores,
+        settled,
+        spent,
+        busy,
     )
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return sorted(values)[min(len(values) - 1, int(q * len(values)))]
+def first_connects(ret: Return) -> dict[str, float]:
+    """Each agent's first CONNECT after the restart, seconds after the broker listened."""
+    first: dict[str, float] = {}
+    for connect in ret.connects:
+        first.setdefault(connect.client, connect.at - ret.back)
+    return first
+
+
+def return_rows(
+    args: argparse.Namespace, members: Sequence[Member], ret: Return
+) -> list[tuple[str, str]]:
+    agents, lost = len(members), sum(m.gaps() for m in members)
+    first = sorted(first_connects(ret).values())
+    seconds = per_second([c.second for c in ret.connects])
+    stamped = [c.at for c in ret.connects]
+    budget = agents / args.window if args.window > 0 else math.inf
+    lag = max((c.at - c.second - 1 for c in ret.connects), default=0.0)
+    beyond_steady = ret.return_cpu - ret.steady_cores * ret.return_seconds
+    return [
+        ("agents, reconnect_window", f"{agents}, {args.window:g} s"),
+        ("CONNECT budget the window implies (agents / window), per s", f"{budget:,.0f}"),
+        ("peak CONNECTs in one second of the broker's log", f"{max(seconds.values(), default=0)}"),
+        ("peak CONNECTs in any 1 s (stamped)", f"{peak_within(stamped, 1.0)}"),
+        ("peak CONNECTs in any 0.1 s (stamped), × 10 per s", f"{peak_within(stamped, 0.1) * 10}"),
+        ("first / median / last agent back, s after the broker listened", spread(first)),
+        ("every agent's backlog arrived, s after the broker listened", f"{ret.caught_up:.1f}"),
+        ("CONNECTs after the restart beyond one per agent", f"{len(ret.connects) - len(first)}"),
+        ("samples lost (gaps in the ids)", f"{lost} ({lost * READINGS_PER_SAMPLE} readings)"),
+        (
+            "TCP connections the broker accepted in its first 2 s (probes and CONNECTs); "
+            "peak in any 1 s",
+            f"{sum(1 for t in ret.accepts if t < ret.back + 2)}; {peak_within(ret.accepts, 1.0)}",
+        ),
+        (
+            "listen queue overflows / drops during the return (machine-wide)",
+            f"{ret.restart['ListenOverflows']} / {ret.restart['ListenDrops']}",
+        ),
+        (
+            "probes in the outage's second half, per agent per s (the machine's TCP opens, less "
+            "its rate before the outage, / agents)",
+            f"{ret.probes['ActiveOpens'] / agents:.2f} "
+            f"(refused: {ret.probes['AttemptFails'] / agents:.2f})",
+        ),
+        (
+            "fleet CPU, cores: broker up / broker away / during the return",
+            f"{ret.steady_cores:.2f} / {ret.outage_cores:.2f} / "
+            f"{ret.return_cpu / ret.return_seconds:.2f}",
+        ),
+        (
+            "agents' CPU for the return beyond their steady rate, ms per agent",
+            f"{beyond_steady / agents * 1000:.0f}",
+        ),
+        ("machine busy during the return, cores", f"{ret.machine_cores:.2f} of {cores()}"),
+        ("stamps behind the broker's own second, at most, ms", f"{max(0.0, lag) * 1000:.0f}"),
+    ]
+
+
+def late_agents(args: argparse.Namespace, members: Sequence[Member], ret: Return) -> str:
+    """Agents back later than a probe step and the window allow, and the last one caught up:
+    the ones to look at in their logs."""
+    first = first_connects(ret)
+    allowed = args.window + PROBE_EVERY * 1.5 + 0.5  # half a second for the machine's load
+    late = sorted((delay, name) for name, delay in first.items() if delay > allowed)
+    last = max(members, key=lambda m: m.backlog_in_at or 0.0)
+    lines = [
+        f"last backlog in: {last.name}'s, back {first.get(last.name, math.nan):.1f} s and its "
+        f"backlog in {(last.backlog_in_at or math.nan) - ret.back:.1f} s after the broker listened"
+    ]
+    if late:
+        latest = ", ".join(f"{name} {delay:.1f} s" for delay, name in late[-5:])
+        lines.append(
+            f"{len(late)} agents back later than a probe step and the window allow "
+            f"({allowed:.2f} s); the latest: {latest}"
+        )
+    return "\n".join(lines)
+
+
+def timeline(ret: Return, bins: int = 20) -> str:
+    """Agents reconnecting per slot after the broker listened, as bars."""
+    delays = [c.at - ret.back for c in ret.connects]
+    if not delays:
+        return "  (none)"
+    width = nice_width(max(delays) / bins)
+    counts = [0] * (int(max(delays) // width) + 1)
+    for d in delays:
+        counts[int(d // width)] += 1
+    scale = max(1.0, max(counts) / 50)
+    return "\n".join(
+        f"  {i * width:6.2f}–{(i + 1) * width:<6.2f}s {n:5d} {'#' * math.ceil(n / scale)}"
+        for i, n in enumerate(counts)
+    )
+
+
+def nice_width(rough: float) -> float:
+    """The smallest of 0.1, 0.25, 0.5, 1, 2, 5, 10, … s at least ``rough``."""
+    for width in (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500):
+        if width >= rough:
+            return width
+    return 1000.0
+
+
+def return_report(args: argparse.Namespace, members: Sequence[Member], ret: Return) -> str:
+    missing = sorted({m.name for m in members} - set(first_connects(ret)))
+    lines = [
+        f"broker back; every agent back and its backlog arrived {ret.caught_up:.1f} s later\n",
+        markdown_table(("measure", "value"), return_rows(args, members, ret)),
+        late_agents(args, members, ret),
+        "\nCONNECTs after the broker listened (stamped):",
+        timeline(ret),
+        f"\nids after the outage: {gap_report(members)}",
+        f"CONNECTs in the broker's own log since the restart: {ret.logged}, the watcher's "
+        f"and the agents' ({len(ret.connects)} stamped)",
+    ]
+    if missing:
+        lines.append(f"NOT seen reconnecting: {missing}")
+    behind = {m.name: m.gaps() for m in members if not m.caught_up_at}
+    if behind:
+        lines.append(f"NOT caught up (agent: samples missing so far): {behind}")
+    if ret.trouble:
+        lines.append(f"broker log since the restart: {ret.trouble}")
+    return "\n".join(lines)
+
+
+# --- the run
+
+
+def header(args: argparse.Namespace) -> str:
+    readings_per_s = args.agents * args.devices * READINGS_PER_SAMPLE / args.interval
+    launched = "forked" if args.fork else "exec'd"
+    return (
+        f"{args.agents} agents ({launched}) × {args.devices} devices × {READINGS_PER_SAMPLE} "
+        f"points every {args.interval:g} s (+0 to 9.9 %; {readings_per_s:,.0f} readings/s), one "
+        f"Mosquitto; outage {args.outage:g} s, reconnect_window {args.window:g} s; agents probe "
+        f"the broker every {PROBE_EVERY / 2:g}–{PROBE_EVERY * 1.5:g} s while it is away\n"
+    )
+
+
+def staggered(interval: float, n: int) -> float:
+    """The n-th agent's poll interval: ``interval`` stretched by 0 to 9.9 %.
+
+    Each agent aligns its polls to the wall clock (a 10 s device reads at :00, :10, …), so with
+    one interval a thousand agents would all poll, decode and publish at the same instant, on
+    the two cores they share here (in the field each gateway has its own): their polls would
+    time out for want of a core. Slightly different intervals spread their slots over time.
+    """
+    return interval * (1 + (n % 100) / 1000)
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> None:
+    print(header(args))
+    broker = FleetBroker(workdir / "broker", free_port())
+    broker.configure()
+    broker.start_stamper()
+    farm = SlaveFarm(args.slave_processes, args.devices)
+    launcher: Launcher = ForkLauncher(args.nice) if args.fork else ExecLauncher(args.nice)
+    members = [
+        Member(f"gw{n:04d}", workdir / f"gw{n:04d}", farm.port_for(n), staggered(args.interval, n))
+        for n in range(args.agents)
+    ]
+    try:
+        await broker.start()
+        await fleet(args, members, Rig(launcher, broker, farm))
+    finally:
+        codes = await asyncio.to_thread(launcher.stop_all, 30.0)
+        failed = [pid for pid, code in codes.items() if code != 0]
+        if failed:
+            print(f"agents that did not exit cleanly (PIDs): {failed}")
+        farm.stop()
+        broker.close()
+
+
+async def fleet(args: argparse.Namespace, members: list[Member], rig: Rig) -> None:
+    watcher = Watcher(rig.broker, members)
+    began = time.monotonic()
+    async with watcher.attached():
+        members = await launch(args, members, rig.launcher, rig.broker, watcher)
+        await until_delivering(members, watcher)
+        delivering = time.monotonic()
+        print(f"all {len(members)} agents delivering after {delivering - began:.0f} s")
+        await asyncio.sleep(args.settle)
+        usage = await measure(members, watcher, rig, args.measure)
+        # An agent whose session was younger than STABLE_SESSION when the broker went treats
+        # the loss as a broker that drops it and backs off first: not the case measured.
+        await asyncio.sleep(max(0.0, delivering + STABLE_SESSION + 5 - time.monotonic()))
+        watcher.collect()
+    print(fleet_table(usage))
+    print(f"\nids before the outage: {gap_report(members)}")
+    ret = await outage(args, members, rig.broker, watcher, usage)
+    print(return_report(args, members, ret))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--devices", type=int, default=2, help="devices of 20 points per agent")
-    parser.add_argument("--interval", type=float, default=2.0, help="poll interval, seconds")
-    parser.add_argument("--outage", type=float, default=60.0, help="seconds without the broker")
+    parser.add_argument("--interval", type=float, default=5.0, help="poll interval, seconds")
+    parser.add_argument("--outage", type=float, default=30.0, help="seconds without the broker")
+    parser.add_argument(
+        "--window", type=float, default=0.5, help="the agents' mqtt.reconnect_window, seconds"
+    )
     parser.add_argument(
         "--reconnect-max", type=float, default=60.0, help="the agents' mqtt.reconnect_max"
     )
     parser.add_argument("--measure", type=float, default=20.0, help="seconds of measurement")
     parser.add_argument("--settle", type=float, default=5.0)
+    parser.add_argument("--fork", action="store_true", help="fork the agents from one process")
+    parser.add_argument(
+        "--flush-interval",
+        type=float,
+        help="the agents' buffer.flush_interval, seconds (default: the agent's own)",
+    )
+    parser.add_argument(
+        "--nice", type=int, default=19, help="the agents' niceness: the rig's processes come first"
+    )
+    parser.add_argument(
+        "--slave-processes", type=int, default=2, help="processes serving the simulated slaves"
+    )
+    parser.add_argument(
+        "--modbus-timeout", type=float, default=1.0, help="the agents' Modbus timeout, seconds"
+    )
     parser.add_argument("--start-batch", type=int, default=10, help="agents started at once")
     parser.add_argument("--start-pause", type=float, default=3.0, help="seconds between batches")
+    parser.add_argument(
+        "--memory-budget",
+        type=float,
+        default=12.0,
+        help="GiB of the machine's memory the fleet may take; no more agents start past it",
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="keep the agents' and the broker's files and logs in this dir"
+    )
     args = parser.parse_args()
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=False)  # never another run's files
+        asyncio.run(run(args, args.keep.resolve()))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         asyncio.run(run(args, Path(tmp)))
 

@@ -130,7 +130,7 @@ def test_telemetry_the_broker_refuses_stays_buffered_said_once_and_counted(
     mosquitto.restart()
     edge_agent.start(SITE, buses={"plc": tank(modbus_bus)})
     edge_agent.wait_log(REFUSED_LINE + r": the broker's access rules \(ACL\)")
-    wait_until(lambda: link(edge_agent).get("refused", 0) >= 2, 20, "a second refusal")
+    wait_until(lambda: link(edge_agent).get("refused", 0) >= 2, 40, "a second refusal")
     assert depth(edge_agent) > 20  # kept, not deleted as delivered
     assert edge_agent.samples() == []
     assert len(re.findall(REFUSED_LINE, edge_agent.log)) == 1

@@ -35,6 +35,7 @@ class Broker:
         users: Mapping[str, str] | None = None,
         deny: Sequence[str] = (),
         settings: Mapping[str, object] | None = None,
+        deny_patterns: Sequence[str] = (),
     ) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
@@ -52,6 +53,11 @@ class Broker:
         #: Topics no client of the plain listener may publish to (an ACL): the broker refuses
         #: them (MQTT 5: a PUBACK reason code; 3.1.1: acknowledged and dropped).
         self.deny = list(deny)
+        #: ACL patterns (mosquitto's ``pattern deny``: ``%c`` is each client's own id) denied
+        #: to every client of the plain listener: ``edge/%c/telemetry`` refuses an agent whose
+        #: client id is its agent id its own telemetry, while subscribers still read it (a
+        #: topic in ``deny`` is denied to readers too, and what was queued for them is dropped).
+        self.deny_patterns = list(deny_patterns)
         #: Further mosquitto.conf settings, e.g. ``{"message_size_limit": 4000,
         #: "max_packet_size": 4000, "max_inflight_messages": 1}``; changed before a restart
         #: they apply from it.
@@ -102,10 +108,16 @@ class Broker:
             raise TimeoutError(f"mosquitto did not start:\n{self.log_text()}") from None
 
     def _acl(self) -> str:
-        if not self.deny:
+        if not self.deny and not self.deny_patterns:
             return ""
         acl = self.workdir / "mosquitto.acl"
-        acl.write_text("topic readwrite #\n" + "".join(f"topic deny {t}\n" for t in self.deny))
+        if self.deny_patterns:
+            # Mosquitto looks at patterns only when no topic line granted the access: with
+            # patterns, everything is granted by a pattern too.
+            denied = [*self.deny, *self.deny_patterns]
+            acl.write_text("pattern readwrite #\n" + "".join(f"pattern deny {p}\n" for p in denied))
+        else:
+            acl.write_text("topic readwrite #\n" + "".join(f"topic deny {t}\n" for t in self.deny))
         return f"acl_file {acl}\n"
 
     def _secure_listener(self) -> str:

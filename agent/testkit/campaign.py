@@ -16,6 +16,10 @@ account for every write at the client. A ``Campaign`` runs one scenario:
   with e2fsck and mounted again, the agent started), ``slow`` (every byte to and from the
   broker seconds late), ``stall`` (every byte held for a while), ``cut`` (the connection
   dropped without a word),
+  ``refuse`` (the broker restarted with an ACL that denies the agent's telemetry topic for a
+  while, then restarted without it: MQTT 5 refusals keep the samples), ``limit`` (an outage,
+  then the broker restarted with ``message_size_limit`` and/or ``max_packet_size`` a few kB
+  under the backlog's batch, or under a lone sample's message, for a while),
   ``damage`` (``kill -9``, random bytes of the database, its WAL or the ids file flipped, started
   again), ``slave`` (a slave dead, slow, answering garbage or the wrong transaction id, or
   dripping bytes, for a while);
@@ -23,19 +27,29 @@ account for every write at the client. A ``Campaign`` runs one scenario:
 
 An ``Outcome`` is good when no id is unaccounted for (generated = delivered + buffered + dropped
 + lost to damage), none came twice with different content, the agent never exited by itself
-(no crash loop), and its log holds no traceback. The mounts need root.
+(no crash loop), its log holds no traceback, and the campaign itself did not fail. Beside it,
+each time the broker came back (``RETURN_KINDS``) the time until the next reading reached a
+subscriber of its own (``Outcome.returns``), unless the next fault came first. The mounts need
+root.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import itertools
+import logging
 import random
 import shutil
 import subprocess
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import aiomqtt
 
 from agent.buffer import BUFFER_FILE
 from agent.config.types import PointConfig
@@ -61,9 +75,20 @@ KINDS = (
     "readonly",
     "damage",
     "slave",
+    "refuse",
+    "limit",
 )
 #: Faults that need the card (root, a loop device).
 DISK_KINDS = ("full", "readonly", "damage")
+#: Faults after which the broker comes back: the time to the next reading is measured.
+RETURN_KINDS = ("broker", "flap", "full", "refuse", "limit")
+#: How long a subscriber waits for the first reading after the broker came back.
+RETURN_TIMEOUT = 30.0
+#: The loose bound the short form (tests/faults) holds that first reading to: the agent probes
+#: a broker that went away every half second, and meets one that refused it with backoff up to
+#: ``reconnect_max`` (2 s here); several scenarios (and, in CI, three Pythons) share the
+#: machine, so the bound is loose: the tight figures are ``bench.reconnect``'s.
+RETURN_WITHIN = 15.0
 SLAVE_FAULTS = ("dead", "slow", "garbage", "wrong_tid", "drip", "noise")
 UNITS = (1, 2, 3)
 POINTS = (PointConfig("level", "holding", 0, "uint16"), PointConfig("temp", "input", 0, "int16"))
@@ -85,6 +110,15 @@ type = "modbus-tcp"
 host = "127.0.0.1"
 timeout = "250ms"
 """
+#: The agent's topics (``topic_prefix`` and ``agent.id`` above).
+TOPIC_PREFIX = "fc"
+AGENT_TOPIC = f"{TOPIC_PREFIX}/field"
+#: A lone sample of this site is a PUBLISH of about 135 bytes; the agent's CONNECT and its
+#: ``status`` are smaller. A ``max_packet_size`` between them lets the agent in and no sample out.
+LONE_SAMPLE_LIMITS = (96, 128)
+#: Size limits a few kB under the backlog of an outage of a few seconds (this site's three
+#: devices make about 1.2 kB of telemetry a second), over ``meta`` (about 560 bytes).
+BATCH_LIMITS = (1024, 4096)
 DEVICE = """
 [[device]]
 name = "tank{unit}"
@@ -166,7 +200,8 @@ class Ext4Card:
         self.mount()
 
     def fill(self) -> None:
-        self._filler.fill()
+        with contextlib.suppress(OSError):  # full already (the agent's own files): as asked
+            self._filler.fill()
 
     def free(self) -> None:
         with contextlib.suppress(OSError):
@@ -191,6 +226,27 @@ def _source(path: Path) -> str:
     return done.stdout.strip()
 
 
+@dataclass(frozen=True)
+class Return:
+    """The broker back after ``event``: seconds until the next reading reached a subscriber
+    (None: none within ``RETURN_TIMEOUT``). ``interrupted``: the next fault came first, so the
+    time is not the return's alone."""
+
+    event: Event
+    seconds: float | None
+    interrupted: bool
+
+    def slower_than(self, limit: float) -> bool:
+        """An uninterrupted return whose first reading took longer than ``limit`` (or never
+        came)."""
+        return not self.interrupted and (self.seconds is None or self.seconds > limit)
+
+    def __str__(self) -> str:
+        took = "none" if self.seconds is None else f"{self.seconds:.2f}s"
+        cut = " (the next fault came first)" if self.interrupted else ""
+        return f"the broker back after {self.event}: first reading {took}{cut}"
+
+
 @dataclass
 class Outcome:
     """What one scenario came to."""
@@ -202,6 +258,8 @@ class Outcome:
     tracebacks: list[str] = field(default_factory=list)
     crashes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # faults that could not be injected here
+    errors: list[str] = field(default_factory=list)  # the campaign's own failures
+    returns: list[Return] = field(default_factory=list)
     log: str = ""
 
     @property
@@ -211,16 +269,65 @@ class Outcome:
             and self.reconciled.ok
             and not self.tracebacks
             and not self.crashes
+            and not self.errors
         )
 
     def __str__(self) -> str:
         lines = [f"seed {self.seed} ({', '.join(self.kinds)}): {'ok' if self.ok else 'FAILED'}"]
         lines += [f"  {e}" for e in self.events]
         lines.append(f"  {self.reconciled}")
+        lines += [f"  {r}" for r in self.returns]
         lines += [f"  crash: {c}" for c in self.crashes]
         lines += [f"  traceback: {t}" for t in self.tracebacks[:3]]
+        lines += [f"  the campaign failed: {e}" for e in self.errors]
         lines += [f"  not injected here: {s}" for s in self.skipped]
         return "\n".join(lines)
+
+
+@dataclass
+class _PendingReturn:
+    """A return being timed: the event, the moment the broker listened again, and the moment
+    the first reading arrived (a future of the kit's loop)."""
+
+    event: Event
+    index: int  # the event's place in the timeline
+    back: float
+    arrival: concurrent.futures.Future[float | None]
+
+
+_subscriber_ids = itertools.count(1)
+#: paho's complaints while the broker is away belong to the campaign, not to the log.
+_QUIET = logging.getLogger(f"{__name__}.mqtt")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
+
+
+async def first_reading(host: str, port: int, topic: str, timeout: float) -> float | None:
+    """The moment (``time.monotonic()``) the first message published on ``topic`` from now on
+    reached a subscriber of its own, or None after ``timeout`` seconds. A clean session, so
+    nothing queued before it (a reading taken before the fault) counts."""
+    try:
+        return await asyncio.wait_for(_first_message(host, port, topic), timeout)
+    except asyncio.TimeoutError:
+        return None
+
+
+async def _first_message(host: str, port: int, topic: str) -> float:
+    identifier = f"edge-agent-campaign-return-{next(_subscriber_ids)}"
+    while True:
+        client = aiomqtt.Client(host, port, identifier=identifier, logger=_QUIET, timeout=5)
+        try:
+            async with client:
+                await client.subscribe(topic, qos=0)
+                async for _ in client.messages:
+                    return time.monotonic()
+        except aiomqtt.MqttError:
+            pass  # the broker is away again, or not there yet: tried again soon
+        finally:
+            gone = getattr(client, "_disconnected", None)  # aiomqtt keeps why it went here
+            if isinstance(gone, asyncio.Future) and gone.done() and not gone.cancelled():
+                gone.exception()  # retrieved: no "Future exception was never retrieved"
+        await asyncio.sleep(0.02)  # a refused connect fails at once: no busy loop
 
 
 class Campaign:
@@ -237,24 +344,33 @@ class Campaign:
         self.runner: AgentRunner | None = None
         self.intervals = dict.fromkeys(UNITS, "200ms")
         self._expected_exit = True  # the agent is not running, or we stopped it
+        self._returns: list[_PendingReturn] = []
+        self._injected: list[float] = []  # when each fault began (monotonic)
 
     def run(self, seed: int, duration: float = 30.0, kinds: Sequence[str] = KINDS) -> Outcome:
         events = plan(seed, duration, kinds)
         outcome = Outcome(seed, tuple(kinds), events)
         with self._rig(outcome):
-            assert self.runner is not None
-            self._start_agent()
-            started = time.monotonic()
-            for event in events:
-                self._check_alive(outcome)
-                pause = started + event.at - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)  # the campaign's own clock: faults at their moments
-                self._inject(event, random.Random(event.pick), outcome)
-            time.sleep(max(0.0, started + duration - time.monotonic()))
-            self._check_alive(outcome)
-            self._settle(outcome)
+            try:
+                self._play(events, duration, outcome)
+            except Exception:  # the campaign's own trouble: an outcome with its seed, not a crash
+                outcome.errors.append(traceback.format_exc(limit=4).strip())
         return outcome
+
+    def _play(self, events: list[Event], duration: float, outcome: Outcome) -> None:
+        assert self.runner is not None
+        self._start_agent()
+        started = time.monotonic()
+        for event in events:
+            self._check_alive(outcome)
+            pause = started + event.at - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)  # the campaign's own clock: faults at their moments
+            self._injected.append(time.monotonic())
+            self._inject(event, random.Random(event.pick), outcome)
+        time.sleep(max(0.0, started + duration - time.monotonic()))
+        self._check_alive(outcome)
+        self._settle(outcome)
 
     # --- the rig
 
@@ -364,15 +480,57 @@ class Campaign:
         assert self.broker is not None
         self.broker.stop()
         time.sleep(event.length)
-        self.broker.start()
+        self._broker_back(event)
 
     def _flap(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
         assert self.broker is not None
-        for _ in range(3):
+        for flap in range(3):
             self.broker.stop()
             time.sleep(rng.uniform(0.1, 0.6))
-            self.broker.start()
+            if flap < 2:
+                self.broker.start()
+            else:
+                self._broker_back(event)  # the last return is the one timed
             time.sleep(rng.uniform(0.1, 0.6))
+
+    def _refuse(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        """The broker's access rules deny the agent's telemetry for a while (an operator's
+        mistake, mended by another restart): at MQTT 5 each refused publish is a PUBACK reason
+        code, and its samples stay in the buffer."""
+        assert self.broker is not None
+        # the agent's own telemetry (its client id is its agent id), not its subscriber's reading
+        self.broker.deny_patterns = [f"{TOPIC_PREFIX}/%c/telemetry"]
+        self.broker.restart()
+        time.sleep(1.5 + event.length)  # long enough to reconnect and be refused
+        self.broker.deny_patterns = []
+        self.broker.stop()
+        self._broker_back(event)
+
+    def _limit(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
+        """A backlog builds in an outage, and the broker comes back with size limits under its
+        batch (the agent splits it: Maximum Packet Size from CONNACK, or a limit learnt from the
+        link mosquitto drops at a message above ``message_size_limit``), or under a lone sample
+        (which can never be sent: dropped, counted). Then the limits are lifted."""
+        assert self.broker is not None
+        self.broker.stop()
+        time.sleep(2.0 + event.length)  # a backlog of a few kB
+        self.broker.settings = size_limits(rng)
+        self.broker.start()
+        time.sleep(1.0 + event.length)
+        self.broker.settings = {}
+        self.broker.stop()
+        self._broker_back(event)
+
+    def _broker_back(self, event: Event) -> None:
+        """Start the broker and time the first reading that reaches a subscriber after it."""
+        assert self.broker is not None
+        self.broker.start()  # returns once it listens
+        back = time.monotonic()
+        reading = first_reading(
+            self.broker.host, self.broker.port, f"{AGENT_TOPIC}/telemetry", RETURN_TIMEOUT
+        )
+        arrival = asyncio.run_coroutine_threadsafe(reading, self.kit.loop)
+        self._returns.append(_PendingReturn(event, len(self._injected) - 1, back, arrival))
 
     def _slow(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
         assert self.link is not None
@@ -398,7 +556,7 @@ class Campaign:
             self.broker.stop()
         time.sleep(event.length)
         if outage:
-            self.broker.start()
+            self._broker_back(event)
         self.card.free()
 
     def _readonly(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
@@ -444,11 +602,51 @@ class Campaign:
             self.link.delay, self.link.stalled = 0.0, False
         self._check_alive(outcome)
         drained(self.runner, timeout=60)
+        outcome.returns = self._timed_returns()
         code = self._stop_agent("term")
         if code != 0:
             outcome.crashes.append(f"SIGTERM ended the agent with {code}")
         outcome.reconciled = account(self.runner)
-        outcome.tracebacks = [line for line in self.runner.log.splitlines() if "Traceback" in line]
+        outcome.tracebacks = tracebacks(self.runner.log)
+
+    def _timed_returns(self) -> list[Return]:
+        """Each return's time to its first reading; interrupted when the next fault began
+        before that reading arrived."""
+        returns = []
+        for pending in self._returns:
+            arrival = pending.arrival.result(RETURN_TIMEOUT + 5)  # bounded by first_reading
+            following = self._injected[pending.index + 1 : pending.index + 2]
+            interrupted = bool(following) and (arrival is None or arrival > following[0])
+            seconds = None if arrival is None else arrival - pending.back
+            returns.append(Return(pending.event, seconds, interrupted))
+        return returns
+
+
+def tracebacks(log: str) -> list[str]:
+    """Each ``Traceback`` line of the agent's log, told by the line before it (what logged it)
+    and the line that ends it (the exception): a bare "Traceback" says nothing to replay by."""
+    lines = log.splitlines()
+    found = []
+    for at, line in enumerate(lines):
+        if "Traceback" not in line:
+            continue
+        said = next((t for t in reversed(lines[:at]) if t[:1].strip()), "")
+        ended = next((t for t in lines[at + 1 :] if t[:1].strip()), "")
+        found.append(f"{said[:200]} … {ended[:200]}")
+    return found
+
+
+def size_limits(rng: random.Random) -> dict[str, object]:
+    """Mosquitto settings for ``limit``: one time in four a ``max_packet_size`` under a lone
+    sample's message, else ``message_size_limit``, ``max_packet_size`` or both a few kB under
+    the backlog's batch."""
+    if rng.random() < 0.25:
+        return {"max_packet_size": rng.randint(*LONE_SAMPLE_LIMITS)}
+    limit = rng.randint(*BATCH_LIMITS)
+    keys = rng.choice(
+        [("message_size_limit",), ("max_packet_size",), ("message_size_limit", "max_packet_size")]
+    )
+    return dict.fromkeys(keys, limit)
 
 
 def _set_fault(slave: SimSlave, fault: str, on: bool) -> None:
