@@ -4,9 +4,11 @@ relative config. All with the real agent, a real broker and a real slave."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -100,6 +102,7 @@ def test_a_kill_loses_none_of_the_samples_that_were_in_memory_only(
     assert broker is not None
     broker.stop()  # samples wait; those younger than ¾ flush_interval are in memory only
     edge_agent.wait_log(r"link lost|connection refused", timeout=10)
+    waiting_now(edge_agent, 2)  # the link's loss is seen at once: let samples pile up
     edge_agent.kill()
     exported = cli("buffer", "export", "-c", str(edge_agent.config_path))
     assert exported.returncode == 0, exported.stderr
@@ -115,6 +118,17 @@ def test_a_kill_loses_none_of_the_samples_that_were_in_memory_only(
     assert set(waiting) <= delivered
     ids = sorted(delivered)
     assert ids == list(range(ids[0], ids[-1] + 1)), "a gap after the kill"
+
+
+def waiting_now(runner: AgentRunner, depth: int, timeout: float = 15.0) -> None:
+    """Until the running agent's buffer holds ``depth`` samples (asked on its status socket)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):  # not answering yet: asked again
+            if runner.status()["buffer"]["depth"] >= depth:
+                return
+        assert time.monotonic() < deadline, f"not {depth} samples waiting within {timeout:g}s"
+        time.sleep(0.1)  # another process's state: asked, not awaited
 
 
 def test_outside_systemd_the_readings_are_the_agents_alone(
