@@ -477,7 +477,9 @@ def test_read_and_scan_from_the_command_line(tmp_path: Path) -> None:
     assert code == 0, err
     assert out.splitlines()[-1].split() == ["vwc", "18.25", "%"]
     assert scan_code == 0, scan_err
-    assert "address 3: answers the address query (?!)" in scanned
+    # "?!" gets the scan's 0.1 s like every address; on a loaded machine the emulator can miss
+    # it, and the sensor is then found by address alone, as the last line says
+    assert "address 3: EDGEAGNT SIM12" in scanned
     assert scanned.splitlines()[-1] == "found address(es): 3"
 
 
