@@ -61,7 +61,7 @@ class Member:
     modbus_port: int
     interval: float  # seconds between its polls
     pid: int = 0
-    ids: set[int] = field(default_factory=set)
+    ids: dict[int, int] = field(default_factory=dict)  # each sample's id: its ts
     newest_id: int = 0
     newest_ts: int = 0
     #: When everything it had taken up to the broker's return had arrived (Unix time; known
@@ -102,6 +102,13 @@ class Member:
     def gaps(self) -> int:
         """Ids missing up to the last that arrived (an agent with a fresh data dir starts at 1)."""
         return self.newest_id - len(self.ids)
+
+    def missing(self, most: int = 5) -> str:
+        """The first ids missing, each with the times (ms) of the samples either side."""
+        gone = sorted(set(range(1, self.newest_id + 1)) - self.ids.keys())[:most]
+        return ", ".join(
+            f"{i} (between {self.ids.get(i - 1)} and {self.ids.get(i + 1)})" for i in gone
+        )
 
     def caught_up(self, since_ms: float) -> bool:
         """A reading taken at or after ``since_ms`` arrived, and every one before it: live
@@ -146,7 +153,7 @@ class Watcher:
                 for sample in payload["samples"]:
                     if sample["ts"] < self.since_ms:
                         member.backlog_in_at = now
-                    member.ids.add(sample["id"])
+                    member.ids[sample["id"]] = sample["ts"]
                     member.newest_id = max(member.newest_id, sample["id"])
                     member.newest_ts = max(member.newest_ts, sample["ts"])
                 if member.caught_up_at is None and member.caught_up(self.since_ms):
@@ -207,11 +214,11 @@ async def launch(
     for first in range(0, len(members), args.start_batch):
         wave = members[first : first + args.start_batch]
         taken = baseline - mem_available()
-        each = taken / len(started) if started else 0
-        if taken + each * len(wave) > budget:
+        each = per_agent(taken, started)
+        if each * (len(started) + len(wave)) > budget:
             print(
-                f"memory budget reached: {len(started)} agents took {taken / GIB:.1f} GiB "
-                f"({each / 2**20:.1f} MiB each); no more are started"
+                f"memory budget ({args.memory_budget:g} GiB) reached: {len(started)} agents "
+                f"took {taken / GIB:.1f} GiB so far, {each / 2**20:.1f} MiB each; no more start"
             )
             break
         for member in wave:
@@ -222,6 +229,16 @@ async def launch(
         await asyncio.sleep(args.start_pause)
         watcher.collect()
     return started
+
+
+def per_agent(taken: float, started: Sequence[Member]) -> float:
+    """Bytes of memory one agent takes: what the fleet took from the machine so far, per agent,
+    or the PSS of the first agents started, whichever is more (the agents of the last wave
+    are still growing: the machine's figure lags behind them)."""
+    if not started:
+        return 0.0
+    settled = statistics.mean(private(m.pid)[1] for m in started[:10]) * 1024
+    return max(taken / len(started), settled)
 
 
 async def until_delivering(members: Sequence[Member], watcher: Watcher) -> None:
@@ -322,10 +339,11 @@ def fleet_table(usage: Usage) -> str:
 
 
 def gap_report(members: Sequence[Member]) -> str:
-    gaps = {m.name: m.gaps() for m in members if m.gaps()}
+    gapped = [m for m in members if m.gaps()]
     samples = sum(len(m.ids) for m in members)
-    if gaps:
-        return f"{samples:,} samples; GAPS in {len(gaps)} agents: {gaps}"
+    if gapped:
+        where = "; ".join(f"{m.name}: {m.gaps()} missing, ids {m.missing()}" for m in gapped[:10])
+        return f"{samples:,} samples; GAPS in {len(gapped)} agents: {where}"
     return (
         f"{samples:,} samples from {len(members)} agents, every agent's ids from 1 up without a gap"
     )
@@ -531,9 +549,9 @@ def return_report(args: argparse.Namespace, members: Sequence[Member], ret: Retu
     ]
     if missing:
         lines.append(f"NOT seen reconnecting: {missing}")
-    behind = {m.name: m.gaps() for m in members if not m.caught_up_at}
+    behind = [m.name for m in members if not m.caught_up_at]
     if behind:
-        lines.append(f"NOT caught up (agent: samples missing so far): {behind}")
+        lines.append(f"NOT caught up (a gap, or nothing taken since the restart): {behind}")
     if ret.trouble:
         lines.append(f"broker log since the restart: {ret.trouble}")
     return "\n".join(lines)
@@ -580,9 +598,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         await fleet(args, members, Rig(launcher, broker, farm))
     finally:
         codes = await asyncio.to_thread(launcher.stop_all, 30.0)
-        failed = [pid for pid, code in codes.items() if code != 0]
+        failed = {pid: code for pid, code in codes.items() if code != 0}
         if failed:
-            print(f"agents that did not exit cleanly (PIDs): {failed}")
+            names = {m.pid: m.name for m in members}
+            said = ", ".join(f"{names.get(pid, pid)}: {code}" for pid, code in failed.items())
+            print(f"agents that did not exit cleanly (exit code; None: killed): {said}")
         farm.stop()
         broker.close()
 
