@@ -5,23 +5,27 @@ First it reports each agent's memory and CPU (min / median / max over the fleet)
 message rate and CPU, and that every agent's sample ids arrived without a gap. Then it stops the
 broker for ``--outage`` seconds and starts it again. The agents probe the broker's port while it
 is away and, once it answers, each CONNECTs at a random moment within its ``reconnect_window``
-(``--window``, the same for every agent): the CONNECT rate the broker should see is at most
-agents / window. It reports the rate it did see (CONNECTs per second of the broker's log, and in
-any 1 s or 0.1 s span by the stamps of ``bench._fleet_stamp``), the time from the broker's start
-until every agent was back and until every agent's backlog had arrived, the samples lost (gaps
-in an agent's ids at a subscriber with a persistent session and an unlimited queue), and what
-the probes cost while the broker was away.
+(``--window``, the same for every agent): on average the broker should see agents / window
+CONNECTs a second. It reports the rate it did see (CONNECTs per second of the broker's log, and
+in any 1 s or 0.1 s span by the stamps of ``bench._fleet_stamp``), the time from the broker's
+start until every agent was back and until every agent's backlog had arrived, the samples lost
+(gaps in an agent's ids at a subscriber with a persistent session and an unlimited queue; where
+a missing one is, by a second subscriber and the agent's buffer: ``bench._fleet_audit``), and
+what the probes cost while the broker was away.
 
-Every agent polls the same simulated Modbus TCP slaves, served from this process. Agents start
-in waves, and no more start once the fleet has taken ``--memory-budget`` GiB of the machine's
-memory (the run goes on with those that did: that is how many the machine holds). ``--fork``
-forks them from one process that imported the agent once (``bench._fleet_forkserver``), so
-that more of them fit.
+Every agent polls the same simulated Modbus TCP slaves, served by ``--slave-processes``
+processes (``bench._fleet_slaves``). Agents start in waves, at a lower priority than the rest of
+the rig (``--nice``), and no more start once the fleet has taken ``--memory-budget`` GiB of the
+machine's memory (the run goes on with those that did: that is how many the machine holds).
+``--fork`` forks them from one process that imported the agent once
+(``bench._fleet_forkserver``), so that twice as many fit.
 
 Run from the repository root:
-    python -m bench.fleet                                   # 100 agents: ~3 minutes
-    python -m bench.fleet --agents 20 --outage 10           # ~1.5 minutes
-    python -m bench.fleet --fork --agents 1000 --window 20  # the big run: ~7 minutes
+    python -m bench.fleet                          # 100 agents: ~2 minutes
+    python -m bench.fleet --agents 20 --outage 10  # ~1.5 minutes
+    # the big run (~4 minutes; 1,000 agents: see the README's fleet section):
+    python -m bench.fleet --fork --agents 1000 --devices 1 --interval 10 --outage 60
+        --window 20 --start-batch 50 --slave-processes 4
 """
 
 from __future__ import annotations
@@ -29,11 +33,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import math
+import os
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +48,7 @@ from agent.testkit.mqtt import Subscriber
 from agent.testkit.net import free_port
 from agent.uplink import PROBE_EVERY, STABLE_SESSION
 
+from ._fleet_audit import Audit, buffered
 from ._fleet_broker import HOST, Connect, FleetBroker, peak_within, per_second, tcp_counters
 from ._fleet_launch import ExecLauncher, ForkLauncher, Launcher
 from ._fleet_slaves import SlaveFarm
@@ -103,12 +110,12 @@ class Member:
         """Ids missing up to the last that arrived (an agent with a fresh data dir starts at 1)."""
         return self.newest_id - len(self.ids)
 
-    def missing(self, most: int = 5) -> str:
-        """The first ids missing, each with the times (ms) of the samples either side."""
-        gone = sorted(set(range(1, self.newest_id + 1)) - self.ids.keys())[:most]
-        return ", ".join(
-            f"{i} (between {self.ids.get(i - 1)} and {self.ids.get(i + 1)})" for i in gone
-        )
+    def missing(self) -> list[int]:
+        return sorted(set(range(1, self.newest_id + 1)) - self.ids.keys())
+
+    def around(self, sample_id: int) -> str:
+        """When the samples either side of ``sample_id`` were taken (Unix ms)."""
+        return f"between {self.ids.get(sample_id - 1)} and {self.ids.get(sample_id + 1)} ms"
 
     def caught_up(self, since_ms: float) -> bool:
         """A reading taken at or after ``since_ms`` arrived, and every one before it: live
@@ -151,7 +158,7 @@ class Watcher:
             if topic.endswith("/telemetry"):
                 member = self.by_name[payload["agent"]]
                 for sample in payload["samples"]:
-                    if sample["ts"] < self.since_ms:
+                    if sample["ts"] < self.since_ms < math.inf:  # taken before the return
                         member.backlog_in_at = now
                     member.ids[sample["id"]] = sample["ts"]
                     member.newest_id = max(member.newest_id, sample["id"])
@@ -187,9 +194,7 @@ def machine_ticks() -> tuple[int, int]:
 
 
 def cores() -> int:
-    return len(
-        [line for line in Path("/proc/stat").read_text().splitlines() if line[3:4].isdigit()]
-    )
+    return os.cpu_count() or 1
 
 
 def fleet_cpu(members: Sequence[Member]) -> float:
@@ -260,6 +265,7 @@ class Rig:
     launcher: Launcher
     broker: FleetBroker
     farm: SlaveFarm
+    audit: Audit
 
     def cpu(self) -> float:
         """CPU seconds of this process (the watcher) and of the slaves' processes."""
@@ -342,8 +348,8 @@ def gap_report(members: Sequence[Member]) -> str:
     gapped = [m for m in members if m.gaps()]
     samples = sum(len(m.ids) for m in members)
     if gapped:
-        where = "; ".join(f"{m.name}: {m.gaps()} missing, ids {m.missing()}" for m in gapped[:10])
-        return f"{samples:,} samples; GAPS in {len(gapped)} agents: {where}"
+        where = "; ".join(f"{m.name}: {m.missing()[:5]}" for m in gapped[:10])
+        return f"{samples:,} samples; GAPS in {len(gapped)} agents (ids missing): {where}"
     return (
         f"{samples:,} samples from {len(members)} agents, every agent's ids from 1 up without a gap"
     )
@@ -374,28 +380,57 @@ class Return:
     machine_cores: float  # cores the whole machine kept busy meanwhile
 
 
+async def stop_broker(
+    broker: FleetBroker, watcher: Watcher, attached: contextlib.AsyncExitStack
+) -> float:
+    """Stop the broker with the watcher still attached, then detach it. Its client acknowledges
+    each message as it arrives; had it left first, what arrived while it was leaving would be
+    acknowledged and never read. What the broker had not sent stays in the watcher's session,
+    for after the restart. Returns when it went (``time.monotonic()``)."""
+    with quiet("mqtt", "agent.aio"):  # the watcher's client and its reader, ended: expected
+        broker.stop()
+        went = time.monotonic()
+        await asyncio.sleep(1.0)  # the subscriber reads what its client took, then the end
+        await attached.aclose()
+    return went
+
+
+@contextlib.contextmanager
+def quiet(*loggers: str) -> Iterator[None]:
+    """Only critical lines from ``loggers`` meanwhile."""
+    levels = {name: logging.getLogger(name).level for name in loggers}
+    for name in loggers:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
 async def outage(
     args: argparse.Namespace,
     members: Sequence[Member],
     broker: FleetBroker,
     watcher: Watcher,
     usage: Usage,
+    went: float,
 ) -> Return:
-    print(f"\nbroker stopped for {args.outage:g} s")
-    broker.stop()
-    cpu_before, went = fleet_cpu(members), time.monotonic()
+    """From the broker's stop at ``went`` (``time.monotonic()``): its restart ``--outage``
+    seconds later, and the fleet's return."""
+    cpu_before, counted_from = fleet_cpu(members), time.monotonic()
     # The probes are counted over the outage's second half: by then every agent has noticed
     # that the broker went, and probes.
-    await asyncio.sleep(args.outage / 2)
+    await asyncio.sleep(went + args.outage / 2 - time.monotonic())
     before = tcp_counters()
-    await asyncio.sleep(args.outage / 2)
+    await asyncio.sleep(went + args.outage - time.monotonic())
     during, cpu, ticks, moment = (
         tcp_counters(),
         fleet_cpu(members),
         machine_ticks(),
         time.monotonic(),
     )
-    outage_cores = (cpu - cpu_before) / (moment - went)
+    outage_cores = (cpu - cpu_before) / (moment - counted_from)
     spawned = time.time()  # before any connection to the new broker
     detected = await broker.start()
     watcher.since_ms = spawned * 1000
@@ -535,6 +570,22 @@ def nice_width(rough: float) -> float:
     return 1000.0
 
 
+def gap_diagnosis(members: Sequence[Member], audit: Audit) -> str:
+    """For each agent with a gap (while it still runs), where its missing samples are."""
+    lines = []
+    for member in [m for m in members if m.gaps()][:10]:
+        missing = member.missing()
+        held = buffered(member.workdir / "data" / "buffer.sqlite", missing)
+        audited = audit.ids(member.name)
+        for sample_id in missing[:5]:
+            lines.append(
+                f"  {member.name} sample {sample_id} (taken {member.around(sample_id)}): "
+                f"in the agent's buffer: {'yes' if sample_id in held else 'no'}; "
+                f"at the audit subscriber: {'yes' if sample_id in audited else 'no'}"
+            )
+    return ("where the missing samples are:\n" + "\n".join(lines)) if lines else ""
+
+
 def return_report(args: argparse.Namespace, members: Sequence[Member], ret: Return) -> str:
     missing = sorted({m.name for m in members} - set(first_connects(ret)))
     lines = [
@@ -544,8 +595,8 @@ def return_report(args: argparse.Namespace, members: Sequence[Member], ret: Retu
         "\nCONNECTs after the broker listened (stamped):",
         timeline(ret),
         f"\nids after the outage: {gap_report(members)}",
-        f"CONNECTs in the broker's own log since the restart: {ret.logged}, the watcher's "
-        f"and the agents' ({len(ret.connects)} stamped)",
+        f"CONNECTs in the broker's own log since the restart: {ret.logged}, the agents' "
+        f"({len(ret.connects)} stamped), the watcher's and the audit subscriber's",
     ]
     if missing:
         lines.append(f"NOT seen reconnecting: {missing}")
@@ -593,9 +644,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         Member(f"gw{n:04d}", workdir / f"gw{n:04d}", farm.port_for(n), staggered(args.interval, n))
         for n in range(args.agents)
     ]
+    audit: Audit | None = None
     try:
         await broker.start()
-        await fleet(args, members, Rig(launcher, broker, farm))
+        audit = Audit(broker.port, PREFIX, workdir / "broker" / "audit.log")
+        await fleet(args, members, Rig(launcher, broker, farm, audit))
     finally:
         codes = await asyncio.to_thread(launcher.stop_all, 30.0)
         failed = {pid: code for pid, code in codes.items() if code != 0}
@@ -604,13 +657,16 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
             said = ", ".join(f"{names.get(pid, pid)}: {code}" for pid, code in failed.items())
             print(f"agents that did not exit cleanly (exit code; None: killed): {said}")
         farm.stop()
+        if audit is not None:
+            audit.stop()
         broker.close()
 
 
 async def fleet(args: argparse.Namespace, members: list[Member], rig: Rig) -> None:
     watcher = Watcher(rig.broker, members)
     began = time.monotonic()
-    async with watcher.attached():
+    async with contextlib.AsyncExitStack() as attached:
+        await attached.enter_async_context(watcher.attached())
         members = await launch(args, members, rig.launcher, rig.broker, watcher)
         await until_delivering(members, watcher)
         delivering = time.monotonic()
@@ -620,11 +676,13 @@ async def fleet(args: argparse.Namespace, members: list[Member], rig: Rig) -> No
         # An agent whose session was younger than STABLE_SESSION when the broker went treats
         # the loss as a broker that drops it and backs off first: not the case measured.
         await asyncio.sleep(max(0.0, delivering + STABLE_SESSION + 5 - time.monotonic()))
-        watcher.collect()
-    print(fleet_table(usage))
-    print(f"\nids before the outage: {gap_report(members)}")
-    ret = await outage(args, members, rig.broker, watcher, usage)
+        print(fleet_table(usage))
+        print(f"\nids before the outage: {gap_report(members)}")
+        print(f"\nbroker stopped for {args.outage:g} s")
+        went = await stop_broker(rig.broker, watcher, attached)
+    ret = await outage(args, members, rig.broker, watcher, usage, went)
     print(return_report(args, members, ret))
+    print(gap_diagnosis(members, rig.audit))
 
 
 def main() -> None:
