@@ -3,6 +3,7 @@ the faults they inject, and the promises around it (no pytest in ``agent``, one 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import subprocess
@@ -11,14 +12,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import aiomqtt
 import pytest
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+from agent.aio import cancel_and_wait
 from agent.config.types import PointConfig
 from agent.testkit import run, toml
 from agent.testkit.broker import Broker
 from agent.testkit.modbus import ModbusBus, SimSlave, template_points
+from agent.testkit.mqtt import Subscriber
 from agent.testkit.runner import AgentRunner, site_config
 from agent.testkit.sensor import SerialSensor
 from agent.testkit.telemetry import Telemetry
@@ -334,3 +338,24 @@ def test_an_rtu_answer_drips_through_the_proxy_as_it_comes(
     assert len(times) == 7
     assert times[0] < 0.1  # the first byte did not wait for the rest of the frame
     assert times[-1] - times[0] >= 6 * 0.05 * 0.9
+
+
+def test_a_subscriber_leaving_keeps_what_its_client_had_already_acknowledged(
+    mosquitto: Broker,
+) -> None:
+    """paho acknowledges a QoS 1 message as it queues it: a subscriber that leaves before
+    reading it must still record it, or the broker's "delivered" is a sample nobody saw."""
+
+    async def scenario() -> list[int]:
+        subscriber = Subscriber("127.0.0.1", mosquitto.port, "kit/queued")
+        async with subscriber:
+            assert subscriber._reader is not None
+            await cancel_and_wait(subscriber._reader)  # acknowledged, not read yet
+            async with aiomqtt.Client("127.0.0.1", mosquitto.port) as publisher:
+                for n in range(5):
+                    await publisher.publish("kit/queued", str(n), qos=1)
+            while len(subscriber._client.messages) < 5:  # noqa: ASYNC110 (bounded by run())
+                await asyncio.sleep(0.01)  # paho's queue has no event to await
+        return [payload for _, payload, _ in subscriber.messages]
+
+    assert run(scenario(), timeout=20) == [0, 1, 2, 3, 4]

@@ -44,15 +44,21 @@ class Subscriber:
         if self._reader:
             await cancel_and_wait(self._reader)
         await self._client.__aexit__(t, e, tb)
+        # paho acknowledged what it queued before we left: the broker will not send it again,
+        # so it is recorded rather than dropped with the queue.
+        queue = self._client._queue
+        while not queue.empty():
+            self._record(queue.get_nowait())
 
     async def _read(self) -> None:
         async for message in self._client.messages:
-            payload = message.payload
-            raw = (
-                bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
-            )
-            self.messages.append((str(message.topic), decode_telemetry(raw), bool(message.retain)))
-            self._arrived.set()
+            self._record(message)
+
+    def _record(self, message: aiomqtt.Message) -> None:
+        payload = message.payload
+        raw = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload).encode()
+        self.messages.append((str(message.topic), decode_telemetry(raw), bool(message.retain)))
+        self._arrived.set()
 
     async def wait_for(
         self, predicate: Callable[[list[tuple[str, Any, bool]]], bool], timeout: float = 15.0
