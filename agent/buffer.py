@@ -4,7 +4,9 @@ A new sample lives in memory (and in the crash journal in RAM, ``agent.journal``
 acknowledged within moments and never touch the SD card. ``flush`` (every quarter of
 ``flush_interval``) commits to SQLite (WAL) the samples that stayed unacknowledged for ¾ of
 ``flush_interval``, and deletes in one batch those acknowledged since they were committed: a
-power cut loses less than one ``flush_interval``; a ``kill -9`` loses nothing.
+power cut loses less than one ``flush_interval``; a ``kill -9`` loses nothing. Committed samples
+leave the journal only once a later write to the card succeeds: a card that fails into read-only
+at the moment of a commit can lose that commit although SQLite reported it done.
 
 The disk part is bounded by ``max_size`` and by what the file system can hold: when it is full
 the oldest samples are dropped, whole, and counted. A file system that is full or read-only never
@@ -182,6 +184,10 @@ class Buffer:
         self._pending: deque[_Pending] = deque()
         self._in_flight: set[int] = set()
         self._deletes: set[int] = set()  # acknowledged samples still on disk
+        #: Committed by the last flush, and still in the journal: a card that fails into
+        #: read-only at the moment of a commit can lose it although SQLite said it was done
+        #: (the fault campaign saw it). A later write to the card that succeeds confirms it.
+        self._unconfirmed: dict[int, Sample] = {}
         self._unrestored: Found | None = None  # rows of a damaged WAL, still to be put back
         self._noted_reservation = 0  # the reservation last copied into the database
         self._journal_base = ""  # the run whose mark of the ids file this run started from
@@ -282,6 +288,9 @@ class Buffer:
         recorded = self._ledger.close(stored=self._on_disk if self._db is not None else 0)
         if not recorded:
             log.error("buffer %s: %s", self.path, self._ledger.refusal)
+        elif self._journal:  # the ids file went to the card after the last commit: confirmed
+            self._journal.removed(self._unconfirmed)
+            self._unconfirmed.clear()
         if self._journal:
             # kept while it holds samples, or the exact next id the disk would not take
             self._journal.close(keep=bool(self._memory or self._pending) or not recorded)
@@ -444,6 +453,8 @@ class Buffer:
             self._in_flight.discard(sample.id)
             if self._memory.pop(sample.id, None) is None:
                 self._deletes.add(sample.id)
+                if self._unconfirmed.pop(sample.id, None) is not None:
+                    gone.append(sample.id)
             else:
                 gone.append(sample.id)
         if self._journal and gone:
@@ -476,6 +487,9 @@ class Buffer:
                     self._journal.added(sample)
             else:
                 on_disk.append(sample)
+                if sample.id in self._unconfirmed and self._journal:
+                    self._unconfirmed[sample.id] = sample
+                    self._journal.added(sample)
         if not on_disk:
             return set()
         try:
@@ -517,9 +531,15 @@ class Buffer:
             return
         for sample in due:
             del self._memory[sample.id]
+        confirmed, self._unconfirmed = self._unconfirmed, {s.id: s for s in due}
         if self._journal:
-            self._journal.removed(s.id for s in due)
-            self._journal.maybe_compact((s for s, _ in self._memory.values()), self._ledger.next_id)
+            self._journal.removed(confirmed)
+            self._journal.maybe_compact(self._journaled(), self._ledger.next_id)
+
+    def _journaled(self) -> Iterator[Sample]:
+        """What the journal must hold: the samples in memory, and those not yet confirmed."""
+        yield from (s for s, _ in self._memory.values())
+        yield from self._unconfirmed.values()
 
     def _commit(self, due: list[Sample]) -> None:
         """Insert ``due`` and run the batched deletes in one transaction, dropping the oldest
@@ -616,8 +636,9 @@ class Buffer:
 
     def _start_journal(self) -> None:
         if self._journal:
-            memory = (s for s, _ in self._memory.values())
-            self._journal.start(memory, self._ledger.next_id, self._ledger.run, self._journal_base)
+            self._journal.start(
+                self._journaled(), self._ledger.next_id, self._ledger.run, self._journal_base
+            )
 
     def _apply_bound(self) -> None:
         """Cap the database below both ``max_size`` and what the file system can still hold.
@@ -685,6 +706,8 @@ class Buffer:
 
     def _storage_trouble(self, exc: Exception) -> None:
         """The disk refused: damaged file, full or read-only file system. Keep going."""
+        # the counts written in the transaction that failed are not stored: the next writes them
+        self._counts_stored = (-1, -1)
         if _is_corrupt(exc):
             self._rebuild(_damage_reason(exc))
             return
@@ -1003,8 +1026,9 @@ class Buffer:
         """Drop every waiting sample; returns how many. Ids go on from where they were."""
         count = self.depth
         if self._journal:
-            self._journal.removed(list(self._memory))
+            self._journal.removed([*self._memory, *self._unconfirmed])
         self._memory.clear()
+        self._unconfirmed.clear()
         self._pending.clear()
         self._in_flight.clear()
         self._deletes = set()
@@ -1113,6 +1137,8 @@ def stored_stats(path: Path, boot: str | None = None) -> BufferStats:
             count, oldest = db.execute("SELECT count(*), min(ts) FROM samples").fetchone()
             with contextlib.suppress(sqlite3.Error):
                 counts = dict(db.execute("SELECT key, value FROM meta"))
+            for sample_id in _present(db, journal):  # committed, still journaled until confirmed
+                del journal[sample_id]
     except FileNotFoundError:
         pass
     except _DB_ERRORS:

@@ -242,3 +242,76 @@ def test_without_a_record_or_a_clock_samples_wait_for_an_id_in_order(tmp_path: P
     taken = buffer.take_live(10)
     assert [s.ts for s in taken] == [1, 2] and taken[0].id < taken[1].id
     buffer.close()
+
+
+def test_a_commit_the_card_lost_as_it_failed_comes_back_from_the_journal(tmp_path: Path) -> None:
+    """An SD card that fails into read-only (ext4 ``errors=remount-ro``) at the moment of a
+    commit can lose it although SQLite reported it done: its samples stay in the crash journal
+    until a later write to the card succeeds."""
+    journal, card = tmp_path / "runtime", tmp_path / "card"
+    journal.mkdir()
+    card.mkdir()
+    buffer = buffer_at(card, journal).open()
+    earlier = fill(buffer, 1)
+    buffer.flush(now=10.0, force=True)  # nothing due: the earlier commit stays unconfirmed
+    before = killed(buffer, tmp_path / "before")  # the card as it will be found after repair
+    buffer = buffer_at(card, journal).open()
+    last = [buffer.add("meter", NOW_MS + i, {"v": i}, now=20.0).id for i in range(5)]  # type: ignore[union-attr]
+    buffer.flush(now=30.0)  # "committed": then the card fails and loses this commit
+    buffer._close_db()  # and the agent is killed
+    shutil.rmtree(card)
+    shutil.copytree(before, card)
+    with buffer_at(card, journal) as again:
+        assert drain_all(again) == earlier + last
+
+
+def test_a_commit_leaves_the_journal_once_a_later_write_confirms_it(tmp_path: Path) -> None:
+    journal = tmp_path / "runtime"
+    journal.mkdir()
+    buffer = buffer_at(tmp_path, journal).open()
+    first = fill(buffer, 1)
+    assert set(stored_journal(buffer)) == set(first)  # committed, not yet confirmed
+    assert stored_stats(buffer.path, boot="boot-1").depth == len(first)  # counted once
+    second = fill(buffer, 1)
+    assert set(stored_journal(buffer)) == set(second)  # the second commit confirmed the first
+    buffer.close()  # the ids file written after the last commit confirms it
+    assert not list(journal.iterdir())
+
+
+def stored_journal(buffer: Buffer) -> list[int]:
+    assert buffer._journal is not None
+    return sorted(buffer._journal.recover().samples)
+
+
+def test_a_count_whose_transaction_failed_is_written_by_the_next(tmp_path: Path) -> None:
+    buffer = buffer_at(tmp_path).open()
+    sample = buffer.add("meter", NOW_MS, {"v": 1}, now=0.0)
+    assert sample is not None
+    card, buffer._db = buffer._db, FailingCard()  # type: ignore[assignment]
+    buffer.discard([sample])  # dropped, and its count cannot go to the card now
+    buffer._db = card
+    buffer.flush(now=1.0)  # nothing else to write: the count alone
+    buffer._close_db()  # a kill: only what reached the card counts
+    assert stored_stats(buffer.path, boot="boot-1").dropped == 1
+
+
+class FailingCard:
+    """A database connection on a card that has just failed: each statement runs, and the
+    commit is an I/O error."""
+
+    rowcount = 0
+
+    def __enter__(self) -> FailingCard:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    def execute(self, *_: object) -> FailingCard:
+        return self
+
+    executemany = execute
+
+    def rollback(self) -> None:
+        pass
