@@ -168,6 +168,8 @@ def connect_failure(
         return logging.WARNING, f"{where} is unreachable: {cause.strerror} (network down?)"
     if str(exc) == "Operation timed out":  # aiomqtt's words for a CONNACK that never came
         return _no_connack(mqtt, library_error)
+    if isinstance(exc, ClosedBeforeConnack):
+        return _no_connack(mqtt, library_error or str(exc))
     if isinstance(cause, TimeoutError):
         return logging.WARNING, f"no answer from {where}: connecting timed out (network down?)"
     if isinstance(cause, OSError):
@@ -312,6 +314,10 @@ class Refused(aiomqtt.MqttError):
         self.reason = reason
 
 
+class ClosedBeforeConnack(aiomqtt.MqttError):
+    """The connection went before the broker answered our CONNECT."""
+
+
 class LinkDropped(aiomqtt.MqttError):
     """The link went while a publish waited for its acknowledgement; ``reason`` is the
     DISCONNECT's (or paho's) reason code when there was one."""
@@ -352,6 +358,22 @@ class Client(aiomqtt.Client):
             # change once connected; here, in its CONNACK handling, nothing is in flight yet.
             self._client._max_inflight_messages = window
         super()._on_connect(client, userdata, flags, reason_code, properties)
+
+    def _on_disconnect(
+        self,
+        client: Any,
+        userdata: Any,
+        flags: Any,
+        reason_code: Any,
+        properties: Properties | None = None,
+    ) -> None:
+        if not self._connected.done() and not self._abandoned:
+            # aiomqtt ignores a link that goes before its CONNACK and waits out the CONNECT
+            # timeout: a broker that stopped under our CONNECT, or a proxy whose broker is down,
+            # would cost 10 s a try. The connect fails now instead.
+            self._connected.set_exception(ClosedBeforeConnack(str(reason_code)))
+            return
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
 
     def _on_publish(
         self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any

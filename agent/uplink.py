@@ -36,6 +36,7 @@ from .mqtt_link import (
     PROTOCOL_ERROR,
     PUBLISH_TIMEOUT,
     Client,
+    ClosedBeforeConnack,
     LinkDropped,
     Refused,
     broker_away,
@@ -188,6 +189,8 @@ class Uplink:
                 self._refit = False
             elif failure == "away" or stable:
                 await self._until_reachable(self._stopping)
+            elif failure == "closed" and not await reachable(self.mqtt.host, self.mqtt.port):
+                await self._until_reachable(self._stopping)  # the broker went under our CONNECT
             else:  # refused, busy, dropped at once: the broker needs time, or a person
                 await wait_event(self._stopping, self._backoff.next_delay())
             if not self._stopping.is_set():
@@ -197,7 +200,8 @@ class Uplink:
 
     async def _session(self, reported: set[str]) -> str | None:
         """One connection, until it fails or the agent stops: None after a clean stop, else how
-        it failed: "away" (nothing answered), "lost" (after going online), "refused"."""
+        it failed: "away" (nothing answered), "closed" (the connection went before CONNACK),
+        "lost" (after going online), "refused"."""
         accepted = False  # the broker took our CONNECT: what fails next is not connecting
         try:
             async with self._client() as client:
@@ -255,7 +259,11 @@ class Uplink:
             reported.add(reason)
             log.log(level, "mqtt %s: %s", self.mqtt.url, reason)
         log.debug("mqtt %s: connect failed: %r", self.mqtt.url, exc)
-        return "away" if not accepted and broker_away(exc) else "refused"
+        if accepted:
+            return "refused"
+        if isinstance(exc, ClosedBeforeConnack):  # a broker stopping, or a proxy without one
+            return "closed"
+        return "away" if broker_away(exc) else "refused"
 
     async def _goodbye(self) -> None:
         """The agent stops while the link is down: one more connection, if the broker answers

@@ -44,6 +44,9 @@ interval = "200ms"
 #: The loose bound: the agent probes a broker that went away every 0.25-0.75 s and connects
 #: within ``reconnect_window`` (0.5 s) of its answer; the machine may be busy.
 FIRST_READING_WITHIN = 12.0
+#: Behind the proxy: tries every 2 s at most (``reconnect_max``), each failing at once. Waiting
+#: out the CONNECT timeout instead took 9-10 s.
+THROUGH_PROXY_WITHIN = 7.0
 #: How long a subscriber waits for that reading before the test fails.
 FIRST_READING_TIMEOUT = 30.0
 
@@ -134,7 +137,7 @@ def test_a_broker_behind_a_proxy_is_met_within_seconds_of_its_return(
         mosquitto.stop()
         time.sleep(3.0)  # the outage: the agent tries, through the proxy, meanwhile
         took = back_and_first_reading(kit_loop, mosquitto)
-        assert took < FIRST_READING_WITHIN, f"{took:.1f}s after the broker behind the proxy"
+        assert took < THROUGH_PROXY_WITHIN, f"{took:.1f}s after the broker behind the proxy"
         every_id_accounted(edge_agent)
     finally:
         link.stop()
