@@ -240,8 +240,8 @@ def _no_connack(mqtt: MqttSection, library_error: str | None) -> tuple[int, str]
         )
     if not mqtt.tls and "reset" in library_error.lower():
         return logging.ERROR, (
-            f"{where} closed the connection before answering ({library_error}): "
-            "is it a TLS port? then use mqtts://"
+            f"{where} closed the connection before answering ({library_error}): a broker "
+            "stopping, or a TLS port (then use mqtts://)"
         )
     return logging.WARNING, f"{where} closed the connection before answering: {library_error}"
 

@@ -8,6 +8,8 @@ for at the end.
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -47,6 +49,9 @@ FIRST_READING_WITHIN = 12.0
 #: Behind the proxy: tries every 2 s at most (``reconnect_max``), each failing at once. Waiting
 #: out the CONNECT timeout instead took 9-10 s.
 THROUGH_PROXY_WITHIN = 7.0
+#: After a broker that stopped under the agent's CONNECT: probed for (every 0.25-0.75 s), not
+#: met with the backoff its failures have grown (up to 32 s after five).
+AFTER_FLAPS_WITHIN = 5.0
 #: How long a subscriber waits for that reading before the test fails.
 FIRST_READING_TIMEOUT = 30.0
 
@@ -141,3 +146,53 @@ def test_a_broker_behind_a_proxy_is_met_within_seconds_of_its_return(
         every_id_accounted(edge_agent)
     finally:
         link.stop()
+
+
+def test_a_broker_that_stops_under_the_connect_is_probed_for_not_backed_off(
+    kit_loop: KitLoop, mosquitto: Broker, edge_agent: AgentRunner, slave: SimSlave
+) -> None:
+    """A flapping broker: five times the agent's CONNECT meets a connection that closes before
+    CONNACK, the last time because the broker stopped listening. The agent must then probe for
+    its return, not wait out a backoff grown by the five."""
+    start(edge_agent, slave)
+    mosquitto.stop()
+    flaps = ClosingPort(mosquitto.host, mosquitto.port, closes=5)
+    assert flaps.finished.wait(60), f"the agent sent {flaps.closed} CONNECTs in 60 s, not 5"
+    took = back_and_first_reading(kit_loop, mosquitto)
+    assert took < AFTER_FLAPS_WITHIN, f"{took:.1f}s after the flapping broker came back"
+    closes = edge_agent.log.count("closed the connection before answering")
+    assert closes == 1, edge_agent.log  # five times the same trouble: one line
+    every_id_accounted(edge_agent)
+
+
+class ClosingPort:
+    """Listens on ``port`` and closes each connection that sends anything (an MQTT CONNECT)
+    unanswered; at the ``closes``-th it stops listening first, as a broker that stops does.
+    The agent's probes (a connect and a close) are let go."""
+
+    def __init__(self, host: str, port: int, closes: int) -> None:
+        self.closed = 0
+        self.finished = threading.Event()
+        self._server = socket.create_server((host, port))
+        self._server.settimeout(60)
+        self._closes = closes
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with self._server:
+            while self.closed < self._closes:
+                try:
+                    connection, _ = self._server.accept()
+                except OSError:  # nothing came within a minute: the test says so
+                    return
+                with connection:
+                    connection.settimeout(5)
+                    try:
+                        sent = connection.recv(1)
+                    except OSError:
+                        sent = b""
+                    if sent:
+                        self.closed += 1
+                        if self.closed == self._closes:
+                            self._server.close()  # gone before the connection is
+        self.finished.set()
