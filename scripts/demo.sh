@@ -6,19 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-venv=$(scripts/setup.sh | tail -n 1)
-if ! command -v mosquitto_sub >/dev/null 2>&1; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get install -y -qq mosquitto-clients >/dev/null
-fi
+venv=$(scripts/setup.sh --for demo | tail -n 1)
 
 pids=()
+conf=""
 cleanup() {
   # The agent first, the broker last: the agent says "offline" to a broker still there.
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     kill "${pids[i]}" 2>/dev/null || true
     wait "${pids[i]}" 2>/dev/null || true
   done
+  [ -z "$conf" ] || rm -f "$conf"
 }
 trap cleanup EXIT INT TERM
 
@@ -44,7 +42,8 @@ echo "demo: simulating the devices of config.toml on 127.0.0.1:5020"
 pids+=($!)
 wait_port 5020
 
-echo "demo: starting edge-agent run -c config.toml"
+# The command is not on PATH: it lives in the venv (`. $venv/bin/activate` puts it there).
+echo "demo: starting $venv/bin/edge-agent run -c config.toml"
 "$venv/bin/edge-agent" run -c config.toml &
 pids+=($!)
 

@@ -52,7 +52,10 @@ while [ $# -gt 0 ]; do
 done
 if $purge && ! $uninstall; then die "--purge goes with --uninstall"; fi
 if $start && $uninstall; then die "--start and --uninstall do not go together"; fi
-[ "$(id -u)" -eq 0 ] || die "run it as root: sudo $0"
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then die "run it as root: sudo $0"; fi
+  die "run it as root, from a root shell (su -): $0"
+fi
 if [ -n "$root" ]; then
   [ -d "$root" ] || die "--root $root: no such directory"
   root=$(cd "$root" && pwd)
@@ -63,6 +66,24 @@ fi
 live=false
 if [ -z "$root" ] && [ -d /run/systemd/system ]; then live=true; fi
 systemctl_() { if [ -n "$root" ]; then systemctl --root="$root" "$@"; else systemctl "$@"; fi; }
+# Where no systemctl is (a container, an image being built by hand), the unit is enabled as
+# `systemctl enable` would: its [Install] WantedBy= link, which systemd follows at boot.
+wants_link=$root$unit_dir/multi-user.target.wants/$unit
+enable_unit() {
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl_ enable "$unit" 2>&1 | sed 's/^/install: /' >&2
+  else
+    mkdir -p "$(dirname "$wants_link")"
+    ln -sfn "$unit_dir/$unit" "$wants_link"
+    say "no systemctl here: enabled $unit by its link in multi-user.target.wants"
+  fi
+}
+disable_unit() {
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl_ disable "$unit" >/dev/null 2>&1 || true
+  fi
+  rm -f "$wants_link"
+}
 
 # The user's and group's ids in the target's own files (DIR/etc/passwd with --root), not the host's.
 id_of() { awk -F: -v name="$2" '$1 == name { print $3; exit }' "$root/etc/$1" 2>/dev/null || true; }
@@ -77,7 +98,7 @@ if $uninstall; then
   if $live; then
     systemctl disable --now "$unit" 2>/dev/null || true
   elif [ -e "$root$unit_dir/$unit" ]; then
-    systemctl_ disable "$unit" >/dev/null 2>&1 || true
+    disable_unit
   fi
   rm -f "$root$unit_dir/$unit"
   rm -rf "$root$prefix"
@@ -107,8 +128,7 @@ if [ -z "$python" ]; then
   if [ -x /usr/bin/python3 ]; then python=/usr/bin/python3; else python=$(command -v python3 || true); fi
 fi
 if [ -z "$python" ] && command -v apt-get >/dev/null 2>&1 && [ -z "$root" ]; then
-  say "installing python3"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
+  "$clone/scripts/apt-install.sh" python3
   python=/usr/bin/python3
 fi
 if [ -z "$python" ] || ! command -v "$python" >/dev/null 2>&1; then
@@ -118,8 +138,7 @@ fi
   die "$python is older than 3.10, which edge-agent needs (try --python python3.11)"
 if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   if [ "$python" = /usr/bin/python3 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing python3-venv"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    "$clone/scripts/apt-install.sh" python3-venv
   else
     die "$python has no venv module: apt-get install python3-venv (or pass --python)"
   fi
@@ -206,7 +225,7 @@ fi
 # --- The unit, enabled for the next boot.
 install -D -m 0644 "$clone/systemd/$unit" "$root$unit_dir/$unit"
 if $live; then systemctl daemon-reload; fi
-systemctl_ enable "$unit" 2>&1 | sed 's/^/install: /' >&2
+enable_unit
 
 check() {
   CREDENTIALS_DIRECTORY=$root$conf_dir STATE_DIRECTORY=$root$state_dir \

@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
-# Set up what edge-agent needs on a Debian / Raspberry Pi OS machine, idempotently:
-# system packages (Mosquitto, venv) and a virtual environment per Python in .venv/<version>.
-# Usage: scripts/setup.sh [PYTHON...]   (default: the system python3)
+# Set up what edge-agent needs on a Debian / Raspberry Pi OS machine, idempotently: system
+# packages (Mosquitto, venv; through scripts/apt-install.sh, which starts and enables no daemon)
+# and a virtual environment per Python in .venv/<version>, with edge-agent installed editable.
+# Usage: scripts/setup.sh [--for test|demo] [PYTHON...]   (default: --for test, the system python3)
+#   --for test   also the test tools (pytest, hypothesis, ruff, mypy, build)
+#   --for demo   the agent alone, and mosquitto_sub to watch what it publishes
+# Prints the venvs' paths, one per line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+purpose=test
+if [ "${1:-}" = "--for" ]; then
+  purpose=${2:-}
+  shift 2 || true
+fi
+case "$purpose" in
+  test) extras="[test]" ;;
+  demo) extras="" ;;
+  *) echo "setup: --for takes test or demo, not '$purpose'" >&2; exit 1 ;;
+esac
+
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+if [ "$purpose" = demo ]; then
+  command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+fi
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "setup: installing ${need_apt[*]}" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  scripts/apt-install.sh "${need_apt[@]}"
 fi
 
 pythons=("$@")
@@ -26,13 +41,20 @@ for python in "${pythons[@]}"; do
     "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
   fi
-  # Install again only when the dependencies changed: the stamp holds pyproject.toml's checksum.
+  # Install again only when the dependencies changed: the stamp holds pyproject.toml's checksum
+  # and what was installed ("test" holds all the demo needs).
   stamp="$venv/.installed"
-  wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-    echo "setup: installing edge-agent and its test tools into $venv" >&2
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" >&2
-    echo "$wanted" >"$stamp"
+  checksum=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  have_checksum="" have_purpose=""
+  read -r have_checksum have_purpose <"$stamp" 2>/dev/null || true
+  if [ "${have_checksum:-}" != "$checksum" ] ||
+    { [ "$purpose" = test ] && [ "${have_purpose:-test}" != test ]; }; then
+    echo "setup: installing edge-agent${extras:+ and its test tools} into $venv" >&2
+    # setuptools warns of folders shadowing the package in every editable install: these
+    # folders are the package.
+    PYTHONWARNINGS="ignore:Editable installation" "$venv/bin/python" -m pip install -q \
+      --disable-pip-version-check -e ".$extras" >&2
+    echo "$checksum $purpose" >"$stamp"
   fi
   echo "$venv"
 done

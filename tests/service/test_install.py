@@ -49,14 +49,27 @@ def make_root(root: Path, *, gpio: bool) -> Path:
     return root
 
 
-def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def install(root: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(INSTALL), "--root", str(root), "--python", sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=INSTALL_TIMEOUT,
         check=False,
+        env={**os.environ, "PATH": path or os.environ["PATH"]},
     )
+
+
+def path_without(tmp_path: Path, *missing: str) -> str:
+    """A PATH of the system's commands, less ``missing``: a machine without them."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for directory in ("/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        for command in Path(directory).iterdir() if Path(directory).is_dir() else ():
+            link = bin_dir / command.name
+            if command.name not in missing and not link.exists():
+                link.symlink_to(command)
+    return str(bin_dir)
 
 
 def entry(root: Path, table: str, name: str) -> list[str] | None:
@@ -126,10 +139,23 @@ def test_files_land_where_the_unit_expects_them(installed: tuple[Path, float]) -
     assert (root / "opt" / "edge-agent" / "README.md").is_file()  # the unit's Documentation=
 
 
+#: Prints a line starting with this when the mount namespace is made, before the command runs.
+NAMESPACE_READY = "in-target: ready"
+
+
 def in_target(root: Path, *command: str) -> subprocess.CompletedProcess[str]:
     """``command`` in a mount namespace of its own where DIR/opt is /opt: the installed files where
-    the unit and the command expect them, and the host's /opt untouched."""
-    script = 'mount --bind "$0/opt" /opt && exec "$@"'
+    the unit and the command expect them, and the host's /opt untouched. A host's own
+    /etc/edge-agent (an agent installed on this machine) is hidden behind an empty directory, so
+    that what the command finds there is the test's doing. Where no namespace can be made (a
+    chroot, a container without the right), the test is skipped."""
+    empty = root / "empty"
+    empty.mkdir(exist_ok=True)
+    script = (
+        'mount --bind "$0/opt" /opt'
+        ' && { [ ! -d /etc/edge-agent ] || mount --bind "$0/empty" /etc/edge-agent; }'
+        f' && echo "{NAMESPACE_READY}" >&2 && exec "$@"'
+    )
     result = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(root), *command],
         capture_output=True,
@@ -138,8 +164,10 @@ def in_target(root: Path, *command: str) -> subprocess.CompletedProcess[str]:
         check=False,
         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
     )
-    if "unshare failed" in result.stderr:
-        pytest.skip(f"cannot make a mount namespace here: {result.stderr.strip()}")
+    before, ready, after = result.stderr.partition(NAMESPACE_READY + "\n")
+    if not ready:
+        pytest.skip(f"cannot make a mount namespace here: {before.strip()}")
+    result.stderr = after
     return result
 
 
@@ -241,6 +269,23 @@ def test_second_run_upgrades_then_uninstall_keeps_the_buffer(tmp_path: Path) -> 
     assert not buffer.parent.exists()
     assert entry(root, "passwd", "edge-agent") is None
     assert entry(root, "group", "edge-agent") is None
+
+
+def test_without_systemctl_the_unit_is_enabled_by_its_link(tmp_path: Path) -> None:
+    """A container or an image built by hand has no systemctl: the installer still finishes,
+    enabling the unit as `systemctl enable` would, and --uninstall removes the link."""
+    root = make_root(tmp_path / "root", gpio=False)
+    path = path_without(tmp_path, "systemctl")
+    result = install(root, path=path)
+    assert result.returncode == 0, result.stderr
+    assert "no systemctl here: enabled edge-agent.service by its link" in result.stderr
+    wants = root / "etc" / "systemd" / "system" / "multi-user.target.wants" / UNIT
+    assert os.readlink(wants) == f"/etc/systemd/system/{UNIT}"
+    assert os.access(root / "opt" / "edge-agent" / "bin" / "edge-agent", os.X_OK)
+    removed = install(root, "--uninstall", path=path)
+    assert removed.returncode == 0, removed.stderr
+    assert not wants.is_symlink()
+    assert not (root / "etc" / "systemd" / "system" / UNIT).exists()
 
 
 def test_refuses_what_it_cannot_do(tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,7 +98,8 @@ def test_unit_keeps_what_the_agent_and_the_devices_need() -> None:
     assert one["Type"] == "notify"
     assert one["NotifyAccess"] == "main"
     assert one["WatchdogSec"] == "30s"
-    assert one["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    # The shell's kill: /bin/kill (procps) is missing from a minimal Debian.
+    assert one["ExecReload"] == "/bin/sh -c 'kill -HUP $$MAINPID'"
     assert one["ExecStart"] == "/opt/edge-agent/bin/edge-agent run -c /etc/edge-agent/config.toml"
     assert one["User"] == "edge-agent"
     # A group that does not exist fails the start with status=216/GROUP: Debian has no gpio.
@@ -138,12 +141,43 @@ def test_example_config_uses_the_state_directory_and_the_credential(tmp_path: Pa
     assert len(config.devices[0].points) == 10  # the eastron-sdm120 template's
 
 
-def test_example_config_names_the_credential_it_needs(
+def test_example_config_reads_the_password_from_etc_outside_systemd(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Outside systemd (no $CREDENTIALS_DIRECTORY) the password is read from /etc/edge-agent,
-    and check says, in one line, when it is not there."""
+    and check says, in one line, when it is not there. On a machine where the agent is
+    installed the file is there: then the password is the one in it."""
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    assert main(["check", "-c", str(EXAMPLE)]) == 2
-    err = capsys.readouterr().err
-    assert "mqtt.password_file: cannot read /etc/edge-agent/mqtt-password" in err
+    installed = Path("/etc/edge-agent/mqtt-password")
+    try:
+        password = installed.read_text().strip() or None
+    except OSError:
+        assert main(["check", "-c", str(EXAMPLE)]) == 2
+        err = capsys.readouterr().err
+        assert "mqtt.password_file: cannot read /etc/edge-agent/mqtt-password" in err
+    else:
+        config, _ = load_config(EXAMPLE, {})
+        assert config.mqtt.password == password
+
+
+def test_reload_command_sends_sighup_to_the_main_process() -> None:
+    """ExecReload= as systemd runs it: ``$$`` unescaped to ``$``, $MAINPID in the environment."""
+    reload = unit_settings(UNIT)["ExecReload"][-1].replace("$$", "$")
+    waiter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP}); "
+            "print('ready', flush=True); "
+            "got = signal.sigtimedwait({signal.SIGHUP}, 30); print('hup' if got else 'none')",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert waiter.stdout is not None
+    with waiter, waiter.stdout:
+        assert waiter.stdout.readline() == "ready\n"
+        env = {"PATH": "/usr/bin:/bin", "MAINPID": str(waiter.pid)}
+        subprocess.run(shlex.split(reload), env=env, check=True, timeout=30)
+        assert waiter.stdout.readline() == "hup\n"
+        assert waiter.wait(timeout=30) == 0
