@@ -22,6 +22,14 @@ loudly, with their count and ids. Counts of dropped and lost samples are kept in
 the same transaction as the drop, so they survive a ``kill -9``.
 
 Ids never repeat: see ``agent.ids``.
+
+Its files outlive a package upgrade, and each records its format: the database in ``PRAGMA
+user_version`` (``FORMAT``), the ids file and the crash journal in their own (``agent.ids``,
+``agent.journal``). An upgrade migrates the database at open, one step per format, all in one
+transaction with the new version (a crash part-way leaves the old version whole, migrated again
+at the next open). A file of a newer format than this version reads (a downgrade) is not damage:
+nothing reads, mends or writes it; the buffer refuses to open (``NewerFormat``), with one line
+naming the file and the fix.
 """
 
 from __future__ import annotations
@@ -39,11 +47,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import salvage
+from . import __version__, salvage
 from .clock import Clock
-from .errors import StorageError
+from .errors import AgentError, StorageError
+from .ids import FORMAT as IDS_FORMAT
 from .ids import IdLedger
+from .ids import format_of as ids_format
+from .journal import FORMAT as JOURNAL_FORMAT
 from .journal import Journal, Recovered, journal_dirs, journal_path, runtime_dir
+from .journal import format_of as journal_format
 from .model import Sample, Value
 from .salvage import Found, StoredRow, intact, row_crc, to_sample
 
@@ -62,9 +74,15 @@ WAL_RESERVE = 8 * 1024 * 1024
 BATCH = 1000
 #: Ids listed by name in a line about lost samples; the rest are counted.
 SHOWN_IDS = 20
+#: The database's format, in ``PRAGMA user_version``, recorded by the transaction that makes or
+#: migrates it: 1 (0.1.0's tables) since 0.2.0. 0 is none recorded: a database of 0.1.0, or a
+#: new file; ``_STEPS`` takes either on from there, one format at a time.
+FORMAT = 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS samples (
+#: Format 1's tables, as 0.1.0 made them at every open (kept as they were: a later format
+#: changes them in a step of its own, so that a new database and a migrated one are the same).
+_TABLES_1 = (
+    """CREATE TABLE IF NOT EXISTS samples (
     id INTEGER PRIMARY KEY,
     device TEXT NOT NULL,
     ts INTEGER NOT NULL,
@@ -72,13 +90,13 @@ CREATE TABLE IF NOT EXISTS samples (
     mono REAL,      -- set only for a sample whose wall clock was not trusted
     boot TEXT,      -- its boot id; NULL with mono set: sent unsynced, to stay so
     crc INTEGER     -- salvage.row_crc of the row; NULL in rows of earlier versions
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS quarantine (
+)""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER, device BLOB, ts INTEGER, vals BLOB, mono REAL, boot BLOB, crc INTEGER,
     reason TEXT NOT NULL, at INTEGER NOT NULL
-);
-"""
+)""",
+)
 #: Each column as stored, or NULL (-1 for the checksum) where damage changed its type: a row
 #: read this way is judged by its checksum, never by a decoding error that stops the query.
 _COLUMNS = (
@@ -88,6 +106,12 @@ _COLUMNS = (
     "ELSE -1 END"
 )
 _LEGACY_COLUMNS = _COLUMNS[: _COLUMNS.rindex(", CASE typeof(crc)")] + ", NULL"
+
+
+class NewerFormat(AgentError):
+    """A file of the buffer is of a newer format than this version reads: a newer edge-agent
+    wrote it, then this one was installed. Not damage (nothing is wrong with it): it is never
+    mended, rebuilt or purged, nor written to; a person chooses what to run."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +234,9 @@ class Buffer:
 
     def open(self) -> Buffer:
         """Open the store, mending what damage it finds; one that cannot be opened leaves the
-        buffer in memory (and the journal) until the disk can be used."""
+        buffer in memory (and the journal) until the disk can be used. ``NewerFormat``, before
+        anything is written, when a file is of a newer version's format."""
+        _refuse_newer(self.path, [self._journal.path] if self._journal else [])
         had_database = self.path.exists()
         self._make_dir()
         recovered = self._journal.recover() if self._journal else None
@@ -733,8 +759,8 @@ class Buffer:
             # lost to a power cut or to a card that fails into read-only).
             db.execute("PRAGMA synchronous=FULL")
             db.execute(f"PRAGMA journal_size_limit={self.max_size // 5}")
-            db.executescript(_SCHEMA)
-            self._checked_from = _add_checksum_column(db)
+            _migrate(db, self.path)
+            self._checked_from = _checked_from(db)
             self._apply_bound()
             self._on_disk = self._count_rows()
             if self._db is not db:  # it was found damaged and rebuilt on the way: done
@@ -749,6 +775,9 @@ class Buffer:
                 self.complaints.say(
                     "open", f"buffer {self.path}: cannot open ({exc}); samples wait in memory"
                 )
+        except NewerFormat as exc:  # open() refused it: here the file was replaced since
+            self._close_db()
+            self.complaints.say("open", f"{exc}; samples wait in memory")
         except OSError as exc:
             self._close_db()
             self.complaints.say(
@@ -872,7 +901,7 @@ class Buffer:
             for old in (fresh, *_wal_and_shm(fresh)):
                 old.unlink(missing_ok=True)
             with contextlib.closing(sqlite3.connect(fresh)) as db:
-                db.executescript(_SCHEMA)
+                _migrate(db, fresh)
                 with db:
                     _insert(db, salvage.scan(self.path, _wal_and_shm(self.path)[0], found))
                     _keep_for_inspection(db, found.quarantined)
@@ -1103,6 +1132,7 @@ def stored_samples(
     agent): the committed ones and those its journal of this boot holds (in memory, or left by
     a run that was killed). Damaged rows are left out, each said to ``damaged``; a damaged
     database is read page by page. ``StorageError`` when there is no buffer at all."""
+    _refuse_newer(path, _journal_paths(path))
     journal = _journal_samples(path, boot)
     if not path.exists() and journal:  # a disk that never took the database
         yield from (journal[i] for i in sorted(journal))
@@ -1126,6 +1156,7 @@ def stored_samples(
 def stored_stats(path: Path, boot: str | None = None) -> BufferStats:
     """What a running (or stopped) agent has stored, from its files alone (its journal: of
     this boot unless ``boot`` names another)."""
+    _refuse_newer(path, _journal_paths(path))
     counts: dict[str, int] = {}
     journal = _journal_samples(path, boot)
     count, oldest = 0, None
@@ -1161,11 +1192,15 @@ def stored_stats(path: Path, boot: str | None = None) -> BufferStats:
     )
 
 
+def _journal_paths(path: Path) -> list[Path]:
+    return [journal_path(directory, path) for directory in journal_dirs()]
+
+
 def _journal_samples(path: Path, boot: str | None) -> dict[int, Sample]:
     boot = Clock().boot_id() if boot is None else boot
     samples: dict[int, Sample] = {}
-    for directory in journal_dirs():
-        samples |= Journal(journal_path(directory, path), path, boot).recover().samples
+    for journal in _journal_paths(path):
+        samples |= Journal(journal, path, boot).recover().samples
     return samples
 
 
@@ -1209,18 +1244,77 @@ def _row(sample: Sample) -> tuple[object, ...]:
     return (sample.id, sample.device, sample.ts, vals.decode(), sample.mono, sample.boot, crc)
 
 
-def _add_checksum_column(db: sqlite3.Connection) -> int:
-    """Rows carry a checksum from id ``checked_from`` on (returned); databases of earlier
-    versions get the column, and their rows stay unchecked."""
+# --- formats
+
+
+def _to_format_1(db: sqlite3.Connection) -> None:
+    """Format 1, 0.1.0's: a new database gets its tables. 0.1.0's own database has them all and
+    needs nothing (this step just lets it be stamped); one of a version before it gets the
+    checksum column, its rows left unchecked (rows carry a checksum from ``checked_from`` on)."""
+    for table in _TABLES_1:
+        db.execute(table)
     columns = {r[1] for r in db.execute("PRAGMA table_info(samples)")}
-    with db:
-        if "crc" not in columns:
-            db.execute("ALTER TABLE samples ADD COLUMN crc INTEGER")
-            first = db.execute("SELECT coalesce(max(id), 0) + 1 FROM samples").fetchone()[0]
-        else:
-            first = 0
-        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('checked_from', ?)", (first,))
-    return int(db.execute("SELECT value FROM meta WHERE key = 'checked_from'").fetchone()[0])
+    first = 0
+    if "crc" not in columns:
+        db.execute("ALTER TABLE samples ADD COLUMN crc INTEGER")
+        first = int(db.execute("SELECT coalesce(max(id), 0) + 1 FROM samples").fetchone()[0])
+    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('checked_from', ?)", (first,))
+
+
+#: ``_STEPS[n]`` takes a database from format n to n + 1 (a new one, at 0, takes them all). A
+#: step runs inside the migration's transaction: it must not commit (``with db``), and it may
+#: find a database it already worked on, rolled back by a crash: the work is all there or none.
+_STEPS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_format_1,)
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the database to ``FORMAT``: the steps from the format it records, and the new
+    format, in one transaction. A failure or a crash part-way rolls it all back (SQLite's own
+    journal): the database stays whole at its old format, and the next open starts again."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > FORMAT:  # open() read it from the file first: only a file replaced since
+        raise _newer(path, version, FORMAT, _MOVE_DB)
+    if version == FORMAT:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for step in _STEPS[version:FORMAT]:
+            step(db)
+        db.execute(f"PRAGMA user_version = {FORMAT}")
+        db.commit()
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.rollback()
+        raise
+
+
+def _refuse_newer(path: Path, journals: Iterable[Path]) -> None:
+    """``NewerFormat`` when the database at ``path``, its ids file or one of ``journals`` is of
+    a newer format than this version reads. Read from the bytes (SQLite is not asked: it would
+    write to the file), before anything is written. Moving the ids file away is no fix: it is
+    the only record of the ids the newer version handed out (without it they could repeat)."""
+    ids_path = path.with_suffix(".ids")
+    found = [
+        (path, salvage.user_version(path, _wal_and_shm(path)[0]), FORMAT, _MOVE_DB),
+        (ids_path, ids_format(ids_path), IDS_FORMAT, ""),
+        *((journal, journal_format(journal), JOURNAL_FORMAT, _MOVE) for journal in journals),
+    ]
+    for file, version, known, fix in found:
+        if version > known:
+            raise _newer(file, version, known, fix)
+
+
+#: The other fix for a file of a newer format: it stays for the newer version, this one starts
+#: without it (the samples in it wait there).
+_MOVE = ", or move it away to start empty"
+_MOVE_DB = ", or move it and its -wal away to start empty"
+
+
+def _newer(file: Path, version: int, known: int, fix: str) -> NewerFormat:
+    return NewerFormat(
+        f"{file} is format {version}, newer than this edge-agent {__version__} reads "
+        f"({known}): install the newer edge-agent again{fix}"
+    )
 
 
 def _checked_from(db: sqlite3.Connection) -> int:

@@ -1,7 +1,8 @@
 """``edge-agent``: the command line (SPEC §2).
 
 Every mistake a person can make ends in one line naming the thing and the fix, and an exit code:
-0 fine, 1 runtime failure, 2 bad arguments or configuration.
+0 fine, 1 runtime failure, 2 bad arguments or configuration, or a buffer written by a newer
+edge-agent (a downgrade): what only a person can fix, so systemd does not restart on it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, tools
+from .buffer import NewerFormat
 from .config import Config, builtin_templates, load_config
 from .errors import AgentError, ConfigError, DeviceError, Problem
 from .logs import setup_logging
@@ -108,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except tools.UsageError as exc:
         print(f"edge-agent {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except NewerFormat as exc:  # restarting cannot help: the newer version, or a person, can
+        log.error("%s", exc)
         return EXIT_INVALID
     except AgentError as exc:
         log.error("%s", exc)

@@ -23,6 +23,11 @@ At a clean stop the exact next id is recorded: a restart continues without a gap
 unclean stop the ids resume at the reservation (a gap: the ids in it were reserved, and the
 samples of the last moment before the crash may be among them), unless the crash journal in the
 runtime directory tells exactly which were used (see ``agent.journal``).
+
+The file's format is 1 (two slots, since 0.1.0); the one-record file of earlier versions (0) is
+still read. A record of a later format names it (``"format": 2``; records of format 1 name none,
+so that 0.1.0, which takes an unknown field for damage, reads this version's file): the buffer
+refuses such a file rather than overwrite the only record of the ids a newer version handed out.
 """
 
 from __future__ import annotations
@@ -36,9 +41,12 @@ import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: The file's format (see the module docstring).
+FORMAT = 1
 SLOT = 512
 #: Reserved at least this many ids at a time.
 MIN_BLOCK = 10_000
@@ -80,14 +88,7 @@ class IdRecord:
     @classmethod
     def decode(cls, raw: bytes) -> IdRecord:
         """The record in one slot; ``ValueError`` when it is damaged."""
-        data = json.loads(raw.decode("ascii"))
-        if not isinstance(data, dict):
-            raise ValueError("not a record")
-        crc = data.pop("crc")
-        body = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        if crc != zlib.crc32(body.encode()):
-            raise ValueError("checksum mismatch")
-        record = cls(**data)
+        record = cls(**_checked(raw))
         fields = (record.seq, record.reserved_until, record.block, record.newest_ts, record.stored)
         if not all(isinstance(v, int) and v >= 0 for v in fields):
             raise ValueError("not a record")
@@ -294,6 +295,34 @@ class IdLedger:
     def _refused(self, exc: OSError) -> bool:
         self.refusal = f"cannot record ids in {self.path}: {exc.strerror or exc}"
         return False
+
+
+def _checked(raw: bytes) -> dict[str, Any]:
+    """The fields of the record in one slot, its checksum checked; ``ValueError`` (or
+    ``KeyError``, ``UnicodeDecodeError``) when it is damaged."""
+    data = json.loads(raw.decode("ascii"))
+    if not isinstance(data, dict):
+        raise ValueError("not a record")
+    crc = data.pop("crc")
+    body = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    if crc != zlib.crc32(body.encode()):
+        raise ValueError("checksum mismatch")
+    return data
+
+
+def format_of(path: Path) -> int:
+    """The newest format an intact slot of the file at ``path`` names (a damaged slot's says
+    nothing); 0 without an intact record."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return 0
+    found = 0
+    for start in range(0, 2 * SLOT, SLOT):
+        with contextlib.suppress(ValueError, KeyError, UnicodeDecodeError):
+            number = _checked(raw[start : start + SLOT]).get("format", 1)
+            found = max(found, number if isinstance(number, int) else 0)
+    return found
 
 
 def _legacy(raw: bytes) -> tuple[list[IdRecord], list[str]]:

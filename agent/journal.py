@@ -3,8 +3,8 @@
 A sample waits in memory until the broker acknowledges it or the buffer commits it to disk (most
 never touch the SD card). A ``kill -9`` (or an out-of-memory kill, or a crash) would lose those
 samples, and with them the knowledge of which ids were handed out. The journal is an append-only
-file in RAM — ``$RUNTIME_DIRECTORY`` under systemd (kept across restarts by
-``RuntimeDirectoryPreserve=restart``), else ``/dev/shm`` — that records each sample as it is
+file in RAM — ``$RUNTIME_DIRECTORY`` under systemd (kept until the next boot by
+``RuntimeDirectoryPreserve=yes``), else ``/dev/shm`` — that records each sample as it is
 added and each id as it leaves memory. It costs no disk write at all; it survives the process but
 not a reboot, which is what a power cut costs anyway (at most one ``flush_interval``).
 
@@ -12,6 +12,11 @@ A start in the same boot reads it back: the samples that were in memory come bac
 buffer, and the ids resume right after the last one handed out. If a write to the journal ever
 fails, the journal is removed and not used again by this run: a journal that missed a sample
 must not tell the next start a wrong last id.
+
+It outlives the process, so a package upgrade's new version reads the journal of the old one:
+its header names its format (``FORMAT``). A start reads a journal of its own format (or an older
+one, once there is one: a new format keeps a reader for the old) and rewrites it in its own; a
+journal of a newer format (a downgrade) is refused by the buffer, never read or replaced.
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ from .model import Sample
 
 log = logging.getLogger(__name__)
 
-MAGIC = "edge-agent journal 1"
+#: The journal's format, named in its header after the prefix: 1 since 0.1.0.
+FORMAT = 1
+_PREFIX = b"edge-agent journal "
+MAGIC = f"{_PREFIX.decode()}{FORMAT}"
 #: Rewritten with only the samples still in memory once it has grown this much.
 COMPACT_AFTER = 4 * 1024 * 1024
 
@@ -69,6 +77,18 @@ def journal_path(directory: Path, buffer_path: Path) -> Path:
     """One journal per buffer, named after the buffer's absolute path."""
     key = hashlib.sha256(os.fsencode(buffer_path.absolute())).hexdigest()[:16]
     return directory / f"buffer-{key}.journal"
+
+
+def format_of(path: Path) -> int:
+    """The format the header of the journal at ``path`` names; 0 without a journal (or one
+    whose header names none)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(64)
+    except OSError:
+        return 0
+    number = head.removeprefix(_PREFIX).partition(b" ")[0] if head.startswith(_PREFIX) else b""
+    return int(number) if number.isdigit() else 0
 
 
 @dataclass

@@ -11,7 +11,8 @@ b-tree leaf cells, records, the freelist, WAL frames and their checksums), as SQ
 ``scan_wal`` reads the WAL alone (cheap: it is bounded): the frames SQLite will apply, and the
 ones it will drop; ``rows_in_frames`` reads the rows of the dropped ones. ``scan`` reads the
 database and its WAL as SQLite would see them (the newest version of each page), for rebuilding a
-damaged database.
+damaged database. ``user_version`` reads the format the buffer recorded, before SQLite writes a
+byte.
 """
 
 from __future__ import annotations
@@ -188,6 +189,22 @@ def _checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple[int, int
         s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
         s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
     return s0, s1
+
+
+def user_version(db_path: Path, wal_path: Path) -> int:
+    """The database's ``PRAGMA user_version`` (the buffer's format), from the files alone: page 1
+    as SQLite would read it (its newest committed copy in the WAL, else the database's). Opening
+    the database to ask would let SQLite write (a checkpoint at close) to a file of a newer
+    version. 0 without a database header: no file yet, or one damaged (for the buffer to mend)."""
+    wal = scan_wal(wal_path)
+    with contextlib.ExitStack() as stack:
+        if 1 in wal.applied:
+            header = _read_at(_open_or_none(stack, wal_path), wal.applied[1], 100)
+        else:
+            header = _read_at(_open_or_none(stack, db_path), 0, 100)
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return 0
+    return int(struct.unpack(">i", header[60:64])[0])
 
 
 # --- pages and records
