@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
 import os
 import termios
 import time
@@ -26,6 +28,11 @@ _Self = TypeVar("_Self", bound="SerialDriver")
 
 #: The longest line kept: a sensor printing garbage without line ends cannot fill the memory.
 MAX_LINE = 4096
+#: What a port says when it cannot be held in break (TIOCSBRK): some USB adapters' drivers, and
+#: qemu's user-mode emulation of an ARM gateway. tcsendbreak's timed break (TCSBRK) still works.
+_NO_BREAK_CONTROL = {errno.ENOSYS, errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP}
+
+_log = logging.getLogger(__name__)
 
 
 def line_timeout(bus: BusConfig, device: DeviceConfig) -> float:
@@ -41,6 +48,7 @@ class LinePort:
         self._port: serial.Serial | None = None
         self._buffer = bytearray()
         self._last_byte = 0.0  # monotonic time the last byte arrived
+        self._timed_break = False  # the port cannot hold a break: tcsendbreak's timed one
 
     def open(self) -> None:
         """Open the port exclusively; ``BusError`` naming the port when that fails."""
@@ -90,17 +98,36 @@ class LinePort:
 
     async def send_break(self, duration: float, marking: float) -> None:
         """Hold the line in break for ``duration`` seconds, then marking for ``marking`` (SDI-12's
-        wake-up). A pseudo-terminal takes the break as a no-op."""
+        wake-up). A pseudo-terminal takes the break as a no-op. A port that cannot be held in
+        break gets the kernel's timed break instead, longer than SDI-12 asks (sensors wake at
+        12 ms or more), said once."""
         port = self._port
         if port is None:
             raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} is not open")
         try:
-            port.break_condition = True
-            try:
-                await asyncio.sleep(duration)
-            finally:
-                port.break_condition = False
-        except (serial.SerialException, OSError) as exc:
+            if not self._timed_break:
+                try:
+                    port.break_condition = True
+                except OSError as exc:
+                    if exc.errno not in _NO_BREAK_CONTROL:
+                        raise
+                    self._timed_break = True
+                    _log.warning(
+                        "bus %s: %s cannot hold a break (%s): waking sensors with the kernel's "
+                        "timed break (0.25 to 0.5 s) instead",
+                        self.bus.name,
+                        self.bus.serial_port,
+                        exc.strerror or exc,
+                    )
+            if self._timed_break:
+                # tcsendbreak blocks for the whole break: in a thread, not in the loop.
+                await asyncio.to_thread(termios.tcsendbreak, port.fileno(), 0)
+            else:
+                try:
+                    await asyncio.sleep(duration)
+                finally:
+                    port.break_condition = False
+        except (serial.SerialException, OSError, termios.error) as exc:
             raise BusError(f"bus {self.bus.name}: {self.bus.serial_port}: {exc}") from exc
         await asyncio.sleep(marking)
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
+import logging
+import termios
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -162,6 +165,42 @@ def test_a_plain_uart_wakes_the_sensor_with_a_break_and_marking_before_each_comm
     assert [state for _, state in breaks] == [True, False] * 3  # I, M, D0
     starts, ends = breaks[0::2], breaks[1::2]
     assert all(end[0] - start[0] >= 0.012 for start, end in zip(starts, ends, strict=True))
+
+
+def test_a_port_that_cannot_hold_a_break_gets_the_timed_break_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Some USB adapters' drivers, and qemu's emulation of an ARM gateway, refuse TIOCSBRK
+    (ENOSYS): the sensor is still woken, by tcsendbreak's timed break, and a reading comes."""
+    held: list[bool] = []
+    timed: list[int] = []
+
+    def refuse(port: Any) -> None:
+        held.append(port._break_state)
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    real_tcsendbreak = termios.tcsendbreak
+
+    def tcsendbreak(fd: int, duration: int) -> None:
+        timed.append(duration)
+        real_tcsendbreak(fd, duration)
+
+    monkeypatch.setattr(serial.Serial, "_update_break_state", refuse)
+    monkeypatch.setattr(termios, "tcsendbreak", tcsendbreak)
+    soil = SimulatedSensor("0", {"M": [1.0]})
+    device = sensor_device("soil", "0", [point("vwc", 1)])
+
+    async def scenario() -> None:
+        async with wired([soil]) as (driver, _):
+            assert (await driver.read(device)).values == {"vwc": 1.0}
+
+    with caplog.at_level(logging.WARNING):
+        run(scenario())
+    assert held == [True]  # asked once, then never again
+    assert timed == [0, 0, 0]  # I, M, D0
+    warnings = [r.getMessage() for r in caplog.records if "cannot hold a break" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "Function not implemented" in warnings[0]
 
 
 def test_values_split_over_several_data_answers_are_collected_in_order() -> None:
