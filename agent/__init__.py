@@ -3,4 +3,4 @@
 The data flows drivers → ``agent.scheduler`` → ``agent.buffer`` → ``agent.uplink``.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -288,6 +288,23 @@ def test_without_systemctl_the_unit_is_enabled_by_its_link(tmp_path: Path) -> No
     assert not (root / "etc" / "systemd" / "system" / UNIT).exists()
 
 
+def test_refuses_a_system_where_the_debian_package_is_installed(tmp_path: Path) -> None:
+    """The package owns /opt/edge-agent there: neither an install nor --uninstall touches it."""
+    root = make_root(tmp_path, gpio=False)
+    dpkg = root / "var" / "lib" / "dpkg"
+    dpkg.mkdir(parents=True)
+    (dpkg / "status").write_text(
+        "Package: edge-agent\nStatus: install ok installed\nVersion: 0.2.0-1\nArchitecture: all\n\n"
+    )
+    before = sorted(str(path) for path in root.rglob("*"))
+    for args in ([], ["--uninstall"]):
+        result = install(root, *args)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith("install: the Debian package edge-agent is installed")
+        assert len(result.stderr.splitlines()) == 1
+    assert sorted(str(path) for path in root.rglob("*")) == before
+
+
 def test_refuses_what_it_cannot_do(tmp_path: Path) -> None:
     """One line each, before touching anything."""
     cases = [
