@@ -1272,6 +1272,17 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
     format, in one transaction. A failure or a crash part-way rolls it all back (SQLite's own
     journal): the database stays whole at its old format, and the next open starts again."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if not _written_by_a_release(version):
+        log.warning(
+            "buffer %s: its header says format %d, which no edge-agent wrote (damage): "
+            "read as format %d",
+            path,
+            version,
+            FORMAT,
+        )
+        with db:
+            db.execute(f"PRAGMA user_version = {FORMAT}")
+        return
     if version > FORMAT:  # open() read it from the file first: only a file replaced since
         raise _newer(path, version, FORMAT, _MOVE_DB)
     if version == FORMAT:
@@ -1300,8 +1311,18 @@ def _refuse_newer(path: Path, journals: Iterable[Path]) -> None:
         *((journal, journal_format(journal), JOURNAL_FORMAT, _MOVE) for journal in journals),
     ]
     for file, version, known, fix in found:
-        if version > known:
+        if version > known and (file != path or _written_by_a_release(version)):
             raise _newer(file, version, known, fix)
+
+
+#: Formats a later release may have written, beyond ``FORMAT``. A database whose header says
+#: more (or less than 0) was written by none: those 4 bytes of its first page, which no checksum
+#: covers, are damaged. It is read as ``FORMAT``, never refused for good over a flipped byte.
+FORMATS_AHEAD = 16
+
+
+def _written_by_a_release(version: int) -> bool:
+    return 0 <= version <= FORMAT + FORMATS_AHEAD
 
 
 #: The other fix for a file of a newer format: it stays for the newer version, this one starts

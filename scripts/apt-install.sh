@@ -11,7 +11,8 @@ die() { echo "apt-install: $*" >&2; exit 1; }
 
 missing=()
 for package in "$@"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+  # The package's state alone ("installed"), whatever is wanted of it: a held one is installed.
+  [ "$(dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null)" = installed ] ||
     missing+=("$package")
 done
 [ ${#missing[@]} -gt 0 ] || exit 0
@@ -27,16 +28,23 @@ run() { "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive "$@"; }
 
 log=$(mktemp)
 # policy-rc.d answering 101 ("action forbidden") is Debian's switch that stops a package's
-# maintainer scripts from starting its daemon; one the administrator keeps is left alone.
+# maintainer scripts from starting its daemon; one the administrator keeps is left alone. Ours
+# says whose it is: one left by a run that was killed (no trap runs then) is taken back, since it
+# would forbid every daemon's restart by apt from then on.
 policy=/usr/sbin/policy-rc.d
+marker="# edge-agent apt-install, pid"
 ours=false
 cleanup() {
   if $ours; then run rm -f "$policy"; fi
   rm -f "$log"
 }
 trap cleanup EXIT
+left_by=$(sed -n "s/^$marker \([0-9]*\)\$/\1/p" "$policy" 2>/dev/null || true)
+if [ -n "$left_by" ] && [ ! -d "/proc/$left_by" ]; then
+  run rm -f "$policy"
+fi
 if [ ! -e "$policy" ]; then
-  run sh -c "printf '#!/bin/sh\nexit 101\n' >$policy && chmod 0755 $policy"
+  run sh -c "printf '#!/bin/sh\n$marker $$\nexit 101\n' >$policy && chmod 0755 $policy"
   ours=true
 fi
 
@@ -51,9 +59,11 @@ fi
 # the enabling their postinst did (deb-systemd-helper remembers it, so upgrades keep it off).
 if command -v deb-systemd-helper >/dev/null 2>&1; then
   for package in "${missing[@]}"; do
-    dpkg-query -L "$package" 2>/dev/null | grep -E '^(/usr)?/lib/systemd/system/[^/]+\.service$' |
-      while read -r unit; do
-        run deb-systemd-helper disable "$(basename "$unit")" >/dev/null 2>&1 || true
-      done
+    # Most packages bring no unit: grep then finds nothing, which is no failure.
+    units=$(dpkg-query -L "$package" 2>/dev/null |
+      grep -E '^(/usr)?/lib/systemd/system/[^/]+\.service$' || true)
+    for unit in $units; do
+      run deb-systemd-helper disable "$(basename "$unit")" >/dev/null 2>&1 || true
+    done
   done
 fi

@@ -80,7 +80,9 @@ wheel=$(echo "$work"/wheel/edge_agent-*.whl)
 # package to this machine's architecture.
 stage=$work/stage
 lib=$stage/opt/edge-agent/lib
-pure=(--only-binary=:all: --platform any --implementation py --abi none)
+# --python-version: resolved for the oldest Python the package promises (Depends: python3 >= 3.10),
+# so that a library whose release dropped 3.10 is refused here, not on a gateway.
+pure=(--only-binary=:all: --platform any --implementation py --abi none --python-version 3.10)
 pip_install() {
   py -m pip install --quiet --disable-pip-version-check --no-compile \
     --no-warn-script-location --target "$lib" "${pure[@]}" "$@" >&2

@@ -18,7 +18,9 @@ cleanup() {
   done
   [ -z "$conf" ] || rm -f "$conf"
 }
-trap cleanup EXIT INT TERM
+# Ctrl-C ends the demo (the EXIT trap then stops what it started), not only the step it was at.
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_port() {

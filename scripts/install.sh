@@ -62,12 +62,18 @@ if [ -n "$root" ]; then
   [ "$root" != / ] || root=""
 fi
 # The Debian package owns /opt/edge-agent where it is installed: this script would mix its venv
-# into the package's files (or, with --uninstall, delete them behind dpkg's back).
-if dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Status}' edge-agent 2>/dev/null |
-  grep -q "install ok installed"; then
-  die "the Debian package edge-agent is installed here: upgrade it with apt install" \
-    "./edge-agent_VERSION-1_all.deb, or apt remove edge-agent before using this script"
-fi
+# into the package's files (or, with --uninstall, delete them behind dpkg's back). A package
+# removed but not purged still owns /etc/edge-agent and /var/lib/edge-agent: its purge would
+# delete this script's configuration and buffer.
+package=$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${db:Status-Status}' edge-agent \
+  2>/dev/null || true)
+case "$package" in
+  "" | not-installed) ;;
+  installed) die "the Debian package edge-agent is installed here: upgrade it with apt install" \
+    "./edge-agent_VERSION-1_all.deb, or apt remove edge-agent before using this script" ;;
+  *) die "the Debian package edge-agent is still known here ($package): reinstall it, or" \
+    "apt purge edge-agent first (that deletes /etc/edge-agent and the buffer in $state_dir)" ;;
+esac
 # Touch the running system's service manager only when installing into it and it runs (not in a
 # chroot or an image being built, where `systemctl enable` still works offline).
 live=false

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-purpose=test
+purpose="test"
 if [ "${1:-}" = "--for" ]; then
   purpose=${2:-}
   shift 2 || true
@@ -41,12 +41,13 @@ for python in "${pythons[@]}"; do
     "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
   fi
-  # Install again only when the dependencies changed: the stamp holds pyproject.toml's checksum
-  # and what was installed ("test" holds all the demo needs).
+  # Install again only when the dependencies changed or the clone moved (an editable install
+  # points at its folder): the stamp holds pyproject.toml's checksum with the folder, and what
+  # was installed ("test" holds all the demo needs).
   stamp="$venv/.installed"
-  checksum=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  checksum=$( (sha256sum pyproject.toml && pwd) | sha256sum | cut -d' ' -f1)
   have_checksum="" have_purpose=""
-  read -r have_checksum have_purpose <"$stamp" 2>/dev/null || true
+  if [ -f "$stamp" ]; then read -r have_checksum have_purpose <"$stamp" || true; fi
   if [ "${have_checksum:-}" != "$checksum" ] ||
     { [ "$purpose" = test ] && [ "${have_purpose:-test}" != test ]; }; then
     echo "setup: installing edge-agent${extras:+ and its test tools} into $venv" >&2

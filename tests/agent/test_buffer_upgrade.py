@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -24,7 +25,15 @@ from pathlib import Path
 import pytest
 
 from agent import __version__, buffer
-from agent.buffer import FORMAT, Buffer, Complaints, NewerFormat, stored_samples, stored_stats
+from agent.buffer import (
+    FORMAT,
+    FORMATS_AHEAD,
+    Buffer,
+    Complaints,
+    NewerFormat,
+    stored_samples,
+    stored_stats,
+)
 from agent.ids import SLOT, IdLedger
 from agent.journal import journal_path
 from agent.model import Sample
@@ -330,6 +339,22 @@ def test_a_file_of_a_newer_version_is_refused_and_left_as_it_is(tmp_path: Path, 
         buffer_at(db).open()
     assert str(refused.value) == line
     assert files(tmp_path) == before  # byte for byte: nothing rebuilt, moved aside, stamped
+
+
+@pytest.mark.parametrize("damaged", [FORMAT + FORMATS_AHEAD + 1, 2**24 + 1, -1])
+def test_a_format_no_release_wrote_is_damage_not_a_newer_version(
+    tmp_path: Path, damaged: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The format's 4 bytes in the header have no checksum: garbage there must not stop the
+    agent for good as a "newer version" would. The database is read, and stamped again."""
+    db = installed(tmp_path)
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(f"PRAGMA user_version = {damaged}")
+    with caplog.at_level(logging.WARNING), contextlib.closing(buffer_at(db).open()) as buffer:
+        assert buffer.stats().on_disk > 0
+    assert f"its header says format {damaged}, which no edge-agent wrote" in caplog.text
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == FORMAT
 
 
 @pytest.mark.parametrize("kind", ["database", "journal", "ids"])

@@ -314,6 +314,19 @@ def main_pid(box: BootedRoot) -> str:
 def first_install(box: BootedRoot, root: Path, deb: Path) -> None:
     """Debian's python3 comes with the package; the service is enabled, not started."""
     assert box.run("sh", "-c", "command -v python3", check=False).returncode != 0
+    # A user made by hand before (adduser --system puts it in nogroup): it gets its own group.
+    box.run(
+        "useradd",
+        "--system",
+        "--gid",
+        "nogroup",
+        "--home-dir",
+        "/var/lib/edge-agent",
+        "--no-create-home",
+        "--shell",
+        "/usr/sbin/nologin",
+        "edge-agent",
+    )
     apt(box, "update")
     said = apt(box, "install", f"/srv/debs/{deb.name}")
     assert "enabled, not started" in said
@@ -379,6 +392,21 @@ def invalid_config_is_not_restarted(box: BootedRoot, root: Path) -> None:
     config.write_text(valid)
 
 
+def failed_agent_starts_with_the_upgrade(box: BootedRoot, root: Path, telemetry: Telemetry) -> None:
+    """An agent that exited 2 (an invalid config; or an older version refusing a newer buffer),
+    which systemd does not restart, is failed: once the cause is gone, the next upgrade's
+    postinst starts it again instead of leaving the gateway down."""
+    config = root / "etc" / "edge-agent" / "config.toml"
+    valid = config.read_text()
+    config.write_text(valid.replace('interval = "500ms"', 'interval = "soon"'))
+    box.run("systemctl", "restart", UNIT, check=False, timeout=60)
+    assert box.run("systemctl", "is-failed", UNIT, check=False).stdout.strip() == "failed"
+    config.write_text(valid)
+    box.run("/var/lib/dpkg/info/edge-agent.postinst", "configure", f"{UPSTREAM}-1")
+    assert out(box, "systemctl", "is-active", UNIT) == "active"
+    wait_run(telemetry, 3, NEXT)
+
+
 def remove_keeps_the_data(box: BootedRoot, root: Path, telemetry: Telemetry) -> Snapshot:
     """``apt-get remove`` stops the agent (cleanly) and keeps config, password, buffer, user."""
     etc_before = snapshot(root / "etc" / "edge-agent")
@@ -423,7 +451,7 @@ def reinstall_finds_the_data(
     assert kept_data(root) == kept
     assert out(box, "systemctl", "is-enabled", UNIT) == "enabled"
     box.run("systemctl", "start", UNIT, timeout=60)
-    wait_run(telemetry, 3, NEXT)
+    wait_run(telemetry, 4, NEXT)
 
 
 def purge_removes_everything(box: BootedRoot, root: Path) -> None:
@@ -453,7 +481,7 @@ def ids_carry_on(telemetry: Telemetry) -> None:
         [s["id"] for s in by_id if start <= s["ts"] < end]
         for start, end in itertools.pairwise(starts)
     ]
-    assert len(runs) == 3
+    assert len(runs) == 4
     for earlier, later in itertools.pairwise(runs):
         assert earlier
         assert later
@@ -489,6 +517,7 @@ def test_install_upgrade_remove_purge_in_a_fresh_debian(
                     configure_and_start(box, root, broker, telemetry)
                     upgrade_while_running(box, next_deb, telemetry)
                     invalid_config_is_not_restarted(box, root)
+                    failed_agent_starts_with_the_upgrade(box, root, telemetry)
                     kept = remove_keeps_the_data(box, root, telemetry)
                     refuses_install_sh_venv(box, root, next_deb)
                     assert kept_data(root) == kept

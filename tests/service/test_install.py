@@ -293,16 +293,23 @@ def test_refuses_a_system_where_the_debian_package_is_installed(tmp_path: Path) 
     root = make_root(tmp_path, gpio=False)
     dpkg = root / "var" / "lib" / "dpkg"
     dpkg.mkdir(parents=True)
-    (dpkg / "status").write_text(
-        "Package: edge-agent\nStatus: install ok installed\nVersion: 0.2.0-1\nArchitecture: all\n\n"
-    )
-    before = sorted(str(path) for path in root.rglob("*"))
-    for args in ([], ["--uninstall"]):
-        result = install(root, *args)
-        assert result.returncode == 1, result.stderr
-        assert result.stderr.startswith("install: the Debian package edge-agent is installed")
-        assert len(result.stderr.splitlines()) == 1
-    assert sorted(str(path) for path in root.rglob("*")) == before
+    # Installed, held, and removed with its configuration kept (its purge would delete ours).
+    states = {
+        "install ok installed": "is installed here",
+        "hold ok installed": "is installed here",
+        "deinstall ok config-files": "is still known here (config-files)",
+    }
+    for status, said in states.items():
+        (dpkg / "status").write_text(
+            f"Package: edge-agent\nStatus: {status}\nVersion: 0.2.0-1\nArchitecture: all\n\n"
+        )
+        before = sorted(str(path) for path in root.rglob("*"))
+        for args in ([], ["--uninstall"]):
+            result = install(root, *args)
+            assert result.returncode == 1, result.stderr
+            assert result.stderr.startswith(f"install: the Debian package edge-agent {said}")
+            assert len(result.stderr.splitlines()) == 1
+        assert sorted(str(path) for path in root.rglob("*")) == before
 
 
 def test_refuses_what_it_cannot_do(tmp_path: Path) -> None:
