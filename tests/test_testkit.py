@@ -21,6 +21,7 @@ from agent.aio import cancel_and_wait
 from agent.config.types import PointConfig
 from agent.testkit import run, toml
 from agent.testkit.broker import Broker
+from agent.testkit.faults import IdLedger
 from agent.testkit.modbus import ModbusBus, SimSlave, template_points
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.runner import AgentRunner, site_config
@@ -359,3 +360,16 @@ def test_a_subscriber_leaving_keeps_what_its_client_had_already_acknowledged(
         return [payload for _, payload, _ in subscriber.messages]
 
     assert run(scenario(), timeout=20) == [0, 1, 2, 3, 4]
+
+
+def test_the_ledger_counts_a_jump_past_what_len_can_hold() -> None:
+    """After a lost ``buffer.ids`` the ids jump by 2**32, which ``len()`` of a range cannot
+    count on a 32-bit gateway (armhf, where ssize_t is 32 bits); 2**64 fails everywhere. The
+    jump is no sample lost, and a hole after it still is."""
+    ledger = IdLedger()
+    after = 2**64 + 10
+    ids = [1, 2, after, after + 2]
+    ledger.record([{"id": i, "device": "d", "ts": i, "values": {}} for i in ids])
+    reconciled = ledger.reconcile(buffered=[], dropped=0, lost=0)
+    assert reconciled.generated == 5
+    assert reconciled.unaccounted == [after + 1]

@@ -230,10 +230,10 @@ class IdLedger:
         missing: list[int] = []
         count = 0
         for hole in holes:
-            if len(hole) > JUMP:
+            if _size(hole) > JUMP:
                 continue
             for part in _outside(hole, never):
-                count += len(part)
+                count += _size(part)
                 missing.extend(part[: max(0, 1000 - len(missing))])
         explained = dropped + lost
         return Reconciled(
@@ -245,6 +245,12 @@ class IdLedger:
             missing[explained:] if count > explained else [],
             sorted(self.clashes),
         )
+
+
+def _size(ids: range) -> int:
+    """How many ids ``ids`` holds. Not ``len()``: on a 32-bit gateway (armhf) it overflows for
+    a range past 2**31 ids, as the jump after a lost ``buffer.ids`` is (2**32)."""
+    return max(0, ids.stop - ids.start)
 
 
 def _outside(hole: range, never: list[range]) -> list[range]:

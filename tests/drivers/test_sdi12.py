@@ -151,7 +151,7 @@ def record_breaks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, bool]]:
 
 
 def test_a_plain_uart_wakes_the_sensor_with_a_break_and_marking_before_each_command(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     breaks = record_breaks(monkeypatch)
     soil = SimulatedSensor("0", {"M": [1.0]})
@@ -162,6 +162,8 @@ def test_a_plain_uart_wakes_the_sensor_with_a_break_and_marking_before_each_comm
             await driver.read(device)
 
     run(scenario())
+    if "cannot hold a break" in caplog.text:  # qemu's user-mode emulation: no TIOCSBRK
+        pytest.skip("this machine's pseudo-terminals cannot hold a break: the timed break's test")
     assert [state for _, state in breaks] == [True, False] * 3  # I, M, D0
     starts, ends = breaks[0::2], breaks[1::2]
     assert all(end[0] - start[0] >= 0.012 for start, end in zip(starts, ends, strict=True))

@@ -55,7 +55,9 @@ pytestmark = pytest.mark.skipif(
 
 def build(tree: Path, out: Path) -> Path:
     result = subprocess.run(
-        [str(tree / "scripts" / "build-deb.sh"), "--out", str(out)],
+        # This Python has pip and build (the test tools): wherever the suite runs, in a clone's
+        # venv or in a venv of its own beside an sdist.
+        [str(tree / "scripts" / "build-deb.sh"), "--python", sys.executable, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=BUILD_TIMEOUT,
