@@ -69,4 +69,4 @@ for venv in "${venvs[@]}"; do
   fi
   [ "$code" -eq 0 ] || status=$code
 done
-exit $status
+exit "$status"
