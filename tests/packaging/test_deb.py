@@ -438,12 +438,18 @@ def kept_data(root: Path) -> Snapshot:
 def refuses_install_sh_venv(box: BootedRoot, root: Path, next_deb: Path) -> None:
     """preinst: not over scripts/install.sh's venv; nothing of the kept data changes."""
     venv = root / "opt" / "edge-agent"
+    # The remove took /opt too where the package was its only owner (a minimal root). Made here
+    # it would have this process's umask (0077 once the agent's own main() ran in it), and a
+    # reinstall would keep that: the root is left as it was.
+    made_opt = not venv.parent.exists()
     venv.mkdir(parents=True)
     (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
     said = apt(box, "install", f"/srv/debs/{next_deb.name}", ok=False)
     assert "'scripts/install.sh --uninstall' first" in said
     assert state(box) == "config-files"
     shutil.rmtree(venv)
+    if made_opt:
+        venv.parent.rmdir()
 
 
 def reinstall_finds_the_data(
