@@ -217,6 +217,10 @@ def _verification_failure(mqtt: MqttSection, cause: ssl.SSLCertVerificationError
     )
 
 
+#: How a plain (not TLS) listener's answer to our TLS handshake reads in the library's error.
+_PLAIN_PORT_SIGNS = ("reset", "eof occurred in violation of protocol", "unexpected_eof")
+
+
 def _no_connack(mqtt: MqttSection, library_error: str | None) -> tuple[int, str]:
     """The broker took the connection and closed it, or never answered our CONNECT."""
     where = f"{mqtt.host}:{mqtt.port}"
@@ -232,8 +236,9 @@ def _no_connack(mqtt: MqttSection, library_error: str | None) -> tuple[int, str]
             f"the broker did not accept our client certificate {mqtt.client_cert_file} "
             f"({library_error}): it must be signed by a CA the broker trusts"
         )
-    if mqtt.tls and "reset" in library_error.lower():
-        # a plain listener resets a TLS client, during the handshake or just after it
+    if mqtt.tls and any(sign in library_error.lower() for sign in _PLAIN_PORT_SIGNS):
+        # a plain listener resets a TLS client, or closes on it, during the handshake or just
+        # after it: which one depends on when the listener reads our ClientHello
         return logging.ERROR, (
             f"the TLS handshake with {where} failed ({library_error}); is it a TLS port? "
             "for a plain one use mqtt://"
