@@ -13,16 +13,17 @@ from typing import Any
 
 from . import __version__
 from .aio import cancel_and_wait
+from .api import local_bus
 from .buffer import open_buffer
 from .clock import Clock, ClockGuard
 from .commands import Commands, shown
 from .config import Config, load_config
-from .driver import bus_driver, load_driver, local_bus
 from .errors import ConfigError
 from .health import health_payload, status_snapshot
 from .lock import data_dir_lock
 from .logs import flush_suppressed
 from .model import Value
+from .registry import bus_driver, load_driver
 from .report import ReportFilter
 from .scheduler import BusPoller, Sink
 from .status import StatusServer, status_path

@@ -59,7 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     scan = command("scan", "probe a bus for the Modbus unit ids or SDI-12 addresses that answer")
     scan.add_argument("bus")
     scan.add_argument(
-        "--units", default="1-247", type=_units, help="Modbus ids to try (default 1-247)"
+        "--units",
+        default=None,
+        help="what to try, in the bus driver's terms: Modbus ids (default 1-247), SDI-12 "
+        "addresses (default all)",
     )
     simulate = command("simulate", "serve every configured Modbus device as a simulated slave")
     where = simulate.add_mutually_exclusive_group()
@@ -127,13 +130,13 @@ def _dispatch(args: argparse.Namespace, config: Config, hangups: Sequence[int] =
     elif args.command == "read":
         device = tools.find_device(config, args.device)
         try:
-            poll = asyncio.run(tools.read_device(config, args.device, args.points))
+            poll, show = asyncio.run(tools.read_device(config, args.device, args.points))
         except DeviceError as exc:
             print(f"edge-agent read: {exc}", file=sys.stderr)
             for frame in exc.frames:  # what the slave really sent
                 print(f"  frame: {frame}", file=sys.stderr)
             return EXIT_FAILED
-        tools.print_poll(device, poll, args.points, args.json)
+        tools.print_poll(device, poll, args.points, args.json, show=show)
         return EXIT_FAILED if poll.errors else EXIT_OK
     elif args.command == "write":
         return _write(config, args.device, args.point, args.value)
@@ -152,18 +155,6 @@ def _dispatch(args: argparse.Namespace, config: Config, hangups: Sequence[int] =
 
         return serve_simulation(config, args.tcp, args.pty)
     return EXIT_OK
-
-
-def _units(text: str) -> range:
-    """``1-247`` or ``5`` → the unit ids to scan."""
-    low, _, high = text.partition("-")
-    try:
-        first, last = int(low), int(high or low)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'"{text}" is not a unit range such as 1-247') from None
-    if not 0 <= first <= last <= 247:
-        raise argparse.ArgumentTypeError(f'"{text}": unit ids run from 0 to 247')
-    return range(first, last + 1)
 
 
 def _write(config: Config, device: str, point: str, text: str) -> int:

@@ -32,9 +32,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from . import registry
+from .api import DriverContext, Writes, local_bus
+from .api.keys import suggest
 from .config import Config, DeviceConfig, PointConfig
-from .config.sections import suggest
-from .driver import build_driver, load_driver, local_bus
 from .errors import DeviceError
 from .model import Poll, Value
 from .scheduler import BusPoller
@@ -284,13 +285,13 @@ async def write_now(config: Config, device_name: str, point_name: str, value: Va
     device, point = find_target(config, device_name, point_name)
     value = checked_value(point, value)
     bus = config.bus(device.bus) if device.bus else local_bus(device)
-    driver = build_driver(load_driver(device.driver), bus, None, [device])
-    write = getattr(driver, "write", None)
-    if write is None:
+    context = DriverContext(devices=(device,))
+    driver = registry.build_driver(registry.load_driver(device.driver), bus, context)
+    if not isinstance(driver, Writes):
         raise CommandRefused(f"device {device.name}: its driver cannot write")
     async with driver:
         try:
-            await write(device, point, value)
+            await driver.write(device, point, value)
         except ValueError as exc:
             raise CommandRefused(f"{point.name}: {exc}") from None
         return read_back(await driver.read(device), point)

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .api import CountsFaults, KeepsRaw
 from .buffer import Buffer, BufferStats
 from .scheduler import BusPoller
 
@@ -54,14 +55,15 @@ def status_snapshot(
         if not local:
             overruns = sum(h.overruns for h in poller.health.values())
             buses[poller.bus.name] = {"connected": poller.connected, "overruns": overruns}
-        frames = getattr(poller.driver_instance, "frames", None)
+        driver = poller.driver_instance
+        frames = driver.frames if isinstance(driver, KeepsRaw) else None
         for name, health in poller.health.items():
             device = devices[name] = {
                 "bus": "" if local else poller.bus.name,
                 "last_good": health.last_good,
                 **_device(poller, name),
             }
-            if callable(frames) and (raw := list(frames(name))):
+            if frames is not None and (raw := list(frames(name))):
                 device["frames"] = raw
     return {
         "agent": dict(agent),
@@ -102,7 +104,10 @@ def _device(poller: BusPoller, name: str) -> dict[str, Any]:
         report["last_error"] = health.last_error
     if health.backoff:
         report["retry_every"] = health.backoff
-    counters: Mapping[str, Mapping[str, int]] = getattr(poller.driver_instance, "counters", {})
+    driver = poller.driver_instance
+    counters: Mapping[str, Mapping[str, int]] = (
+        driver.counters if isinstance(driver, CountsFaults) else {}
+    )
     if counters.get(name):
         report["faults"] = {k: v for k, v in counters[name].items() if k != "ok"}
     return report

@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import registry
+from .api import Driver, DriverContext, Writes
 from .backoff import Backoff
 from .clock import Clock
 from .config import BusConfig, DeviceConfig, PointConfig
-from .driver import Driver, build_driver
 from .errors import BusError, DeviceError
 from .model import Poll, Value
 
@@ -163,9 +164,8 @@ class BusPoller:
         backoff = Backoff(initial=0.5, maximum=30.0)
         # One driver for the poller's life, re-entered to reconnect: what it learned about the
         # devices (refused merged reads, counters) survives a lost connection.
-        driver = self.driver_instance = build_driver(
-            self.driver, self.bus, self.state_dir, self.devices
-        )
+        context = DriverContext(tuple(self.devices), self.state_dir, self.clock)
+        driver = self.driver_instance = registry.build_driver(self.driver, self.bus, context)
         while True:
             try:
                 async with contextlib.AsyncExitStack() as connection:
@@ -304,11 +304,10 @@ class BusPoller:
         return True
 
     async def _write_and_read(self, driver: Driver, job: _Write) -> Poll:
-        write = getattr(driver, "write", None)
-        if write is None:
+        if not isinstance(driver, Writes):
             raise DeviceError(f"device {job.device.name}: its driver cannot write")
         with self._calling():
-            await write(job.device, job.point, job.value)
+            await driver.write(job.device, job.point, job.value)
             return await driver.read(job.device)
 
     def _next_due(self, device: DeviceConfig, after: float | None = None) -> float:

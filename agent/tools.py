@@ -9,11 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from . import registry
+from .api import Describes, DriverContext, KeepsRaw, ShipsTemplates, local_bus
+from .api.keys import suggest
 from .buffer import BUFFER_FILE, BufferStats, open_buffer, stored_samples, stored_stats
 from .clock import Clock
-from .config import BusConfig, Config, DeviceConfig, TemplateConfig
-from .config.sections import suggest
-from .driver import BUS_DRIVERS, build_driver, bus_driver, load_driver, local_bus
+from .config import BusConfig, Config, DeviceConfig, PointConfig, TemplateConfig
 from .errors import AgentError
 from .lock import data_dir_lock
 from .model import Poll
@@ -41,20 +42,21 @@ def find_bus(config: Config, name: str) -> BusConfig:
 
 def plan_lines(config: Config) -> list[str]:
     """Per device, the requests one poll makes: what ``check --plan`` prints and start-up logs."""
-    owners = [(bus, bus_driver(bus, config.devices)) for bus in config.buses]
+    owners = [(bus, registry.bus_driver(bus, config.devices)) for bus in config.buses]
     owners += [(local_bus(d), d.driver) for d in config.devices if not d.bus]
     lines = []
     for bus, name in owners:
         if name is None:
             continue
-        driver = build_driver(load_driver(name), bus, None)
-        describe: Callable[[DeviceConfig], list[str]] | None = getattr(driver, "describe", None)
+        driver_class = registry.load_driver(name)
+        driver = registry.build_driver(driver_class, bus)
+        addressed = "unit" in registry.options(driver_class, "device")
         local = bus.type == "local"
         devices = [config.device(bus.name)] if local else config.devices_on(bus.name)
         for device in devices:
-            requests = describe(device) if describe else []
+            requests = driver.describe(device) if isinstance(driver, Describes) else []
             where = "on no bus" if local else f"bus {bus.name}"
-            if bus.type in BUS_DRIVERS:
+            if addressed:
                 where += f", unit {device.unit}"
             lines.append(
                 f"device {device.name} ({where}, every {device.interval:g}s): "
@@ -64,8 +66,15 @@ def plan_lines(config: Config) -> list[str]:
     return lines
 
 
-async def read_device(config: Config, device_name: str, point_names: Sequence[str]) -> Poll:
-    """One poll of one device now, with the raw registers behind each value."""
+#: How a point's raw registers or bits are shown: the driver's ``show_raw``.
+ShowRaw = Callable[[PointConfig, tuple[int, ...]], str]
+
+
+async def read_device(
+    config: Config, device_name: str, point_names: Sequence[str]
+) -> tuple[Poll, ShowRaw]:
+    """One poll of one device now, with the raw registers behind each value, and how they
+    are shown."""
     device = find_device(config, device_name)
     if point_names:
         known = {p.name: p for p in device.points}
@@ -75,20 +84,32 @@ async def read_device(config: Config, device_name: str, point_names: Sequence[st
                     f'device {device.name} has no point "{name}"{suggest(name, known)}; '
                     f"points: {', '.join(known)}"
                 )
-        # keep the exponents the chosen points are scaled by
-        wanted = set(point_names) | {known[n].scale_exponent for n in point_names} - {None}
+        # keep the points the chosen ones need (the exponents they are scaled by)
+        wanted = set(point_names) | {n for p in point_names for n in known[p].needs}
         device = replace(device, points=tuple(p for p in device.points if p.name in wanted))
     bus = config.bus(device.bus) if device.bus else local_bus(device)
     # The running agent owns the data dir: a driver's kept state is not touched from here.
-    driver = build_driver(load_driver(device.driver), bus, None, [device])
-    if hasattr(driver, "keep_raw"):
+    context = DriverContext(devices=(device,))
+    driver = registry.build_driver(registry.load_driver(device.driver), bus, context)
+    show: ShowRaw = _show_raw
+    if isinstance(driver, KeepsRaw):
         driver.keep_raw = True
+        show = driver.show_raw
     async with driver:
-        return await driver.read(device)
+        return await driver.read(device), show
+
+
+def _show_raw(point: PointConfig, raw: tuple[int, ...]) -> str:
+    return " ".join(str(r) for r in raw)
 
 
 def print_poll(
-    device: DeviceConfig, poll: Poll, points: Sequence[str], as_json: bool, out: TextIO = sys.stdout
+    device: DeviceConfig,
+    poll: Poll,
+    points: Sequence[str],
+    as_json: bool,
+    out: TextIO = sys.stdout,
+    show: ShowRaw = _show_raw,
 ) -> None:
     """The poll as a table (point, value, unit, raw registers) or as JSON."""
     shown = [p for p in device.points if not points or p.name in points]
@@ -105,10 +126,7 @@ def print_poll(
     rows = [("point", "value", "unit", "raw")]
     for p in shown:
         value = poll.values.get(p.name, "—")
-        raw = " ".join(
-            f"0x{r:04X}" if p.table in ("holding", "input") else str(r)
-            for r in poll.raw.get(p.name, ())
-        )
+        raw = show(p, poll.raw[p.name]) if p.name in poll.raw else ""
         rows.append((p.name, str(value), p.unit, raw))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
@@ -135,18 +153,10 @@ def template_detail(template: TemplateConfig) -> list[str]:
         f"template {template.name}: {template.description}".rstrip(": "),
         f"source: {template.source}",
     ]
+    driver = registry.load_driver(template.driver)
     for p in template.points:
-        extra: list[str] = []
-        if p.type not in ("bool", "int16", "uint16", "string"):
-            extra.append(p.order)
-        if p.scale != 1 or p.offset:
-            extra.append(f"x{p.scale:g}{p.offset:+g}" if p.offset else f"x{p.scale:g}")
-        if p.scale_exponent:
-            extra.append(f"x10^{p.scale_exponent}")
-        if p.bit is not None:
-            extra.append(f"bit {p.bit}")
-        where = f"{p.table:<8} {p.address:>5}"
-        lines.append(f"  {p.name:<20} {where}  {p.type:<8} {p.unit:<6} {' '.join(extra)}".rstrip())
+        shown = driver.describe_point(p) if isinstance(driver, ShipsTemplates) else ""
+        lines.append(f"  {p.name:<20} {shown}".rstrip())
     return lines
 
 

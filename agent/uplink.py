@@ -92,7 +92,7 @@ def meta_payload(config: Config) -> dict[str, Any]:
                 "bus": d.bus,
                 "interval": d.interval,
                 "points": {
-                    p.name: {"type": p.type, "unit": p.unit, "writable": p.writable}
+                    p.name: {"type": p.value_type, "unit": p.unit, "writable": p.writable}
                     for p in d.points
                 },
             }

@@ -32,7 +32,7 @@ from typing import NoReturn
 # import most of it; the rest a child imported itself after the fork (by ``sys.modules``).
 import agent.app
 import agent.cli
-from agent.driver import load_driver
+from agent.registry import load_driver
 
 STOP_WITHIN = 20.0
 

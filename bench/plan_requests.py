@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from agent.config import BusConfig, builtin_templates
 from drivers.modbus.plan import plan_requests
+from drivers.modbus.schema import modbus_points
 
 
 def main() -> None:
@@ -14,7 +15,7 @@ def main() -> None:
     print("| template | points | requests per poll (one per point) | registers read |")
     print("| --- | --- | --- | --- |")
     for template in sorted(builtin_templates(), key=lambda t: t.name):
-        requests = plan_requests(template.points, bus)
+        requests = plan_requests(modbus_points(template.points), bus)
         registers = sum(r.count for r in requests)
         print(
             f"| `{template.name}` | {len(template.points)} | {len(requests)} "

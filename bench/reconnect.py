@@ -45,19 +45,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.config.types import PointConfig
 from agent.testkit.aio import KitLoop
 from agent.testkit.broker import Broker
 from agent.testkit.faults import Reconciled, account, drained
 from agent.testkit.modbus import ModbusBus
 from agent.testkit.runner import AgentRunner
+from drivers.modbus.schema import ModbusPoint
 
 from ._rig import markdown_table
 
 AGENT_ID = "bench-site"
 PREFIX = "rc"
 TELEMETRY = f"{PREFIX}/{AGENT_ID}/telemetry"
-POINTS = (PointConfig("level", "holding", 0, "uint16"),)
+POINTS = (ModbusPoint("level", table="holding", address=0, type="uint16"),)
 #: The agent's defaults but for where it publishes (the runner adds the URL).
 SITE = f"""
 [agent]

@@ -14,12 +14,15 @@ import asyncio
 import statistics
 import time
 
-from agent.config import BusConfig, DeviceConfig, PointConfig
+from agent.config import BusConfig, DeviceConfig
 from drivers.modbus import ModbusDriver
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, PtyLink, SimulatedSlave
 
 REGISTERS = 10
-POINTS = tuple(PointConfig(f"r{i}", "holding", i, "uint16") for i in range(REGISTERS))
+POINTS = tuple(
+    ModbusPoint(f"r{i}", table="holding", address=i, type="uint16") for i in range(REGISTERS)
+)
 
 
 def wire_seconds(baud: int, parity: str, stopbits: int, registers: int) -> float:

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.aio import cancel_and_wait
-from agent.config import PointConfig
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.process import AgentProcess
 from agent.uplink import Uplink
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 from ._rig import (
@@ -62,7 +62,8 @@ from ._rig import (
 AHEAD_BATCHES = 3
 WARM_UP = 1.0  # seconds of each throughput run left out of the figures (connect, first batches)
 POINTS = tuple(
-    PointConfig(name, "holding", 2 * i, "float32") for i, name in enumerate(VALUES)
+    ModbusPoint(name, table="holding", address=2 * i, type="float32")
+    for i, name in enumerate(VALUES)
 )  # 20 float32 registers in a row: one Modbus request per poll
 TOPIC = "bench/bench-gw/telemetry"
 

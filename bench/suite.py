@@ -31,6 +31,7 @@ from agent.config import PointConfig
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.process import AgentProcess
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 from . import backlog_drain
@@ -47,11 +48,15 @@ from ._rig import (
     until,
 )
 
-POINTS = tuple(PointConfig(name, "holding", 2 * i, "float32") for i, name in enumerate(VALUES))
+POINTS = tuple(
+    ModbusPoint(name, table="holding", address=2 * i, type="float32")
+    for i, name in enumerate(VALUES)
+)
 #: A wider device: 50 float32 points, 100 registers in a row, still one request per poll.
 WIDE_VALUES = {f"w{i:02d}": 100.25 + 7.5 * i for i in range(50)}
 WIDE_POINTS = tuple(
-    PointConfig(name, "holding", 2 * i, "float32") for i, name in enumerate(WIDE_VALUES)
+    ModbusPoint(name, table="holding", address=2 * i, type="float32")
+    for i, name in enumerate(WIDE_VALUES)
 )
 TOPIC = "bench/bench-gw/telemetry"
 STATUS_TOPIC = "bench/bench-gw/status"

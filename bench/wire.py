@@ -54,8 +54,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from agent.api import BufferSection
 from agent.buffer import Buffer
-from agent.config.types import BufferSection, PointConfig, PointType
 from agent.model import Sample, Value
 from agent.testkit.broker import Broker
 from agent.testkit.certs import Certs, make_certs
@@ -64,6 +64,7 @@ from agent.testkit.net import free_port
 from agent.testkit.process import AgentProcess
 from agent.wire import TelemetryEncoder, to_json_bytes
 from drivers.modbus.codec import decode, encode
+from drivers.modbus.schema import ModbusPoint, PointType
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 from ._rig import markdown_table
@@ -72,7 +73,7 @@ from ._rig import markdown_table
 COUNTERS = ("e_import", "e_export", "eq_import", "eq_export")
 
 
-def meter_points() -> list[PointConfig]:
+def meter_points() -> list[ModbusPoint]:
     """A three-phase meter's 20 registers: name, type and resolution."""
     layout: list[tuple[str, PointType, float]] = [
         *((f"u_l{k}", "uint16", 0.1) for k in (1, 2, 3)),  # V
@@ -89,7 +90,7 @@ def meter_points() -> list[PointConfig]:
     ]
     points, address = [], 0
     for name, kind, scale in layout:
-        points.append(PointConfig(name, "holding", address, kind, scale=scale))
+        points.append(ModbusPoint(name, table="holding", address=address, type=kind, scale=scale))
         address += 2 if kind.endswith("32") else 1
     return points
 
@@ -168,13 +169,13 @@ class SimulatedMeter:
             await asyncio.sleep(every)
 
 
-def _unscaled(point: PointConfig) -> PointConfig:
+def _unscaled(point: ModbusPoint) -> ModbusPoint:
     return replace(point, scale=1.0)
 
 
 def _float32(value: float) -> Value:
     """``value`` as a float32 register reads: the shortest decimal of the float32."""
-    point = PointConfig("x", "holding", 0, "float32")
+    point = ModbusPoint("x", table="holding", address=0, type="float32")
     return decode(point, encode(point, value))
 
 

@@ -14,20 +14,28 @@ from typing import Any
 from agent.aio import cancel_and_wait
 from agent.app import Agent
 from agent.config import load_config
-from agent.config.types import PointConfig
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.process import cli_async
 from agent.testkit.serial import SerialProxy
 from drivers.modbus.codec import encode
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
-SETPOINT = PointConfig(
-    "setpoint", "holding", 10, "float32", "CDAB", scale=0.1, writable=True, min=0, max=100
+SETPOINT = ModbusPoint(
+    "setpoint",
+    table="holding",
+    address=10,
+    type="float32",
+    order="CDAB",
+    scale=0.1,
+    writable=True,
+    min=0,
+    max=100,
 )
-RELAY = PointConfig("relay", "coil", 3, "bool", writable=True)
-LEVEL = PointConfig("level", "input", 0, "uint16")
+RELAY = ModbusPoint("relay", table="coil", address=3, type="bool", writable=True)
+LEVEL = ModbusPoint("level", table="input", address=0, type="uint16")
 POINTS = (SETPOINT, RELAY, LEVEL)
 
 

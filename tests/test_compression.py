@@ -18,7 +18,6 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.config.types import PointConfig
 from agent.testkit.aio import KitLoop
 from agent.testkit.broker import Broker
 from agent.testkit.faults import drained
@@ -26,9 +25,10 @@ from agent.testkit.modbus import ModbusBus
 from agent.testkit.runner import AgentRunner
 from agent.testkit.telemetry import Telemetry
 from agent.wire import ZLIB_CONTENT_TYPE
+from drivers.modbus.schema import ModbusPoint
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "timeseries-postgres" / "edge_telemetry.py"
-POINTS = [PointConfig(f"p{i:02d}", "holding", i, "uint16") for i in range(20)]
+POINTS = [ModbusPoint(f"p{i:02d}", table="holding", address=i, type="uint16") for i in range(20)]
 SITE = """
 [agent]
 id = "zgw"

@@ -16,14 +16,14 @@ import pytest
 
 from agent.buffer import Buffer
 from agent.clock import kernel_clock_synced
-from agent.config.types import PointConfig
 from agent.ids import PER_MS
 from agent.testkit.faults import MountError, ReadOnlyMount, account, drained
 from agent.testkit.modbus import ModbusBus
 from agent.testkit.process import cli
 from agent.testkit.runner import AgentRunner
+from drivers.modbus.schema import ModbusPoint
 
-LEVEL = PointConfig("level", "holding", 0, "uint16")
+LEVEL = ModbusPoint("level", table="holding", address=0, type="uint16")
 SITE = """
 [agent]
 id = "disk"

@@ -9,18 +9,18 @@ import time
 from pathlib import Path
 
 from agent import __version__
-from agent.config.types import PointConfig
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.process import AgentProcess
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 METER_POINTS = (
-    PointConfig("voltage", table="input", address=0, type="float32"),
-    PointConfig("energy", table="holding", address=10, type="uint32", order="CDAB", scale=0.01),
-    PointConfig("relay", table="coil", address=3, type="bool"),
-    PointConfig("serial", table="holding", address=20, type="string", length=6),
+    ModbusPoint("voltage", table="input", address=0, type="float32"),
+    ModbusPoint("energy", table="holding", address=10, type="uint32", order="CDAB", scale=0.01),
+    ModbusPoint("relay", table="coil", address=3, type="bool"),
+    ModbusPoint("serial", table="holding", address=20, type="string", length=6),
 )
 
 

@@ -14,15 +14,15 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from agent.config.types import PointConfig
 from agent.logs import BURST
 from agent.testkit.broker import Broker
 from agent.testkit.faults import account, drained
 from agent.testkit.link import SlowLink
 from agent.testkit.modbus import ModbusBus
 from agent.testkit.runner import AgentRunner
+from drivers.modbus.schema import ModbusPoint
 
-LEVEL = PointConfig("level", "holding", 0, "uint16")
+LEVEL = ModbusPoint("level", table="holding", address=0, type="uint16")
 SITE = """
 [agent]
 id = "gw5"
@@ -184,7 +184,8 @@ def test_a_size_limit_splits_batches_and_drops_only_a_sample_that_cannot_fit(
     limit: dict[str, object],
 ) -> None:
     wide = [
-        PointConfig(f"p{i:02d}_of_a_rather_long_name", "holding", i, "uint16") for i in range(60)
+        ModbusPoint(f"p{i:02d}_of_a_rather_long_name", table="holding", address=i, type="uint16")
+        for i in range(60)
     ]
     bus = modbus_bus("tcp")
     bus.add(1, points=[LEVEL])

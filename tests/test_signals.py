@@ -10,11 +10,11 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from agent.config.types import PointConfig
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.process import AgentProcess, cli, cli_async
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 
@@ -121,7 +121,7 @@ def test_sigterm_during_an_outage_loses_nothing(tmp_path: Path, broker: Broker) 
 def test_status_of_a_running_agent_and_of_none(tmp_path: Path, broker: Broker) -> None:
     """`edge-agent status` asks the agent over its socket in the data dir: devices, the one that
     fails with its raw frames, the link; and says so when no agent runs."""
-    slave = SimulatedSlave(1, (PointConfig("level", "holding", 0, "uint16"),))
+    slave = SimulatedSlave(1, (ModbusPoint("level", table="holding", address=0, type="uint16"),))
     slave.set_value("level", 42)
 
     async def scenario() -> tuple[str, dict[str, Any]]:

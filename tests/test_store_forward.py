@@ -10,14 +10,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.config.types import PointConfig
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.process import AgentProcess, cli
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
-POINTS = (PointConfig("level", "holding", 0, "uint16"), PointConfig("temp", "input", 0, "int16"))
+POINTS = (
+    ModbusPoint("level", table="holding", address=0, type="uint16"),
+    ModbusPoint("temp", table="input", address=0, type="int16"),
+)
 UNITS = (1, 2, 3)
 TOPIC = "sf/gw/telemetry"
 

@@ -18,7 +18,6 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from agent.aio import cancel_and_wait
-from agent.config.types import PointConfig
 from agent.testkit import run, toml
 from agent.testkit.broker import Broker
 from agent.testkit.faults import IdLedger
@@ -27,6 +26,7 @@ from agent.testkit.mqtt import Subscriber
 from agent.testkit.runner import AgentRunner, site_config
 from agent.testkit.sensor import SerialSensor
 from agent.testkit.telemetry import Telemetry
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator
 
 if sys.version_info >= (3, 11):
@@ -34,7 +34,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-LEVEL = PointConfig("level", "holding", 0, "uint16")
+LEVEL = ModbusPoint("level", table="holding", address=0, type="uint16")
 
 HEAD = """
 [agent]

@@ -1,16 +1,8 @@
 """The configuration: TOML in, frozen typed objects out, every problem reported at once."""
 
+from ..api.config import BusConfig, DeviceConfig, PointConfig, TemplateConfig
 from .loader import builtin_templates, load_config
-from .types import (
-    AgentSection,
-    BufferSection,
-    BusConfig,
-    Config,
-    DeviceConfig,
-    MqttSection,
-    PointConfig,
-    TemplateConfig,
-)
+from .types import AgentSection, BufferSection, Config, MqttSection
 
 __all__ = [
     "AgentSection",

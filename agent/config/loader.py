@@ -9,15 +9,17 @@ import re
 import socket
 import ssl
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import SplitResult, urlsplit
 
-import drivers
-
-from ..driver import BUS_DRIVERS, Driver, is_local, load_driver, local_bus
+from .. import registry
+from ..api import keys as conv
+from ..api.config import BusConfig, BusType, DeviceConfig, PointConfig, TemplateConfig, local_bus
+from ..api.driver import BuildsPoints, Driver, ShipsTemplates
+from ..api.keys import suggest
 from ..errors import ConfigError, DriverError, Problem
-from . import sections as conv
 from .mqtt_limits import (
     MAX_AGENT_ID,
     MAX_CLIENT_ID,
@@ -27,24 +29,9 @@ from .mqtt_limits import (
     password_problems,
     text_problems,
 )
-from .sections import Convert, Problems, Section, suggest
+from .sections import Problems, Section
 from .source import SourceFile, TomlSyntaxError, read_toml
-from .types import (
-    BIT_TABLES,
-    BUS_TYPES,
-    ORDERS,
-    POINT_TYPES,
-    SERIAL_BUS_TYPES,
-    TABLES,
-    AgentSection,
-    BufferSection,
-    BusConfig,
-    Config,
-    DeviceConfig,
-    MqttSection,
-    PointConfig,
-    TemplateConfig,
-)
+from .types import AgentSection, BufferSection, Config, MqttSection
 
 
 class _HasName(Protocol):
@@ -54,13 +41,12 @@ class _HasName(Protocol):
 
 _Named = TypeVar("_Named", bound=_HasName)
 
-ADDRESS_SPACE = 65536
-#: Device templates shipped with edge-agent (register maps of common field devices).
-BUILTIN_TEMPLATES = Path(drivers.__file__).parent / "modbus" / "templates"
 DEFAULT_INTERVAL = 10.0
 _TOP_LEVEL = ("agent", "buffer", "mqtt", "bus", "device", "template")
 _INCLUDED_TOP_LEVEL = ("bus", "device", "template")
-_READ_ONLY_TABLES = ("input", "discrete")
+#: The driver whose points a ``[[template]]`` holds when it names none: templates began as
+#: Modbus register maps, and a configuration written then must keep its meaning.
+DEFAULT_TEMPLATE_DRIVER = "modbus"
 #: MQTT keepalive is a 16-bit count of seconds.
 MAX_KEEPALIVE = 65535
 #: MQTT 5 carries the session expiry as seconds in 32 bits (and 0xFFFFFFFF means never).
@@ -85,9 +71,9 @@ def load_config(
 
 
 def builtin_templates() -> list[TemplateConfig]:
-    """The templates shipped with edge-agent, without any configuration."""
-    loader = _Loader(BUILTIN_TEMPLATES, {})
-    templates = loader._builtin_templates()
+    """The templates every registered driver ships, without any configuration."""
+    loader = _Loader(Path("."), {})
+    templates = [t for name in registry.driver_names() for t in loader.shipped_templates(name)]
     if loader.problems.errors:
         raise ConfigError(loader.problems.items)
     return templates
@@ -102,6 +88,10 @@ class _Loader:
         self._first_tables: dict[str, tuple[str, int]] = {}
         #: id() of each loaded bus and device → the place key of its table (see Problems).
         self._place: dict[int, str] = {}
+        #: Bus name → the driver that brings its type ("" for a serial bus).
+        self._bus_owner: dict[str, str] = {}
+        #: Driver name → the templates it ships, read once.
+        self._shipped: dict[str, list[TemplateConfig]] = {}
 
     def load(self) -> Config | None:
         main = self._read(self.path)
@@ -114,16 +104,13 @@ class _Loader:
         files = [root, *self._includes(agent)]
         buses = [b for f in files for b in self._buses(f)]
         user_templates = [t for f in files for t in self._templates(f, self._first_tables)]
-        # A user template of the same name replaces the built-in one: a technician's fixed copy.
-        templates = list(
-            (
-                {t.name: t for t in self._builtin_templates()} | {t.name: t for t in user_templates}
-            ).values()
-        )
-        devices = [d for f in files for d in self._devices(f, buses, templates)]
+        devices = [d for f in files for d in self._devices(f, buses, user_templates)]
         for section in files:
             section.finish()
         self._check_drivers(buses, devices)
+        # A user template of the same name replaces the shipped one: a technician's fixed copy.
+        shipped = [t for found in self._shipped.values() for t in found]
+        templates = ({t.name: t for t in shipped} | {t.name: t for t in user_templates}).values()
         return Config(
             self.path, agent, buffer, mqtt, tuple(buses), tuple(devices), tuple(templates)
         )
@@ -398,15 +385,19 @@ class _Loader:
             s = root.child("bus", index, f"bus.{data.get('name', index[-1])}", data)
             bus_name = s.take("name", conv.name)
             _say_if_named_before(s, "bus", bus_name, self._first_tables)
-            bus = _bus(s, bus_name)
+            bus, owner = _bus(s, bus_name)
             s.finish()
             if bus:
                 self._place[id(bus)] = s.place
+                self._bus_owner[bus.name] = owner
                 result.append(bus)
         return result
 
     def _templates(
-        self, root: Section, first_tables: dict[str, tuple[str, int]]
+        self,
+        root: Section,
+        first_tables: dict[str, tuple[str, int]],
+        default_driver: str = DEFAULT_TEMPLATE_DRIVER,
     ) -> list[TemplateConfig]:
         result = []
         for index, data in root.tables("template"):
@@ -414,24 +405,39 @@ class _Loader:
             template_name = s.take("name", conv.name)
             _say_if_named_before(s, "template", template_name, first_tables)
             description = s.take("description", conv.utf8_text, "") or ""
-            placed = self._points(s)
+            driver_name = s.take("driver", conv.text, default_driver) or ""
+            driver = self._driver_class(s, driver_name, None) if driver_name else None
+            if driver is None:
+                s.ignore_rest()
+                continue
+            placed = self._points(s, driver)
             s.finish()
             points = tuple(point for point, _ in placed)
-            _check_exponents(s.path, placed, points)
+            _check_points(s.path, driver, placed, points)
             if template_name:
                 source = str(s.source.path)
-                result.append(TemplateConfig(template_name, points, source, description))
+                result.append(
+                    TemplateConfig(template_name, points, source, description, driver_name)
+                )
         return result
 
-    def _builtin_templates(self) -> list[TemplateConfig]:
-        """The templates shipped with edge-agent, one or more per file under BUILTIN_TEMPLATES."""
-        result = []
+    def shipped_templates(self, driver_name: str) -> list[TemplateConfig]:
+        """The templates ``driver_name`` ships, one or more per file of its templates_dir."""
+        if driver_name in self._shipped:
+            return self._shipped[driver_name]
+        result = self._shipped[driver_name] = []
+        try:
+            driver = registry.load_driver(driver_name)
+        except DriverError:
+            return result  # said where the driver is named
+        if not isinstance(driver, ShipsTemplates):
+            return result
         first_tables: dict[str, tuple[str, int]] = {}  # a user's may replace one: apart
-        for file in sorted(BUILTIN_TEMPLATES.glob("*.toml")):
+        for file in sorted(driver.templates_dir.glob("*.toml")):
             source = self._read(file)
             if source is not None:
                 root = Section(source, source.data, (), "", self.problems, self.environ)
-                result.extend(self._templates(root, first_tables))
+                result.extend(self._templates(root, first_tables, driver_name))
                 root.finish()
         return result
 
@@ -460,8 +466,46 @@ class _Loader:
     ) -> DeviceConfig | None:
         bus_name = s.take("bus", conv.text, None)
         bus = bus_by_name.get(bus_name or "")
-        implied = BUS_DRIVERS.get(bus.type, "") if bus else ""
+        implied = self._bus_owner.get(bus.name, "") if bus else ""
         driver_name = s.take("driver", conv.text, implied) or implied
+        driver = self._device_driver(s, driver_name, bus_name, bus, implied, bus_by_name)
+        if driver is None:
+            s.ignore_rest()  # its keys are the driver's to judge, and it has none
+            return None
+        interval = s.take("interval", conv.positive_duration, DEFAULT_INTERVAL) or DEFAULT_INTERVAL
+        own = registry.options(driver, "device")
+        options = {
+            k: v for k, convert in own.items() if (v := s.take(k, convert, None)) is not None
+        }
+        # A key that failed is reported already; the driver judges only devices that loaded whole.
+        failed = any(key in s.data and key not in options for key in own)
+        points = self._device_points(s, driver, driver_name, templates)
+        if bus and bus.timeout > interval:
+            s.problem(
+                "interval",
+                f"bus {bus.name} timeout ({bus.timeout:g}s) is longer than the interval "
+                f"({interval:g}s): a silent device will make polls overrun",
+                warning=True,
+            )
+        if not device_name or not (bus or registry.is_local(driver)) or failed:
+            return None
+        template = cast(str | None, s.data.get("template"))
+        unit = int(options.pop("unit", 1 if "unit" in own else 0))
+        bus_of = bus.name if bus else ""
+        return DeviceConfig(
+            device_name, bus_of, driver_name, interval, unit, template, points, options
+        )
+
+    def _device_driver(
+        self,
+        s: Section,
+        driver_name: str,
+        bus_name: str | None,
+        bus: BusConfig | None,
+        implied: str,
+        bus_by_name: Mapping[str, BusConfig],
+    ) -> type[Driver] | None:
+        """The device's driver, or None after saying why it has none that fits its bus."""
         if bus and not driver_name:
             s.problem(
                 "driver",
@@ -470,58 +514,20 @@ class _Loader:
         driver = (
             self._driver_class(s, driver_name, bus_name) if driver_name or not bus_name else None
         )
-        local = driver is not None and is_local(driver)
+        local = driver is not None and registry.is_local(driver)
         if local and bus_name:
             s.problem("bus", f"a {driver_name} device is on no bus: remove bus")
         elif bus_name and not bus:
             s.problem("bus", f'no bus named "{bus_name}"{suggest(bus_name, bus_by_name)}')
         elif not bus_name and driver is not None and not local:
-            types = getattr(driver, "bus_types", ()) or sorted(
-                t for t, d in BUS_DRIVERS.items() if d == driver_name
-            )
-            s.problem(
-                "bus", f"is required: {driver_name} devices are on a bus ({', '.join(types)})"
-            )
+            types = ", ".join(registry.bus_types(driver))
+            s.problem("bus", f"is required: {driver_name} devices are on a bus ({types})")
         elif bus and implied and driver_name != implied:
             s.problem("driver", f'a device on a {bus.type} bus uses the "{implied}" driver')
-        elif bus and driver and not implied and bus.type not in getattr(driver, "bus_types", ()):
+        elif bus and driver and bus.type not in registry.bus_types(driver):
             s.problem("driver", f"the {driver_name} driver does not run on a {bus.type} bus")
             driver = None
-        if driver is None:
-            s.ignore_rest()  # its keys are the driver's to judge, and it has none
-            return None
-        interval = s.take("interval", conv.positive_duration, DEFAULT_INTERVAL) or DEFAULT_INTERVAL
-        point_options: Mapping[str, Convert[Any]] | None = getattr(driver, "point_options", None)
-        unit = s.take("unit", conv.in_range(0, 255), 1) if point_options is None else 0
-        options = {
-            key: value
-            for key, convert in getattr(driver, "device_options", {}).items()
-            if (value := s.take(key, convert, None)) is not None
-        }
-        # A key that failed is reported already; the driver judges only devices that loaded whole.
-        failed = any(
-            key in s.data and key not in options for key in getattr(driver, "device_options", {})
-        )
-        if point_options is None:
-            points = self._device_points(s, templates)
-        else:
-            points = tuple(point for point, _ in self._points(s, point_options))
-            if not points and not s.has("point"):
-                s.problem(None, "has no points: add [[device.point]] tables")
-        if bus and bus.timeout > interval:
-            s.problem(
-                "interval",
-                f"bus {bus.name} timeout ({bus.timeout:g}s) is longer than the interval "
-                f"({interval:g}s): a silent device will make polls overrun",
-                warning=True,
-            )
-        if not device_name or not (bus or local) or failed:
-            return None
-        template = cast(str | None, s.data.get("template"))
-        bus_of = bus.name if bus else ""
-        return DeviceConfig(
-            device_name, bus_of, driver_name, interval, unit or 0, template, points, options
-        )
+        return driver
 
     def _driver_class(self, s: Section, name: str, bus_name: str | None) -> type[Driver] | None:
         """The device's driver class, or None after saying why there is none."""
@@ -530,25 +536,30 @@ class _Loader:
                 s.problem(None, 'needs a bus (Modbus devices) or a driver, e.g. driver = "system"')
             return None
         try:
-            return load_driver(name)
+            return registry.load_driver(name)
         except DriverError as exc:
             s.problem("driver", str(exc))
             return None
 
     def _device_points(
-        self, s: Section, templates: list[TemplateConfig]
+        self, s: Section, driver: type[Driver], driver_name: str, templates: list[TemplateConfig]
     ) -> tuple[PointConfig, ...]:
         points: list[PointConfig] = []
-        template_name = s.take("template", conv.text, None)
-        found = next((t for t in templates if t.name == template_name), None)
+        usable = {t.name: t for t in self.shipped_templates(driver_name)} | {
+            t.name: t for t in templates if t.driver == driver_name
+        }
+        # a driver without templates has no template key: an unknown key like any other
+        takes_template = usable or isinstance(driver, ShipsTemplates)
+        template_name = s.take("template", conv.text, None) if takes_template else None
+        found = usable.get(template_name or "")
         if found:
             points.extend(found.points)
         elif template_name is not None:
-            known = [t.name for t in templates]
             s.problem(
-                "template", f'no template named "{template_name}"{suggest(template_name, known)}'
+                "template",
+                f'no template named "{template_name}"{suggest(template_name, usable)}',
             )
-        own = self._points(s)
+        own = self._points(s, driver)
         inherited = {p.name for p in points}
         for point, section in own:
             if found and point.name in inherited:
@@ -558,16 +569,15 @@ class _Loader:
                     f"({found.source}): rename or remove one",
                 )
         points.extend(point for point, _ in own)
-        _check_exponents(s.path, own, points)
+        _check_points(s.path, driver, own, points)
         if not points and template_name is None and not s.has("point"):
-            s.problem(None, "has no points: add [[device.point]] tables or a template")
+            hint = " or a template" if usable else ""
+            s.problem(None, f"has no points: add [[device.point]] tables{hint}")
         return tuple(points)
 
-    def _points(
-        self, owner: Section, options: Mapping[str, Convert[Any]] | None = None
-    ) -> list[tuple[PointConfig, Section]]:
+    def _points(self, owner: Section, driver: type[Driver]) -> list[tuple[PointConfig, Section]]:
         """The owner's ``[[…point]]`` tables, each with its section (where its problems are
-        said): Modbus points, or with ``options`` a driver's own."""
+        said), as ``driver`` builds them."""
         result: list[tuple[PointConfig, Section]] = []
         first_tables: dict[str, tuple[str, int]] = {}
         for index, data in owner.tables("point"):
@@ -583,10 +593,7 @@ class _Loader:
                 )
             elif point_name is not None:
                 first_tables[point_name] = (str(section.source.path), section.line())
-            if options is None:
-                point = _point(section, point_name)
-            else:
-                point = _driver_point(section, point_name, options)
+            point = _point(section, point_name, driver)
             if point is not None:
                 result.append((point, section))
         return result
@@ -617,30 +624,21 @@ class _Loader:
         found: list[tuple[str, str]] = []
         for bus in buses:
             on_bus = [d for d in devices if d.bus == bus.name]
-            if bus.type not in BUS_DRIVERS:  # its devices name their driver: one per bus
-                names = sorted({d.driver for d in on_bus})
-                if len(names) > 1:
-                    found.append(
-                        (
-                            f"bus.{bus.name}",
-                            f"its devices use different drivers ({', '.join(names)}): one port "
-                            "is one driver's; put them on buses of their own",
-                        )
+            names = sorted({d.driver for d in on_bus} | ({self._bus_owner[bus.name]} - {""}))
+            if len(names) > 1:  # only on a serial bus: each device names its driver
+                found.append(
+                    (
+                        f"bus.{bus.name}",
+                        f"its devices use different drivers ({', '.join(names)}): one port "
+                        "is one driver's; put them on buses of their own",
                     )
-                    continue
-                if not names:
-                    continue
-                driver = load_driver(names[0])
-            else:
-                try:
-                    driver = load_driver(BUS_DRIVERS[bus.type])
-                except DriverError as exc:
-                    found.append((f"bus.{bus.name}.type", str(exc)))
-                    continue
-            found.extend(driver.validate(bus, on_bus))
+                )
+                continue
+            if names:
+                found.extend(registry.load_driver(names[0]).validate(bus, on_bus))
         for device in devices:
             if not device.bus:
-                local = load_driver(device.driver)
+                local = registry.load_driver(device.driver)
                 found.extend(local.validate(local_bus(device), [device]))
         return found
 
@@ -652,51 +650,9 @@ class _Loader:
         return None if value is None else self._relative(value)
 
 
-def _point(s: Section, point_name: str | None) -> PointConfig | None:
-    table = s.take("table", conv.one_of(*TABLES), "holding")
-    default_type = "bool" if table in BIT_TABLES or s.has("bit") else "uint16"
-    point_type = s.take("type", conv.one_of(*POINT_TYPES), default_type)
-    address = s.take("address", conv.in_range(0, ADDRESS_SPACE - 1))
-    length = s.take("length", conv.in_range(1, 250), 0) or 0
-    values: dict[str, Any] = {
-        "order": s.take("order", conv.one_of(*ORDERS), "ABCD"),
-        "scale": s.take("scale", conv.number, 1.0),
-        "offset": s.take("offset", conv.number, 0.0),
-        "unit": s.take("unit", conv.utf8_text, ""),  # sent in meta
-        "deadband": s.take("deadband", conv.number, None),
-        "heartbeat": s.take("heartbeat", conv.positive_duration, None),
-        "writable": s.take("writable", conv.boolean, False),
-        "min": s.take("min", conv.number, None),
-        "max": s.take("max", conv.number, None),
-        "bit": s.take("bit", conv.in_range(0, 15), None),
-        "not_available": s.take("not_available", _numbers, ()),
-        "scale_exponent": s.take("scale_exponent", conv.name, None),
-    }
-    s.finish()
-    if None in (point_name, table, point_type, address) or None in (
-        values["order"],
-        values["scale"],
-        values["offset"],
-        values["unit"],
-        values["writable"],
-    ):
-        return None
-    point = PointConfig(
-        name=cast(str, point_name),
-        table=cast(Any, table),
-        address=cast(int, address),
-        type=cast(Any, point_type),
-        length=length,
-        **values,
-    )
-    return point if _point_fits(s, point) else None
-
-
-def _driver_point(
-    s: Section, point_name: str | None, options: Mapping[str, Convert[Any]]
-) -> PointConfig | None:
-    """A point of a driver that is not Modbus: the common keys and the driver's own. A point
-    with a problem is left out, so that its driver sees only points that parsed."""
+def _point(s: Section, point_name: str | None, driver: type[Driver]) -> PointConfig | None:
+    """A point: the keys every point has, then the driver's own. A point with a problem is
+    left out, so that its driver sees only points that parsed."""
     before = len(s.problems.errors)
     common: dict[str, Any] = {
         "scale": s.take("scale", conv.number, 1.0),
@@ -708,11 +664,32 @@ def _driver_point(
         "min": s.take("min", conv.number, None),
         "max": s.take("max", conv.number, None),
     }
-    own = {k: v for k, convert in options.items() if (v := s.take(k, convert, None)) is not None}
+    base = PointConfig(name=point_name or "", **common)
+    point: PointConfig | None = base
+    if isinstance(driver, BuildsPoints):
+        point = driver.build_point(base, s)
+    else:
+        own = registry.options(driver, "point")
+        options = {k: v for k, c in own.items() if (v := s.take(k, c, None)) is not None}
+        point = replace(base, options=options)
     s.finish()
-    if point_name is None or len(s.problems.errors) > before:
+    if point is None or point_name is None or len(s.problems.errors) > before:
         return None
-    return PointConfig(name=point_name, options=own, **common)
+    return point
+
+
+def _check_points(
+    owner: str,
+    driver: type[Driver],
+    mine: Sequence[tuple[PointConfig, Section]],
+    points: Sequence[PointConfig],
+) -> None:
+    """The driver's checks of ``mine`` among all the owner's ``points``, said at each point."""
+    if not isinstance(driver, BuildsPoints):
+        return
+    sections = {point.name: section for point, section in mine}
+    for name, key, message in driver.check_points(owner, [p for p, _ in mine], points):
+        sections[name].problem(key, message)
 
 
 def _say_if_named_before(
@@ -731,23 +708,6 @@ def _say_if_named_before(
             f'two [[{kind}]] tables are named "{name}"; the first is at '
             f"{first[0]}:{first[1]}: rename or remove one",
         )
-
-
-def _check_exponents(
-    owner: str, mine: Sequence[tuple[PointConfig, Section]], points: Sequence[PointConfig]
-) -> None:
-    """Each of ``mine`` whose ``scale_exponent`` does not name an integer point of ``points``."""
-    by_name = {p.name: p for p in points}
-    for point, section in mine:
-        if point.scale_exponent is None:
-            continue
-        other = by_name.get(point.scale_exponent)
-        if other is None or other.type not in ("int16", "uint16", "int32"):
-            section.problem(
-                "scale_exponent",
-                f'"{point.scale_exponent}" is not an int16, uint16 or int32 point of {owner}'
-                f"{suggest(point.scale_exponent, by_name)}",
-            )
 
 
 def _most_of_one_name(items: Sequence[_Named]) -> int:
@@ -772,65 +732,19 @@ def _placed(path: str, places: Mapping[str, str]) -> str:
     return path if place is None else place + path[len(table) :]
 
 
-def _numbers(value: Any) -> tuple[float, ...]:
-    """A list of raw values; TOML writes them as 0x7FFF, 65535 or nan."""
-    if not isinstance(value, list):
-        raise TypeError("must be a list of raw values, e.g. [0x7FFF, nan]")
-    return tuple(conv.number(v) for v in value)
-
-
-def _point_fits(s: Section, point: PointConfig) -> bool:
-    """Cross-field checks of one point; drivers see only points that pass them."""
-    before = len(s.problems.errors)
-    if point.table in BIT_TABLES and point.type != "bool":
-        s.problem(
-            "type", f"a {point.table} holds single bits: its type must be bool, not {point.type}"
-        )
-    if point.type == "string" and not point.length:
-        s.problem("length", "is required for a string point (its number of characters)")
-    if point.type != "string" and s.has("length"):
-        s.problem("length", "applies only to string points")
-    last = point.address + point.count - 1
-    if last >= ADDRESS_SPACE:
-        s.problem(
-            "address",
-            f"{point.type} at {point.address} needs {point.count} registers and runs past the end "
-            f"of the address space (last would be {last}, the highest is {ADDRESS_SPACE - 1})",
-        )
-    if point.bit is not None and point.table in BIT_TABLES:
-        s.problem("bit", f"a {point.table} is a single bit already: remove bit")
-    elif point.bit is not None and point.type != "bool":
-        s.problem("bit", f"picks one bit of a register: the type must be bool, not {point.type}")
-    if point.not_available and point.type in ("bool", "string"):
-        s.problem("not_available", f"applies to numbers, not to {point.type} points")
-    if point.writable and point.table in _READ_ONLY_TABLES:
-        s.problem(
-            "writable",
-            f"{point.table} {'registers' if point.table == 'input' else 'inputs'} are read-only",
-        )
-    if point.min is not None and point.max is not None and point.min > point.max:
-        s.problem("min", f"min ({point.min:g}) is greater than max ({point.max:g})")
-    if point.deadband is not None and point.deadband < 0:
-        s.problem("deadband", "cannot be negative")
-    if point.scale == 0:
-        s.problem("scale", "cannot be zero")
-    return len(s.problems.errors) == before
-
-
-def _bus(s: Section, bus_name: str | None) -> BusConfig | None:
-    """One ``[[bus]]``: network buses take host and port, serial ones a port path and line."""
-    bus_type = s.take("type", conv.one_of(*BUS_TYPES))
-    d = BusConfig("", "modbus-tcp")
+def _bus(s: Section, bus_name: str | None) -> tuple[BusConfig | None, str]:
+    """One ``[[bus]]`` and the driver that brings its type (``""``: its devices name theirs).
+    Network buses take host and port, serial ones a port path and the line settings."""
+    kind, owner = _bus_type(s)
+    d = BusConfig("", "")
     common: dict[str, Any] = {
         "timeout": s.take("timeout", conv.positive_duration, d.timeout),
         "request_gap": s.take("request_gap", conv.duration, d.request_gap),
     }
-    if bus_type != "serial":  # read sizes, merging, writes are Modbus's: unknown keys elsewhere
-        common["max_registers"] = s.take("max_registers", conv.in_range(1, 125), d.max_registers)
-        common["max_bits"] = s.take("max_bits", conv.in_range(1, 2000), d.max_bits)
-        common["merge_gap"] = s.take("merge_gap", conv.in_range(0, 124), d.merge_gap)
-        common["write_multiple"] = s.take("write_multiple", conv.boolean, d.write_multiple)
-    if bus_type in SERIAL_BUS_TYPES:
+    if kind is None:
+        s.ignore_rest()
+        return None, ""
+    if kind.link == "serial":
         link: dict[str, Any] = {
             "serial_port": s.take("port", conv.utf8_text),  # named in health and status
             "baudrate": s.take("baudrate", conv.in_range(50, 4_000_000), d.baudrate),
@@ -841,11 +755,28 @@ def _bus(s: Section, bus_name: str | None) -> BusConfig | None:
     else:
         link = {
             "host": s.take("host", conv.utf8_text),
-            "port": s.take("port", conv.in_range(1, 65535), d.port),
+            "port": s.take("port", conv.in_range(1, 65535), kind.default_port),
         }
-    if bus_name is None or bus_type is None or None in link.values() or None in common.values():
-        return None
-    return BusConfig(bus_name, cast(Any, bus_type), **link, **common)
+    own = registry.options(registry.load_driver(owner), "bus") if owner else {}
+    options = {k: v for k, c in own.items() if (v := s.take(k, c, None)) is not None}
+    failed = any(key in s.data and key not in options for key in own)
+    if bus_name is None or None in link.values() or None in common.values() or failed:
+        return None, owner
+    return BusConfig(bus_name, kind.name, **link, **common, options=options), owner
+
+
+def _bus_type(s: Section) -> tuple[BusType | None, str]:
+    """The bus's type, and the driver that brings it; ``None`` after saying what is wrong."""
+    names = registry.bus_type_names()
+    type_name = s.take("type", conv.one_of(*names))
+    if type_name is None:
+        return None, ""
+    try:
+        kind, owner = registry.bus_type(type_name)
+    except DriverError as exc:
+        s.problem("type", str(exc))
+        return None, ""
+    return kind, owner or ""
 
 
 def _agent_id(value: Any) -> str:

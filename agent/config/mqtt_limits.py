@@ -9,7 +9,7 @@ none of them echoes the value, so they serve for secrets too.
 
 from __future__ import annotations
 
-from .sections import lone_surrogate
+from ..api.keys import lone_surrogate
 
 #: Every MQTT string (topic, client id, user name) and the password carry a 16-bit length.
 MAX_MQTT_BYTES = 65535

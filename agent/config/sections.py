@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from ..api.keys import Convert, suggest
 from ..errors import Problem
 from .source import IndexPath, SourceFile
-from .units import ESCAPED_BRACE, UnsetVariableError, parse_duration, parse_size, substitute_env
+from .units import ESCAPED_BRACE, UnsetVariableError, substitute_env
 
 T = TypeVar("T")
-Convert = Callable[[Any], T]
 
 _MISSING = object()
 _SECRET_UNSET = (
@@ -73,12 +72,6 @@ class Problems:
     @property
     def warnings(self) -> list[Problem]:
         return [p for p in self.items if p.warning]
-
-
-def suggest(word: str, choices: Iterable[str]) -> str:
-    """`` (did you mean "x"?)`` when a close match exists, else ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f' (did you mean "{close[0]}"?)' if close else ""
 
 
 class Section:
@@ -191,115 +184,3 @@ class Section:
         if isinstance(value, list):
             return [self._substituted(v) for v in value]
         return value
-
-
-# Converters: each raises ValueError/TypeError with a message a technician can act on.
-
-
-def text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"must be a string, got {_kind(value)}")
-    return value
-
-
-def utf8_text(value: Any) -> str:
-    """A string that can be written as UTF-8: sent over MQTT or printed.
-
-    TOML holds only UTF-8, but ``${VAR}`` can bring a lone surrogate: ``os.environ`` decodes
-    an undecodable byte as one (surrogateescape), and encoding it later fails.
-    """
-    result = text(value)
-    if (where := lone_surrogate(result)) is not None:
-        raise ValueError(
-            f"is not valid UTF-8: character {where + 1} is an undecodable byte (from an "
-            "environment variable?); write it in UTF-8"
-        )
-    return result
-
-
-def name(value: Any) -> str:
-    """A name used in topics and key paths: letters, digits, ``_`` and ``-``."""
-    result = text(value)
-    if not result or not all(c.isalnum() or c in "_-" for c in result):
-        raise ValueError(f'{shown(result)} is not a valid name: use letters, digits, "_" and "-"')
-    return result
-
-
-def integer(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"must be a whole number, got {_kind(value)}")
-    return value
-
-
-def number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"must be a number, got {_kind(value)}")
-    return float(value)
-
-
-def boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"must be true or false, got {_kind(value)}")
-    return value
-
-
-def strings(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TypeError("must be a list of strings")
-    return tuple(value)
-
-
-def duration(value: Any) -> float:
-    return parse_duration(value)
-
-
-def positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError("must be longer than zero")
-    return seconds
-
-
-def size(value: Any) -> int:
-    return parse_size(value)
-
-
-def one_of(*choices: str) -> Convert[str]:
-    def convert(value: Any) -> str:
-        word = text(value)
-        if word not in choices:
-            hint = suggest(word, choices)
-            raise ValueError(f"{shown(word)} is not one of {', '.join(choices)}{hint}")
-        return word
-
-    return convert
-
-
-def in_range(low: int, high: int) -> Convert[int]:
-    def convert(value: Any) -> int:
-        result = integer(value)
-        if not low <= result <= high:
-            raise ValueError(f"{result} is out of range {low}..{high}")
-        return result
-
-    return convert
-
-
-def lone_surrogate(value: str) -> int | None:
-    """The index of the first character UTF-8 cannot encode, or None."""
-    return next((i for i, c in enumerate(value) if "\ud800" <= c <= "\udfff"), None)
-
-
-def shown(value: str, limit: int = 60) -> str:
-    """``value`` quoted for a message: cut to ``limit`` characters, and with control characters
-    and undecodable bytes escaped (a terminal would act on the first, UTF-8 refuses the second).
-    Never for a secret."""
-    cut = value if len(value) <= limit else f"{value[:limit]}…"
-    safe = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in cut)
-    return f'"{safe}"'
-
-
-def _kind(value: Any) -> str:
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string"}.get(
-        type(value), "a table" if isinstance(value, dict) else "a list"
-    )

@@ -52,7 +52,7 @@ from pathlib import Path
 import aiomqtt
 
 from agent.buffer import BUFFER_FILE
-from agent.config.types import PointConfig
+from drivers.modbus.schema import ModbusPoint
 
 from . import toml
 from .aio import KitLoop
@@ -91,7 +91,10 @@ RETURN_TIMEOUT = 30.0
 RETURN_WITHIN = 15.0
 SLAVE_FAULTS = ("dead", "slow", "garbage", "wrong_tid", "drip", "noise")
 UNITS = (1, 2, 3)
-POINTS = (PointConfig("level", "holding", 0, "uint16"), PointConfig("temp", "input", 0, "int16"))
+POINTS = (
+    ModbusPoint("level", table="holding", address=0, type="uint16"),
+    ModbusPoint("temp", table="input", address=0, type="int16"),
+)
 
 SITE = """
 [agent]

@@ -21,10 +21,11 @@ from pathlib import Path
 from random import Random
 from typing import Literal
 
+from agent.api import PointConfig
 from agent.config import load_config
 from agent.config.loader import builtin_templates
-from agent.config.types import PointConfig
 from agent.model import Value
+from drivers.modbus.schema import modbus_points
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave, slaves_for_bus
 
 from .aio import KitLoop
@@ -236,7 +237,7 @@ class ModbusBus:
         chosen = (*(template_points(template) if template else ()), *points)
         if not chosen:
             raise ValueError("a slave needs a template or points")
-        return self._attach(SimulatedSlave(unit, chosen))
+        return self._attach(SimulatedSlave(unit, modbus_points(chosen)))
 
     def add_devices(
         self, config: Path | str, bus: str, environ: Mapping[str, str] | None = None

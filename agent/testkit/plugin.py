@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from agent.config.types import PointConfig
+    from agent.api import PointConfig
 
     from .aio import KitLoop
     from .broker import Broker

@@ -27,8 +27,9 @@ from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
-from agent.config.types import BIT_TABLES, PointConfig, WordOrder
-from agent.model import Value
+from agent.api import Value, scaled, significant
+
+from .schema import BIT_TABLES, ModbusPoint, WordOrder
 
 #: ``struct`` format (big-endian) of each fixed-size numeric type.
 _FORMATS: dict[str, str] = {
@@ -54,7 +55,7 @@ def int_range(point_type: str) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
-def decode(point: PointConfig, raw: Sequence[int] | Sequence[bool]) -> Value:
+def decode(point: ModbusPoint, raw: Sequence[int] | Sequence[bool]) -> Value:
     """The reading of ``point`` from its raw registers, or its one bit on a coil/discrete table.
 
     ``raw`` must hold exactly ``point.count`` items. On a bit table the reading is a bool whatever
@@ -76,15 +77,7 @@ def decode(point: PointConfig, raw: Sequence[int] | Sequence[bool]) -> Value:
         raise NotAvailable(f"point {point.name}: the device says not available ({number})")
     if point.type == "float32":
         number = _shortest_float32(number)
-    if point.scale == 1 and point.offset == 0:
-        return number
-    # Scaling in binary floating point adds noise in the last digits (993 * 0.1 is
-    # 99.30000000000001): 15 significant digits keep every digit a register can mean.
-    return _significant(number * point.scale + point.offset, 15)
-
-
-def _significant(number: float, digits: int) -> float:
-    return float(f"{number:.{digits}g}")
+    return scaled(point, number)
 
 
 def _shortest_float32(number: float) -> float:
@@ -95,10 +88,10 @@ def _shortest_float32(number: float) -> float:
     """
     exact = struct.pack(">f", number)
     for digits in (6, 7, 8):
-        candidate = _significant(number, digits)
+        candidate = significant(number, digits)
         if struct.pack(">f", candidate) == exact:
             return candidate
-    return _significant(number, 9)  # 9 digits always identify a float32
+    return significant(number, 9)  # 9 digits always identify a float32
 
 
 #: Largest scale exponent taken as meant: SunSpec's range; beyond it a register holds garbage.
@@ -109,7 +102,7 @@ class NotAvailable(ValueError):
     """The register holds one of the point's ``not_available`` values: there is no reading."""
 
 
-def _is_not_available(point: PointConfig, number: float) -> bool:
+def _is_not_available(point: ModbusPoint, number: float) -> bool:
     if isinstance(number, float) and math.isnan(number):
         return any(math.isnan(v) for v in point.not_available)
     if isinstance(number, int) and number < 0:
@@ -120,7 +113,7 @@ def _is_not_available(point: PointConfig, number: float) -> bool:
 
 
 def decode_request(
-    request_points: Sequence[PointConfig],
+    request_points: Sequence[ModbusPoint],
     address: int,
     raw: Sequence[int] | Sequence[bool],
     errors: list[str],
@@ -143,7 +136,7 @@ def decode_request(
 
 
 def apply_exponents(
-    points: Sequence[PointConfig], values: dict[str, Value], errors: list[str]
+    points: Sequence[ModbusPoint], values: dict[str, Value], errors: list[str]
 ) -> dict[str, Value]:
     """Scale points that have a ``scale_exponent`` by 10 to the power of that point's value.
 
@@ -164,11 +157,11 @@ def apply_exponents(
                 f"plausible (SunSpec allows -{MAX_EXPONENT}..{MAX_EXPONENT})"
             )
             continue
-        values[point.name] = _significant(value * 10.0**exponent, 15)
+        values[point.name] = significant(value * 10.0**exponent)
     return values
 
 
-def encode(point: PointConfig, value: Value) -> list[int] | list[bool]:
+def encode(point: ModbusPoint, value: Value) -> list[int] | list[bool]:
     """The raw registers (or one bit) that make ``point`` read ``value``: the inverse of ``decode``.
 
     Numbers are unscaled as ``(value - offset) / scale`` and, for integer types, rounded to the
@@ -215,14 +208,14 @@ def _from_bytes(data: bytes, order: WordOrder) -> list[int]:
     return words[::-1] if order in _WORD_SWAPPED else words
 
 
-def _decode_string(point: PointConfig, registers: list[int]) -> str:
+def _decode_string(point: ModbusPoint, registers: list[int]) -> str:
     byteorder = _byteorder(point.order)
     data = b"".join(r.to_bytes(2, byteorder) for r in registers)[: point.length]
     # Devices pad fixed-width strings with NULs or spaces; neither is part of the text.
     return data.rstrip(b"\x00 ").decode("ascii", errors="replace")
 
 
-def _encode_string(point: PointConfig, value: Value) -> list[int]:
+def _encode_string(point: ModbusPoint, value: Value) -> list[int]:
     if not isinstance(value, str):
         raise ValueError(f"point {point.name}: expected a string, got {value!r}")
     try:
@@ -236,7 +229,7 @@ def _encode_string(point: PointConfig, value: Value) -> list[int]:
     return [int.from_bytes(data[i : i + 2], byteorder) for i in range(0, len(data), 2)]
 
 
-def _as_bool(point: PointConfig, value: Value) -> bool:
+def _as_bool(point: ModbusPoint, value: Value) -> bool:
     # 0 and 1 are accepted too: a JSON command or a technician may well send them.
     if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
         return bool(value)
@@ -247,7 +240,7 @@ def _as_bool(point: PointConfig, value: Value) -> bool:
 _HUGE = Decimal(10) ** 20
 
 
-def _unscale(point: PointConfig, value: Value) -> int | float:
+def _unscale(point: ModbusPoint, value: Value) -> int | float:
     """The raw number for ``value``: unscaled, rounded and range-checked for integer types."""
     if isinstance(value, (bool, str)):
         raise ValueError(f"point {point.name}: expected a number, got {value!r}")
@@ -269,7 +262,7 @@ def _unscale(point: PointConfig, value: Value) -> int | float:
     return int(rounded)
 
 
-def _nearest_raw(point: PointConfig, value: int | float) -> Decimal:
+def _nearest_raw(point: ModbusPoint, value: int | float) -> Decimal:
     """``(value - offset) / scale`` rounded to the nearest integer, halves away from zero.
 
     Computed on the decimals as written, not in binary floating point: 21.35 with scale 0.1 is

@@ -66,9 +66,11 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TextIO, TypeVar
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.client.base import ModbusBaseClient
@@ -81,12 +83,23 @@ from pymodbus.exceptions import (
 from pymodbus.framer import FramerRTU, FramerType
 from pymodbus.pdu import DecodePDU, ModbusPDU
 
-from agent.config.types import BIT_TABLES, BusConfig, DeviceConfig, PointConfig, Table
-from agent.errors import BusError, DeviceError
-from agent.model import Poll, Value
+from agent.api import (
+    BusConfig,
+    BusError,
+    DeviceConfig,
+    DeviceError,
+    DriverContext,
+    Keys,
+    PointConfig,
+    Poll,
+    SimulateAt,
+    Value,
+)
 
+from . import schema
 from .codec import NotAvailable, apply_exponents, decode, decode_request, encode
 from .plan import DevicePlan, Request
+from .schema import BIT_TABLES, ModbusPoint, Table, modbus_point, modbus_points, write_multiple
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +194,7 @@ class Write:
     """One write request: ``values`` (registers, or coils as bools) into ``table`` from
     ``address`` with function code ``function``."""
 
-    point: PointConfig
+    point: ModbusPoint
     function: int
     values: tuple[int, ...] | tuple[bool, ...]
 
@@ -208,7 +221,7 @@ class Write:
         return f"FC {self.function} {self.table} {self.span}: {self.point.name} = {shown}"
 
 
-def encode_write(point: PointConfig, value: Value) -> list[int] | list[bool]:
+def encode_write(point: ModbusPoint, value: Value) -> list[int] | list[bool]:
     """The raw registers (or coil state) that set ``point`` to ``value``; no I/O.
 
     ``value`` is encoded by the point's type, word order, scale and offset (``codec.encode``);
@@ -256,7 +269,7 @@ def encode_write(point: PointConfig, value: Value) -> list[int] | list[bool]:
 
 
 def plan_write(
-    point: PointConfig, raw: Sequence[int] | Sequence[bool], write_multiple: bool = False
+    point: ModbusPoint, raw: Sequence[int] | Sequence[bool], write_multiple: bool = False
 ) -> Write:
     """The request that writes ``raw`` (from ``encode_write``, with a bit point's register
     merged) to ``point``: FC 5 for a coil, FC 6 for one register, FC 16 for more; FC 15/16
@@ -405,6 +418,46 @@ class ModbusDriver:
     requests: for ``scan``, where silence is the expected answer of most unit ids.
     """
 
+    bus_types: ClassVar[tuple[str, ...]] = tuple(t.name for t in schema.BUS_TYPES)
+    defines_buses = schema.BUS_TYPES
+    bus_options = schema.BUS_OPTIONS
+    device_options = schema.DEVICE_OPTIONS
+    templates_dir: ClassVar[Path] = Path(__file__).parent / "templates"
+
+    @classmethod
+    def build_point(cls, common: PointConfig, keys: Keys) -> PointConfig | None:
+        return schema.build_point(common, keys)
+
+    @classmethod
+    def check_points(
+        cls, owner: str, mine: Sequence[PointConfig], points: Sequence[PointConfig]
+    ) -> list[tuple[str, str, str]]:
+        return schema.check_points(owner, mine, points)
+
+    @classmethod
+    def describe_point(cls, point: PointConfig) -> str:
+        return schema.describe_point(point)
+
+    def show_raw(self, point: PointConfig, raw: tuple[int, ...]) -> str:
+        return schema.show_raw(point, raw)
+
+    @classmethod
+    async def scan(
+        cls, bus: BusConfig, devices: Sequence[DeviceConfig], targets: str | None, out: TextIO
+    ) -> list[str]:
+        from .scan import parse_units, scan_units
+
+        found = await scan_units(bus, parse_units(targets or "1-247"), out)
+        return [str(unit) for unit in found]
+
+    @classmethod
+    def simulate(
+        cls, bus: BusConfig, devices: Sequence[DeviceConfig], at: SimulateAt
+    ) -> AbstractAsyncContextManager[str]:
+        from .simulate import simulate_bus
+
+        return simulate_bus(bus, devices, at)
+
     @classmethod
     def validate(cls, bus: BusConfig, devices: Sequence[DeviceConfig]) -> list[tuple[str, str]]:
         """What the generic loader cannot know about Modbus: as ``(key path, message)`` pairs.
@@ -423,7 +476,13 @@ class ModbusDriver:
                 )
         return problems
 
-    def __init__(self, bus: BusConfig, *, tolerate_silence: bool = False) -> None:
+    def __init__(
+        self,
+        bus: BusConfig,
+        context: DriverContext | None = None,
+        *,
+        tolerate_silence: bool = False,
+    ) -> None:
         self.bus = bus
         self.tolerate_silence = tolerate_silence
         self._client: ModbusBaseClient | None = None
@@ -514,7 +573,7 @@ class ModbusDriver:
                 for point in request.points:
                     start = point.address - request.address
                     raws[point.name] = tuple(int(r) for r in raw[start : start + point.count])
-        values = apply_exponents(device.points, values, errors)
+        values = apply_exponents(modbus_points(device.points), values, errors)
         if errors and not values:
             raise self._device_error(device, "; ".join(errors))
         if errors:
@@ -530,6 +589,7 @@ class ModbusDriver:
         value cannot be written to the point; ``DeviceError`` when the device refused or did not
         answer; ``BusError`` when the port or connection broke.
         """
+        point = modbus_point(point)
         if all(p.name != point.name for p in device.points):
             raise ValueError(f"not a point of device {device.name}")
         raw = encode_write(point, value)
@@ -545,7 +605,7 @@ class ModbusDriver:
                     f"{point.bit}: {_why(exc)}; nothing was written",
                 ) from None
             raw = [int(current) & ~(1 << point.bit) | int(raw[0])]
-        write = plan_write(point, raw, self.bus.write_multiple)
+        write = plan_write(point, raw, write_multiple(self.bus))
         try:
             await self._execute(device, write)
         except _RequestFailed as exc:
@@ -576,7 +636,7 @@ class ModbusDriver:
         a gateway's exceptions 10 and 11, its way of saying nothing answered behind it, which
         count as "timeout".
         """
-        point = PointConfig("probe")
+        point = ModbusPoint("probe")
         device = DeviceConfig(f"#{unit}", self.bus.name, "modbus", 1.0, unit=unit, points=(point,))
         try:
             await self._execute(device, Request("holding", 0, 1, (point,)))

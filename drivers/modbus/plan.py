@@ -13,13 +13,20 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.config.types import BIT_TABLES, TABLES, BusConfig, DeviceConfig, PointConfig, Table
+from agent.api import BusConfig, DeviceConfig
+
+from .schema import (
+    BIT_TABLES,
+    TABLES,
+    ModbusPoint,
+    Table,
+    max_bits,
+    max_registers,
+    merge_gap,
+    modbus_points,
+)
 
 log = logging.getLogger(__name__)
-
-#: Most registers one read may carry (FC 3/4), and most bits (FC 1/2): the protocol's limits.
-MAX_REGISTERS = 125
-MAX_BITS = 2000
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,7 @@ class Request:
     table: Table
     address: int
     count: int
-    points: tuple[PointConfig, ...]
+    points: tuple[ModbusPoint, ...]
 
     @property
     def end(self) -> int:
@@ -58,20 +65,19 @@ class Request:
 
 def max_count(table: Table, bus: BusConfig | None = None) -> int:
     """The most registers or bits one read of ``table`` may carry on ``bus``."""
-    if table in BIT_TABLES:
-        return bus.max_bits if bus else MAX_BITS
-    return bus.max_registers if bus else MAX_REGISTERS
+    return max_bits(bus) if table in BIT_TABLES else max_registers(bus)
 
 
 def plan_requests(
-    points: Sequence[PointConfig], bus: BusConfig | None = None, merge_gap: int | None = None
+    points: Sequence[ModbusPoint], bus: BusConfig | None = None, gap: int | None = None
 ) -> list[Request]:
     """The reads that fetch ``points``: per table, in address order, merging points whose gap is
-    at most ``merge_gap`` (default: the bus's) while the read stays within the bus's maximum.
+    at most ``gap`` (default: the bus's ``merge_gap``) while the read stays within the bus's
+    maximum.
 
     A point is never split; one larger than the maximum gets a read of its own.
     """
-    gap = (bus.merge_gap if bus else 0) if merge_gap is None else merge_gap
+    gap = merge_gap(bus) if gap is None else gap
     requests: list[Request] = []
     for table in TABLES:
         limit = max_count(table, bus)
@@ -101,11 +107,11 @@ class DevicePlan:
     def __init__(self, device: DeviceConfig, bus: BusConfig | None = None) -> None:
         self.device = device
         self.bus = bus
-        self.requests = plan_requests(device.points, bus)
+        self.requests = plan_requests(modbus_points(device.points), bus)
 
     def split(self, refused: Request) -> list[Request]:
         """Replace ``refused`` (a merged read with holes) by reads without holes, for good."""
-        parts = plan_requests(refused.points, self.bus, merge_gap=0)
+        parts = plan_requests(refused.points, self.bus, gap=0)
         index = self.requests.index(refused)
         self.requests[index : index + 1] = parts
         log.info(

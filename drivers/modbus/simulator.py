@@ -50,11 +50,11 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
-from agent.config.types import BIT_TABLES, TABLES, DeviceConfig, PointConfig, Table
-from agent.model import Value
+from agent.api import DeviceConfig, Value
 
 from .codec import decode, encode, int_range
 from .driver import serial_port_problem
+from .schema import BIT_TABLES, TABLES, ModbusPoint, Table, modbus_points
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,9 @@ class SimulatedSlave:
     ``random.Random(seed)`` of the test's own for other garbage, as reproducible.
     """
 
-    def __init__(self, unit: int, points: Sequence[PointConfig]) -> None:
+    def __init__(self, unit: int, points: Sequence[ModbusPoint]) -> None:
         self.unit = unit
-        self.points: dict[str, PointConfig] = {p.name: p for p in points}
+        self.points: dict[str, ModbusPoint] = {p.name: p for p in points}
         if len(self.points) != len(points):
             raise ValueError(f"unit {unit}: point names must be unique")
         self.dead = False
@@ -151,7 +151,7 @@ class SimulatedSlave:
                 f"unit {self.unit}: exception code {code} is not one of {known}"
             ) from None
 
-    def point(self, name: str) -> PointConfig:
+    def point(self, name: str) -> ModbusPoint:
         """The point called ``name``; ``KeyError`` if the slave has none."""
         try:
             return self.points[name]
@@ -214,7 +214,7 @@ def slaves_for_bus(devices: Sequence[DeviceConfig]) -> list[SimulatedSlave]:
     Two devices with the same unit id give two slaves with that id, which ``ModbusSimulator``
     refuses.
     """
-    slaves = [SimulatedSlave(device.unit, device.points) for device in devices]
+    slaves = [SimulatedSlave(device.unit, modbus_points(device.points)) for device in devices]
     for slave in slaves:
         animate_slave(slave, 0.0, include_writable=True)
     return slaves
@@ -247,7 +247,7 @@ def _toggling(name: str, t: float) -> bool:
     return (int(t / period) + seed) % 2 == 1
 
 
-def _sine_raw(point: PointConfig, t: float) -> int | float:
+def _sine_raw(point: ModbusPoint, t: float) -> int | float:
     """A raw value moving along a sine with a 60-180 s period, within the point's raw range."""
     seed = zlib.crc32(point.name.encode())
     low, high = _raw_range(point)
@@ -262,7 +262,7 @@ def _sine_raw(point: PointConfig, t: float) -> int | float:
     return min(max(round(raw), type_low), type_high)
 
 
-def _raw_range(point: PointConfig) -> tuple[float, float]:
+def _raw_range(point: ModbusPoint) -> tuple[float, float]:
     """The raw values to animate between: ``min``/``max`` unscaled, else a plausible default."""
     # Signed integers are often temperatures; floats and unsigned ones mostly positive quantities.
     signed = point.type in ("int16", "int32", "int64")
@@ -279,7 +279,7 @@ def _raw_range(point: PointConfig) -> tuple[float, float]:
     return min(low, high), max(low, high)
 
 
-def _unscaled(point: PointConfig) -> PointConfig:
+def _unscaled(point: ModbusPoint) -> ModbusPoint:
     return replace(point, scale=1.0, offset=0.0)
 
 

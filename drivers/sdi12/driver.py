@@ -36,15 +36,22 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TextIO, TypeVar
 
-from agent.config import sections as conv
-from agent.config.sections import Convert, suggest
-from agent.config.types import BusConfig, DeviceConfig, PointConfig
-from agent.errors import DeviceError
-from agent.model import Poll, Value
+from agent.api import (
+    BusConfig,
+    DeviceConfig,
+    DeviceError,
+    DriverContext,
+    PointConfig,
+    Poll,
+    Value,
+    scaled,
+)
+from agent.api import keys as conv
+from agent.api.keys import Convert, suggest
+from agent.api.serial import SerialDriver, line_timeout
 
-from ..serial_port import SerialDriver, line_timeout
 from . import protocol
 from .protocol import CrcError, Identification, ProtocolError
 
@@ -103,8 +110,17 @@ class Sdi12Driver(SerialDriver):
         "index": _index,
     }
 
-    def __init__(self, bus: BusConfig) -> None:
-        super().__init__(bus)
+    @classmethod
+    async def scan(
+        cls, bus: BusConfig, devices: Sequence[DeviceConfig], targets: str | None, out: TextIO
+    ) -> list[str]:
+        from .scan import scan_sdi12_bus
+
+        adapters = [d.options.get("adapter", "uart") for d in devices]
+        return await scan_sdi12_bus(bus, adapters[0] if adapters else "uart", out, targets or "")
+
+    def __init__(self, bus: BusConfig, context: DriverContext | None = None) -> None:
+        super().__init__(bus, context)
         #: Per device name: ``timeouts``, ``garbled`` answers, ``crc`` mismatches, ``retries``,
         #: ``service_requests``, ``measurements`` completed.
         self.counters: dict[str, Counter[str]] = {}
@@ -161,7 +177,7 @@ class Sdi12Driver(SerialDriver):
                         f"{len(results)} value(s), none at index {index}"
                     )
                 else:
-                    values[point.name] = results[index - 1] * point.scale + point.offset
+                    values[point.name] = scaled(point, results[index - 1])
         if errors and not values:
             raise DeviceError("; ".join(errors))
         return Poll(values, tuple(errors))

@@ -9,17 +9,22 @@ way to find a sensor whose address nobody wrote down); then each of the 62 addre
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TextIO
 
-from agent.config.types import BusConfig, DeviceConfig
-from agent.errors import DeviceError
+from agent.api import BusConfig, DeviceConfig, DeviceError
 
 from . import protocol
 from .driver import Sdi12Driver
 from .protocol import Identification, ProtocolError
 
 PROBE_TIMEOUT = 0.1
+NO_SENSOR = (
+    "no SDI-12 sensor answered — check wiring, power, and the adapter "
+    '(adapter = "uart" needs 1200 baud 7E1)'
+)
 
 
 def probe_device(bus: BusConfig, address: str, adapter: str) -> DeviceConfig:
@@ -49,4 +54,25 @@ async def scan(
                 continue
             found.append((address, identity))
             progress(address, str(identity))
+    return found
+
+
+async def scan_sdi12_bus(
+    bus: BusConfig, adapter: str, out: TextIO | None = None, addresses: str = ""
+) -> list[str]:
+    """Ask the SDI-12 ``addresses`` (default: all) on ``bus``, reporting on ``out``; returns
+    those that answer."""
+    out = out or sys.stdout
+
+    def say(address: str, text: str) -> None:
+        print(f"address {address}: {text}", file=out, flush=True)
+
+    print(
+        f"scanning SDI-12 bus {bus.name} ({bus.address}, {adapter} adapter) for addresses "
+        f"{addresses or '0-9, a-z, A-Z'}, up to {PROBE_TIMEOUT:g} s each",
+        file=out,
+        flush=True,
+    )
+    found = [a for a, _ in await scan(bus, adapter, say, addresses or protocol.ADDRESSES)]
+    print(f"found address(es): {', '.join(found)}" if found else NO_SENSOR, file=out, flush=True)
     return found

@@ -29,16 +29,16 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-from agent.config import PointConfig
 from agent.testkit.broker import Broker
 from agent.testkit.process import AgentProcess
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 CONF = Path(__file__).with_name("telegraf.conf")
 POINTS = (
-    PointConfig("power", "holding", 0, "float32"),
-    PointConfig("energy", "holding", 2, "uint32"),
-    PointConfig("running", "coil", 0, "bool"),
+    ModbusPoint("power", table="holding", address=0, type="float32"),
+    ModbusPoint("energy", table="holding", address=2, type="uint32"),
+    ModbusPoint("running", table="coil", address=0, type="bool"),
 )
 
 

@@ -35,10 +35,10 @@ import aiomqtt
 import psycopg
 from psycopg import sql
 
-from agent.config import PointConfig
 from agent.testkit.aio import until
 from agent.testkit.broker import Broker
 from agent.testkit.process import AgentProcess
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 HERE = Path(__file__).parent
@@ -46,10 +46,10 @@ DSN = os.environ.get("PG_DSN", "host=127.0.0.1 dbname=test user=postgres")
 PREFIX, GROUP, AGENT = "edge", "pg-check", "gw-check"
 WANT_SAMPLES = 40  # the slave is polled every 0.2 s
 POINTS = (
-    PointConfig("power", "holding", 0, "float32"),
-    PointConfig("energy", "holding", 2, "uint32"),
-    PointConfig("running", "coil", 0, "bool"),
-    PointConfig("serial", "holding", 10, "string", length=8),
+    ModbusPoint("power", table="holding", address=0, type="float32"),
+    ModbusPoint("energy", table="holding", address=2, type="uint32"),
+    ModbusPoint("running", table="coil", address=0, type="bool"),
+    ModbusPoint("serial", table="holding", address=10, type="string", length=8),
 )
 SERVED: dict[str, float | int | bool | str] = {
     "power": 1.5,

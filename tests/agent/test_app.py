@@ -11,13 +11,13 @@ from agent.aio import cancel_and_wait
 from agent.app import Agent
 from agent.clock import Clock
 from agent.config import load_config
-from agent.config.types import PointConfig
 from agent.testkit import run, until
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
-POINT = PointConfig("level", "holding", 0, "uint16")
+POINT = ModbusPoint("level", table="holding", address=0, type="uint16")
 BOOTED_AT = 3.0  # seconds after 1970-01-01: what a Pi without RTC believes
 
 

@@ -16,14 +16,21 @@ from agent.aio import cancel_and_wait
 from agent.app import Agent
 from agent.commands import COMMANDS_FILE
 from agent.config import Config, load_config
-from agent.config.types import PointConfig
 from agent.model import Poll, Value
 from agent.scheduler import BusPoller
 from agent.testkit import run
 from agent.testkit.modbus import SimSlave
+from drivers.modbus.schema import ModbusPoint
 
-SETPOINT = PointConfig(
-    "setpoint", "holding", 10, "float32", scale=0.1, writable=True, min=0, max=100
+SETPOINT = ModbusPoint(
+    "setpoint",
+    table="holding",
+    address=10,
+    type="float32",
+    scale=0.1,
+    writable=True,
+    min=0,
+    max=100,
 )
 SLOW_MS = 800  # each answer: a poll under way lasts this long
 WAIT = 10.0  # the bound on every wait

@@ -24,11 +24,11 @@ from agent.aio import cancel_and_wait
 from agent.app import Agent
 from agent.commands import MAX_PAYLOAD, checked_value, flattened, parse, value_from_text
 from agent.config import load_config
-from agent.config.types import PointConfig
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.process import cli
+from drivers.modbus.schema import ModbusPoint
 
 SITE = """
 [agent]
@@ -124,8 +124,10 @@ def test_a_ts_beyond_64_bits_is_refused_not_reckoned() -> None:
         assert str(refused) == '"ts" does not fit: it is ms since the epoch, a 64-bit integer'
 
 
-SETPOINT = PointConfig("setpoint", "holding", 0, "float32", writable=True, min=0, max=100)
-RAW = PointConfig("raw", "holding", 0, "int64", writable=True)
+SETPOINT = ModbusPoint(
+    "setpoint", table="holding", address=0, type="float32", writable=True, min=0, max=100
+)
+RAW = ModbusPoint("raw", table="holding", address=0, type="int64", writable=True)
 
 
 @pytest.mark.parametrize(

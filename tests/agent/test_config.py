@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.api.keys import parse_duration, parse_size
 from agent.config import load_config
-from agent.config.units import parse_duration, parse_size
 from agent.errors import ConfigError, Problem
 
 BASE = """

@@ -21,7 +21,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.buffer import BUFFER_FILE, Buffer, stored_stats
 from agent.config import Config, load_config
-from agent.config.types import PointConfig
 from agent.errors import ConfigError, Problem
 from agent.mqtt_link import connect_failure
 from agent.testkit import run, until
@@ -31,9 +30,10 @@ from agent.testkit.mqtt import Subscriber
 from agent.testkit.net import free_port
 from agent.testkit.process import AgentProcess
 from agent.uplink import Uplink
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
-VOLTAGE = PointConfig("voltage", table="input", address=0, type="float32")
+VOLTAGE = ModbusPoint("voltage", table="input", address=0, type="float32")
 SECRET = "s3cret-Pa55"
 
 

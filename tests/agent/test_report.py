@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from agent.config import PointConfig
 from agent.report import ReportFilter
+from drivers.modbus.schema import ModbusPoint
 
 TEMP = PointConfig("temp", deadband=0.5)
 LEVEL = PointConfig("level", heartbeat=60.0)
 BOTH = PointConfig("flow", deadband=1.0, heartbeat=300.0)
 PLAIN = PointConfig("count")
-DOOR = PointConfig("door", table="coil", type="bool", deadband=0.0)
+DOOR = ModbusPoint("door", table="coil", type="bool", deadband=0.0)
 
 
 def test_points_without_rules_are_always_sent() -> None:

@@ -8,19 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from agent.config.types import BusConfig, PointConfig
+from agent.api import BusConfig
 from agent.errors import BusError
-from agent.scan import NOTHING_FOUND, scan_bus
 from agent.testkit import run
 from agent.testkit.serial import SerialProxy
-from drivers.modbus.scan import Probe, scan
+from drivers.modbus.scan import NOTHING_FOUND, Probe, scan, scan_units
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 TIMEOUT = 0.1  # each silent unit id costs one
 
 
 def slave(unit: int, address: int = 0) -> SimulatedSlave:
-    return SimulatedSlave(unit, (PointConfig("status", "holding", address, "uint16"),))
+    return SimulatedSlave(
+        unit, (ModbusPoint("status", table="holding", address=address, type="uint16"),)
+    )
 
 
 def rtu_bus(port: Path) -> BusConfig:
@@ -45,7 +47,7 @@ def test_scan_finds_the_units_on_an_rtu_line(tmp_path: Path) -> None:
             ModbusSimulator(slaves, serial_port=proxy.device_path),
         ):
             out = io.StringIO()
-            found = await scan_bus(rtu_bus(proxy.agent_path), range(1, 7), out)
+            found = await scan_units(rtu_bus(proxy.agent_path), range(1, 7), out)
         assert found == [2, 5]
         assert out.getvalue().splitlines() == [
             f"scanning bus rs485 ({proxy.agent_path}) for unit(s) 1-6, up to 0.1 s each",
@@ -93,7 +95,7 @@ def test_scan_says_what_to_check_when_nothing_answers(tmp_path: Path) -> None:
         ):
             proxy.corrupt("crc", 10)  # as a wrong baud rate would
             out = io.StringIO()
-            found = await scan_bus(rtu_bus(proxy.agent_path), range(1, 4), out)
+            found = await scan_units(rtu_bus(proxy.agent_path), range(1, 4), out)
         assert found == []
         lines = out.getvalue().splitlines()
         assert lines[1:] == [
@@ -112,7 +114,7 @@ def test_scan_on_a_terminal_updates_one_line_in_place(tmp_path: Path) -> None:
             ModbusSimulator([slave(1)], serial_port=proxy.device_path),
         ):
             out = Terminal()
-            await scan_bus(rtu_bus(proxy.agent_path), range(1, 4), out)
+            await scan_units(rtu_bus(proxy.agent_path), range(1, 4), out)
         text = out.getvalue()
         assert "\runit 3 (3/3), found: 1" in text
         assert "each\nunit 1: answers\n\runit 1 (1/3), found: 1\runit 2 (2/3), found: 1\r" in text
@@ -126,7 +128,7 @@ def test_scan_of_a_missing_port_raises_a_clear_bus_error(tmp_path: Path) -> None
     async def body() -> None:
         missing = tmp_path / "ttyUSB3"
         with pytest.raises(BusError) as caught:
-            await scan_bus(rtu_bus(missing), range(1, 3), io.StringIO())
+            await scan_units(rtu_bus(missing), range(1, 3), io.StringIO())
         assert str(caught.value) == (f"bus rs485: {missing} is gone (adapter unplugged?); retrying")
 
     run(body(), timeout=10)

@@ -40,7 +40,7 @@ class FakeDriver:
     def validate(cls, bus: BusConfig, devices: Sequence[DeviceConfig]) -> list[tuple[str, str]]:
         return []
 
-    def __init__(self, bus: BusConfig) -> None:
+    def __init__(self, bus: BusConfig, context: object = None) -> None:
         self.bus = bus
 
     async def __aenter__(self) -> FakeDriver:

@@ -20,7 +20,7 @@ from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.systemd import NotifyListener
-from drivers.system import SystemDriver
+from drivers.system.driver import SystemDriver
 
 SITE = """
 [agent]

@@ -6,16 +6,16 @@ import json
 import textwrap
 from pathlib import Path
 
-from agent.config.types import PointConfig
 from agent.testkit import run
 from agent.testkit.process import cli, cli_async
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 POINTS = (
-    PointConfig("voltage", table="input", address=0, type="float32", unit="V"),
-    PointConfig("alarm", table="holding", address=4, type="bool", bit=3),
-    PointConfig("flags", table="holding", address=4, type="uint16"),
-    PointConfig("pump", table="coil", address=2, type="bool"),
+    ModbusPoint("voltage", table="input", address=0, type="float32", unit="V"),
+    ModbusPoint("alarm", table="holding", address=4, type="bool", bit=3),
+    ModbusPoint("flags", table="holding", address=4, type="uint16"),
+    ModbusPoint("pump", table="coil", address=2, type="bool"),
 )
 
 

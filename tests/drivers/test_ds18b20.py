@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.api import local_bus
 from agent.config import load_config
-from agent.driver import local_bus
 from agent.errors import ConfigError, DeviceError
 from agent.testkit import run
-from drivers.ds18b20 import Ds18b20Driver
+from drivers.ds18b20.driver import Ds18b20Driver
 
 GOOD = "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t=23125\n"
 BAD_CRC = "72 01 4b 46 7f ff 0e 10 57 : crc=58 NO\n72 01 4b 46 7f ff 0e 10 57 t=23125\n"

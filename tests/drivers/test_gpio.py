@@ -25,15 +25,16 @@ from gpiozero import Device, GPIOPinInUse, InputDevice
 from gpiozero.pins.mock import MockFactory, MockPin
 
 from agent.aio import cancel_and_wait
+from agent.api import DriverContext, local_bus
 from agent.app import STATE_DIR, Agent
 from agent.config import Config, DeviceConfig, load_config
-from agent.driver import build_driver, load_driver, local_bus
 from agent.errors import BusError, ConfigError, DeviceError
+from agent.registry import build_driver, load_driver
 from agent.scheduler import BusPoller
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
-from drivers.gpio import (
+from drivers.gpio.driver import (
     FACTORY_FIX,
     SAVE_EVERY,
     GpioCounterDriver,
@@ -177,7 +178,10 @@ def counter(
     state_dir: Path | None = None,
 ) -> GpioCounterDriver:
     return GpioCounterDriver(
-        local_bus(device), state_dir, devices=[device], pin_factory=factory, clock=clock
+        local_bus(device),
+        DriverContext(devices=(device,), state_dir=state_dir),
+        pin_factory=factory,
+        clock=clock,
     )
 
 
@@ -197,7 +201,7 @@ def test_inputs_follow_their_pull_and_active_level(tmp_path: Path, factory: Mock
 
     async def body() -> list[dict[str, Any]]:
         async with GpioInputDriver(
-            local_bus(device), devices=[device], pin_factory=factory
+            local_bus(device), DriverContext(devices=(device,)), pin_factory=factory
         ) as driver:
             resting = dict((await driver.read(device)).values)
             factory.pin(17).drive_low()  # the door contact closes to ground
@@ -363,7 +367,7 @@ debounce = "0s"
 
     async def body() -> tuple[int, Any]:
         async with GpioCounterDriver(
-            local_bus(device), None, devices=[device], pin_factory=factory
+            local_bus(device), DriverContext(devices=(device,)), pin_factory=factory
         ) as driver:
             thread = threading.Thread(target=pulses)
             thread.start()
@@ -537,7 +541,7 @@ def test_relays_are_safe_at_start_and_stop_and_read_back_writes(
     async def body() -> list[dict[str, Any]]:
         seen = []
         async with GpioOutputDriver(
-            local_bus(device), devices=[device], pin_factory=factory
+            local_bus(device), DriverContext(devices=(device,)), pin_factory=factory
         ) as driver:
             # at start, before any poll
             seen.append({"pump": pump.state, "valve": valve.state, "fan": fan.state})
@@ -569,7 +573,7 @@ def test_a_relay_refuses_what_is_not_a_state(
 
     async def body() -> None:
         async with GpioOutputDriver(
-            local_bus(device), devices=[device], pin_factory=factory
+            local_bus(device), DriverContext(devices=(device,)), pin_factory=factory
         ) as driver:
             await driver.write(device, pump, value)
 
@@ -587,7 +591,7 @@ def test_a_relay_that_is_not_writable_is_not_written(tmp_path: Path, factory: Mo
 
     async def body() -> None:
         async with GpioOutputDriver(
-            local_bus(device), devices=[device], pin_factory=factory
+            local_bus(device), DriverContext(devices=(device,)), pin_factory=factory
         ) as driver:
             await driver.write(device, fan, True)
 
@@ -604,8 +608,12 @@ def test_one_pin_for_two_devices_is_refused_when_entering(
 
     async def body() -> None:
         async with (
-            GpioInputDriver(local_bus(inputs), devices=[inputs], pin_factory=factory),
-            GpioOutputDriver(local_bus(relays), devices=[relays], pin_factory=factory),
+            GpioInputDriver(
+                local_bus(inputs), DriverContext(devices=(inputs,)), pin_factory=factory
+            ),
+            GpioOutputDriver(
+                local_bus(relays), DriverContext(devices=(relays,)), pin_factory=factory
+            ),
         ):
             pass
 
@@ -800,7 +808,7 @@ def test_no_pin_factory_is_one_line_naming_it_and_the_fix(
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "nope")
 
     async def enter() -> None:
-        async with GpioInputDriver(local_bus(device), devices=[device]):
+        async with GpioInputDriver(local_bus(device), DriverContext(devices=(device,))):
             pass
 
     with pytest.raises(BusError) as caught:
@@ -826,7 +834,7 @@ def test_no_pin_factory_here_names_each_one_tried(
     monkeypatch.delenv("GPIOZERO_PIN_FACTORY", raising=False)
 
     async def enter() -> None:
-        async with GpioCounterDriver(local_bus(device), None, devices=[device]):
+        async with GpioCounterDriver(local_bus(device), DriverContext(devices=(device,))):
             pass
 
     with pytest.raises(BusError) as caught:
@@ -934,7 +942,7 @@ def test_the_agent_hands_over_its_devices_so_relays_are_safe_before_any_poll(
     pins.pin(20).drive_high()  # the board left the pump relay on
 
     async def body() -> bool:
-        driver = build_driver(GpioOutputDriver, local_bus(device), None, [device])
+        driver = build_driver(GpioOutputDriver, local_bus(device), DriverContext(devices=(device,)))
         async with driver:
             return bool(pins.pin(20).state)
 

@@ -18,17 +18,18 @@ from pathlib import Path
 import pytest
 from pymodbus.framer import FramerRTU
 
-from agent.config.types import BusConfig, DeviceConfig, PointConfig
+from agent.api import BusConfig, DeviceConfig
 from agent.errors import DeviceError
 from agent.testkit import run
 from agent.testkit.modbus import BusKind
 from agent.testkit.serial import SerialProxy
 from drivers.modbus import ModbusDriver
 from drivers.modbus.driver import skip_stale_bytes, skip_to_rtu_frame
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 TIMEOUT = 0.2
-LEVEL = PointConfig("level", "holding", 0, "uint16")
+LEVEL = ModbusPoint("level", table="holding", address=0, type="uint16")
 GOOD, BAD = 1, 2
 KINDS: tuple[BusKind, ...] = ("tcp", "rtu-over-tcp", "rtu")
 

@@ -10,17 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config.types import ORDERS, PointConfig, PointType, WordOrder
 from agent.model import Value
 from drivers.modbus.codec import apply_exponents, decode, encode, int_range
+from drivers.modbus.schema import ORDERS, ModbusPoint, PointType, WordOrder
 
 INT_TYPES: tuple[PointType, ...] = ("int16", "uint16", "int32", "uint32", "int64", "uint64")
 #: Each property runs once per type x order: fewer examples per run keep the whole file fast.
 PER_COMBINATION = settings(max_examples=30)
 
 
-def point(type_: PointType, order: WordOrder = "ABCD", **kwargs: object) -> PointConfig:
-    return PointConfig(name="p", type=type_, order=order, **kwargs)  # type: ignore[arg-type]
+def point(type_: PointType, order: WordOrder = "ABCD", **kwargs: object) -> ModbusPoint:
+    return ModbusPoint(name="p", type=type_, order=order, **kwargs)  # type: ignore[arg-type]
 
 
 # (type, order, registers, value): computed by hand from the value's big-endian bytes
@@ -121,7 +121,7 @@ def test_bool_on_registers_is_nonzero() -> None:
 
 
 def test_bit_tables_give_bools() -> None:
-    coil = PointConfig(name="relay", table="coil", type="bool")
+    coil = ModbusPoint(name="relay", table="coil", type="bool")
     assert decode(coil, [True]) is True
     assert decode(replace(coil, table="discrete"), [False]) is False
     assert encode(coil, True) == [True]
@@ -162,7 +162,7 @@ def test_strings_replace_non_ascii_bytes() -> None:
         (point("string", length=4), 12, "expected a string"),
     ],
 )
-def test_encode_refuses_what_does_not_fit(config: PointConfig, value: Value, message: str) -> None:
+def test_encode_refuses_what_does_not_fit(config: ModbusPoint, value: Value, message: str) -> None:
     with pytest.raises(ValueError, match=message) as caught:
         encode(config, value)
     assert "point p" in str(caught.value)
@@ -261,8 +261,10 @@ def test_bools_round_trip(value: bool) -> None:
 
 
 def test_a_garbage_scale_factor_drops_the_value_with_an_error() -> None:
-    power = PointConfig("power", "holding", 0, "int16", scale_exponent="power_sf")
-    exponent = PointConfig("power_sf", "holding", 1, "int16")
+    power = ModbusPoint(
+        "power", table="holding", address=0, type="int16", scale_exponent="power_sf"
+    )
+    exponent = ModbusPoint("power_sf", table="holding", address=1, type="int16")
     errors: list[str] = []
     values = apply_exponents([power, exponent], {"power": 1234, "power_sf": 0x7FFF}, errors)
     assert "power" not in values

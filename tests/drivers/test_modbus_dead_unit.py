@@ -6,14 +6,15 @@ import asyncio
 from collections.abc import Mapping
 
 from agent.aio import cancel_and_wait
-from agent.config import BusConfig, DeviceConfig, PointConfig
+from agent.config import BusConfig, DeviceConfig
 from agent.model import Value
 from agent.scheduler import BusPoller
 from agent.testkit import run
 from drivers.modbus import ModbusDriver
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
-POINTS = (PointConfig("level", "holding", 0, "uint16"),)
+POINTS = (ModbusPoint("level", table="holding", address=0, type="uint16"),)
 INTERVAL = 0.2
 
 

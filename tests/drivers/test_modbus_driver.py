@@ -10,24 +10,25 @@ from typing import Any
 
 import pytest
 
-from agent.config.types import BusConfig, DeviceConfig, PointConfig
-from agent.driver import load_driver
+from agent.api import BusConfig, DeviceConfig, PointConfig
 from agent.errors import BusError, DeviceError
+from agent.registry import load_driver
 from drivers.modbus import ModbusDriver
-from drivers.modbus.plan import MAX_REGISTERS, Request, plan_requests
+from drivers.modbus.plan import Request, plan_requests
+from drivers.modbus.schema import MAX_REGISTERS, ModbusPoint, modbus_bus
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 TIMEOUT = 0.5  # the bus timeout: short, since several tests wait for it once
 
 POINTS = (
-    PointConfig("voltage", "holding", 0, "float32"),
-    PointConfig("current", "holding", 2, "float32"),
-    PointConfig("serial", "holding", 10, "string", length=8),
-    PointConfig("energy", "input", 0, "uint32", order="CDAB"),
-    PointConfig("temperature", "input", 2, "int16", scale=0.1),
-    PointConfig("relay", "coil", 0, "bool", writable=True),
-    PointConfig("alarm", "coil", 1, "bool"),
-    PointConfig("door", "discrete", 5, "bool"),
+    ModbusPoint("voltage", table="holding", address=0, type="float32"),
+    ModbusPoint("current", table="holding", address=2, type="float32"),
+    ModbusPoint("serial", table="holding", address=10, type="string", length=8),
+    ModbusPoint("energy", table="input", address=0, type="uint32", order="CDAB"),
+    ModbusPoint("temperature", table="input", address=2, type="int16", scale=0.1),
+    ModbusPoint("relay", table="coil", address=0, type="bool", writable=True),
+    ModbusPoint("alarm", table="coil", address=1, type="bool"),
+    ModbusPoint("door", table="discrete", address=5, type="bool"),
 )
 VALUES = {
     "voltage": 230.5,
@@ -56,7 +57,7 @@ def device(
 
 def bus(port: int, timeout: float = TIMEOUT, host: str = "127.0.0.1") -> BusConfig:
     # no merging across holes here: tests/drivers/test_modbus_plan.py covers that
-    return BusConfig(
+    return modbus_bus(
         name="field", type="modbus-tcp", host=host, port=port, timeout=timeout, merge_gap=0
     )
 
@@ -86,20 +87,25 @@ def test_plan_merges_touching_points_per_table() -> None:
 
 
 def test_plan_merges_overlapping_points() -> None:
-    word = PointConfig("status", "holding", 7, "uint16")
-    flag = PointConfig("running", "holding", 7, "bool")
-    pair = PointConfig("total", "holding", 6, "uint32")
+    word = ModbusPoint("status", table="holding", address=7, type="uint16")
+    flag = ModbusPoint("running", table="holding", address=7, type="bool")
+    pair = ModbusPoint("total", table="holding", address=6, type="uint32")
     assert plan_requests([word, flag, pair]) == [Request("holding", 6, 2, (pair, flag, word))]
 
 
 def test_plan_respects_the_protocol_maximum() -> None:
-    first = PointConfig("first", "holding", 0, "float32")
-    last = PointConfig("last", "holding", MAX_REGISTERS - 2, "float32")  # ends exactly at 125
-    beyond = PointConfig("beyond", "holding", MAX_REGISTERS, "uint16")
-    between = [PointConfig(f"r{a}", "holding", a, "uint16") for a in range(2, MAX_REGISTERS - 2)]
+    first = ModbusPoint("first", table="holding", address=0, type="float32")
+    last = ModbusPoint(
+        "last", table="holding", address=MAX_REGISTERS - 2, type="float32"
+    )  # ends exactly at 125
+    beyond = ModbusPoint("beyond", table="holding", address=MAX_REGISTERS, type="uint16")
+    between = [
+        ModbusPoint(f"r{a}", table="holding", address=a, type="uint16")
+        for a in range(2, MAX_REGISTERS - 2)
+    ]
     plan = plan_requests([first, last, beyond, *between])
     assert [(r.address, r.count) for r in plan] == [(0, MAX_REGISTERS), (MAX_REGISTERS, 1)]
-    bits = [PointConfig(f"c{a}", "coil", a, "bool") for a in range(2001)]
+    bits = [ModbusPoint(f"c{a}", table="coil", address=a, type="bool") for a in range(2001)]
     assert [(r.address, r.count) for r in plan_requests(bits)] == [(0, 2000), (2000, 1)]
 
 
@@ -146,7 +152,7 @@ def test_an_undefined_address_costs_only_its_request() -> None:
 
 def test_nothing_read_raises_device_error_with_every_reason() -> None:
     async def body() -> None:
-        elsewhere = (PointConfig("other", "holding", 500, "uint16"),)
+        elsewhere = (ModbusPoint("other", table="holding", address=500, type="uint16"),)
         simulated = SimulatedSlave(1, elsewhere)
         async with ModbusSimulator([simulated]) as sim, ModbusDriver(bus(sim.port)) as driver:
             with pytest.raises(DeviceError) as caught:
@@ -180,7 +186,7 @@ def test_a_dead_unit_raises_device_error_within_the_timeout() -> None:
 
 def test_pymodbus_drops_the_connection_after_four_unanswered_requests() -> None:
     async def body() -> None:
-        lone = (PointConfig("status", "holding", 0, "uint16"),)
+        lone = (ModbusPoint("status", table="holding", address=0, type="uint16"),)
         simulated = slave(points=lone)
         simulated.dead = True
         async with ModbusSimulator([simulated]) as sim:
@@ -220,7 +226,9 @@ def test_no_response_midway_keeps_what_was_read() -> None:
 def test_a_request_pymodbus_cannot_send_costs_only_itself() -> None:
     async def body() -> None:
         # validate() reports such a point; a poll must survive it all the same.
-        huge = PointConfig("label", "holding", 100, "string", length=2 * MAX_REGISTERS + 2)
+        huge = ModbusPoint(
+            "label", table="holding", address=100, type="string", length=2 * MAX_REGISTERS + 2
+        )
         async with ModbusSimulator([slave()]) as sim, ModbusDriver(bus(sim.port)) as driver:
             poll = await driver.read(device(points=(*POINTS, huge)))
         assert poll.values == VALUES

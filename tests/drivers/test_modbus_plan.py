@@ -6,20 +6,21 @@ import logging
 
 import pytest
 
-from agent.config import BusConfig, DeviceConfig, PointConfig
+from agent.config import BusConfig, DeviceConfig
 from agent.testkit import run
 from drivers.modbus import ModbusDriver
 from drivers.modbus.plan import DevicePlan, plan_requests
+from drivers.modbus.schema import ModbusPoint, modbus_bus
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
-A = PointConfig("a", "holding", 0, "uint16")
-B = PointConfig("b", "holding", 5, "float32")
-C = PointConfig("c", "holding", 40, "uint16")
-FLAG = PointConfig("flag", "coil", 3, "bool")
+A = ModbusPoint("a", table="holding", address=0, type="uint16")
+B = ModbusPoint("b", table="holding", address=5, type="float32")
+C = ModbusPoint("c", table="holding", address=40, type="uint16")
+FLAG = ModbusPoint("flag", table="coil", address=3, type="bool")
 
 
 def bus(**changes: object) -> BusConfig:
-    return BusConfig("field", "modbus-tcp", host="127.0.0.1", **changes)  # type: ignore[arg-type]
+    return modbus_bus("field", "modbus-tcp", host="127.0.0.1", **changes)
 
 
 def spans(requests: list) -> list[tuple[str, int, int]]:  # type: ignore[type-arg]
@@ -41,7 +42,9 @@ def test_points_within_the_gap_share_a_read() -> None:
 
 
 def test_a_fussy_bus_gets_smaller_reads() -> None:
-    points = [PointConfig(f"r{i}", "holding", i * 2, "float32") for i in range(60)]  # 120 registers
+    points = [
+        ModbusPoint(f"r{i}", table="holding", address=i * 2, type="float32") for i in range(60)
+    ]  # 120 registers
     assert [r.count for r in plan_requests(points, bus())] == [120]
     assert [r.count for r in plan_requests(points, bus(max_registers=80))] == [80, 40]
 

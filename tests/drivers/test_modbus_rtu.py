@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from agent.aio import cancel_and_wait
-from agent.config.types import BusConfig, DeviceConfig, PointConfig
+from agent.api import BusConfig, DeviceConfig
 from agent.errors import BusError, DeviceError
 from agent.model import Poll, Value
 from agent.scheduler import BusPoller
@@ -31,14 +31,15 @@ from agent.testkit import run
 from agent.testkit.serial import Fault, SerialProxy, pty_pair
 from drivers.modbus import ModbusDriver
 from drivers.modbus.driver import port_problem_message, rtu_crc_ok
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 TIMEOUT = 0.3  # the bus timeout: short, since fault tests wait for it once each
 
 POINTS = (
-    PointConfig("voltage", "holding", 0, "float32"),
-    PointConfig("status", "holding", 2, "uint16"),
-    PointConfig("count", "input", 0, "uint32"),
+    ModbusPoint("voltage", table="holding", address=0, type="float32"),
+    ModbusPoint("status", table="holding", address=2, type="uint16"),
+    ModbusPoint("count", table="input", address=0, type="uint32"),
 )
 
 

@@ -18,10 +18,11 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 from pymodbus.framer import FramerRTU, FramerType
 
-from agent.config.types import DeviceConfig, PointConfig, PointType
+from agent.api import DeviceConfig
 from agent.testkit.serial import pty_pair
 from drivers.modbus.codec import decode
 from drivers.modbus.driver import rtu_crc_ok
+from drivers.modbus.schema import ModbusPoint, PointType
 from drivers.modbus.simulator import (
     ModbusSimulator,
     SimulatedSlave,
@@ -31,14 +32,14 @@ from drivers.modbus.simulator import (
 )
 
 POINTS = (
-    PointConfig("voltage", "input", 0, "float32", min=220.0, max=240.0),
-    PointConfig("energy", "input", 2, "uint64", order="DCBA"),
-    PointConfig("setpoint", "holding", 0, "int16", scale=0.1, writable=True),
-    PointConfig("limits", "holding", 1, "uint32", order="CDAB", writable=True),
-    PointConfig("model", "holding", 10, "string", length=10),
-    PointConfig("relay", "coil", 0, "bool", writable=True),
-    PointConfig("pump", "coil", 1, "bool", writable=True),
-    PointConfig("door", "discrete", 3, "bool"),
+    ModbusPoint("voltage", table="input", address=0, type="float32", min=220.0, max=240.0),
+    ModbusPoint("energy", table="input", address=2, type="uint64", order="DCBA"),
+    ModbusPoint("setpoint", table="holding", address=0, type="int16", scale=0.1, writable=True),
+    ModbusPoint("limits", table="holding", address=1, type="uint32", order="CDAB", writable=True),
+    ModbusPoint("model", table="holding", address=10, type="string", length=10),
+    ModbusPoint("relay", table="coil", address=0, type="bool", writable=True),
+    ModbusPoint("pump", table="coil", address=1, type="bool", writable=True),
+    ModbusPoint("door", table="discrete", address=3, type="bool"),
 )
 
 
@@ -244,7 +245,7 @@ def test_animated_values_always_fit_their_type(
     t: float,
 ) -> None:
     low, high = bounds
-    point = PointConfig("x", type=type_, scale=scale, offset=offset, min=low, max=high)
+    point = ModbusPoint("x", type=type_, scale=scale, offset=offset, min=low, max=high)
     slave = SimulatedSlave(1, [point])
     animate_slave(slave, t)  # raises ValueError if a value did not fit
     assert isinstance(slave.value("x"), (int, float))

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from agent.config.types import PointConfig
 from agent.logs import BURST
 from agent.testkit.modbus import BusKind, ModbusBus, SimSlave
 from agent.testkit.runner import AgentRunner
+from drivers.modbus.schema import ModbusPoint
 
-LEVEL = PointConfig("level", "holding", 0, "uint16")
+LEVEL = ModbusPoint("level", table="holding", address=0, type="uint16")
 INTERVAL = "100ms"
 TIMEOUT = 0.2  # seconds: a fault "beyond the timeout" must last longer than this
 #: Samples the healthy slave of every bus must deliver while the faults last.

@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from agent.config import BusConfig, DeviceConfig, PointConfig, TemplateConfig, load_config
-from agent.config.loader import BUILTIN_TEMPLATES, builtin_templates
+from agent.config.loader import builtin_templates
 from agent.model import Poll, Value
 from agent.testkit import run
 from agent.testkit.process import cli
 from drivers.modbus import ModbusDriver
 from drivers.modbus.codec import int_range
 from drivers.modbus.plan import plan_requests
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 TEMPLATES: dict[str, TemplateConfig] = {t.name: t for t in builtin_templates()}
@@ -238,7 +239,7 @@ def test_builtin_templates_load_with_unique_names() -> None:
     } <= set(names)
     assert any(n in names for n in ("sensecap-one-weather", "apogee-sp522"))
     assert set(names) == set(REQUESTS), "a new template needs its row in REQUESTS (and the README)"
-    assert {Path(t.source).parent for t in templates} == {BUILTIN_TEMPLATES}
+    assert {Path(t.source).parent for t in templates} == {ModbusDriver.templates_dir}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -569,7 +570,7 @@ def test_templates_shows_the_points_of_one(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("template sunspec-inverter: SunSpec inverter")
-    assert lines[1] == f"source: {BUILTIN_TEMPLATES / 'sunspec.toml'}"
+    assert lines[1] == f"source: {ModbusDriver.templates_dir / 'sunspec.toml'}"
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
     assert set(rows) == {p.name for p in TEMPLATES["sunspec-inverter"].points}
     assert rows["ac_power"] == ["holding", "40083", "int16", "W", "x10^w_sf"]
@@ -612,7 +613,9 @@ def test_user_template_named_like_a_builtin_replaces_it(tmp_path: Path) -> None:
     loaded, warnings = load_config(config)
     assert warnings == []
     meter = loaded.device("meter")
-    assert meter.points == (PointConfig("voltage", "holding", 100, "float32", unit="V"),)
+    assert meter.points == (
+        ModbusPoint("voltage", table="holding", address=100, type="float32", unit="V"),
+    )
     # the other built-in templates stay available, and the replacement is listed once
     assert loaded.device("inverter").points == TEMPLATES["sunspec-inverter"].points
     names = [t.name for t in loaded.templates]
@@ -637,7 +640,7 @@ def test_device_points_add_to_a_builtin_template(tmp_path: Path) -> None:
     config.write_text(text, encoding="utf-8")
     meter = load_config(config)[0].device("meter")
     assert [p.name for p in meter.points][-2:] == ["total_energy", "relay"]
-    assert meter.points[-1] == PointConfig("relay", "coil", 0, "bool")
+    assert meter.points[-1] == ModbusPoint("relay", table="coil", address=0, type="bool")
 
 
 @pytest.mark.parametrize("name", NAMES)

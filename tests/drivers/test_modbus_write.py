@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from pymodbus.constants import ExcCodes
 
+from agent.api import BusConfig, DeviceConfig, PointConfig
 from agent.config import load_config
-from agent.config.types import BusConfig, DeviceConfig, PointConfig
 from agent.errors import BusError, ConfigError, DeviceError
 from agent.model import Value
 from agent.testkit import run
@@ -28,24 +28,35 @@ from agent.testkit.serial import SerialProxy
 from drivers.modbus import ModbusDriver
 from drivers.modbus.codec import decode, encode
 from drivers.modbus.driver import encode_write, plan_write, rtu_crc_ok
+from drivers.modbus.schema import ModbusPoint, modbus_bus, write_multiple
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave, _SlaveContext
 
 TIMEOUT = 0.3  # the bus timeout: short, since a few tests wait for it once
 
-RELAY = PointConfig("relay", "coil", 0, "bool", writable=True)
-ALARM = PointConfig("alarm", "coil", 1, "bool")  # not writable
-SPEED = PointConfig("speed", "holding", 0, "uint16", writable=True, min=0, max=3000)
-SETPOINT = PointConfig("setpoint", "holding", 2, "float32", "CDAB", scale=0.1, writable=True)
-TRIM = PointConfig("trim", "holding", 4, "int16", scale=0.1, writable=True, min=-50, max=21.37)
-LABEL = PointConfig("label", "holding", 10, "string", length=8, writable=True)
-FLAGS = PointConfig("flags", "holding", 20, "uint16")
-RUN = PointConfig("run", "holding", 20, "bool", bit=3, writable=True)
-RAW = PointConfig("raw", "holding", 21, "uint16", writable=True, not_available=(0xFFFF,))
-LEVEL = PointConfig("level", "input", 0, "uint16", writable=True)  # the loader refuses this
-DOOR = PointConfig("door", "discrete", 0, "bool", writable=True)  # and this
+RELAY = ModbusPoint("relay", table="coil", address=0, type="bool", writable=True)
+ALARM = ModbusPoint("alarm", table="coil", address=1, type="bool")  # not writable
+SPEED = ModbusPoint(
+    "speed", table="holding", address=0, type="uint16", writable=True, min=0, max=3000
+)
+SETPOINT = ModbusPoint(
+    "setpoint", table="holding", address=2, type="float32", order="CDAB", scale=0.1, writable=True
+)
+TRIM = ModbusPoint(
+    "trim", table="holding", address=4, type="int16", scale=0.1, writable=True, min=-50, max=21.37
+)
+LABEL = ModbusPoint("label", table="holding", address=10, type="string", length=8, writable=True)
+FLAGS = ModbusPoint("flags", table="holding", address=20, type="uint16")
+RUN = ModbusPoint("run", table="holding", address=20, type="bool", bit=3, writable=True)
+RAW = ModbusPoint(
+    "raw", table="holding", address=21, type="uint16", writable=True, not_available=(0xFFFF,)
+)
+LEVEL = ModbusPoint(
+    "level", table="input", address=0, type="uint16", writable=True
+)  # the loader refuses this
+DOOR = ModbusPoint("door", table="discrete", address=0, type="bool", writable=True)  # and this
 POINTS = (RELAY, ALARM, SPEED, SETPOINT, TRIM, LABEL, FLAGS, RUN, RAW, LEVEL, DOOR)
 #: A point the device config has but the slave does not: writing it gets exception 2.
-GHOST = PointConfig("ghost", "holding", 100, "uint16", writable=True)
+GHOST = ModbusPoint("ghost", table="holding", address=100, type="uint16", writable=True)
 
 
 def device(unit: int = 1, points: tuple[PointConfig, ...] = (*POINTS, GHOST)) -> DeviceConfig:
@@ -59,9 +70,8 @@ def slave(unit: int = 1) -> SimulatedSlave:
 
 
 def tcp_bus(port: int, **options: object) -> BusConfig:
-    return replace(
-        BusConfig("field", "modbus-tcp", host="127.0.0.1", port=port, timeout=TIMEOUT),
-        **options,  # type: ignore[arg-type]
+    return modbus_bus(
+        "field", "modbus-tcp", host="127.0.0.1", port=port, timeout=TIMEOUT, **options
     )
 
 
@@ -334,7 +344,7 @@ REFUSED: list[tuple[PointConfig, Value, str]] = [
     (TRIM, 21.36, r"21\.36 would be 21\.4 on the device, above max 21\.37"),
     (RAW, 0xFFFF, r'65535 is the device\'s own "not available" value'),
     (
-        PointConfig("other", "holding", 0, writable=True),
+        ModbusPoint("other", table="holding", address=0, writable=True),
         1,
         "not a point of device pump",
     ),
@@ -359,7 +369,9 @@ def test_what_cannot_be_written_is_refused_before_anything_is_sent(
 
 
 def test_a_sunspec_scaled_point_is_refused() -> None:
-    power = PointConfig("power", "holding", 0, "int16", writable=True, scale_exponent="power_sf")
+    power = ModbusPoint(
+        "power", table="holding", address=0, type="int16", writable=True, scale_exponent="power_sf"
+    )
     with pytest.raises(
         ValueError, match=r"^its scale comes from point power_sf \(scale_exponent\)"
     ):
@@ -367,7 +379,7 @@ def test_a_sunspec_scaled_point_is_refused() -> None:
 
 
 def test_a_string_longer_than_one_write_is_refused() -> None:
-    long = PointConfig("text", "holding", 0, "string", length=250, writable=True)
+    long = ModbusPoint("text", table="holding", address=0, type="string", length=250, writable=True)
     with pytest.raises(
         ValueError, match=r"125 registers are more than one write can carry \(123\)"
     ):
@@ -500,7 +512,12 @@ def test_rtu_over_tcp_writes() -> None:
         (RUN, [8], False, 6),
         (SETPOINT, [0, 0], False, 16),
         (LABEL, [0, 0, 0, 0], False, 16),
-        (PointConfig("id", "holding", 0, "string", length=2), [0x4142], False, 6),
+        (
+            ModbusPoint("id", table="holding", address=0, type="string", length=2),
+            [0x4142],
+            False,
+            6,
+        ),
     ],
 )
 def test_plan_write_picks_the_function_code(
@@ -525,21 +542,21 @@ def test_plan_write_describes_itself() -> None:
 def test_scaled_integers_round_to_the_nearest_raw_value_halves_away_from_zero(
     value: float, raw: int
 ) -> None:
-    point = PointConfig("t", "holding", 0, "int16", scale=0.1)
+    point = ModbusPoint("t", table="holding", address=0, type="int16", scale=0.1)
     assert encode(point, value) == [raw & 0xFFFF]
 
 
 def test_rounding_uses_offset_and_scale_as_written() -> None:
-    kelvin = PointConfig("k", "holding", 0, "uint16", scale=0.01, offset=273.15)
+    kelvin = ModbusPoint("k", table="holding", address=0, type="uint16", scale=0.01, offset=273.15)
     assert encode(kelvin, 293.155) == [2001]  # 20.005 / 0.01 = 2000.5 -> 2001
-    big = PointConfig("e", "holding", 0, "uint64")
+    big = ModbusPoint("e", table="holding", address=0, type="uint64")
     assert encode(big, 2**64 - 1) == [0xFFFF] * 4  # ints stay exact
     assert decode(big, encode(big, 2**53 + 1)) == 2**53 + 1
 
 
 @pytest.mark.parametrize("bit", [0, 7, 15])
 def test_bit_points_round_trip(bit: int) -> None:
-    point = PointConfig("b", "holding", 0, "bool", bit=bit, writable=True)
+    point = ModbusPoint("b", table="holding", address=0, type="bool", bit=bit, writable=True)
     assert encode_write(point, True) == [1 << bit]
     assert encode_write(point, False) == [0]
     assert decode(point, [0xFFFF & ~(1 << bit)]) is False
@@ -584,8 +601,8 @@ def load(tmp_path: Path, plc: str = "", line: str = "", gps: str = "") -> list[s
         config, _ = load_config(path, {})
     except ConfigError as exc:
         return [str(p) for p in exc.problems if not p.warning]
-    assert config.bus("gps").write_multiple is False
-    return [str(config.bus(name).write_multiple) for name in ("plc", "line")]
+    assert write_multiple(config.bus("gps")) is False
+    return [str(write_multiple(config.bus(name))) for name in ("plc", "line")]
 
 
 def test_write_multiple_is_a_modbus_bus_key(tmp_path: Path) -> None:

@@ -15,10 +15,9 @@ from typing import Any
 import pytest
 import serial  # type: ignore[import-untyped]
 
+from agent.api import BusConfig, DeviceConfig, PointConfig
 from agent.config import load_config
-from agent.config.types import BusConfig, DeviceConfig, PointConfig
 from agent.errors import ConfigError, DeviceError
-from agent.scan import NO_SENSOR, scan_sdi12_bus
 from agent.scheduler import BusPoller
 from agent.testkit import run
 from agent.testkit.process import cli_async
@@ -27,6 +26,7 @@ from drivers.modbus.simulator import PtyLink
 from drivers.sdi12 import Sdi12Driver
 from drivers.sdi12 import protocol as p
 from drivers.sdi12.emulator import Sdi12Bus, SimulatedSensor
+from drivers.sdi12.scan import NO_SENSOR, scan_sdi12_bus
 
 # --- the protocol
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from agent.api import BusConfig, DeviceConfig, PointConfig
 from agent.config import load_config
-from agent.config.types import BusConfig, DeviceConfig, PointConfig
 from agent.errors import BusError, ConfigError, DeviceError
 from agent.testkit import run
 from agent.testkit.sensor import SerialSensor
 from drivers.modbus.simulator import PtyLink
-from drivers.serial_line import SerialLineDriver, decode_escapes
+from drivers.serial_line.driver import SerialLineDriver, decode_escapes
 
 
 def bus_at(path: str, **overrides: Any) -> BusConfig:

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from agent.aio import cancel_and_wait
+from agent.api import local_bus
 from agent.app import Agent
 from agent.config import load_config
-from agent.driver import local_bus
 from agent.errors import ConfigError
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from agent.tools import plan_lines
-from drivers.system import SystemDriver
+from drivers.system.driver import SystemDriver
 
 CONFIG = """
 [agent]

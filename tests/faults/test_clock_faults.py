@@ -20,16 +20,16 @@ from agent.app import Agent
 from agent.buffer import stored_samples, stored_stats
 from agent.clock import RELEASE_MS, Clock
 from agent.config import load_config
-from agent.config.types import PointConfig
 from agent.testkit import run, until
 from agent.testkit.aio import KitLoop
 from agent.testkit.broker import Broker
 from agent.testkit.faults import IdLedger
 from agent.testkit.link import SlowLink
 from agent.testkit.telemetry import Telemetry
+from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
-POINT = PointConfig("level", "holding", 0, "uint16")
+POINT = ModbusPoint("level", table="holding", address=0, type="uint16")
 #: Where the clock is stepped to, as seconds added to the real time.
 STEPS = {
     "an hour back (an NTP step)": -3600.0,

@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import pytest
 
-from agent.config.types import PointConfig
 from agent.testkit.aio import KitLoop
 from agent.testkit.broker import Broker
 from agent.testkit.campaign import first_reading
@@ -24,6 +23,7 @@ from agent.testkit.faults import account, drained
 from agent.testkit.link import SlowLink
 from agent.testkit.modbus import SimSlave
 from agent.testkit.runner import AgentRunner
+from drivers.modbus.schema import ModbusPoint
 
 TOPIC = "lf/gw"
 SITE = """
@@ -85,7 +85,7 @@ def every_id_accounted(edge_agent: AgentRunner) -> None:
 
 @pytest.fixture
 def slave(modbus_slave: Callable[..., SimSlave]) -> SimSlave:
-    return modbus_slave(points=[PointConfig("level", "holding", 0, "uint16")])
+    return modbus_slave(points=[ModbusPoint("level", table="holding", address=0, type="uint16")])
 
 
 def test_the_first_reading_follows_a_broker_restart_within_seconds(

@@ -18,7 +18,7 @@ many programs leave their latest value in a file the same way. This driver reads
 A file that is missing, unreadable or holds no number is an error for its point only; when no
 point could be read, the poll fails.
 
-It is also the example of edge-agent's plugin interface (``agent.driver``'s docstring is the
+It is also the example of edge-agent's plugin interface (``agent.api.driver``'s docstring is the
 authority): copy this package, rename it, and change what ``read`` does.
 """
 
@@ -30,12 +30,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agent.config import sections as conv
-from agent.config.sections import Convert
-from agent.config.types import BusConfig, DeviceConfig, PointConfig
-from agent.driver import Unconnected
-from agent.errors import DeviceError
-from agent.model import Poll, Value
+from agent.api import (
+    BusConfig,
+    DeviceConfig,
+    DeviceError,
+    DriverContext,
+    PointConfig,
+    Poll,
+    Unconnected,
+    Value,
+    scaled,
+)
+from agent.api import keys as conv
+from agent.api.keys import Convert
 
 #: A reading is a few bytes; a longer file (a log, a device node) is not one.
 MAX_BYTES = 64
@@ -44,7 +51,7 @@ MAX_BYTES = 64
 def file_path(value: Any) -> str:
     """A converter: takes the TOML value and returns what lands in ``options``, or raises
     ``ValueError``/``TypeError`` with a message for a person; the loader prefixes it with
-    ``FILE:LINE: key.path:``. ``agent.config.sections`` has the common ones (text, number,
+    ``FILE:LINE: key.path:``. ``agent.api.keys`` has the common ones (text, number,
     duration, one_of…), and this one builds on ``conv.text``."""
     path = conv.text(value)  # "must be a string, got a number"
     if not path.strip():
@@ -67,7 +74,7 @@ class TextFileDriver(Unconnected):
     device_options: ClassVar[Mapping[str, Convert[Any]]] = {"directory": file_path}
     point_options: ClassVar[Mapping[str, Convert[Any]]] = {"path": file_path}
 
-    def __init__(self, bus: BusConfig) -> None:
+    def __init__(self, bus: BusConfig, context: DriverContext | None = None) -> None:
         self.bus = bus
 
     @classmethod
@@ -144,10 +151,3 @@ def read_number(file: Path) -> tuple[int | float | None, str]:
     if not math.isfinite(number):  # "nan" and "inf" parse, but JSON cannot carry them
         return None, f"not a number: {text!r}"
     return number, ""
-
-
-def scaled(point: PointConfig, number: int | float) -> Value:
-    """``number * scale + offset``; an integer stays one when both are at their defaults."""
-    if point.scale == 1 and point.offset == 0:
-        return number
-    return number * point.scale + point.offset

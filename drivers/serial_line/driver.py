@@ -43,13 +43,19 @@ from typing import Any, ClassVar
 
 # pyserial ships no types (types-pyserial is not a dependency): its few calls here are checked
 # by the tests on real pseudo-terminals.
-from agent.config import sections as conv
-from agent.config.sections import Convert, suggest
-from agent.config.types import BusConfig, DeviceConfig, PointConfig
-from agent.errors import DeviceError
-from agent.model import Poll, Value
-
-from .serial_port import SerialDriver, line_timeout
+from agent.api import (
+    BusConfig,
+    DeviceConfig,
+    DeviceError,
+    DriverContext,
+    PointConfig,
+    Poll,
+    Value,
+    scaled,
+)
+from agent.api import keys as conv
+from agent.api.keys import Convert, suggest
+from agent.api.serial import SerialDriver, line_timeout
 
 #: Malformed lines quoted per device in errors.
 KEEP_MALFORMED = 5
@@ -135,8 +141,8 @@ class SerialLineDriver(SerialDriver):
         "type": conv.one_of(*POINT_TYPES),
     }
 
-    def __init__(self, bus: BusConfig) -> None:
-        super().__init__(bus)
+    def __init__(self, bus: BusConfig, context: DriverContext | None = None) -> None:
+        super().__init__(bus, context)
         #: Per device name: ``lines`` parsed, ``malformed`` lines, ``timeouts``.
         self.counters: dict[str, Counter[str]] = {}
         self._malformed: dict[str, deque[str]] = {}
@@ -255,9 +261,7 @@ def _convert(point: PointConfig, text: str) -> Value:
         raise ValueError(
             f"{_quote(text)} is not {'an int' if kind == 'int' else 'a number'}"
         ) from None
-    if point.scale == 1 and point.offset == 0:
-        return raw
-    return raw * point.scale + point.offset
+    return scaled(point, raw)
 
 
 def _quote(text: str) -> str:

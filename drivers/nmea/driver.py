@@ -44,13 +44,19 @@ from typing import Any, ClassVar
 
 # pyserial ships no types (types-pyserial is not a dependency): its few calls here are checked
 # by the tests on real pseudo-terminals.
-from agent.config import sections as conv
-from agent.config.sections import Convert, suggest
-from agent.config.types import BusConfig, DeviceConfig, PointConfig
-from agent.errors import DeviceError
-from agent.model import Poll, Value
-
-from .serial_port import SerialDriver, line_timeout
+from agent.api import (
+    BusConfig,
+    DeviceConfig,
+    DeviceError,
+    DriverContext,
+    PointConfig,
+    Poll,
+    Value,
+    scaled,
+)
+from agent.api import keys as conv
+from agent.api.keys import Convert, suggest
+from agent.api.serial import SerialDriver, line_timeout
 
 #: What a point may report.
 FIELDS = (
@@ -89,8 +95,8 @@ class NmeaDriver(SerialDriver):
         "field": _field_name,
     }
 
-    def __init__(self, bus: BusConfig) -> None:
-        super().__init__(bus)
+    def __init__(self, bus: BusConfig, context: DriverContext | None = None) -> None:
+        super().__init__(bus, context)
         #: Per device name: ``sentences`` (valid GGA/RMC), ``bad_checksum``, ``timeouts``,
         #: ``no_fix`` (polls without a valid fix).
         self.counters: dict[str, Counter[str]] = {}
@@ -160,7 +166,7 @@ class NmeaDriver(SerialDriver):
                     why = missing.get(field, f"no {field} in the sentences")
                     errors.append(f"device {device.name}: {point.name}: {why}")
                 continue
-            values[point.name] = _scaled(point, value)
+            values[point.name] = scaled(point, value)
         return Poll(values, tuple(errors))
 
 
@@ -294,11 +300,3 @@ def _fields(latest: Mapping[str, list[str]]) -> tuple[dict[str, Value | None], d
                 found["latitude"] = _angle(_at(rmc, 3), _at(rmc, 4), "S")
                 found["longitude"] = _angle(_at(rmc, 5), _at(rmc, 6), "W")
     return found, missing
-
-
-def _scaled(point: PointConfig, value: Value) -> Value:
-    if isinstance(value, bool) or (point.scale == 1 and point.offset == 0):
-        return value
-    if isinstance(value, str):
-        return value
-    return value * point.scale + point.offset

@@ -21,8 +21,9 @@ from typing import ClassVar, TypeVar
 
 import serial  # type: ignore[import-untyped]
 
-from agent.config.types import BusConfig, DeviceConfig
-from agent.errors import BusError
+from ..errors import BusError
+from .config import BusConfig, DeviceConfig
+from .driver import DriverContext
 
 _Self = TypeVar("_Self", bound="SerialDriver")
 
@@ -221,8 +222,9 @@ class SerialDriver:
     #: The name configurations give the driver, for messages.
     driver_name: ClassVar[str] = ""
 
-    def __init__(self, bus: BusConfig) -> None:
+    def __init__(self, bus: BusConfig, context: DriverContext | None = None) -> None:
         self.bus = bus
+        self.context = context or DriverContext()
         self._line = LinePort(bus)
 
     @classmethod

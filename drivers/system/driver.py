@@ -12,12 +12,19 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agent.config import sections as conv
-from agent.config.sections import Convert, suggest
-from agent.config.types import BusConfig, DeviceConfig, PointConfig
-from agent.driver import Unconnected
-from agent.errors import DeviceError
-from agent.model import Poll, Value
+from agent.api import (
+    BusConfig,
+    DeviceConfig,
+    DeviceError,
+    DriverContext,
+    PointConfig,
+    Poll,
+    Unconnected,
+    Value,
+    scaled,
+)
+from agent.api import keys as conv
+from agent.api.keys import Convert, suggest
 
 #: The firmware's flags (``vcgencmd get_throttled``): bit 0 under-voltage now, bit 2 throttled
 #: now, bits 16 and 18 the same since boot.
@@ -33,7 +40,9 @@ class SystemDriver(Unconnected):
     device_options: ClassVar[Mapping[str, Convert[Any]]] = {"disk": conv.text}
     point_options: ClassVar[Mapping[str, Convert[Any]]] = {"metric": conv.text}
 
-    def __init__(self, bus: BusConfig, root: Path = Path("/")) -> None:
+    def __init__(
+        self, bus: BusConfig, context: DriverContext | None = None, root: Path = Path("/")
+    ) -> None:
         self.bus = bus
         self.root = root
 
@@ -64,7 +73,7 @@ class SystemDriver(Unconnected):
             except (OSError, ValueError, IndexError) as exc:
                 errors.append(f"device {device.name}: {metric_of(point)}: not available ({exc})")
                 continue
-            values[point.name] = _scaled(point, raw)
+            values[point.name] = scaled(point, raw)
         if errors and not values:
             raise DeviceError("; ".join(errors))
         return Poll(values, tuple(errors))
@@ -90,14 +99,6 @@ class SystemDriver(Unconnected):
 
 def metric_of(point: PointConfig) -> str:
     return str(point.options.get("metric", point.name))
-
-
-def _scaled(point: PointConfig, raw: Value) -> Value:
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        return raw
-    if point.scale == 1 and point.offset == 0:
-        return raw
-    return raw * point.scale + point.offset
 
 
 def _load(index: int) -> Callable[[SystemDriver, DeviceConfig], Value]:

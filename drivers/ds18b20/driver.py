@@ -16,12 +16,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agent.config import sections as conv
-from agent.config.sections import Convert
-from agent.config.types import BusConfig, DeviceConfig
-from agent.driver import Unconnected
-from agent.errors import DeviceError
-from agent.model import Poll, Value
+from agent.api import (
+    BusConfig,
+    DeviceConfig,
+    DeviceError,
+    DriverContext,
+    Poll,
+    Unconnected,
+    Value,
+    scaled,
+)
+from agent.api import keys as conv
+from agent.api.keys import Convert
 
 W1_DEVICES = Path("/sys/bus/w1/devices")
 POWER_ON_MILLI = 85_000
@@ -43,7 +49,7 @@ class Ds18b20Driver(Unconnected):
     device_options: ClassVar[Mapping[str, Convert[Any]]] = {"w1_dir": conv.text}
     point_options: ClassVar[Mapping[str, Convert[Any]]] = {"sensor": sensor_id}
 
-    def __init__(self, bus: BusConfig) -> None:
+    def __init__(self, bus: BusConfig, context: DriverContext | None = None) -> None:
         self.bus = bus
 
     @classmethod
@@ -68,7 +74,7 @@ class Ds18b20Driver(Unconnected):
             if error:
                 errors.append(f"device {device.name}: probe {point.options['sensor']}: {error}")
             else:
-                values[point.name] = milli / 1000 * point.scale + point.offset
+                values[point.name] = scaled(point, milli / 1000)
         if errors and not values:
             raise DeviceError("; ".join(errors))
         return Poll(values, tuple(errors))

@@ -77,11 +77,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from agent.config import sections as conv
-from agent.config.sections import Convert
-from agent.config.types import BusConfig, DeviceConfig, PointConfig
-from agent.errors import BusError, DeviceError
-from agent.model import Poll, Value
+from agent.api import (
+    BusConfig,
+    BusError,
+    DeviceConfig,
+    DeviceError,
+    DriverContext,
+    PointConfig,
+    Poll,
+    Value,
+    scaled,
+)
+from agent.api import keys as conv
+from agent.api.keys import Convert
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +193,14 @@ class _GpioDriver:
     def __init__(
         self,
         bus: BusConfig,
+        context: DriverContext | None = None,
         *,
-        devices: Sequence[DeviceConfig] = (),
         pin_factory: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bus = bus
+        context = context or DriverContext()
+        devices = context.devices
         #: Per device name: what happened on its pins (``pulses``, ``bounces``, ``save_errors``).
         self.counters: dict[str, Counter[str]] = {}
         self._devices = list(devices)
@@ -491,14 +501,13 @@ class GpioCounterDriver(_GpioDriver):
     def __init__(
         self,
         bus: BusConfig,
-        state_dir: Path | None = None,
+        context: DriverContext | None = None,
         *,
-        devices: Sequence[DeviceConfig] = (),
         pin_factory: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(bus, devices=devices, pin_factory=pin_factory, clock=clock)
-        self.state_dir = state_dir
+        super().__init__(bus, context, pin_factory=pin_factory, clock=clock)
+        self.state_dir = context.state_dir if context else None
         self._counts: dict[str, _Count] = {}
         self._save_failing: set[str] = set()
 
@@ -579,7 +588,7 @@ class GpioCounterDriver(_GpioDriver):
         values: dict[str, Value] = {}
         for point in device.points:
             if point.options.get("measure") == "total":
-                values[point.name] = _scaled(count.total, point)
+                values[point.name] = scaled(point, count.total)
             elif elapsed is not None and elapsed > 0:
                 per = RATE_SECONDS[point.options.get("rate_per", "s")]
                 values[point.name] = round(count.window * point.scale / elapsed * per, DECIMALS)
@@ -666,12 +675,6 @@ def _judge(count: _Count, counters: Counter[str]) -> None:
             count.total += 1
             count.window += 1
             counters["pulses"] += 1
-
-
-def _scaled(pulses: int, point: PointConfig) -> Value:
-    if point.scale == 1 and point.offset == 0:
-        return pulses
-    return round(pulses * point.scale + point.offset, DECIMALS)
 
 
 def _sync_directory(directory: Path) -> None:
