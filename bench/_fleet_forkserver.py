@@ -28,10 +28,11 @@ import time
 import traceback
 from typing import NoReturn
 
+import agent.cli.main
+
 # What `edge-agent run` of a Modbus TCP fleet imports is imported here, once: the agent's modules
 # import most of it; the rest a child imported itself after the fork (by ``sys.modules``).
-import agent.app
-import agent.cli
+import agent.service.app
 from agent.registry import load_driver
 
 STOP_WITHIN = 20.0
@@ -50,7 +51,7 @@ def child(config: str, log: str) -> NoReturn:
         os.dup2(null, 0)  # the server's requests are not the agent's
         os.close(null)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        code = agent.cli.main(["run", "-c", config])
+        code = agent.cli.main.main(["run", "-c", config])
     except BaseException:  # anything at all: the child must never return into the server
         traceback.print_exc()
     finally:

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.aio import cancel_and_wait
-from agent.buffer import Buffer
 from agent.config import AgentSection, BufferSection, Config, MqttSection
 from agent.model import Sample, Value
-from agent.mqtt_link import Client
+from agent.store.buffer import Buffer
 from agent.testkit.aio import until
 from agent.testkit.broker import Broker
 from agent.testkit.process import AgentProcess
-from agent.uplink import Uplink
+from agent.uplink.link import Client
+from agent.uplink.telemetry import Uplink
 
 READINGS_PER_SAMPLE = 20
 #: Point names and values of every benchmark sample. Multiples of 0.25 survive float32 unchanged,

@@ -23,14 +23,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from agent.testkit.campaign import (
-    KINDS,
-    RETURN_KINDS,
-    RETURN_WITHIN,
-    Campaign,
-    Outcome,
-    Return,
-)
+from agent.testkit.campaign import KINDS, RETURN_KINDS, RETURN_WITHIN, Campaign, Outcome, Return
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,7 @@ from pathlib import Path
 from agent.testkit.aio import until
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.net import free_port
-from agent.uplink import PROBE_EVERY, STABLE_SESSION
+from agent.uplink.telemetry import PROBE_EVERY, STABLE_SESSION
 
 from ._fleet_audit import Audit, buffered
 from ._fleet_broker import HOST, Connect, FleetBroker, peak_within, per_second, tcp_counters

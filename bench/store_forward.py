@@ -34,7 +34,7 @@ from agent.aio import cancel_and_wait
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.process import AgentProcess
-from agent.uplink import Uplink
+from agent.uplink.telemetry import Uplink
 from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 

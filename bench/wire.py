@@ -55,14 +55,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent.api import BufferSection
-from agent.buffer import Buffer
 from agent.model import Sample, Value
+from agent.store.buffer import Buffer
 from agent.testkit.broker import Broker
 from agent.testkit.certs import Certs, make_certs
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.net import free_port
 from agent.testkit.process import AgentProcess
-from agent.wire import TelemetryEncoder, to_json_bytes
+from agent.uplink.wire import TelemetryEncoder, to_json_bytes
 from drivers.modbus.codec import decode, encode
 from drivers.modbus.schema import ModbusPoint, PointType
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave

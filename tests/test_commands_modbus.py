@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.aio import cancel_and_wait
-from agent.app import Agent
 from agent.config import load_config
+from agent.service.app import Agent
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber

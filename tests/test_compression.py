@@ -24,7 +24,7 @@ from agent.testkit.faults import drained
 from agent.testkit.modbus import ModbusBus
 from agent.testkit.runner import AgentRunner
 from agent.testkit.telemetry import Telemetry
-from agent.wire import ZLIB_CONTENT_TYPE
+from agent.uplink.wire import ZLIB_CONTENT_TYPE
 from drivers.modbus.schema import ModbusPoint
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "timeseries-postgres" / "edge_telemetry.py"

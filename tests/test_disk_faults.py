@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import Buffer
 from agent.clock import kernel_clock_synced
-from agent.ids import PER_MS
+from agent.store.buffer import Buffer
+from agent.store.ids import PER_MS
 from agent.testkit.faults import MountError, ReadOnlyMount, account, drained
 from agent.testkit.modbus import ModbusBus
 from agent.testkit.process import cli

@@ -14,7 +14,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from agent.logs import BURST
+from agent.service.logs import BURST
 from agent.testkit.broker import Broker
 from agent.testkit.faults import account, drained
 from agent.testkit.link import SlowLink

@@ -81,7 +81,7 @@ SITE = HEAD + TANK + WX
 
 def test_importing_agent_or_the_plugin_imports_neither_pytest_nor_the_rig() -> None:
     code = (
-        "import sys, agent, agent.cli, agent.testkit\n"
+        "import sys, agent, agent.cli.main, agent.testkit\n"
         "assert 'pytest' not in sys.modules, 'agent imports pytest'\n"
         "import agent.testkit.plugin\n"
         "heavy = {'aiomqtt', 'pymodbus', 'agent.testkit.broker'} & set(sys.modules)\n"

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import aiomqtt
 
-from agent.buffer import BUFFER_FILE
+from agent.store.buffer import BUFFER_FILE
 from drivers.modbus.schema import ModbusPoint
 
 from . import toml

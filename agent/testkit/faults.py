@@ -31,8 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from agent.buffer import BUFFER_FILE, BufferStats, stored_samples, stored_stats
 from agent.errors import StorageError
+from agent.store.buffer import BUFFER_FILE, BufferStats, stored_samples, stored_stats
 
 if TYPE_CHECKING:
     from .runner import AgentRunner

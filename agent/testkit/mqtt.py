@@ -10,7 +10,7 @@ from typing import Any
 import aiomqtt
 
 from agent.aio import cancel_and_wait
-from agent.wire import decode_telemetry
+from agent.uplink.wire import decode_telemetry
 
 
 class Subscriber:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.status import StatusError, query_status, status_path
+from agent.service.status import StatusError, query_status, status_path
 
 from . import toml
 from .aio import KitLoop

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import aiomqtt
 
 from agent.aio import cancel_and_wait
-from agent.wire import decode_telemetry
+from agent.uplink.wire import decode_telemetry
 
 from .aio import KitLoop
 

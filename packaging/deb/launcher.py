@@ -14,6 +14,6 @@ sys.path.insert(0, "/opt/edge-agent/lib")
 # into /opt behind dpkg's back, or prerm would leave files behind.
 sys.dont_write_bytecode = True
 
-from agent.cli import main  # noqa: E402  (the path above comes first)
+from agent.cli.main import main  # noqa: E402  (the path above comes first)
 
 sys.exit(main())

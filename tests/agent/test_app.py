@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.aio import cancel_and_wait
-from agent.app import Agent
 from agent.clock import Clock
 from agent.config import load_config
+from agent.service.app import Agent
 from agent.testkit import run, until
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber

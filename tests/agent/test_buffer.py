@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import Buffer, Complaints
+from agent.store.buffer import Buffer, Complaints
 
 MB = 1_000_000
 FLUSH = 1.0  # flush_interval: samples unacknowledged for 0.75 s are committed
@@ -188,7 +188,7 @@ def test_storage_trouble_held_back_by_the_minute_is_said_when_it_is_over(
 ) -> None:
     now = [0.0]
     complaints = Complaints(lambda: now[0])
-    with caplog.at_level(logging.ERROR, logger="agent.buffer"):
+    with caplog.at_level(logging.ERROR, logger="agent.store.buffer"):
         complaints.say("dropped", "dropped 5, 5 in all")
         now[0] = 10.0
         complaints.say("dropped", "dropped 3, 8 in all")

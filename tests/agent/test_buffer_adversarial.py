@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import ids as ids_module
-from agent import salvage
-from agent.buffer import Buffer
 from agent.clock import Clock
+from agent.store import ids as ids_module
+from agent.store import salvage
+from agent.store.buffer import Buffer
 
 MB = 1_000_000
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import Buffer
-from agent.lock import DataDirBusy, data_dir_lock
+from agent.service.lock import DataDirBusy, data_dir_lock
+from agent.store.buffer import Buffer
 from agent.testkit.process import cli
 
 CONFIG = """

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import Buffer, stored_samples, stored_stats
+from agent.store.buffer import Buffer, stored_samples, stored_stats
 from agent.testkit.faults import damage_bytes
 
 MB = 1_000_000

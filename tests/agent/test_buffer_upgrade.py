@@ -24,8 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import __version__, buffer
-from agent.buffer import (
+from agent import __version__
+from agent.model import Sample
+from agent.store import buffer
+from agent.store.buffer import (
     FORMAT,
     FORMATS_AHEAD,
     Buffer,
@@ -34,10 +36,9 @@ from agent.buffer import (
     stored_samples,
     stored_stats,
 )
-from agent.ids import SLOT, IdLedger
-from agent.journal import journal_path
-from agent.model import Sample
-from agent.salvage import user_version
+from agent.store.ids import SLOT, IdLedger
+from agent.store.journal import journal_path
+from agent.store.salvage import user_version
 from agent.testkit.process import cli
 
 FIXTURE = Path(__file__).parent / "fixtures" / "buffer-0.1.0"
@@ -232,7 +233,7 @@ def test_the_steps_run_from_the_format_found_once_and_in_order(
 KILLED_IN_A_STEP = """
 import os, sys
 from pathlib import Path
-from agent import buffer
+from agent.store import buffer
 
 def add_site(db):
     db.execute("ALTER TABLE samples ADD COLUMN site TEXT")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.testkit.process import cli
 
 ROOT = Path(__file__).parents[2]

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.aio import cancel_and_wait
-from agent.app import Agent
-from agent.commands import COMMANDS_FILE
 from agent.config import Config, load_config
 from agent.model import Poll, Value
-from agent.scheduler import BusPoller
+from agent.poll.scheduler import BusPoller
+from agent.service.app import Agent
 from agent.testkit import run
 from agent.testkit.modbus import SimSlave
+from agent.uplink.commands import COMMANDS_FILE
 from drivers.modbus.schema import ModbusPoint
 
 SETPOINT = ModbusPoint(

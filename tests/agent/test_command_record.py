@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from agent import commands as commands_module
 from agent.aio import cancel_and_wait
-from agent.app import Agent, build_pollers
 from agent.clock import Clock
-from agent.commands import COMMANDS_FILE, CommandRecord, Commands
 from agent.config import Config, load_config
 from agent.model import Value
+from agent.service.app import Agent, build_pollers
 from agent.testkit import run
+from agent.uplink import commands as commands_module
+from agent.uplink.commands import COMMANDS_FILE, CommandRecord, Commands
 from tests.agent.test_commands import now_ms, pins, site
 
 __all__ = ["pins"]  # the fixture, shared with test_commands
@@ -337,9 +337,9 @@ def test_a_damaged_record_refuses_what_was_sent_before_the_start(
         assert before["ok"] is False and LOST in before["error"]
         assert (await gateway.send("after", 1, ts=T0))["ok"] is True
 
-    with caplog.at_level(logging.INFO, "agent.commands"):
+    with caplog.at_level(logging.INFO, "agent.uplink.commands"):
         on_gateway(tmp_path, WallClock(T0), body)
-    logged = [r for r in caplog.records if r.name == "agent.commands"]
+    logged = [r for r in caplog.records if r.name == "agent.uplink.commands"]
     assert all(r.exc_info is None for r in logged)  # no traceback for what a file holds
     assert len([r for r in logged if "cannot read" in r.getMessage()]) == 1, logged
     assert switched_on(pump) == 1
@@ -375,7 +375,7 @@ def test_an_unwritable_record_is_logged_once_and_kept_in_memory(
         assert (await gateway.send("off", 0))["ok"] is True
         assert await gateway.send("on", 1) == first
 
-    with caplog.at_level(logging.INFO, "agent.commands"):
+    with caplog.at_level(logging.INFO, "agent.uplink.commands"):
         on_gateway(tmp_path, WallClock(), body)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "cannot write" in errors[0], errors

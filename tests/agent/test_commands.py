@@ -19,15 +19,15 @@ from gpiozero.pins.mock import MockFactory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import commands as commands_module
 from agent.aio import cancel_and_wait
-from agent.app import Agent
-from agent.commands import MAX_PAYLOAD, checked_value, flattened, parse, value_from_text
 from agent.config import load_config
+from agent.service.app import Agent
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.process import cli
+from agent.uplink import commands as commands_module
+from agent.uplink.commands import MAX_PAYLOAD, checked_value, flattened, parse, value_from_text
 from drivers.modbus.schema import ModbusPoint
 
 SITE = """
@@ -289,7 +289,7 @@ def test_a_bug_while_answering_a_command_is_an_internal_error_reply(
         reply = await agent.commands.handle(cmd("bug"), "c/gw/cmd")
         return reply, dict(agent.commands.counts)
 
-    with caplog.at_level(logging.ERROR, "agent.commands"):
+    with caplog.at_level(logging.ERROR, "agent.uplink.commands"):
         reply, counts = run(scenario())
     assert reply == {"id": "bug", "ok": False, "error": "internal error: ZeroDivisionError"}
     assert counts == {"failed": 1}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.ids import BLIND_JUMP, MIN_BLOCK, PER_MS, SLOT, IdLedger, IdRecord
+from agent.store.ids import BLIND_JUMP, MIN_BLOCK, PER_MS, SLOT, IdLedger, IdRecord
 from agent.testkit.faults import MountError, ReadOnlyMount, TinyFilesystem, damage_bytes
 
 NOW_MS = 1_800_000_000_000

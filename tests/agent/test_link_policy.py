@@ -14,8 +14,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import Backoff
-from agent.mqtt_link import PROTOCOL_ERROR, LinkDropped, broker_away, busy_refusal
-from agent.status import format_status
+from agent.service.status import format_status
+from agent.uplink.link import PROTOCOL_ERROR, LinkDropped, broker_away, busy_refusal
 
 
 def failed_with(cause: BaseException) -> aiomqtt.MqttError:

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import pytest
 
-from agent.logs import RateLimit, flush_suppressed, journald_reads, setup_logging
+from agent.service.logs import RateLimit, flush_suppressed, journald_reads, setup_logging
 
 REPO = Path(__file__).resolve().parents[2]
 PLAIN = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<rest>.*)")
@@ -155,7 +155,7 @@ class Limited:
         self.out.append(f"{record.levelname} {record.getMessage()}")
 
     def log(self, level: int, msg: str, *args: object) -> None:
-        record = logging.LogRecord("agent.scheduler", level, __file__, 1, msg, args, None)
+        record = logging.LogRecord("agent.poll.scheduler", level, __file__, 1, msg, args, None)
         if self.limit.filter(record):
             self.out.append(f"{record.levelname} {record.getMessage()}")
 
@@ -345,9 +345,9 @@ def test_a_dead_device_under_journald_writes_a_few_lines(tmp_path: Path) -> None
     child = textwrap.dedent(
         """
         import logging
-        from agent.logs import setup_logging
+        from agent.service.logs import setup_logging
         setup_logging("info")
-        log = logging.getLogger("agent.scheduler")
+        log = logging.getLogger("agent.poll.scheduler")
         for _ in range(1000):
             log.warning("device %s: %s", "pump", "no answer from unit 3")
         """
@@ -363,10 +363,10 @@ def test_a_dead_device_under_journald_writes_a_few_lines(tmp_path: Path) -> None
             check=True,
         )
     lines = (tmp_path / "stderr").read_text().splitlines()
-    assert lines[:5] == ["<4>WARNING agent.scheduler: device pump: no answer from unit 3"] * 5
+    assert lines[:5] == ["<4>WARNING agent.poll.scheduler: device pump: no answer from unit 3"] * 5
     assert len(lines) == 6
     assert re.fullmatch(
-        r"<4>WARNING agent\.scheduler: device pump: no answer from unit 3 "
+        r"<4>WARNING agent\.poll\.scheduler: device pump: no answer from unit 3 "
         r"\(995 similar messages suppressed in the last \d+ s\)",
         lines[5],
     ), lines[5]

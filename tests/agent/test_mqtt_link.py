@@ -19,17 +19,17 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.buffer import BUFFER_FILE, Buffer, stored_stats
 from agent.config import Config, load_config
 from agent.errors import ConfigError, Problem
-from agent.mqtt_link import connect_failure
+from agent.store.buffer import BUFFER_FILE, Buffer, stored_stats
 from agent.testkit import run, until
 from agent.testkit.broker import Broker
 from agent.testkit.certs import Certs, make_certs
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.net import free_port
 from agent.testkit.process import AgentProcess
-from agent.uplink import Uplink
+from agent.uplink.link import connect_failure
+from agent.uplink.telemetry import Uplink
 from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
@@ -353,7 +353,7 @@ def test_a_tls_file_gone_at_run_time_is_one_line_retried_with_backoff(
     ca.write_bytes(pki.broker.ca.read_bytes())
     config = config_for(tmp_path, "mqtts://127.0.0.1:8883", f'ca_file = "{ca}"\n')
     ca.unlink()  # a certificate renewal gone wrong, after the config was loaded
-    caplog.set_level(logging.DEBUG, logger="agent.uplink")
+    caplog.set_level(logging.DEBUG, logger="agent.uplink.telemetry")
 
     def attempts() -> int:
         return sum("connect failed" in r.getMessage() for r in caplog.records)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent.config import PointConfig
-from agent.report import ReportFilter
+from agent.poll.report import ReportFilter
 from drivers.modbus.schema import ModbusPoint
 
 TEMP = PointConfig("temp", deadband=0.5)

@@ -16,7 +16,7 @@ from agent.clock import Clock
 from agent.config import BusConfig, DeviceConfig, PointConfig
 from agent.errors import DeviceError
 from agent.model import Poll, Value
-from agent.scheduler import BusPoller, next_slot
+from agent.poll.scheduler import BusPoller, next_slot
 from agent.testkit import run
 
 BUS = BusConfig("plc", "modbus-tcp", host="127.0.0.1")
@@ -134,7 +134,7 @@ def test_one_transaction_at_a_time_per_bus() -> None:
 def test_failure_is_logged_once_on_the_transition_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agent.scheduler")
+    caplog.set_level(logging.INFO, logger="agent.poll.scheduler")
     FakeDriver.failing = {"a": 4}
     sink = Collector(2)
     poller = BusPoller(BUS, [device("a", 0.02)], FakeDriver, sink)
@@ -150,7 +150,7 @@ def test_failure_is_logged_once_on_the_transition_and_counted(
 def test_a_dead_device_backs_off_and_the_live_ones_keep_their_schedule(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="agent.scheduler")
+    caplog.set_level(logging.WARNING, logger="agent.poll.scheduler")
     FakeDriver.failing = {"dead": 10**6}
     FakeDriver.delay["dead"] = 0.04  # each attempt waits out a timeout on the bus
     sink = Collector(count=50)  # only the live devices give samples

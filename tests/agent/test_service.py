@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from agent.aio import cancel_and_wait
-from agent.app import Agent
 from agent.config import DeviceConfig, load_config
 from agent.model import Poll
-from agent.systemd import notify, watchdog_interval
+from agent.service.app import Agent
+from agent.service.systemd import notify, watchdog_interval
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
@@ -74,7 +74,7 @@ def test_ready_status_and_a_watchdog_that_stops_while_a_bus_is_wedged(
         return await original(self, device)
 
     monkeypatch.setattr(SystemDriver, "read", read)
-    caplog.set_level(logging.INFO, logger="agent.app")
+    caplog.set_level(logging.INFO, logger="agent.service.app")
     config, _ = load_config(site(tmp_path), environ={})
 
     async def scenario(notified: NotifyListener) -> str:
@@ -106,7 +106,7 @@ def test_ready_status_and_a_watchdog_that_stops_while_a_bus_is_wedged(
         monkeypatch.setenv("WATCHDOG_USEC", "100000")
         status = run(scenario(notified), timeout=30)
     assert re.fullmatch(r"STATUS=2/2 device\(s\) ok; buffer \d+ waiting; mqtt disconnected", status)
-    said = [r.getMessage() for r in caplog.records if r.name == "agent.app"]
+    said = [r.getMessage() for r in caplog.records if r.name == "agent.service.app"]
     assert [line for line in said if "poll loop" in line] == [
         "bus pump: a poll has lasted far beyond any timeout: its poll loop is wedged; "
         "withholding the watchdog so that systemd restarts the agent",

@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 from agent.aio import cancel_and_wait
+from agent.cli.simulate import plan, serve
 from agent.config import load_config
-from agent.simulate import plan, serve
 from agent.testkit import run
 from agent.testkit.net import free_ports
 from drivers.modbus import ModbusDriver

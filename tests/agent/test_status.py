@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agent.status import (
+from agent.service.status import (
     STATUS_SOCKET,
     StatusError,
     StatusServer,
@@ -168,9 +168,9 @@ def test_a_snapshot_that_raises_answers_an_error_and_the_server_goes_on(
             broken[0] = False
             assert await query_status(path) == snapshot()
 
-    with caplog.at_level(logging.ERROR, logger="agent.status"):
+    with caplog.at_level(logging.ERROR, logger="agent.service.status"):
         run(body(), 10)
-    errors = [r for r in caplog.records if r.name == "agent.status"]
+    errors = [r for r in caplog.records if r.name == "agent.service.status"]
     assert [r.getMessage() for r in errors] == ["status: cannot build the snapshot"]  # once
     assert errors[0].exc_info is not None
 
@@ -196,7 +196,7 @@ def test_clients_that_hang_up_or_never_read_do_not_hurt(
         idle.close()
         assert our_tasks() == set()  # the waiting sender was cancelled, not left behind
 
-    with caplog.at_level(logging.DEBUG, logger="agent.status"):
+    with caplog.at_level(logging.DEBUG, logger="agent.service.status"):
         run(body(), 10)
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
@@ -220,7 +220,7 @@ def test_a_server_that_cannot_bind_says_why_and_tries_again(
                     await asyncio.sleep(0.05)
             assert answer == snapshot()
 
-    with caplog.at_level(logging.WARNING, logger="agent.status"):
+    with caplog.at_level(logging.WARNING, logger="agent.service.status"):
         run(body(), 20)
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert said == [
@@ -236,7 +236,7 @@ def test_a_server_that_cannot_bind_says_why_and_tries_again(
             pass
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="agent.status"):
+    with caplog.at_level(logging.WARNING, logger="agent.service.status"):
         run(too_long(), 10)
     said = caplog.records[0].getMessage()
     assert said.endswith(
@@ -316,7 +316,7 @@ def test_permission_denied_names_the_fix(short_dir: Path) -> None:
     client = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
-        "from agent.status import StatusError, query_status\n"
+        "from agent.service.status import StatusError, query_status\n"
         "try:\n"
         "    print(asyncio.run(query_status(Path(sys.argv[1]))))\n"
         "except StatusError as exc:\n"
@@ -435,11 +435,11 @@ def test_status_command_fails_in_one_line_when_no_agent_answers(short_dir: Path)
                 "status: cannot build the status: KeyError: 'buses'\n"
             )
 
-    logging.getLogger("agent.status").disabled = True  # its traceback is expected
+    logging.getLogger("agent.service.status").disabled = True  # its traceback is expected
     try:
         run(body(), 20)
     finally:
-        logging.getLogger("agent.status").disabled = False
+        logging.getLogger("agent.service.status").disabled = False
     assert out.getvalue() == ""
 
 

@@ -10,7 +10,7 @@ import zlib
 import pytest
 
 from agent.model import Sample
-from agent.wire import MAX_PAYLOAD, ZLIB_CONTENT_TYPE, TelemetryEncoder, decode_telemetry
+from agent.uplink.wire import MAX_PAYLOAD, ZLIB_CONTENT_TYPE, TelemetryEncoder, decode_telemetry
 
 ENCODINGS = ["none", "zlib"]
 

@@ -26,11 +26,11 @@ from gpiozero.pins.mock import MockFactory, MockPin
 
 from agent.aio import cancel_and_wait
 from agent.api import DriverContext, local_bus
-from agent.app import STATE_DIR, Agent
 from agent.config import Config, DeviceConfig, load_config
 from agent.errors import BusError, ConfigError, DeviceError
+from agent.poll.scheduler import BusPoller
 from agent.registry import build_driver, load_driver
-from agent.scheduler import BusPoller
+from agent.service.app import STATE_DIR, Agent
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
@@ -765,8 +765,8 @@ driver = "system"
 PROBE = """
 import sys
 from pathlib import Path
-from agent.app import Agent
-from agent.cli import main
+from agent.service.app import Agent
+from agent.cli.main import main
 from agent.config import load_config
 
 code = main(["check", "--plan", "-c", sys.argv[1]])

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from agent.aio import cancel_and_wait
 from agent.config import BusConfig, DeviceConfig
 from agent.model import Value
-from agent.scheduler import BusPoller
+from agent.poll.scheduler import BusPoller
 from agent.testkit import run
 from drivers.modbus import ModbusDriver
 from drivers.modbus.schema import ModbusPoint

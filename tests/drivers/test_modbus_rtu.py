@@ -23,10 +23,10 @@ import pytest
 
 from agent.aio import cancel_and_wait
 from agent.api import BusConfig, DeviceConfig
+from agent.cli.simulate import serve
 from agent.errors import BusError, DeviceError
 from agent.model import Poll, Value
-from agent.scheduler import BusPoller
-from agent.simulate import serve
+from agent.poll.scheduler import BusPoller
 from agent.testkit import run
 from agent.testkit.serial import Fault, SerialProxy, pty_pair
 from drivers.modbus import ModbusDriver
@@ -443,8 +443,8 @@ def test_simulate_pty_serves_a_path_a_driver_can_read(tmp_path: Path) -> None:
 
 
 def test_simulate_refuses_a_real_serial_port(tmp_path: Path) -> None:
+    from agent.cli.tools import UsageError
     from agent.config import load_config
-    from agent.tools import UsageError
 
     config_file = tmp_path / "c.toml"
     config_file.write_text(

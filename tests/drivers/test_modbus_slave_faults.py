@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from agent.logs import BURST
+from agent.service.logs import BURST
 from agent.testkit.modbus import BusKind, ModbusBus, SimSlave
 from agent.testkit.runner import AgentRunner
 from drivers.modbus.schema import ModbusPoint

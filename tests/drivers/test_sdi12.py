@@ -16,12 +16,12 @@ import pytest
 import serial  # type: ignore[import-untyped]
 
 from agent.api import BusConfig, DeviceConfig, PointConfig
+from agent.cli.tools import plan_lines
 from agent.config import load_config
 from agent.errors import ConfigError, DeviceError
-from agent.scheduler import BusPoller
+from agent.poll.scheduler import BusPoller
 from agent.testkit import run
 from agent.testkit.process import cli_async
-from agent.tools import plan_lines
 from drivers.modbus.simulator import PtyLink
 from drivers.sdi12 import Sdi12Driver
 from drivers.sdi12 import protocol as p

@@ -9,13 +9,13 @@ import pytest
 
 from agent.aio import cancel_and_wait
 from agent.api import local_bus
-from agent.app import Agent
+from agent.cli.tools import plan_lines
 from agent.config import load_config
 from agent.errors import ConfigError
+from agent.service.app import Agent
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
-from agent.tools import plan_lines
 from drivers.system.driver import SystemDriver
 
 CONFIG = """

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from agent.app import Agent
-from agent.buffer import stored_samples, stored_stats
 from agent.clock import RELEASE_MS, Clock
 from agent.config import load_config
+from agent.service.app import Agent
+from agent.store.buffer import stored_samples, stored_stats
 from agent.testkit import run, until
 from agent.testkit.aio import KitLoop
 from agent.testkit.broker import Broker

@@ -138,7 +138,7 @@ def test_owners_modes_and_no_bytecode(deb: Path) -> None:
     assert files["/usr/bin/edge-agent"][2] == "/opt/edge-agent/bin/edge-agent"
     assert files["/usr/lib/systemd/system/edge-agent.service"][0] == "-rw-r--r--"
     assert "/opt/edge-agent/README.md" in files  # the unit's Documentation=
-    assert "/opt/edge-agent/lib/agent/cli.py" in files
+    assert "/opt/edge-agent/lib/agent/cli/main.py" in files
     assert "/opt/edge-agent/lib/tomli/__init__.py" in files  # Python 3.10 reads TOML with it
     # postinst compiles for the gateway's python3; the password and the buffer are the gateway's.
     assert not [p for p in files if "__pycache__" in p or p.endswith((".pyc", ".so"))]

@@ -63,12 +63,12 @@ def test_the_wheel_holds_the_agent_its_drivers_and_their_data(built: tuple[Path,
         names = set(archive.namelist())
         metadata = archive.read(f"{info}/METADATA").decode()
         entry_points = archive.read(f"{info}/entry_points.txt").decode()
-    assert "agent/cli.py" in names
+    assert "agent/cli/main.py" in names
     assert "agent/py.typed" in names
     assert any(n.startswith("drivers/modbus/templates/") and n.endswith(".toml") for n in names)
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
     assert f"\nVersion: {__version__}\n" in metadata
-    assert "edge-agent = agent.cli:main" in entry_points
+    assert "edge-agent = agent.cli.main:main" in entry_points
 
 
 @system
@@ -87,7 +87,7 @@ def test_the_sdist_rebuilds_tests_and_installs(built: tuple[Path, Path]) -> None
         "scripts/install.sh",
         "tests/conftest.py",
         "tests/service/test_unit.py",
-        "agent/cli.py",
+        "agent/cli/main.py",
     ]
     assert [name for name in wanted if f"{top}/{name}" not in names] == []
     assert not any("__pycache__" in name or name.endswith(".pyc") for name in names)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.config.loader import load_config
 
 ROOT = Path(__file__).parents[2]

@@ -12,11 +12,11 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from agent.buffer import Buffer
+from agent.store.buffer import Buffer
 from agent.testkit import run, until
 from agent.testkit.broker import Broker
 from agent.testkit.net import free_port
-from agent.uplink import Uplink
+from agent.uplink.telemetry import Uplink
 from tests.uplink.rig import config_for
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.buffer import Buffer
+from agent.store.buffer import Buffer
 from agent.testkit import run, until
 from agent.testkit.broker import Broker
-from agent.uplink import Uplink
+from agent.uplink.telemetry import Uplink
 from tests.uplink.rig import config_for
 
 POINTS = "".join(

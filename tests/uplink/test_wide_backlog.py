@@ -8,10 +8,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from agent.buffer import Buffer
+from agent.store.buffer import Buffer
 from agent.testkit import run, until
 from agent.testkit.broker import Broker
-from agent.uplink import Uplink
+from agent.uplink.telemetry import Uplink
 from tests.uplink.rig import config_for
 
 

@@ -32,13 +32,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from . import registry
-from .api import DriverContext, Writes, local_bus
-from .api.keys import suggest
-from .config import Config, DeviceConfig, PointConfig
-from .errors import DeviceError
-from .model import Poll, Value
-from .scheduler import BusPoller
+from .. import registry
+from ..api import DriverContext, Writes, local_bus
+from ..api.keys import suggest
+from ..config import Config, DeviceConfig, PointConfig
+from ..errors import DeviceError
+from ..model import Poll, Value
+from ..poll.scheduler import BusPoller
 
 log = logging.getLogger(__name__)
 

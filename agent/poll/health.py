@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .api import CountsFaults, KeepsRaw
-from .buffer import Buffer, BufferStats
+from ..api import CountsFaults, KeepsRaw
+from ..store.buffer import Buffer, BufferStats
 from .scheduler import BusPoller
 
 THERMAL = Path("/sys/class/thermal/thermal_zone0/temp")

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from . import registry
-from .api import BusConfig, Scans
-from .config import Config
-from .errors import DriverError
+from .. import registry
+from ..api import BusConfig, Scans
+from ..config import Config
+from ..errors import DriverError
 from .tools import UsageError
 
 

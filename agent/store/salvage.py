@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .model import Sample
+from ..model import Sample
 
 WAL_HEADER = 32
 FRAME_HEADER = 24

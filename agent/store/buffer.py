@@ -47,16 +47,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, salvage
-from .clock import Clock
-from .errors import AgentError, StorageError
+from .. import __version__
+from ..clock import Clock
+from ..errors import AgentError, StorageError
+from ..model import Sample, Value
+from . import salvage
 from .ids import FORMAT as IDS_FORMAT
 from .ids import IdLedger
 from .ids import format_of as ids_format
 from .journal import FORMAT as JOURNAL_FORMAT
 from .journal import Journal, Recovered, journal_dirs, journal_path, runtime_dir
 from .journal import format_of as journal_format
-from .model import Sample, Value
 from .salvage import Found, StoredRow, intact, row_crc, to_sample
 
 log = logging.getLogger(__name__)

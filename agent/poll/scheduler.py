@@ -17,13 +17,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import registry
-from .api import Driver, DriverContext, Writes
-from .backoff import Backoff
-from .clock import Clock
-from .config import BusConfig, DeviceConfig, PointConfig
-from .errors import BusError, DeviceError
-from .model import Poll, Value
+from .. import registry
+from ..api import Driver, DriverContext, Writes
+from ..backoff import Backoff
+from ..clock import Clock
+from ..config import BusConfig, DeviceConfig, PointConfig
+from ..errors import BusError, DeviceError
+from ..model import Poll, Value
 
 log = logging.getLogger(__name__)
 

@@ -9,15 +9,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import registry
-from .api import Describes, DriverContext, KeepsRaw, ShipsTemplates, local_bus
-from .api.keys import suggest
-from .buffer import BUFFER_FILE, BufferStats, open_buffer, stored_samples, stored_stats
-from .clock import Clock
-from .config import BusConfig, Config, DeviceConfig, PointConfig, TemplateConfig
-from .errors import AgentError
-from .lock import data_dir_lock
-from .model import Poll
+from .. import registry
+from ..api import Describes, DriverContext, KeepsRaw, ShipsTemplates, local_bus
+from ..api.keys import suggest
+from ..clock import Clock
+from ..config import BusConfig, Config, DeviceConfig, PointConfig, TemplateConfig
+from ..errors import AgentError
+from ..model import Poll
+from ..service.lock import data_dir_lock
+from ..store.buffer import BUFFER_FILE, BufferStats, open_buffer, stored_samples, stored_stats
 
 
 class UsageError(AgentError, ValueError):

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
-from .errors import AgentError
+from ..errors import AgentError
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .config import DeviceConfig, PointConfig
-from .model import Value
+from ..config import DeviceConfig, PointConfig
+from ..model import Value
 
 
 @dataclass

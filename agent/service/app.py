@@ -11,25 +11,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from . import __version__
-from .aio import cancel_and_wait
-from .api import local_bus
-from .buffer import open_buffer
-from .clock import Clock, ClockGuard
-from .commands import Commands, shown
-from .config import Config, load_config
-from .errors import ConfigError
-from .health import health_payload, status_snapshot
+from .. import __version__
+from ..aio import cancel_and_wait
+from ..api import local_bus
+from ..cli.tools import plan_lines
+from ..clock import Clock, ClockGuard
+from ..config import Config, load_config
+from ..errors import ConfigError
+from ..model import Value
+from ..poll.health import health_payload, status_snapshot
+from ..poll.report import ReportFilter
+from ..poll.scheduler import BusPoller, Sink
+from ..registry import bus_driver, load_driver
+from ..store.buffer import open_buffer
+from ..uplink.commands import Commands, shown
+from ..uplink.telemetry import Uplink
 from .lock import data_dir_lock
 from .logs import flush_suppressed
-from .model import Value
-from .registry import bus_driver, load_driver
-from .report import ReportFilter
-from .scheduler import BusPoller, Sink
 from .status import StatusServer, status_path
 from .systemd import notify, watchdog_interval
-from .tools import plan_lines
-from .uplink import Uplink
 
 log = logging.getLogger(__name__)
 

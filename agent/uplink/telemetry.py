@@ -21,14 +21,14 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 
-from . import __version__
-from .aio import cancel_and_wait, wait_event
-from .backoff import Backoff
-from .buffer import Buffer
-from .clock import Clock, ClockGuard
-from .config import Config, MqttSection
-from .model import Sample
-from .mqtt_link import (
+from .. import __version__
+from ..aio import cancel_and_wait, wait_event
+from ..backoff import Backoff
+from ..clock import Clock, ClockGuard
+from ..config import Config, MqttSection
+from ..model import Sample
+from ..store.buffer import Buffer
+from .link import (
     ACL_HINT,
     FIRST_REFUSAL,
     NOT_ONLINE,

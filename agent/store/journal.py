@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model import Sample
+from ..model import Sample
 
 log = logging.getLogger(__name__)
 

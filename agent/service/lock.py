@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import AgentError
+from ..errors import AgentError
 
 LOCK_FILE = "agent.lock"
 

@@ -17,11 +17,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__, tools
-from .buffer import NewerFormat
-from .config import Config, builtin_templates, load_config
-from .errors import AgentError, ConfigError, DeviceError, Problem
-from .logs import setup_logging
+from .. import __version__
+from ..config import Config, builtin_templates, load_config
+from ..errors import AgentError, ConfigError, DeviceError, Problem
+from ..service.logs import setup_logging
+from ..store.buffer import NewerFormat
+from . import tools
 
 log = logging.getLogger("agent")
 
@@ -124,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, config: Config, hangups: Sequence[int] = ()) -> int:
     if args.command == "run":
-        from .app import run_until_signalled
+        from ..service.app import run_until_signalled
 
         asyncio.run(run_until_signalled(config, hangups))
     elif args.command == "read":
@@ -141,7 +142,7 @@ def _dispatch(args: argparse.Namespace, config: Config, hangups: Sequence[int] =
     elif args.command == "write":
         return _write(config, args.device, args.point, args.value)
     elif args.command == "status":
-        from .status import status_command
+        from ..service.status import status_command
 
         return status_command(config.agent.data_dir, args.json, sys.stdout)
     elif args.command == "buffer":
@@ -158,7 +159,7 @@ def _dispatch(args: argparse.Namespace, config: Config, hangups: Sequence[int] =
 
 
 def _write(config: Config, device: str, point: str, text: str) -> int:
-    from .commands import CommandRefused, value_from_text, write_now
+    from ..uplink.commands import CommandRefused, value_from_text, write_now
 
     try:
         value = asyncio.run(write_now(config, device, point, value_from_text(text)))

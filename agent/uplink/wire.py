@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from .model import Sample
+from ..model import Sample
 
 #: A telemetry message's own size limit, well below any broker's (mosquitto: 256 MB; AWS IoT:
 #: 128 kB).

@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import signal
 
-from . import registry
-from .api import BusConfig, DeviceConfig, SimulateAt, Simulates
-from .config import Config
-from .errors import AgentError, DriverError
+from .. import registry
+from ..api import BusConfig, DeviceConfig, SimulateAt, Simulates
+from ..config import Config
+from ..errors import AgentError, DriverError
 from .tools import UsageError
 
 
