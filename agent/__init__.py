@@ -4,4 +4,4 @@
 ``agent.service`` runs it all under systemd, ``agent.cli`` is the technician's command line.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -349,7 +349,7 @@ def first_install(box: BootedRoot, root: Path, deb: Path) -> None:
     assert EXAMPLE_CHECKED in out(box, "edge-agent", "check")
     assert "eastron-sdm120" in out(box, "edge-agent", "templates")
     tag = out(box, "python3", "-c", "import sys; print(sys.implementation.cache_tag)")
-    pyc = root / f"opt/edge-agent/lib/agent/__pycache__/cli.{tag}.pyc"
+    pyc = root / f"opt/edge-agent/lib/agent/cli/__pycache__/main.{tag}.pyc"
     assert pyc.is_file()
     assert out(box, "dpkg", "--verify", "edge-agent") == ""
     # python3's own upgrade calls the hook: the bytecode is made anew, for the new python3.
