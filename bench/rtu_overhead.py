@@ -14,10 +14,11 @@ import asyncio
 import statistics
 import time
 
+from agent.api.pty import PtyLink
 from agent.config import BusConfig, DeviceConfig
 from drivers.modbus import ModbusDriver
 from drivers.modbus.schema import ModbusPoint
-from drivers.modbus.simulator import ModbusSimulator, PtyLink, SimulatedSlave
+from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 REGISTERS = 10
 POINTS = tuple(

@@ -1,36 +1,45 @@
-"""Golden cases: every directory under tests/cases/ is one configuration and what it must give.
+"""Golden cases: every directory under ``drivers/<name>/cases/`` is one configuration and what
+it must give, run through the driver registry the same way for every driver.
 
 A case holds ``config.toml`` and either
 
 * ``error.txt``: the exact lines ``edge-agent check -c config.toml`` prints to stderr (exit 2),
   with ``{dir}`` standing for the case's directory; or
-* ``simulate.json`` (``{"device": {"point": value}}``, set through ``SimulatedSlave.set_value``,
-  in file order) and ``expected.json`` (``{"device": {"point": value}}``: the values one poll of
-  each device reads, nothing more, with JSON's int/float distinction kept). The config names its
-  one bus's port as ``{port}``; the test serves the simulated devices on a free port of
-  127.0.0.1 with a real pymodbus server and fills it in.
+* ``simulate.json`` (``{"device": {"point": value}}``: what the simulated devices hold) and
+  ``expected.json`` (``{"device": {"point": value}}``: the values one poll of each device reads,
+  nothing more, with JSON's int/float distinction kept). Each bus is served by its driver's
+  ``Simulates`` ability, on a free port of 127.0.0.1 for a network bus (the config writes its
+  port as ``{port}``) or on a pseudo-terminal for a serial one, and polled by its driver.
 
-To add a case, make a directory named after what it pins and write those files; to see what
-a config gives, run ``edge-agent check -c config.toml`` or the test with ``-k NAME``.
+To add a case, make a directory named after what it pins in the driver's ``cases/`` and write
+those files; to see what a config gives, run ``edge-agent check -c config.toml`` or the test
+with ``-k NAME``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent import registry
+from agent.api import Poll, SimulateAt, Simulates, Value
 from agent.config import Config, load_config
-from agent.model import Poll, Value
 from agent.testkit import run
 from agent.testkit.process import cli
-from drivers.modbus import ModbusDriver
-from drivers.modbus.simulator import ModbusSimulator, slaves_for_bus
 
-CASES = Path(__file__).parent / "cases"
-ALL = sorted(path for path in CASES.iterdir() if path.is_dir())
+DRIVERS = Path(__file__).parent.parent / "drivers"
+ALL = sorted(path for path in DRIVERS.glob("*/cases/*") if path.is_dir())
+#: A port for loading a case before its buses are served (``{port}`` is then the served one).
+SOME_PORT = "502"
+
+
+def case_id(case: Path) -> str:
+    return f"{case.parent.parent.name}/{case.name}"
 
 
 def test_there_are_cases_of_both_kinds() -> None:
@@ -38,7 +47,11 @@ def test_there_are_cases_of_both_kinds() -> None:
     assert kinds == {True, False}
 
 
-@pytest.mark.parametrize("case", ALL, ids=[case.name for case in ALL])
+def test_cases_come_from_more_than_one_driver() -> None:
+    assert len({case.parent.parent.name for case in ALL}) > 1
+
+
+@pytest.mark.parametrize("case", ALL, ids=[case_id(case) for case in ALL])
 def test_case(case: Path, tmp_path: Path) -> None:
     files = {path.name for path in case.iterdir()}
     if "error.txt" in files:
@@ -59,37 +72,37 @@ def refused(case: Path) -> None:
 
 def reads(case: Path, tmp_path: Path) -> None:
     text = (case / "config.toml").read_text(encoding="utf-8")
-    assert text.count("{port}") == 1, "a value case has one bus, on port {port}"
+    path = tmp_path / "config.toml"
+    path.write_text(text.replace("{port}", SOME_PORT), encoding="utf-8")
+    config, warnings = load_config(path)
+    assert warnings == []
     simulate: dict[str, dict[str, Any]] = load_json(case / "simulate.json")
     expected: dict[str, dict[str, Any]] = load_json(case / "expected.json")
-
-    def configured(port: int) -> Config:
-        path = tmp_path / "config.toml"
-        path.write_text(text.replace("{port}", str(port)), encoding="utf-8")
-        config, warnings = load_config(path)
-        assert warnings == []
-        return config
-
-    # The devices' points do not depend on the port: build the slaves, then serve them on a
-    # free port and load the configuration again with it.
-    devices = configured(502).devices
-    assert set(simulate) == set(expected) == {d.name for d in devices}
-    slaves = slaves_for_bus(devices)
-    for device, slave in zip(devices, slaves, strict=True):
-        for point, value in simulate[device.name].items():
-            slave.set_value(point, value)
-
-    async def poll_all() -> dict[str, Poll]:
-        async with ModbusSimulator(slaves, host="127.0.0.1", port=0) as sim:
-            config = configured(sim.port)
-            (bus,) = config.buses
-            async with ModbusDriver(bus) as driver:
-                return {d.name: await driver.read(d) for d in config.devices}
-
-    polls = run(poll_all(), timeout=20)
+    assert set(simulate) == set(expected) == {d.name for d in config.devices}
+    polls = run(poll_simulated(config, simulate), timeout=20)
     for name, poll in polls.items():
         assert poll.errors == (), name
         assert typed(poll.values) == typed(expected[name]), name
+
+
+async def poll_simulated(config: Config, values: dict[str, dict[str, Any]]) -> dict[str, Poll]:
+    """Each bus served by its driver's simulation holding ``values``, each device polled once
+    by its driver."""
+    polls: dict[str, Poll] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for bus in config.buses:
+            devices = config.devices_on(bus.name)
+            name = registry.bus_driver(bus, devices)
+            assert name is not None, f"bus {bus.name}: no driver"
+            driver = registry.load_driver(name)
+            assert isinstance(driver, Simulates), f"the {name} driver cannot simulate"
+            where = SimulateAt(pty=True) if bus.serial else SimulateAt("127.0.0.1", port=0)
+            at = replace(where, values=values)
+            served = await stack.enter_async_context(driver.simulate(bus, devices, at))
+            polling = registry.build_driver(driver, served.bus)
+            async with polling:
+                polls.update({d.name: await polling.read(d) for d in devices})
+    return polls
 
 
 def load_json(path: Path) -> Any:

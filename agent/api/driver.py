@@ -158,11 +158,23 @@ class Scans(Protocol):
 @dataclass(frozen=True)
 class SimulateAt:
     """Where ``edge-agent simulate`` serves a bus: its own address, a TCP address (``host``
-    and ``port``), or a fresh pseudo-terminal (``pty``)."""
+    and ``port``; port 0: a free one), or a fresh pseudo-terminal (``pty``); and what the
+    simulated devices read: values that move over time, or ``values`` held (device name →
+    point name → reading, as a poll would give it; the golden cases' ``simulate.json``)."""
 
     host: str | None = None
     port: int | None = None
     pty: bool = False
+    values: Mapping[str, Mapping[str, Value]] | None = None
+
+
+@dataclass(frozen=True)
+class Simulated:
+    """A bus being simulated: ``bus`` is the bus to point the agent at (its type and address
+    as served), ``line`` says so to a person."""
+
+    bus: BusConfig
+    line: str
 
 
 @runtime_checkable
@@ -173,10 +185,11 @@ class Simulates(Protocol):
     @classmethod
     def simulate(
         cls, bus: BusConfig, devices: Sequence[DeviceConfig], at: SimulateAt
-    ) -> AbstractAsyncContextManager[str]:
-        """A context manager serving while entered, yielding the line that tells a person
-        where to point the agent (``"point a modbus-tcp bus at 127.0.0.1:5020"``). Raise
-        ``ValueError`` when the bus cannot be simulated there (a real serial port)."""
+    ) -> AbstractAsyncContextManager[Simulated]:
+        """A context manager serving while entered, yielding where to point the agent
+        (``"point a modbus-tcp bus at 127.0.0.1:5020"``). Raise ``ValueError`` when the bus
+        cannot be simulated there (a real serial port), ``BusError`` when it cannot be served
+        (the address is taken)."""
         ...
 
 
@@ -257,6 +270,7 @@ __all__ = [
     "Schema",
     "ShipsTemplates",
     "SimulateAt",
+    "Simulated",
     "Simulates",
     "TemplateConfig",
     "Unconnected",

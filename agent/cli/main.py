@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         help="what to try, in the bus driver's terms: Modbus ids (default 1-247), SDI-12 "
         "addresses (default all)",
     )
-    simulate = command("simulate", "serve every configured Modbus device as a simulated slave")
+    simulate = command(
+        "simulate", "serve the configured devices as simulated ones (Modbus slaves, SDI-12 sensors)"
+    )
     where = simulate.add_mutually_exclusive_group()
     where.add_argument(
         "--tcp", metavar="HOST:PORT", help="serve the buses on HOST:PORT, PORT+1, … instead"

@@ -4,7 +4,8 @@ each bus driver's ``Simulates`` ability (Modbus serves a slave per device).
 One line per bus says where to point the agent. By default each bus is served on its own
 address; ``--tcp HOST:PORT`` serves the first bus on PORT, the next on PORT+1, and so on (two
 buses may both have a unit 1, so they cannot share a port); ``--pty`` serves each on a fresh
-pseudo-terminal, which lives until the simulator stops.
+pseudo-terminal, which lives until the simulator stops. A plain ``serial`` bus (SDI-12 sensors)
+is always served on a pseudo-terminal: its devices speak to a local port.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import signal
 
 from .. import registry
-from ..api import BusConfig, DeviceConfig, SimulateAt, Simulates
+from ..api import SERIAL_BUS, BusConfig, DeviceConfig, SimulateAt, Simulates
 from ..config import Config
 from ..errors import AgentError, DriverError
 from .tools import UsageError
@@ -40,8 +41,9 @@ def simulated_buses(config: Config) -> list[tuple[BusConfig, type[Simulates]]]:
 
 
 def plan(config: Config, tcp: str | None) -> list[tuple[str, int, list[DeviceConfig]]]:
-    """Which devices to serve on which address."""
-    buses = [bus for bus, _ in simulated_buses(config)]
+    """Which devices to serve on which TCP address: the buses a network can carry (a plain
+    ``serial`` bus's devices speak to a local port: they are served on a pseudo-terminal)."""
+    buses = [bus for bus, _ in simulated_buses(config) if bus.type != SERIAL_BUS.name]
     addresses = [(bus.host, bus.port) for bus in buses]
     if tcp:
         host, port = parse_address(tcp)
@@ -53,11 +55,19 @@ def plan(config: Config, tcp: str | None) -> list[tuple[str, int, list[DeviceCon
 
 
 def _places(config: Config, tcp: str | None, pty: bool) -> list[SimulateAt]:
-    if pty:
-        return [SimulateAt(pty=True) for _ in simulated_buses(config)]
-    if tcp is None:
-        return [SimulateAt() for _ in simulated_buses(config)]
-    return [SimulateAt(host, port) for host, port, _ in plan(config, tcp)]
+    """Where each simulated bus is served: on a pseudo-terminal with ``pty`` (and a plain
+    serial bus always), else on its own address or, with ``tcp``, on the next port of it."""
+    tcp_addresses = iter(plan(config, tcp)) if tcp else None
+    places = []
+    for bus, _ in simulated_buses(config):
+        if pty or bus.type == SERIAL_BUS.name:
+            places.append(SimulateAt(pty=True))
+        elif tcp_addresses is not None:
+            host, port, _ = next(tcp_addresses)
+            places.append(SimulateAt(host, port))
+        else:
+            places.append(SimulateAt())
+    return places
 
 
 async def serve(
@@ -77,12 +87,12 @@ async def serve(
         for (bus, driver), at in zip(simulated_buses(config), places, strict=True):
             devices = config.devices_on(bus.name)
             try:
-                line = await stack.enter_async_context(driver.simulate(bus, devices, at))
+                served = await stack.enter_async_context(driver.simulate(bus, devices, at))
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             except DriverError as exc:
                 raise AgentError(f"simulate: {exc}") from None
-            print(f"bus {bus.name}: {line}", flush=True)
+            print(f"bus {bus.name}: {served.line}", flush=True)
         if ready:
             ready.set()
         await stop.wait()

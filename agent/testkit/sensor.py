@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 
-from drivers.modbus.simulator import PtyLink
+from agent.api.pty import PtyLink
 
 from .aio import KitLoop
 

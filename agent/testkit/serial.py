@@ -23,8 +23,8 @@ from typing import Literal
 
 from pymodbus.framer import FramerRTU
 
+from agent.api.pty import PtyLink
 from drivers.modbus.driver import rtu_frame_size
-from drivers.modbus.simulator import PtyLink
 
 #: What ``SerialProxy.corrupt`` can do to a slave's answer.
 Fault = Literal["crc", "truncate", "unit", "drop"]

@@ -93,6 +93,7 @@ from agent.api import (
     PointConfig,
     Poll,
     SimulateAt,
+    Simulated,
     Value,
 )
 
@@ -453,7 +454,7 @@ class ModbusDriver:
     @classmethod
     def simulate(
         cls, bus: BusConfig, devices: Sequence[DeviceConfig], at: SimulateAt
-    ) -> AbstractAsyncContextManager[str]:
+    ) -> AbstractAsyncContextManager[Simulated]:
         from .simulate import simulate_bus
 
         return simulate_bus(bus, devices, at)

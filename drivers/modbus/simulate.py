@@ -13,29 +13,29 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
-from agent.api import BusConfig, BusError, DeviceConfig, SimulateAt
+from agent.api import BusConfig, BusError, DeviceConfig, SimulateAt, Simulated
+from agent.api.pty import PtyLink
 
-from .simulator import ModbusSimulator, PtyLink, slaves_for_bus
+from .simulator import ModbusSimulator, SimulatedSlave, slaves_for_bus
 
 
 @contextlib.asynccontextmanager
 async def simulate_bus(
     bus: BusConfig, devices: Sequence[DeviceConfig], at: SimulateAt
-) -> AsyncIterator[str]:
+) -> AsyncIterator[Simulated]:
     """Serve ``devices`` while entered; yields where to point the agent."""
     if bus.serial and at.host is None and not at.pty:
         raise ValueError(
             f"bus {bus.name} is a modbus-rtu bus on the real serial port {bus.serial_port}: "
             "simulate it on a pseudo-terminal with --pty, or with --tcp HOST:PORT"
         )
-    host = bus.host if at.host is None else at.host
-    port = bus.port if at.port is None else at.port
     server = ModbusSimulator(
-        slaves_for_bus(devices),
-        host,
-        port,
-        animate=True,
+        _slaves(devices, at),
+        bus.host if at.host is None else at.host,
+        bus.port if at.port is None else at.port,
+        animate=at.values is None,
         rtu=at.pty or bus.type != "modbus-tcp",
         baudrate=bus.baudrate,
         parity=bus.parity,
@@ -47,11 +47,24 @@ async def simulate_bus(
             link = await stack.enter_async_context(PtyLink())
             server.serial_port = link.paths[1]
             await _start(stack, bus, server)
-            yield f"point a modbus-rtu bus at {link.paths[0]}"
+            path = link.paths[0]
+            served = replace(bus, type="modbus-rtu", serial_port=path, host="")
+            yield Simulated(served, f"point a modbus-rtu bus at {path}")
             return
         await _start(stack, bus, server)
         kind = "modbus-tcp" if bus.type == "modbus-tcp" else "modbus-rtu-over-tcp"
-        yield f"point a {kind} bus at {server.address}"
+        served = replace(bus, type=kind, host=server.host, port=server.port, serial_port="")
+        yield Simulated(served, f"point a {kind} bus at {server.address}")
+
+
+def _slaves(devices: Sequence[DeviceConfig], at: SimulateAt) -> list[SimulatedSlave]:
+    """A slave per device, holding ``at.values`` where given (the rest at the animation's
+    start)."""
+    slaves = slaves_for_bus(devices)
+    for device, slave in zip(devices, slaves, strict=True):
+        for point, value in (at.values or {}).get(device.name, {}).items():
+            slave.set_value(point, value)
+    return slaves
 
 
 async def _start(stack: contextlib.AsyncExitStack, bus: BusConfig, server: ModbusSimulator) -> None:

@@ -36,6 +36,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, TextIO, TypeVar
 
 from agent.api import (
@@ -45,6 +46,8 @@ from agent.api import (
     DriverContext,
     PointConfig,
     Poll,
+    SimulateAt,
+    Simulated,
     Value,
     scaled,
 )
@@ -118,6 +121,14 @@ class Sdi12Driver(SerialDriver):
 
         adapters = [d.options.get("adapter", "uart") for d in devices]
         return await scan_sdi12_bus(bus, adapters[0] if adapters else "uart", out, targets or "")
+
+    @classmethod
+    def simulate(
+        cls, bus: BusConfig, devices: Sequence[DeviceConfig], at: SimulateAt
+    ) -> AbstractAsyncContextManager[Simulated]:
+        from .simulate import simulate_bus
+
+        return simulate_bus(bus, devices, at)
 
     def __init__(self, bus: BusConfig, context: DriverContext | None = None) -> None:
         super().__init__(bus, context)

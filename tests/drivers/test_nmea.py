@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from agent.api import BusConfig, DeviceConfig, PointConfig
+from agent.api.pty import PtyLink
 from agent.config import load_config
 from agent.errors import ConfigError, DeviceError
 from agent.model import Poll
 from agent.testkit import run
-from drivers.modbus.simulator import PtyLink
 from drivers.nmea.driver import FIELDS, KNOT, NmeaDriver, checksum
 
 GGA = b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n"

@@ -16,13 +16,13 @@ import pytest
 import serial  # type: ignore[import-untyped]
 
 from agent.api import BusConfig, DeviceConfig, PointConfig
+from agent.api.pty import PtyLink
 from agent.cli.tools import plan_lines
 from agent.config import load_config
 from agent.errors import ConfigError, DeviceError
 from agent.poll.scheduler import BusPoller
 from agent.testkit import run
 from agent.testkit.process import cli_async
-from drivers.modbus.simulator import PtyLink
 from drivers.sdi12 import Sdi12Driver
 from drivers.sdi12 import protocol as p
 from drivers.sdi12.emulator import Sdi12Bus, SimulatedSensor

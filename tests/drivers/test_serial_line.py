@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from agent.api import BusConfig, DeviceConfig, PointConfig
+from agent.api.pty import PtyLink
 from agent.config import load_config
 from agent.errors import BusError, ConfigError, DeviceError
 from agent.testkit import run
 from agent.testkit.sensor import SerialSensor
-from drivers.modbus.simulator import PtyLink
 from drivers.serial_line.driver import SerialLineDriver, decode_escapes
 
 
