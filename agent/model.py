@@ -26,7 +26,7 @@ class Poll:
 
 @dataclass(frozen=True)
 class Sample:
-    """One poll of one device as buffered and sent: SPEC §4's sample.
+    """One poll of one device as buffered and sent: the sample of docs/mqtt.md.
 
     ``mono`` and ``boot`` are set only while the wall clock could not be trusted when the poll
     ran: the monotonic time and boot id let the sample be re-stamped once the clock is right;

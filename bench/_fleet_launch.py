@@ -94,7 +94,8 @@ class ForkLauncher:
         assert self._reply() == "ready", "the fork server did not start"
 
     def _pipes(self) -> tuple[IO[str], IO[str]]:
-        assert self.server.stdin is not None and self.server.stdout is not None
+        assert self.server.stdin is not None
+        assert self.server.stdout is not None
         return self.server.stdin, self.server.stdout
 
     def _reply(self) -> str:

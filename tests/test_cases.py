@@ -98,8 +98,11 @@ async def poll_simulated(config: Config, values: dict[str, dict[str, Any]]) -> d
             assert isinstance(driver, Simulates), f"the {name} driver cannot simulate"
             where = SimulateAt(pty=True) if bus.serial else SimulateAt("127.0.0.1", port=0)
             at = replace(where, values=values)
-            served = await stack.enter_async_context(driver.simulate(bus, devices, at))
-            polling = registry.build_driver(driver, served.bus)
+            simulation = driver.simulation(bus, at)
+            for device in devices:
+                simulation.add(device)
+            await stack.enter_async_context(simulation)
+            polling = registry.build_driver(driver, simulation.served.bus)
             async with polling:
                 polls.update({d.name: await polling.read(d) for d in devices})
     return polls

@@ -107,7 +107,7 @@ async def commanded(
             await telemetry.wait_samples(2, "pump")
             before_sending()
             for payload in sent:
-                await replies._client.publish("m/gw/cmd", payload, qos=1)
+                await replies.client.publish("m/gw/cmd", payload, qos=1)
             await replies.wait_for(lambda _: len(replies.payloads("cmd/reply")) >= len(sent))
             answered = time.time() * 1000
             if points_after is None:
@@ -147,7 +147,8 @@ def test_a_setpoint_and_a_relay_written_over_tcp_land_in_the_slaves_registers(
     # the raw registers it is read from: 215.0 as float32, words swapped (CDAB)
     assert slave.registers("holding", 10, 2) == encode(SETPOINT, 21.5)
     assert slave.value("relay") is True
-    assert after[-1]["values"]["setpoint"] == 21.5 and after[-1]["values"]["relay"] is True
+    assert after[-1]["values"]["setpoint"] == 21.5
+    assert after[-1]["values"]["relay"] is True
 
 
 def test_a_write_racing_polls_on_a_slow_rtu_line_waits_its_turn(
@@ -203,7 +204,8 @@ def test_edge_agent_write_on_a_modbus_bus_with_the_same_checks(
     assert slave.value("setpoint") == 30.0
     assert (above[0], above[2].strip()) == (1, "edge-agent write: 101 is above setpoint's max 100")
     assert (level[0], level[2].strip()) == (1, "edge-agent write: level is not writable")
-    assert word[0] == 1 and word[2].strip().startswith("edge-agent write: relay: ")
+    assert word[0] == 1
+    assert word[2].strip().startswith("edge-agent write: relay: ")
 
 
 def test_a_slave_that_stops_answering_fails_the_command_with_why(

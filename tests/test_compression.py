@@ -52,7 +52,8 @@ interval = "100ms"
 
 def consumer_decoding() -> ModuleType:
     spec = importlib.util.spec_from_file_location("edge_telemetry", EXAMPLE)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["edge_telemetry"] = module
     spec.loader.exec_module(module)

@@ -13,6 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.service.logs import BURST
 from agent.testkit.broker import Broker
@@ -76,12 +77,13 @@ def accounted(runner: AgentRunner) -> None:
     assert runner.term() == 0, runner.log
     reconciled = account(runner)
     assert reconciled.ok, reconciled
-    assert "Traceback" not in runner.log and "never retrieved" not in runner.log, runner.log
+    assert "Traceback" not in runner.log, runner.log
+    assert "never retrieved" not in runner.log, runner.log
 
 
 def publish(broker: Broker, topic: str, payload: dict[str, Any]) -> None:
     """One QoS 1 message from a client of the test's own, acknowledged before this returns."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     client.connect(broker.host, broker.port)
     client.loop_start()
     try:
@@ -93,8 +95,8 @@ def publish(broker: Broker, topic: str, payload: dict[str, Any]) -> None:
 
 def retained(broker: Broker, topic: str, timeout: float = 10.0) -> dict[str, Any]:
     """The message the broker retains on ``topic``."""
-    got: list[bytes] = []
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    got: list[bytes | bytearray] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     client.on_message = lambda _c, _u, message: got.append(message.payload)
     client.connect(broker.host, broker.port)
     client.subscribe(topic, qos=1)
@@ -152,7 +154,8 @@ def test_at_mqtt_3_1_1_a_denied_publish_looks_delivered_the_documented_limitatio
         SITE, buses={"plc": tank(modbus_bus)}, overrides={"mqtt": {"protocol": "3.1.1"}}
     )
     wait_until(lambda: link(edge_agent).get("sent", 0) >= 10, 20, "samples taken as sent")
-    assert link(edge_agent)["refused"] == 0 and edge_agent.samples() == []
+    assert link(edge_agent)["refused"] == 0
+    assert edge_agent.samples() == []
     assert "connected as gw5 (MQTT 3.1.1)" in edge_agent.log
     assert edge_agent.term() == 0
 
@@ -271,7 +274,8 @@ def test_a_stop_as_the_broker_goes_still_publishes_offline_once_it_is_back(
     assert edge_agent.wait(timeout=30) == 0, edge_agent.log
     edge_agent.wait_log(r"offline published as we stopped")
     assert retained(mosquitto, "m5/gw5/status")["state"] == "offline"
-    assert "never retrieved" not in edge_agent.log and "Traceback" not in edge_agent.log
+    assert "never retrieved" not in edge_agent.log
+    assert "Traceback" not in edge_agent.log
 
 
 @pytest.mark.parametrize("outage", [1.0, 4.0])

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,11 +54,10 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def with_plugin(plugin_site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def with_plugin(plugin_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Child processes (`cli`, `AgentProcess` inherit the environment) see the installed plugin."""
     paths = [str(plugin_site), *filter(None, [os.environ.get("PYTHONPATH")])]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
-    yield
 
 
 def write_config(tmp_path: Path, devices: str, mqtt: str = "") -> Path:
@@ -156,7 +154,8 @@ def test_read_prints_the_numbers_in_the_files(tmp_path: Path, with_plugin: None)
     result = cli("read", "-c", str(config), "adc", "--json", timeout=30)
     assert result.returncode == 0, result.stderr
     poll = json.loads(result.stdout)
-    assert poll["device"] == "adc" and poll["errors"] == []
+    assert poll["device"] == "adc"
+    assert poll["errors"] == []
     assert poll["values"] == {
         "battery": pytest.approx(2.56),
         "count": 17,  # no scale nor offset: an integer stays one

@@ -126,7 +126,8 @@ def test_a_30_second_broker_outage_loses_nothing(tmp_path: Path, broker: Broker)
             for i, b in enumerate(after_batches)
             if not b.get("backlog") and min(s["ts"] for s in b["samples"]) >= restarted_ms - 1000
         ]
-        assert backlog_at and current_at
+        assert backlog_at
+        assert current_at
         assert current_at[0] < backlog_at[-1], "current samples waited for the backlog"
         values = {s["device"]: s["values"] for s in after}
         assert values["tank2"] == {"level": 102, "temp": -2}

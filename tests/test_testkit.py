@@ -104,7 +104,7 @@ def test_the_kit_serves_with_the_simulator_of_edge_agent_simulate(
     modbus_bus: Callable[..., ModbusBus],
 ) -> None:
     bus = modbus_bus("tcp")
-    assert isinstance(bus.simulator, ModbusSimulator)
+    assert isinstance(bus.simulation.simulator, ModbusSimulator)  # type: ignore[attr-defined]
 
 
 def test_a_tcp_slave_from_a_template_answers_what_the_test_set(
@@ -121,7 +121,8 @@ def test_a_tcp_slave_from_a_template_answers_what_the_test_set(
             assert answer.registers == [0x4365, 0x8000]  # 229.5 as a big-endian float32
             meter.exception = 4
             failed = await c.read_input_registers(0, count=2, device_id=7)
-            assert failed.isError() and failed.exception_code == 4
+            assert failed.isError()
+            assert failed.exception_code == 4
             meter.exception = None
             meter.slow_ms = 150
             started = time.monotonic()
@@ -158,7 +159,8 @@ def test_an_rtu_bus_spoils_answers_and_the_agent_counts_them(
     tank.set("level", 43)
     edge_agent.wait_sample("tank", "level", 43)  # it answers well again
     faults = edge_agent.status()["devices"]["tank"]
-    assert faults["errors"] >= 2 and faults["state"] == "ok", faults
+    assert faults["errors"] >= 2, faults
+    assert faults["state"] == "ok", faults
 
 
 def test_a_serial_sensor_answers_commands_and_prints_on_a_schedule(
@@ -200,7 +202,8 @@ def test_the_agent_runner_points_buses_and_runs_the_agent(
     wx.answer("?\r", "W,3.5,N")
     edge_agent.start(SITE, buses={"plc": tank.bus, "line": wx})
     written = tomllib.loads(edge_agent.config_path.read_text())
-    assert written["bus"][0]["host"] == "127.0.0.1" and written["bus"][0]["port"] == tank.bus.port
+    assert written["bus"][0]["host"] == "127.0.0.1"
+    assert written["bus"][0]["port"] == tank.bus.port
     assert written["bus"][1]["port"] == str(wx.path)
     assert written["mqtt"]["url"] == mosquitto.url
     assert written["agent"]["data_dir"] == str(edge_agent.data_dir)
@@ -262,7 +265,8 @@ def test_site_config_from_a_dict_writes_toml_that_reads_back() -> None:
     )
     assert changed["bus"][0] | {} == {**data["bus"][0], "host": "127.0.0.1", "port": 1502}
     assert changed["bus"][1]["port"] == "/dev/pts/9"
-    assert changed["mqtt"]["health_interval"] == "1s" and changed["mqtt"]["topic_prefix"]
+    assert changed["mqtt"]["health_interval"] == "1s"
+    assert changed["mqtt"]["topic_prefix"]
     assert changed["buffer"] == {"max_size": "1MB"}
     assert data["bus"][1]["port"] == "/dev/ttyUSB9"  # the caller's dict is left alone
     with pytest.raises(KeyError, match=r"no bus 'rs485' \(buses: plc, line\)"):
@@ -280,7 +284,8 @@ def test_a_slaves_wire_faults_are_set_on_its_simslave(
     meter.random = seeded
     simulated = meter.simulated
     assert (simulated.wrong_tid, simulated.garbage, simulated.noise) == (True, True, True)
-    assert simulated.drip == 0.04 and simulated.random is seeded
+    assert simulated.drip == 0.04
+    assert simulated.random is seeded
     meter.corrupt = None  # nothing to clear on TCP: no error either
     with pytest.raises(NotImplementedError, match="RTU"):
         meter.corrupt = "crc"
@@ -295,7 +300,8 @@ def test_one_rtu_slave_is_corrupted_on_its_own(modbus_bus: Callable[..., ModbusB
     with pytest.raises(ValueError, match="corrupt must be one of crc, truncate, unit, drop"):
         spoilt.corrupt = "bogus"  # type: ignore[assignment]
     spoilt.corrupt = "crc"
-    assert spoilt.corrupt == "crc" and healthy.corrupt is None
+    assert spoilt.corrupt == "crc"
+    assert healthy.corrupt is None
 
     async def body() -> None:
         client = AsyncModbusSerialClient(str(bus.address), timeout=0.2, retries=0)
@@ -323,12 +329,13 @@ def test_an_rtu_answer_drips_through_the_proxy_as_it_comes(
     request = bytes.fromhex("01 03 0000 0001 840a")  # FC 3, one register, its CRC
 
     def arrivals() -> list[float]:
-        import serial  # type: ignore[import-untyped]
+        import serial
 
         port = serial.Serial(str(bus.address), timeout=1)
         try:
             port.write(request)
-            started, times = time.monotonic(), []
+            started = time.monotonic()
+            times: list[float] = []
             while len(times) < 7 and port.read(1):
                 times.append(time.monotonic() - started)
             return times
@@ -350,12 +357,13 @@ def test_a_subscriber_leaving_keeps_what_its_client_had_already_acknowledged(
     async def scenario() -> list[int]:
         subscriber = Subscriber("127.0.0.1", mosquitto.port, "kit/queued")
         async with subscriber:
-            assert subscriber._reader is not None
-            await cancel_and_wait(subscriber._reader)  # acknowledged, not read yet
+            # its reader stopped, so that what arrives stays in paho's queue: the case at hand
+            assert subscriber._reader is not None  # noqa: SLF001
+            await cancel_and_wait(subscriber._reader)  # noqa: SLF001 (acknowledged, not read yet)
             async with aiomqtt.Client("127.0.0.1", mosquitto.port) as publisher:
                 for n in range(5):
                     await publisher.publish("kit/queued", str(n), qos=1)
-            while len(subscriber._client.messages) < 5:  # noqa: ASYNC110 (bounded by run())
+            while len(subscriber.client.messages) < 5:  # noqa: ASYNC110 (bounded by run())
                 await asyncio.sleep(0.01)  # paho's queue has no event to await
         return [payload for _, payload, _ in subscriber.messages]
 

@@ -30,8 +30,8 @@ A driver **may** offer the abilities below: each is a protocol, checked with ``i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -157,14 +157,16 @@ class Scans(Protocol):
 
 @dataclass(frozen=True)
 class SimulateAt:
-    """Where ``edge-agent simulate`` serves a bus: its own address, a TCP address (``host``
-    and ``port``; port 0: a free one), or a fresh pseudo-terminal (``pty``); and what the
-    simulated devices read: values that move over time, or ``values`` held (device name →
-    point name → reading, as a poll would give it; the golden cases' ``simulate.json``)."""
+    """Where a simulation serves a bus: its own address, a TCP address (``host`` and ``port``;
+    port 0: a free one), a fresh pseudo-terminal (``pty``), or a serial port the caller holds
+    the other end of (``serial_port``: a test kit's fault proxy); and what the simulated devices
+    read: values that move over time, or ``values`` held (device name → point name → reading,
+    as a poll would give it; the golden cases' ``simulate.json``; the rest start at zero)."""
 
     host: str | None = None
     port: int | None = None
     pty: bool = False
+    serial_port: str | None = None
     values: Mapping[str, Mapping[str, Value]] | None = None
 
 
@@ -178,18 +180,95 @@ class Simulated:
 
 
 @runtime_checkable
+class Simulation(Protocol):
+    """A bus's devices served as simulated ones: ``add`` devices (before or while serving),
+    enter to serve (``BusError`` when it cannot: the address is taken), leave to stop."""
+
+    def add(self, device: DeviceConfig) -> object:
+        """Serve ``device`` too; returns the driver's own handle of it, on which a test sets
+        values and faults (a Modbus ``SimulatedSlave``). ``ValueError`` when it cannot be
+        served beside the others (two Modbus devices of one unit id)."""
+        ...
+
+    @property
+    def served(self) -> Simulated:
+        """Where it is served: the bus to point the agent at (while entered)."""
+        ...
+
+    async def __aenter__(self) -> Simulation: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class ServedSimulation:
+    """Base of a ``Simulation``: entering runs ``serve`` on an exit stack that leaving closes,
+    and ``served`` is what it returned. A driver's simulation defines ``add`` and ``serve``."""
+
+    #: The bus simulated, named in messages.
+    bus: BusConfig
+
+    def __init__(self, bus: BusConfig) -> None:
+        self.bus = bus
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._served: Simulated | None = None
+
+    async def serve(self, stack: contextlib.AsyncExitStack) -> Simulated:
+        """Start serving, entering what must be left on ``stack``; where it serves."""
+        raise NotImplementedError
+
+    @property
+    def served(self) -> Simulated:
+        if self._served is None:
+            raise RuntimeError(f"bus {self.bus.name}: the simulation is not being served")
+        return self._served
+
+    async def __aenter__(self: _Served) -> _Served:
+        stack = contextlib.AsyncExitStack()
+        try:
+            self._served = await self.serve(stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack, self._served = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+
+@runtime_checkable
 class Simulates(Protocol):
-    """Serves a bus's configured devices as simulated ones: ``edge-agent simulate``, demos and
-    tests."""
+    """Serves a bus's devices as simulated ones: ``edge-agent simulate``, the golden cases,
+    demos and the test kit."""
 
     @classmethod
-    def simulate(
-        cls, bus: BusConfig, devices: Sequence[DeviceConfig], at: SimulateAt
-    ) -> AbstractAsyncContextManager[Simulated]:
-        """A context manager serving while entered, yielding where to point the agent
-        (``"point a modbus-tcp bus at 127.0.0.1:5020"``). Raise ``ValueError`` when the bus
-        cannot be simulated there (a real serial port), ``BusError`` when it cannot be served
-        (the address is taken)."""
+    def simulation(cls, bus: BusConfig, at: SimulateAt) -> Simulation:
+        """A simulation of ``bus`` served ``at``, with no devices yet. Raise ``ValueError``
+        when the bus cannot be simulated there (a real serial port)."""
+        ...
+
+
+@runtime_checkable
+class FramesLine(Protocol):
+    """Speaks framed binary on a serial line, and says where a frame ends: what a line
+    monitor, or the test kit's fault proxy, needs to cut the byte stream into frames."""
+
+    @staticmethod
+    def frame_size(data: bytes, request: bool) -> int | None:
+        """The length of the frame at the start of ``data`` (a request from the master, or an
+        answer): 0 when more bytes are needed to tell, ``None`` when no frame starts there."""
         ...
 
 
@@ -239,6 +318,7 @@ class Keys(Protocol):
 
 
 _Self = TypeVar("_Self", bound="Unconnected")
+_Served = TypeVar("_Served", bound="ServedSimulation")
 
 
 class Unconnected:
@@ -263,15 +343,18 @@ __all__ = [
     "Describes",
     "Driver",
     "DriverContext",
+    "FramesLine",
     "KeepsRaw",
     "Keys",
     "Say",
     "Scans",
     "Schema",
+    "ServedSimulation",
     "ShipsTemplates",
     "SimulateAt",
     "Simulated",
     "Simulates",
+    "Simulation",
     "TemplateConfig",
     "Unconnected",
     "Writes",

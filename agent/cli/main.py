@@ -1,4 +1,4 @@
-"""``edge-agent``: the command line (SPEC §2).
+"""``edge-agent``: the command line (README.md, "Command line").
 
 Every mistake a person can make ends in one line naming the thing and the fix, and an exit code:
 0 fine, 1 runtime failure, 2 bad arguments or configuration, or a buffer written by a newer

@@ -87,12 +87,15 @@ async def serve(
         for (bus, driver), at in zip(simulated_buses(config), places, strict=True):
             devices = config.devices_on(bus.name)
             try:
-                served = await stack.enter_async_context(driver.simulate(bus, devices, at))
+                simulation = driver.simulation(bus, at)
+                for device in devices:
+                    simulation.add(device)
+                await stack.enter_async_context(simulation)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
             except DriverError as exc:
                 raise AgentError(f"simulate: {exc}") from None
-            print(f"bus {bus.name}: {served.line}", flush=True)
+            print(f"bus {bus.name}: {simulation.served.line}", flush=True)
         if ready:
             ready.set()
         await stop.wait()

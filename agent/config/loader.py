@@ -273,17 +273,10 @@ class _Loader:
         paths = {k: self._optional_path(s.take(k, conv.text, None)) for k in keys}
         ca, cert, key = paths["ca_file"], paths["client_cert_file"], paths["client_key_file"]
         if not tls:  # nothing here is used: a reminder, not a reason to refuse to start
-            for k, path in paths.items():
-                if path is not None:
-                    s.problem(k, "is ignored with mqtt://: use mqtts:// for TLS", warning=True)
-            if tls_insecure:
-                s.problem("tls_insecure", "is ignored with mqtt://", warning=True)
+            _warn_tls_settings_ignored(s, paths, tls_insecure)
             return ca, cert, key
         readable = {k: p for k, p in paths.items() if p is not None and _readable(s, k, p)}
-        if key is not None and cert is None:
-            s.problem("client_key_file", "needs client_cert_file: the certificate of this key")
-        if cert is not None and key is None and not _holds_private_key(cert):
-            s.problem("client_cert_file", "needs client_key_file: the certificate's private key")
+        _check_key_pairing(s, cert, key)
         if tls_insecure:
             s.problem(
                 "tls_insecure",
@@ -293,23 +286,10 @@ class _Loader:
             )
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         if ca is not None and "ca_file" in readable and not tls_insecure:
-            try:
-                context.load_verify_locations(cafile=str(ca))
-            except (OSError, ssl.SSLError) as exc:
-                s.problem("ca_file", f"{ca}: {_tls_reason(exc)}")
+            _check_ca_loads(s, context, ca)
         key_usable = "client_key_file" in readable or (key is None and _holds_private_key(cert))
         if cert is not None and "client_cert_file" in readable and key_usable:
-            try:
-                context.load_cert_chain(str(cert), str(key) if key else None, _no_passphrase)
-            except _EncryptedKeyError:
-                s.problem(
-                    "client_key_file",
-                    f"{key or cert} is encrypted: the agent has no passphrase to give; "
-                    "store the key unencrypted, readable by the agent only",
-                )
-            except (OSError, ssl.SSLError) as exc:
-                where = f"{cert} with {key}" if key else str(cert)
-                s.problem("client_cert_file", f"{where}: {_tls_reason(exc)}")
+            _check_cert_chain_loads(s, context, cert, key)
         return ca, cert, key
 
     def _read_secret(self, s: Section, file: str) -> str | None:
@@ -907,6 +887,50 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _warn_tls_settings_ignored(
+    s: Section, paths: Mapping[str, Path | None], tls_insecure: bool
+) -> None:
+    """With mqtt:// the TLS files and tls_insecure are not used: a warning for each one set."""
+    for k, path in paths.items():
+        if path is not None:
+            s.problem(k, "is ignored with mqtt://: use mqtts:// for TLS", warning=True)
+    if tls_insecure:
+        s.problem("tls_insecure", "is ignored with mqtt://", warning=True)
+
+
+def _check_key_pairing(s: Section, cert: Path | None, key: Path | None) -> None:
+    """A client key needs its certificate, and a certificate its key (unless it holds it)."""
+    if key is not None and cert is None:
+        s.problem("client_key_file", "needs client_cert_file: the certificate of this key")
+    if cert is not None and key is None and not _holds_private_key(cert):
+        s.problem("client_cert_file", "needs client_key_file: the certificate's private key")
+
+
+def _check_ca_loads(s: Section, context: ssl.SSLContext, ca: Path) -> None:
+    """ca_file is a CA certificate OpenSSL can load."""
+    try:
+        context.load_verify_locations(cafile=str(ca))
+    except (OSError, ssl.SSLError) as exc:
+        s.problem("ca_file", f"{ca}: {_tls_reason(exc)}")
+
+
+def _check_cert_chain_loads(
+    s: Section, context: ssl.SSLContext, cert: Path, key: Path | None
+) -> None:
+    """The client certificate and its key load into OpenSSL, the key needing no passphrase."""
+    try:
+        context.load_cert_chain(str(cert), str(key) if key else None, _no_passphrase)
+    except _EncryptedKeyError:
+        s.problem(
+            "client_key_file",
+            f"{key or cert} is encrypted: the agent has no passphrase to give; "
+            "store the key unencrypted, readable by the agent only",
+        )
+    except (OSError, ssl.SSLError) as exc:
+        where = f"{cert} with {key}" if key else str(cert)
+        s.problem("client_cert_file", f"{where}: {_tls_reason(exc)}")
 
 
 def _readable(s: Section, key: str, path: Path) -> bool:

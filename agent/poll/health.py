@@ -1,4 +1,4 @@
-"""What the agent says of itself: the ``health`` payload (SPEC §4) — devices, buffer, link and
+"""What the agent says of itself: the ``health`` payload (docs/mqtt.md) — devices, buffer, link and
 the gateway — and the fuller snapshot ``edge-agent status`` reads from the local socket."""
 
 from __future__ import annotations

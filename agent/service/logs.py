@@ -1,4 +1,5 @@
-"""Logs on stderr: for journald when it reads them (SPEC §6), for a person otherwise; rate limited.
+"""Logs on stderr: for journald when it reads them (docs/service.md, "Logs"), for a person
+otherwise; rate limited.
 
 Under systemd, journald stamps and stores each line; a ``<N>`` prefix (sd-daemon(3)) gives the
 line its priority, so ``journalctl -p warning`` and the colours work. A gateway's SD card must not
@@ -20,8 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
-#: sd-daemon(3) priorities, from the most severe level down (CRITICAL shares ERROR's, as SPEC §6
-#: promises ``<3>`` to ``<7>``).
+#: sd-daemon(3) priorities, from the most severe level down (CRITICAL shares ERROR's, as
+#: docs/service.md promises ``<3>`` to ``<7>``).
 PRIORITIES = ((logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
 DEBUG_PRIORITY = 7
 

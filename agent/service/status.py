@@ -1,4 +1,5 @@
-"""``edge-agent status``: the running agent answers on a Unix socket in its data dir (SPEC §2).
+"""``edge-agent status``: the running agent answers on a Unix socket in its data dir (README.md,
+"Command line").
 
 The agent serves ``status.sock``; each client that connects is sent one JSON snapshot and the
 connection is closed. The socket is mode 0600 from the moment it exists: only the agent's user and

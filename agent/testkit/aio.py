@@ -16,13 +16,41 @@ T = TypeVar("T")
 CALL_TIMEOUT = 30.0
 
 
+#: Loop turns a task cancelled at the body's end is given to finish before it counts as leaked.
+SETTLE_TURNS = 10
+
+
+class LeakedTasks(AssertionError):
+    """A test body returned with tasks of its own still running: something it started has no
+    owner that stops it (asyncio.run would cancel them quietly, hiding the bug)."""
+
+
 def run(coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-    """Run an async test body to completion; a hang fails after ``timeout`` seconds.
+    """Run an async test body to completion; a hang fails after ``timeout`` seconds, and so
+    does a body that leaves tasks running (``LeakedTasks``, naming them).
 
     This is how the kit's async pieces are used from a plain (non-async) test, without
     pytest-asyncio: ``run(body(), timeout=60)``.
     """
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+    async def owned() -> T:
+        result = await asyncio.wait_for(coro, timeout)
+        await _no_task_left()
+        return result
+
+    return asyncio.run(owned())
+
+
+async def _no_task_left() -> None:
+    for _ in range(SETTLE_TURNS):
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if not left:
+            return
+        await asyncio.sleep(0)
+    names = ", ".join(sorted(f"{t.get_name()} ({t.get_coro()!r})" for t in left))
+    for task in left:
+        task.cancel()
+    raise LeakedTasks(f"the test left {len(left)} task(s) running: {names}")
 
 
 async def until(
@@ -45,12 +73,15 @@ class KitLoop:
     Simulated slaves, serial sensors and MQTT subscribers must keep answering while a plain test
     blocks (in ``time.sleep``, a subprocess, a wait for a sample): they run here. ``call`` runs a
     coroutine on it and returns its result to the calling thread. ``close`` cancels what is left,
-    shuts the default executor down and joins the thread, so that nothing outlives the test.
+    shuts the default executor down and joins the thread, so that nothing outlives the test; a
+    task still running then was leaked (its owner, a fixture, forgot it): ``close`` raises
+    ``LeakedTasks`` naming it.
     """
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._leaked: list[str] = []
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -67,7 +98,7 @@ class KitLoop:
             loop.call_soon(started.set)
             try:
                 loop.run_forever()
-                loop.run_until_complete(_cancel_remaining())
+                self._leaked = loop.run_until_complete(_cancel_remaining())
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.run_until_complete(loop.shutdown_default_executor())
             finally:
@@ -102,11 +133,20 @@ class KitLoop:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         self._loop = self._thread = None
+        leaked, self._leaked = self._leaked, []
+        if leaked:
+            raise LeakedTasks(f"the kit's loop had {len(leaked)} task(s) left: {', '.join(leaked)}")
 
 
-async def _cancel_remaining() -> None:
-    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+async def _cancel_remaining() -> list[str]:
+    """Cancel the tasks still running after a few turns (what was being cancelled ends in
+    them); their names."""
+    for _ in range(SETTLE_TURNS):
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if not tasks:
+            return []
+        await asyncio.sleep(0)
     for task in tasks:
         task.cancel()
-    if tasks:
-        await asyncio.wait(tasks)
+    await asyncio.wait(tasks)
+    return sorted(f"{t.get_name()} ({t.get_coro()!r})" for t in tasks)

@@ -52,7 +52,6 @@ from pathlib import Path
 import aiomqtt
 
 from agent.store.buffer import BUFFER_FILE
-from drivers.modbus.schema import ModbusPoint
 
 from . import toml
 from .aio import KitLoop
@@ -91,10 +90,6 @@ RETURN_TIMEOUT = 30.0
 RETURN_WITHIN = 15.0
 SLAVE_FAULTS = ("dead", "slow", "garbage", "wrong_tid", "drip", "noise")
 UNITS = (1, 2, 3)
-POINTS = (
-    ModbusPoint("level", table="holding", address=0, type="uint16"),
-    ModbusPoint("temp", table="input", address=0, type="int16"),
-)
 
 SITE = """
 [agent]
@@ -385,8 +380,11 @@ class Campaign:
             self.broker.start()
             self.link = SlowLink(self.kit, self.broker.host, self.broker.port).start()
             self.bus = ModbusBus(self.kit, self._dir("modbus"), "tcp").start()
+            site = self._dir("site") / "config.toml"
+            site.write_text(self._config(), encoding="utf-8")
+            slaves = self.bus.add_devices(site, "plc", {"STATE_DIRECTORY": str(self._dir("data"))})
             for unit in UNITS:
-                slave = self.bus.add(unit, points=POINTS)
+                slave = slaves[f"tank{unit}"]
                 slave.set("level", 100 + unit)
                 self.slaves.append(slave)
             card = Ext4Card(self.workdir / "card.img", self.workdir / "card")
@@ -423,7 +421,8 @@ class Campaign:
         return SITE + devices
 
     def _start_agent(self) -> None:
-        assert self.runner is not None and self.bus is not None
+        assert self.runner is not None
+        assert self.bus is not None
         runtime = self._dir("runtime")
         assert self.link is not None
         env = {"RUNTIME_DIRECTORY": str(runtime)}
@@ -467,7 +466,8 @@ class Campaign:
 
     def _hup(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
         assert self.runner is not None
-        assert self.link is not None and self.bus is not None
+        assert self.link is not None
+        assert self.bus is not None
         unit = rng.choice(UNITS)
         self.intervals[unit] = "300ms" if self.intervals[unit] == "200ms" else "200ms"
         changed = site_config(
@@ -552,7 +552,8 @@ class Campaign:
         self.link.cut()
 
     def _full(self, event: Event, rng: random.Random, outcome: Outcome) -> None:
-        assert self.card is not None and self.broker is not None
+        assert self.card is not None
+        assert self.broker is not None
         self.card.fill()
         outage = rng.random() < 0.5  # a full card matters when samples must go to it
         if outage:
@@ -595,7 +596,8 @@ class Campaign:
 
     def _settle(self, outcome: Outcome) -> None:
         """Undo every fault, let the backlog drain, stop the agent, and account for every id."""
-        assert self.runner is not None and self.broker is not None
+        assert self.runner is not None
+        assert self.broker is not None
         for slave in self.slaves:
             for fault in SLAVE_FAULTS:
                 _set_fault(slave, fault, False)

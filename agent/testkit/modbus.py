@@ -1,6 +1,7 @@
-"""Simulated Modbus buses for tests: ``drivers.modbus.simulator`` (the simulator behind
-``edge-agent simulate``) served on the kit's loop, with slaves built from a built-in template, a
-list of points, or the devices of a site configuration, and faults to inject.
+"""Simulated Modbus buses for tests: the Modbus driver's simulation (its ``Simulates`` ability,
+the one behind ``edge-agent simulate``) served on the kit's loop, with slaves built from a
+built-in template, a list of points, or the devices of a site configuration, and faults to
+inject.
 
 On every kind of bus a slave can be dead, slow, answer with an exception code, answer garbage
 (a well-framed answer that does not parse, or plain noise) or drip its answer a byte at a time;
@@ -19,19 +20,49 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from random import Random
-from typing import Literal
+from typing import Literal, Protocol, cast
 
-from agent.api import PointConfig
+from agent import registry
+from agent.api import BusConfig, DeviceConfig, PointConfig, SimulateAt, Simulates, Simulation
 from agent.config import load_config
 from agent.config.loader import builtin_templates
 from agent.model import Value
-from drivers.modbus.schema import modbus_points
-from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave, slaves_for_bus
 
 from .aio import KitLoop
 from .serial import FAULTS, Fault, SerialProxy
 
 BusKind = Literal["tcp", "rtu", "rtu-over-tcp"]
+#: The driver whose simulation serves the bus.
+MODBUS = "modbus"
+#: The bus type each kind of bus is simulated as.
+BUS_TYPES: dict[str, str] = {
+    "tcp": "modbus-tcp",
+    "rtu": "modbus-rtu",
+    "rtu-over-tcp": "modbus-rtu-over-tcp",
+}
+
+
+class SimulatedSlave(Protocol):
+    """What the Modbus simulation's handle of a slave offers (``Simulation.add``'s result)."""
+
+    unit: int
+    points: Mapping[str, PointConfig]
+    dead: bool
+    slow: float
+    exception: int | None
+    wrong_tid: bool
+    garbage: bool
+    noise: bool
+    drip: float
+    random: Random
+    requests: int
+
+    def set_value(self, name: str, value: Value) -> None: ...
+
+    def value(self, name: str) -> Value: ...
+
+    def animate(self, t: float) -> None: ...
+
 
 _RTU_ONLY = (
     "{fault!r} faults are spoilt RTU frames: use a bus of kind 'rtu' "
@@ -198,7 +229,18 @@ class ModbusBus:
         self.kind = kind
         self.directory = directory
         self.name = name
-        self.simulator = ModbusSimulator([], rtu=kind != "tcp")
+        driver = registry.load_driver(MODBUS)
+        assert isinstance(driver, Simulates), "the modbus driver simulates"
+        #: The slaves' end of an RTU line, behind the proxy (a link to its pseudo-terminal).
+        self._slaves_end: Path = directory / f"{name}.slaves"
+        self._bus: BusConfig = BusConfig(name, BUS_TYPES[kind], host="127.0.0.1", port=0)
+        at = SimulateAt(
+            host=None if kind == "rtu" else "127.0.0.1",
+            port=0,
+            serial_port=str(self._slaves_end) if kind == "rtu" else None,
+            values={},  # held: each slave's values start at zero, and move only when set
+        )
+        self.simulation: Simulation = driver.simulation(self._bus, at)
         self.proxy: SerialProxy | None = None
         self.slaves: dict[int, SimSlave] = {}
         self._stack: AsyncExitStack | None = None
@@ -213,18 +255,19 @@ class ModbusBus:
             raise RuntimeError("the bus is not started")
         if self.proxy is not None:
             return str(self.proxy.agent_path)
-        return f"{self.simulator.host}:{self.simulator.port}"
+        served = self.simulation.served.bus
+        return f"{served.host}:{served.port}"
 
     @property
     def host(self) -> str:
-        return self.simulator.host
+        return self._bus.host
 
     @property
     def port(self) -> int:
         """The TCP port (TCP kinds only)."""
-        if self.proxy is not None:
+        if self.kind == "rtu":
             raise AttributeError("an RTU bus has no TCP port: use .address (the serial port path)")
-        return self.simulator.port
+        return self.simulation.served.bus.port
 
     def add(
         self,
@@ -237,7 +280,9 @@ class ModbusBus:
         chosen = (*(template_points(template) if template else ()), *points)
         if not chosen:
             raise ValueError("a slave needs a template or points")
-        return self._attach(SimulatedSlave(unit, modbus_points(chosen)))
+        return self._attach(
+            DeviceConfig(f"unit-{unit}", self.name, MODBUS, 1.0, unit, None, chosen)
+        )
 
     def add_devices(
         self, config: Path | str, bus: str, environ: Mapping[str, str] | None = None
@@ -250,14 +295,16 @@ class ModbusBus:
         if not devices:
             buses = ", ".join(b.name for b in loaded.buses)
             raise KeyError(f"{config}: no device on a bus {bus!r} (buses: {buses})")
-        slaves = slaves_for_bus(devices)
-        return {d.name: self._attach(s) for d, s in zip(devices, slaves, strict=True)}
+        attached = {d.name: self._attach(d) for d in devices}
+        for handle in attached.values():
+            handle.simulated.animate(0.0)
+        return attached
 
-    def _attach(self, slave: SimulatedSlave) -> SimSlave:
-        if slave.unit in self.simulator.slaves:
-            raise ValueError(f"the bus has a slave with unit id {slave.unit} already")
-        # The server looks slaves up in this very dict: one added while serving answers at once.
-        self.simulator.slaves[slave.unit] = slave
+    def _attach(self, device: DeviceConfig) -> SimSlave:
+        if device.unit in self.slaves:
+            raise ValueError(f"the bus has a slave with unit id {device.unit} already")
+        # Added while serving, a slave answers at once.
+        slave = cast(SimulatedSlave, self.simulation.add(device))
         handle = self.slaves[slave.unit] = SimSlave(self, slave)
         return handle
 
@@ -307,9 +354,9 @@ class ModbusBus:
         stack = AsyncExitStack()
         try:
             if self.kind == "rtu":
-                self.proxy = await stack.enter_async_context(SerialProxy(self.directory, self.name))
-                self.simulator.serial_port = self.proxy.device_path
-            await stack.enter_async_context(self.simulator)
+                proxy = SerialProxy(self.directory, self.name, slaves_link=self._slaves_end)
+                self.proxy = await stack.enter_async_context(proxy)
+            await stack.enter_async_context(self.simulation)
         except BaseException:
             await stack.aclose()
             raise

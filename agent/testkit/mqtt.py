@@ -21,7 +21,8 @@ class Subscriber:
     """
 
     def __init__(self, host: str, port: int, topic: str, session: str | None = None) -> None:
-        self._client = aiomqtt.Client(
+        #: The aiomqtt client it subscribes with; a test may publish through it too.
+        self.client = aiomqtt.Client(
             host,
             port,
             identifier=session or f"test-sub-{id(self)}",
@@ -33,8 +34,8 @@ class Subscriber:
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Subscriber:
-        await self._client.__aenter__()
-        await self._client.subscribe(self.topic, qos=1)
+        await self.client.__aenter__()
+        await self.client.subscribe(self.topic, qos=1)
         self._reader = asyncio.create_task(self._read())
         return self
 
@@ -43,15 +44,15 @@ class Subscriber:
     ) -> None:
         if self._reader:
             await cancel_and_wait(self._reader)
-        await self._client.__aexit__(t, e, tb)
+        await self.client.__aexit__(t, e, tb)
         # paho acknowledged what it queued before we left: the broker will not send it again,
         # so it is recorded rather than dropped with the queue.
-        queue = self._client._queue
+        queue = self.client._queue  # noqa: SLF001 (aiomqtt has no public way to its queue)
         while not queue.empty():
             self._record(queue.get_nowait())
 
     async def _read(self) -> None:
-        async for message in self._client.messages:
+        async for message in self.client.messages:
             self._record(message)
 
     def _record(self, message: aiomqtt.Message) -> None:

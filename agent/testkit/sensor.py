@@ -26,7 +26,7 @@ class _SensorLink(PtyLink):
 
     def forward(self, index: int, data: bytes) -> None:
         if index == AGENT:
-            self.sensor._heard(data)
+            self.sensor.hear(data)
 
 
 class SerialSensor:
@@ -169,7 +169,8 @@ class SerialSensor:
         if not self.silent:
             self._link.deliver(AGENT, data)
 
-    def _heard(self, data: bytes) -> None:
+    def hear(self, data: bytes) -> None:
+        """Take bytes the agent sent: keep them in ``heard``, answer the commands among them."""
         self.heard += data
         self._pending += data
         while True:

@@ -1,6 +1,6 @@
 """Serial rigs: connected pseudo-terminal pairs, and a proxy that corrupts RTU frames.
 
-Both are built on ``drivers.modbus.simulator.PtyLink``: two ``os.openpty()`` pairs whose master
+Both are built on ``agent.api.pty.PtyLink``: two ``os.openpty()`` pairs whose master
 ends the event loop copies into each other. That was chosen over ``socat PTY,link=…`` because it
 needs no process to start, wait for and stop, works wherever Python does, and the copying is where
 a proxy can meddle with the frames. pyserial opens either path at any baud rate (a pty stores the
@@ -23,8 +23,9 @@ from typing import Literal
 
 from pymodbus.framer import FramerRTU
 
+from agent import registry
+from agent.api import FramesLine
 from agent.api.pty import PtyLink
-from drivers.modbus.driver import rtu_frame_size
 
 #: What ``SerialProxy.corrupt`` can do to a slave's answer.
 Fault = Literal["crc", "truncate", "unit", "drop"]
@@ -50,9 +51,20 @@ class SerialProxy(PtyLink):
     queued faults go first). Frames are counted in ``passed``, ``requests`` and ``replies``.
     """
 
-    def __init__(self, directory: Path, name: str = "ttyUSB0") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        name: str = "ttyUSB0",
+        *,
+        slaves_link: Path | None = None,
+        frames: FramesLine | None = None,
+    ) -> None:
         super().__init__()
         self.agent_path = directory / name
+        #: A link to the slaves' end too, when its path must be known before the start.
+        self.slaves_link = slaves_link
+        #: Where a frame ends: Modbus RTU's rules unless told otherwise.
+        self.frames = frames or _modbus_rtu()
         self.passed = 0  # frames handed on, either way (spoilt ones too, dropped ones not)
         self.requests = 0  # frames from the agent
         self.replies = 0  # frames from the slaves
@@ -72,6 +84,8 @@ class SerialProxy(PtyLink):
     async def __aenter__(self) -> SerialProxy:
         await super().__aenter__()
         self._link()
+        if self.slaves_link is not None:
+            _replace_link(self.slaves_link, self.device_path)
         return self
 
     async def __aexit__(
@@ -81,6 +95,8 @@ class SerialProxy(PtyLink):
         tb: TracebackType | None,
     ) -> None:
         self.agent_path.unlink(missing_ok=True)
+        if self.slaves_link is not None:
+            self.slaves_link.unlink(missing_ok=True)
         await super().__aexit__(exc_type, exc, tb)
 
     def corrupt(self, fault: Fault, count: int = 1) -> None:
@@ -109,7 +125,7 @@ class SerialProxy(PtyLink):
         self._end_answer()
         buffer = self._buffers[AGENT]
         buffer += data
-        for frame in _split(buffer, request=True):
+        for frame in _split(buffer, self.frames, request=True):
             self.requests += 1
             self.passed += 1
             self.deliver(DEVICE, frame)
@@ -121,7 +137,7 @@ class SerialProxy(PtyLink):
         if not self._holding:
             self.deliver(AGENT, data)
         buffer += data
-        for frame in _split(buffer, request=False):
+        for frame in _split(buffer, self.frames, request=False):
             self.replies += 1
             if not self._holding:
                 self.passed += 1  # on its way already
@@ -151,22 +167,33 @@ class SerialProxy(PtyLink):
         return None  # drop
 
     def _link(self) -> None:
-        # Replaced in one step, as udev does, so that the path never points nowhere.
-        temporary = self.agent_path.with_name(self.agent_path.name + ".new")
-        temporary.unlink(missing_ok=True)
-        os.symlink(self.paths[AGENT], temporary)
-        os.replace(temporary, self.agent_path)
+        _replace_link(self.agent_path, self.paths[AGENT])
 
 
-def _split(buffer: bytearray, *, request: bool) -> list[bytes]:
+def _replace_link(link: Path, target: str) -> None:
+    """``link`` pointing at ``target``, replaced in one step as udev does, so that the path
+    never points nowhere."""
+    temporary = link.with_name(link.name + ".new")
+    temporary.unlink(missing_ok=True)
+    os.symlink(target, temporary)
+    os.replace(temporary, link)
+
+
+def _modbus_rtu() -> FramesLine:
+    driver = registry.load_driver("modbus")
+    assert isinstance(driver, FramesLine), "the modbus driver frames RTU lines"
+    return driver
+
+
+def _split(buffer: bytearray, frames: FramesLine, *, request: bool) -> list[bytes]:
     """Take the complete frames off the front of ``buffer``; bytes of no known layout go whole."""
-    frames: list[bytes] = []
+    found: list[bytes] = []
     while buffer:
-        size = rtu_frame_size(bytes(buffer), request=request)
+        size = frames.frame_size(bytes(buffer), request)
         if size is None:
             size = len(buffer)
         elif size == 0 or len(buffer) < size:
             break
-        frames.append(bytes(buffer[:size]))
+        found.append(bytes(buffer[:size]))
         del buffer[:size]
-    return frames
+    return found

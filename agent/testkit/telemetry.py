@@ -192,7 +192,7 @@ class Telemetry:
             finally:
                 # What the client took (and acknowledged: the broker counts it delivered) but
                 # had not handed over when the link went: aiomqtt offers no public way to it.
-                queue = client._queue
+                queue = client._queue  # noqa: SLF001 (the private queue, as said above)
                 while not queue.empty():
                     self._add(queue.get_nowait())
                 # the reason it went is ours to know, not "Future exception was never retrieved"

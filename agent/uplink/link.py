@@ -141,7 +141,20 @@ def connect_failure(
     (credentials, TLS trust, a TLS file) needs a person: an error. A broker that cannot be
     reached may come back by itself: a warning.
     """
-    where = f"{mqtt.host}:{mqtt.port}"
+    failure = _refused_or_untrusted(mqtt, exc)
+    if failure is None:
+        failure = _unreachable(mqtt, exc.__context__)
+    if failure is not None:
+        return failure
+    if str(exc) == "Operation timed out":  # aiomqtt's words for a CONNACK that never came
+        return _no_connack(mqtt, library_error)
+    if isinstance(exc, ClosedBeforeConnack):
+        return _no_connack(mqtt, library_error or str(exc))
+    return _cannot_connect(mqtt, exc)
+
+
+def _refused_or_untrusted(mqtt: MqttSection, exc: aiomqtt.MqttError) -> tuple[int, str] | None:
+    """A TLS file, a CONNACK refusal or a failed TLS handshake: an error; None if none of them."""
     if isinstance(exc, TlsFileError):
         return logging.ERROR, f"{exc}; retrying"
     if isinstance(exc, aiomqtt.MqttCodeError) and _is_connack(exc.rc):
@@ -150,11 +163,22 @@ def connect_failure(
     if isinstance(cause, ssl.SSLCertVerificationError):
         return logging.ERROR, _verification_failure(mqtt, cause)
     if isinstance(cause, ssl.SSLError) or (mqtt.tls and isinstance(cause, ConnectionResetError)):
-        reason = getattr(cause, "reason", None) or cause.strerror or cause
-        hint = "; is it a TLS port? for a plain one use mqtt://"
-        if reason == "WRONG_VERSION_NUMBER" or isinstance(cause, ConnectionResetError):
-            return logging.ERROR, f"the TLS handshake with {where} failed ({reason}){hint}"
-        return logging.ERROR, f"the TLS handshake with {where} failed: {reason}"
+        return logging.ERROR, _handshake_failure(mqtt, cause)
+    return None
+
+
+def _handshake_failure(mqtt: MqttSection, cause: ssl.SSLError | ConnectionResetError) -> str:
+    where = f"{mqtt.host}:{mqtt.port}"
+    reason = getattr(cause, "reason", None) or cause.strerror or cause
+    hint = "; is it a TLS port? for a plain one use mqtt://"
+    if reason == "WRONG_VERSION_NUMBER" or isinstance(cause, ConnectionResetError):
+        return f"the TLS handshake with {where} failed ({reason}){hint}"
+    return f"the TLS handshake with {where} failed: {reason}"
+
+
+def _unreachable(mqtt: MqttSection, cause: BaseException | None) -> tuple[int, str] | None:
+    """Nothing listening, no name, no route: a warning; None if the cause is none of them."""
+    where = f"{mqtt.host}:{mqtt.port}"
     if isinstance(cause, ConnectionRefusedError):
         return logging.WARNING, (
             f"connection refused: nothing listens on {where} (broker down, or a wrong port?)"
@@ -166,10 +190,13 @@ def connect_failure(
         )
     if isinstance(cause, OSError) and cause.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
         return logging.WARNING, f"{where} is unreachable: {cause.strerror} (network down?)"
-    if str(exc) == "Operation timed out":  # aiomqtt's words for a CONNACK that never came
-        return _no_connack(mqtt, library_error)
-    if isinstance(exc, ClosedBeforeConnack):
-        return _no_connack(mqtt, library_error or str(exc))
+    return None
+
+
+def _cannot_connect(mqtt: MqttSection, exc: aiomqtt.MqttError) -> tuple[int, str]:
+    """Any other failure: a warning, the socket's words when there are some."""
+    where = f"{mqtt.host}:{mqtt.port}"
+    cause = exc.__context__
     if isinstance(cause, TimeoutError):
         return logging.WARNING, f"no answer from {where}: connecting timed out (network down?)"
     if isinstance(cause, OSError):
@@ -361,7 +388,8 @@ class Client(aiomqtt.Client):
             # The broker's Receive Maximum: at most that many QoS 1 messages unacknowledged at
             # once, or it drops us (paho queues the rest). paho does not read it and allows no
             # change once connected; here, in its CONNACK handling, nothing is in flight yet.
-            self._client._max_inflight_messages = window
+            # paho's public setter refuses once connected: its private field is the only way.
+            self._client._max_inflight_messages = window  # noqa: SLF001
         super()._on_connect(client, userdata, flags, reason_code, properties)
 
     def _on_disconnect(
@@ -431,7 +459,8 @@ class Client(aiomqtt.Client):
             # would make it a ghost session under our client id, taking our commands.
             self._abandoned = True
             with contextlib.suppress(Exception):
-                self._client._sock_close()
+                # paho has no public "close the socket without DISCONNECT" (disconnect() sends one)
+                self._client._sock_close()  # noqa: SLF001
             if self._disconnected.done() and not self._disconnected.cancelled():
                 self._disconnected.exception()
             raise

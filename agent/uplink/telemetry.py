@@ -82,7 +82,8 @@ REFUSAL_HINTS = {
 
 
 def meta_payload(config: Config) -> dict[str, Any]:
-    """SPEC §4 ``meta``: every device and point with its driver, unit, type, writable, interval."""
+    """``meta`` (docs/mqtt.md): every device and point with its driver, unit, type, writable,
+    interval."""
     return {
         "agent": config.agent.id,
         "version": __version__,

@@ -54,7 +54,7 @@ def decode_telemetry(payload: bytes) -> Any:
 
 
 class TelemetryEncoder:
-    """SPEC §4 telemetry batches for one agent, in the encoding ``[mqtt] compression`` names:
+    """Telemetry batches (docs/mqtt.md) for one agent, in the encoding ``[mqtt] compression`` names:
     the JSON itself, or the JSON compressed with zlib (RFC 1950, level 9)."""
 
     def __init__(self, agent_id: str, compression: str = "none") -> None:

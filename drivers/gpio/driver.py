@@ -310,7 +310,7 @@ def _one_line(exc: BaseException | str) -> str:
 
 
 def _gpiozero() -> Any:
-    import gpiozero  # type: ignore[import-untyped]
+    import gpiozero
 
     return gpiozero
 

@@ -66,7 +66,6 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -93,7 +92,7 @@ from agent.api import (
     PointConfig,
     Poll,
     SimulateAt,
-    Simulated,
+    Simulation,
     Value,
 )
 
@@ -452,12 +451,14 @@ class ModbusDriver:
         return [str(unit) for unit in found]
 
     @classmethod
-    def simulate(
-        cls, bus: BusConfig, devices: Sequence[DeviceConfig], at: SimulateAt
-    ) -> AbstractAsyncContextManager[Simulated]:
-        from .simulate import simulate_bus
+    def simulation(cls, bus: BusConfig, at: SimulateAt) -> Simulation:
+        from .simulate import ModbusSimulation
 
-        return simulate_bus(bus, devices, at)
+        return ModbusSimulation(bus, at)
+
+    @staticmethod
+    def frame_size(data: bytes, request: bool) -> int | None:
+        return rtu_frame_size(data, request=request)
 
     @classmethod
     def validate(cls, bus: BusConfig, devices: Sequence[DeviceConfig]) -> list[tuple[str, str]]:

@@ -131,6 +131,10 @@ class SimulatedSlave:
         state = ", dead" if self.dead else ""
         return f"SimulatedSlave(unit={self.unit}, points={len(self.points)}{state})"
 
+    def animate(self, t: float) -> None:
+        """Every point (writable ones too) at its animated value at ``t`` seconds."""
+        animate_slave(self, t, include_writable=True)
+
     @property
     def exception(self) -> int | None:
         """The exception code every request is answered with, or None to answer normally."""

@@ -36,7 +36,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar, TextIO, TypeVar
 
 from agent.api import (
@@ -47,7 +46,7 @@ from agent.api import (
     PointConfig,
     Poll,
     SimulateAt,
-    Simulated,
+    Simulation,
     Value,
     scaled,
 )
@@ -123,12 +122,10 @@ class Sdi12Driver(SerialDriver):
         return await scan_sdi12_bus(bus, adapters[0] if adapters else "uart", out, targets or "")
 
     @classmethod
-    def simulate(
-        cls, bus: BusConfig, devices: Sequence[DeviceConfig], at: SimulateAt
-    ) -> AbstractAsyncContextManager[Simulated]:
-        from .simulate import simulate_bus
+    def simulation(cls, bus: BusConfig, at: SimulateAt) -> Simulation:
+        from .simulate import Sdi12Simulation
 
-        return simulate_bus(bus, devices, at)
+        return Sdi12Simulation(bus, at)
 
     def __init__(self, bus: BusConfig, context: DriverContext | None = None) -> None:
         super().__init__(bus, context)

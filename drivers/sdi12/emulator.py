@@ -15,7 +15,7 @@ import contextlib
 import os
 import time
 import tty
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -50,6 +50,16 @@ class SimulatedSensor:
     _data: list[str] = field(default_factory=list)
     _crc: bool = False
     _service: asyncio.TimerHandle | None = None
+
+    def schedule_service_request(self, delay: float, send: Callable[[str], None]) -> None:
+        """Have ``send`` say the service request (the address, a line end) in ``delay`` seconds."""
+        self._service = asyncio.get_running_loop().call_later(delay, send, f"{self.address}\r\n")
+
+    def cancel_service_request(self) -> None:
+        """Drop the service request still to come, if any (a break ends the measurement)."""
+        if self._service is not None:
+            self._service.cancel()
+            self._service = None
 
     def identification(self) -> str:
         return (
@@ -116,8 +126,7 @@ class Sdi12Bus:
         tb: TracebackType | None,
     ) -> None:
         for sensor in self.sensors:
-            if sensor._service is not None:
-                sensor._service.cancel()
+            sensor.cancel_service_request()
         asyncio.get_running_loop().remove_reader(self._fd)
         os.close(self._fd)
 
@@ -139,9 +148,7 @@ class Sdi12Bus:
         now = time.monotonic()
         # A break and a command end any measurement in progress (its service request with it).
         for sensor in self.sensors:
-            if sensor._service is not None:
-                sensor._service.cancel()
-                sensor._service = None
+            sensor.cancel_service_request()
         alive = [s for s in self.sensors if s.alive]
         if command == "?!":
             for sensor in alive:
@@ -169,9 +176,7 @@ class Sdi12Bus:
 
     def _schedule_service_request(self, sensor: SimulatedSensor) -> None:
         if sensor.wait and sensor.ready_after is not None:
-            sensor._service = asyncio.get_running_loop().call_later(
-                sensor.ready_after, self._send, f"{sensor.address}\r\n"
-            )
+            sensor.schedule_service_request(sensor.ready_after, self._send)
 
     def _send(self, text: str) -> None:
         with contextlib.suppress(OSError):  # the agent's end closed: nobody to hear

@@ -1,33 +1,49 @@
-"""``edge-agent simulate --pty`` for SDI-12 buses: one emulated sensor per device (its address,
-its measurements), on a fresh pseudo-terminal the agent's bus is pointed at."""
+"""SDI-12 buses simulated (``edge-agent simulate``, golden cases): one emulated sensor per device
+(its address, its measurements) on a pseudo-terminal the agent's bus is pointed at."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 
-from agent.api import BusConfig, DeviceConfig, SimulateAt, Simulated, Value
+from agent.api import BusConfig, DeviceConfig, ServedSimulation, SimulateAt, Simulated, Value
 from agent.api.pty import PtyLink
 
 from .emulator import Sdi12Bus, SimulatedSensor
 
 
-@contextlib.asynccontextmanager
-async def simulate_bus(
-    bus: BusConfig, devices: Sequence[DeviceConfig], at: SimulateAt
-) -> AsyncIterator[Simulated]:
-    """Serve ``devices`` as sensors while entered; yields where to point the agent."""
-    if not at.pty:
-        raise ValueError(
-            f"bus {bus.name} is an SDI-12 bus on a serial port: simulate it on a "
-            "pseudo-terminal with --pty"
-        )
-    sensors = [sensor_for(d, (at.values or {}).get(d.name, {})) for d in devices]
-    uart = all(d.options.get("adapter", "uart") == "uart" for d in devices)
-    async with PtyLink() as link, Sdi12Bus(link.paths[1], sensors, echo=uart):
-        path = link.paths[0]
-        yield Simulated(replace(bus, serial_port=path), f"point a serial bus at {path}")
+class Sdi12Simulation(ServedSimulation):
+    """The sensors of one bus, served while entered (``emulated.sensors``)."""
+
+    def __init__(self, bus: BusConfig, at: SimulateAt) -> None:
+        if not (at.pty or at.serial_port):
+            raise ValueError(
+                f"bus {bus.name} is an SDI-12 bus on a serial port: simulate it on a "
+                "pseudo-terminal with --pty"
+            )
+        super().__init__(bus)
+        self.at = at
+        self.sensors: list[SimulatedSensor] = []
+        self._uart = True
+
+    def add(self, device: DeviceConfig) -> SimulatedSensor:
+        held = (self.at.values or {}).get(device.name, {})
+        sensor = sensor_for(device, held)
+        self.sensors.append(sensor)
+        self._uart = self._uart and device.options.get("adapter", "uart") == "uart"
+        return sensor
+
+    async def serve(self, stack: contextlib.AsyncExitStack) -> Simulated:
+        if self.at.serial_port:
+            far = path = self.at.serial_port
+        else:
+            link = await stack.enter_async_context(PtyLink())
+            far, path = link.paths[1], link.paths[0]
+        emulated = Sdi12Bus(far, self.sensors, echo=self._uart)
+        emulated.sensors = self.sensors  # one list: a sensor added while serving answers too
+        await stack.enter_async_context(emulated)
+        return Simulated(replace(self.bus, serial_port=path), f"point a serial bus at {path}")
 
 
 def sensor_for(device: DeviceConfig, held: Mapping[str, Value]) -> SimulatedSensor:

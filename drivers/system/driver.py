@@ -78,22 +78,26 @@ class SystemDriver(Unconnected):
             raise DeviceError("; ".join(errors))
         return Poll(values, tuple(errors))
 
-    # --- the metrics
+    # --- the metrics: public, as METRICS reads them
 
-    def _read(self, relative: str) -> str:
+    def read_file(self, relative: str) -> str:
+        """The text of ``relative`` under the root (``proc/uptime`` is /proc/uptime)."""
         return (self.root / relative).read_text()
 
-    def _meminfo(self, key: str) -> int:
-        for line in self._read("proc/meminfo").splitlines():
+    def meminfo(self, key: str) -> int:
+        """One /proc/meminfo entry, in bytes."""
+        for line in self.read_file("proc/meminfo").splitlines():
             name, _, rest = line.partition(":")
             if name == key:
                 return int(rest.split()[0]) * 1024
         raise ValueError(f"{key} not in /proc/meminfo")
 
-    def _throttled(self) -> int:
-        return int(self._read(THROTTLED).strip(), 16)
+    def throttled_flags(self) -> int:
+        """The firmware's throttling flags (see THROTTLED)."""
+        return int(self.read_file(THROTTLED).strip(), 16)
 
-    def _disk(self, device: DeviceConfig) -> os.statvfs_result:
+    def disk(self, device: DeviceConfig) -> os.statvfs_result:
+        """The file system of the device's ``disk`` option (default /)."""
         return os.statvfs(self.root / str(device.options.get("disk", "/")).lstrip("/"))
 
 
@@ -102,20 +106,20 @@ def metric_of(point: PointConfig) -> str:
 
 
 def _load(index: int) -> Callable[[SystemDriver, DeviceConfig], Value]:
-    return lambda d, _: float(d._read("proc/loadavg").split()[index])
+    return lambda d, _: float(d.read_file("proc/loadavg").split()[index])
 
 
 METRICS: dict[str, Callable[[SystemDriver, DeviceConfig], Value]] = {
     "load1": _load(0),
     "load5": _load(1),
     "load15": _load(2),
-    "mem_available": lambda d, _: d._meminfo("MemAvailable"),
-    "mem_total": lambda d, _: d._meminfo("MemTotal"),
-    "disk_free": lambda d, dev: (s := d._disk(dev)).f_bavail * s.f_frsize,
-    "disk_total": lambda d, dev: (s := d._disk(dev)).f_blocks * s.f_frsize,
-    "temperature": lambda d, _: int(d._read(THERMAL)) / 1000,
-    "uptime": lambda d, _: float(d._read("proc/uptime").split()[0]),
-    "under_voltage": lambda d, _: bool(d._throttled() & 0x1),
-    "throttled": lambda d, _: bool(d._throttled() & 0x4),
-    "under_voltage_since_boot": lambda d, _: bool(d._throttled() & 0x10000),
+    "mem_available": lambda d, _: d.meminfo("MemAvailable"),
+    "mem_total": lambda d, _: d.meminfo("MemTotal"),
+    "disk_free": lambda d, dev: (s := d.disk(dev)).f_bavail * s.f_frsize,
+    "disk_total": lambda d, dev: (s := d.disk(dev)).f_blocks * s.f_frsize,
+    "temperature": lambda d, _: int(d.read_file(THERMAL)) / 1000,
+    "uptime": lambda d, _: float(d.read_file("proc/uptime").split()[0]),
+    "under_voltage": lambda d, _: bool(d.throttled_flags() & 0x1),
+    "throttled": lambda d, _: bool(d.throttled_flags() & 0x4),
+    "under_voltage_since_boot": lambda d, _: bool(d.throttled_flags() & 0x10000),
 }

@@ -63,7 +63,8 @@ def test_values_set_on_the_slaves_arrive_decoded(site: Site, edge_agent: AgentRu
 
     site.meter.set("voltage", 241.25)  # a change shows at the next poll
     edge_agent.wait_sample("meter", "voltage", 241.25, timeout=5)
-    assert site.meter.requests > 0 and site.weather.commands > 0
+    assert site.meter.requests > 0
+    assert site.weather.commands > 0
 
 
 def test_a_dead_slave_shows_as_failing_in_health(site: Site, edge_agent: AgentRunner) -> None:

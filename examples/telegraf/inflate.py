@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -80,6 +81,12 @@ def broker(url: str) -> dict[str, Any]:
     return address
 
 
+def paho_client(client: aiomqtt.Client) -> paho.Client:
+    """The paho client under ``client``, for paho's manual acknowledgement: aiomqtt (2.5) offers
+    no option for it, and no public way to its paho client."""
+    return client._client  # noqa: SLF001 (see above)
+
+
 async def bridge(args: argparse.Namespace) -> None:
     topic = f"$share/{args.group}/{args.prefix}/+/telemetry"
     session = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -94,7 +101,7 @@ async def bridge(args: argparse.Namespace) -> None:
         clean_start=False,
     )
     # aiomqtt (2.5) has no option for it: acknowledge only what was republished (paho's API)
-    client._client.manual_ack_set(True)
+    paho_client(client).manual_ack_set(True)
     while True:
         try:
             async with client:
@@ -118,7 +125,7 @@ async def forward(
         log.warning("skipped a message on %s: %s", message.topic, exc)
     else:
         await client.publish(plain_topic(str(message.topic), to), text, 1, properties=json_format)
-    client._client.ack(message.mid, message.qos)
+    paho_client(client).ack(message.mid, message.qos)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

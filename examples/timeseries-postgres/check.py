@@ -261,6 +261,27 @@ def consumer_totals(
 
 def verify(dsn: str, published: list[tuple[str, bytes]], logs: dict[int, str]) -> list[str]:
     problems: list[str] = []
+    expected, ids = published_readings(published)
+    with psycopg.connect(dsn) as db:
+        rows = db.execute(
+            "SELECT agent, device, id, point, value, text_value, ts FROM readings"
+        ).fetchall()
+    print(
+        f"agent published {len(published)} messages, {len(ids)} samples "
+        f"(ids {min(ids)}..{max(ids)}), {len(expected)} readings; Postgres has {len(rows)} rows"
+    )
+    problems += sample_id_problems(ids)
+    problems += stored_row_problems(rows, expected)
+    totals = consumer_totals(logs, problems)
+    if len(totals) == 2:
+        problems += work_sharing_problems(rows, totals, published)
+    return problems
+
+
+def published_readings(
+    published: list[tuple[str, bytes]],
+) -> tuple[dict[tuple[int, str], Any], list[int]]:
+    """Each (sample id, point) the agent published with its value, and every sample id sent."""
     expected: dict[tuple[int, str], Any] = {}
     ids: list[int] = []
     for _, payload in published:
@@ -268,21 +289,25 @@ def verify(dsn: str, published: list[tuple[str, bytes]], logs: dict[int, str]) -
             ids.append(sample["id"])
             for point, value in sample["values"].items():
                 expected[sample["id"], point] = value
-    with psycopg.connect(dsn) as db:
-        rows = db.execute(
-            "SELECT agent, device, id, point, value, text_value, ts FROM readings"
-        ).fetchall()
-    per_key = Counter((r[2], r[3]) for r in rows)
-    stored = {(r[2], r[3]): (r[4], r[5]) for r in rows}
-    print(
-        f"agent published {len(published)} messages, {len(ids)} samples "
-        f"(ids {min(ids)}..{max(ids)}), {len(expected)} readings; Postgres has {len(rows)} rows"
-    )
+    return expected, ids
+
+
+def sample_id_problems(ids: list[int]) -> list[str]:
     # the agent itself may send a batch twice (at-least-once): repeats are fine, gaps are not
+    problems = []
     if sorted(set(ids)) != list(range(min(ids), max(ids) + 1)):
         problems.append("the agent's sample ids have gaps")
     if len(set(ids)) != len(ids):
         print(f"(the agent sent {len(ids) - len(set(ids))} samples twice)")
+    return problems
+
+
+def stored_row_problems(
+    rows: list[tuple[Any, ...]], expected: dict[tuple[int, str], Any]
+) -> list[str]:
+    """Postgres holds each published reading once, of our agent and device, with its value."""
+    problems = []
+    per_key = Counter((r[2], r[3]) for r in rows)
     if set(per_key) != set(expected):
         missing, extra = set(expected) - set(per_key), set(per_key) - set(expected)
         problems.append(f"{len(missing)} readings missing, {len(extra)} unexpected in Postgres")
@@ -290,6 +315,16 @@ def verify(dsn: str, published: list[tuple[str, bytes]], logs: dict[int, str]) -
         problems.append("a reading is in Postgres more than once")
     if {(r[0], r[1]) for r in rows} != {(AGENT, "meter1")}:
         problems.append(f"unexpected agent/device: {sorted({(r[0], r[1]) for r in rows})}")
+    wrong = wrong_values(expected, {(r[2], r[3]): (r[4], r[5]) for r in rows})
+    if wrong:
+        problems.append(f"{len(wrong)} wrong values, e.g. {wrong[0]}")
+    return problems
+
+
+def wrong_values(
+    expected: dict[tuple[int, str], Any], stored: dict[tuple[Any, Any], tuple[Any, Any]]
+) -> list[str]:
+    """What the agent sent unlike what the slave served, and what is stored unlike it was sent."""
     wrong = []
     for key, sent in expected.items():
         want_served = SERVED[key[1]]
@@ -299,24 +334,29 @@ def verify(dsn: str, published: list[tuple[str, bytes]], logs: dict[int, str]) -
         want = (None, sent) if isinstance(sent, str) else (float(sent), None)
         if (value, text) != want:
             wrong.append(f"sample {key[0]} {key[1]}: stored {(value, text)}, want {want}")
-    if wrong:
-        problems.append(f"{len(wrong)} wrong values, e.g. {wrong[0]}")
-    totals = consumer_totals(logs, problems)
-    if len(totals) == 2:
-        # consumer 1's first run was killed before logging its totals: it inserted the rest
-        killed = len(rows) - sum(t[1] for t in totals.values())
-        print(
-            f"consumer 1 before SIGKILL: {killed} rows inserted (the table's rows less the above)"
+    return wrong
+
+
+def work_sharing_problems(
+    rows: list[tuple[Any, ...]],
+    totals: dict[int, tuple[int, int, int, int]],
+    published: list[tuple[str, bytes]],
+) -> list[str]:
+    """Both consumers (and consumer 1's killed first run) did part of the work, the duplicated
+    batch was ignored and every bad payload skipped."""
+    problems = []
+    # consumer 1's first run was killed before logging its totals: it inserted the rest
+    killed = len(rows) - sum(t[1] for t in totals.values())
+    print(f"consumer 1 before SIGKILL: {killed} rows inserted (the table's rows less the above)")
+    if killed <= 0 or totals[1][1] <= 0 or totals[2][1] <= 0:
+        problems.append(
+            "the shared subscription did not spread the work: a consumer inserted nothing"
         )
-        if killed <= 0 or totals[1][1] <= 0 or totals[2][1] <= 0:
-            problems.append(
-                "the shared subscription did not spread the work: a consumer inserted nothing"
-            )
-        first = json.loads(published[0][1])["samples"]
-        if totals[1][2] + totals[2][2] < sum(len(s["values"]) for s in first):
-            problems.append("the duplicated batch was not ignored row for row")
-        if totals[1][3] + totals[2][3] != len(BAD):
-            problems.append(f"{len(BAD)} bad payloads sent, not as many skipped")
+    first = json.loads(published[0][1])["samples"]
+    if totals[1][2] + totals[2][2] < sum(len(s["values"]) for s in first):
+        problems.append("the duplicated batch was not ignored row for row")
+    if totals[1][3] + totals[2][3] != len(BAD):
+        problems.append(f"{len(BAD)} bad payloads sent, not as many skipped")
     return problems
 
 

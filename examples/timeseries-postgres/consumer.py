@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+import paho.mqtt.client as paho
 import psycopg
 from edge_telemetry import BadPayload, Row, readings  # beside this file: stdlib only
 from paho.mqtt.packettypes import PacketTypes
@@ -85,6 +86,12 @@ async def store(db: psycopg.AsyncConnection[Any], rows: list[Row]) -> int:
         return max(cursor.rowcount, 0)
 
 
+def paho_client(client: aiomqtt.Client) -> paho.Client:
+    """The paho client under ``client``, for paho's manual acknowledgement: aiomqtt (2.5) offers
+    no option for it, and no public way to its paho client."""
+    return client._client  # noqa: SLF001 (see above)
+
+
 async def consume(args: argparse.Namespace, totals: Totals) -> None:
     topic = f"$share/{args.group}/{args.prefix}/+/telemetry"
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -98,7 +105,7 @@ async def consume(args: argparse.Namespace, totals: Totals) -> None:
         clean_start=not args.session_expiry,
     )
     # aiomqtt (2.5) has no option for it: acknowledge only what is committed (paho's own API)
-    client._client.manual_ack_set(True)
+    paho_client(client).manual_ack_set(True)
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(args.dsn) as db, client:
@@ -122,7 +129,7 @@ async def consume(args: argparse.Namespace, totals: Totals) -> None:
                     else:
                         totals.inserted += new
                         totals.duplicates += len(rows) - new
-                    client._client.ack(message.mid, message.qos)
+                    paho_client(client).ack(message.mid, message.qos)
         except aiomqtt.MqttError as exc:
             log.warning("broker: %s; reconnecting in %gs", exc, RETRY)
         except psycopg.OperationalError as exc:

@@ -62,30 +62,48 @@ def readings(topic: str, payload: bytes, content_type: str | None = None) -> lis
         raise BadPayload('no "samples" array')
     rows: list[Row] = []
     for n, sample in enumerate(samples):
-        if not isinstance(sample, dict):
-            raise BadPayload(f"sample {n} is not an object")
-        sid, device, ts, values = (sample.get(k) for k in ("id", "device", "ts", "values"))
-        if not isinstance(sid, int) or isinstance(sid, bool) or not 0 <= sid < 2**63:
-            raise BadPayload(f"sample {n}: id {sid!r} is not a 64-bit integer")
-        if not isinstance(device, str) or not device:
-            raise BadPayload(f"sample {sid}: no device")
-        if not isinstance(ts, int) or isinstance(ts, bool):
-            raise BadPayload(f"sample {sid}: ts {ts!r} is not an integer (ms)")
-        try:
-            when = EPOCH + timedelta(milliseconds=ts)  # exact, unlike ts / 1000
-        except (OverflowError, OSError, ValueError):
-            raise BadPayload(f"sample {sid}: ts {ts} is out of range") from None
-        if not isinstance(values, dict):
-            raise BadPayload(f"sample {sid}: no values object")
-        unsynced = sample.get("clock") == "unsynced"
-        for point, value in values.items():
-            if isinstance(value, bool | int | float):  # booleans as 0/1
-                number, text = float(value), None
-            elif isinstance(value, str):
-                number, text = None, value
-            else:
-                raise BadPayload(f"sample {sid}: {point} = {value!r} is not a number or string")
-            if number is not None and math.isinf(number):
-                raise BadPayload(f"sample {sid}: {point} = {value!r} is out of range")
-            rows.append((agent, device, sid, when, point, number, text, unsynced))
+        rows.extend(_sample_rows(agent, n, sample))
     return rows
+
+
+def _sample_rows(agent: str, n: int, sample: Any) -> list[Row]:
+    """The rows of sample number ``n`` (one per value); ``BadPayload`` if it is not a sample."""
+    if not isinstance(sample, dict):
+        raise BadPayload(f"sample {n} is not an object")
+    sid, device, ts, values = (sample.get(k) for k in ("id", "device", "ts", "values"))
+    if not isinstance(sid, int) or isinstance(sid, bool) or not 0 <= sid < 2**63:
+        raise BadPayload(f"sample {n}: id {sid!r} is not a 64-bit integer")
+    if not isinstance(device, str) or not device:
+        raise BadPayload(f"sample {sid}: no device")
+    when = _sample_time(sid, ts)
+    if not isinstance(values, dict):
+        raise BadPayload(f"sample {sid}: no values object")
+    unsynced = sample.get("clock") == "unsynced"
+    rows: list[Row] = []
+    for point, value in values.items():
+        number, text = _number_or_text(sid, point, value)
+        rows.append((agent, device, sid, when, point, number, text, unsynced))
+    return rows
+
+
+def _sample_time(sid: int, ts: Any) -> datetime:
+    """The sample's ``ts`` (ms since the epoch) as a UTC time."""
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        raise BadPayload(f"sample {sid}: ts {ts!r} is not an integer (ms)")
+    try:
+        return EPOCH + timedelta(milliseconds=ts)  # exact, unlike ts / 1000
+    except (OverflowError, OSError, ValueError):
+        raise BadPayload(f"sample {sid}: ts {ts} is out of range") from None
+
+
+def _number_or_text(sid: int, point: str, value: Any) -> tuple[float | None, str | None]:
+    """A value as the row's number or text column (booleans as 0/1)."""
+    if isinstance(value, bool | int | float):  # booleans as 0/1
+        number, text = float(value), None
+    elif isinstance(value, str):
+        number, text = None, value
+    else:
+        raise BadPayload(f"sample {sid}: {point} = {value!r} is not a number or string")
+    if number is not None and math.isinf(number):
+        raise BadPayload(f"sample {sid}: {point} = {value!r} is out of range")
+    return number, text

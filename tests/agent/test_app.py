@@ -138,12 +138,15 @@ def test_health_reports_devices_buffer_link_and_gateway(tmp_path: Path, broker: 
                 stop.set()
                 await asyncio.wait_for(task, 20)
         health = sub.payloads("health")[-1]
-        assert health["devices"]["tank"]["state"] == "ok" and health["devices"]["tank"]["ok"] > 0
+        assert health["devices"]["tank"]["state"] == "ok"
+        assert health["devices"]["tank"]["ok"] > 0
         silent = health["devices"]["silent"]
-        assert silent["state"] == "failing" and "no response" in silent["last_error"]
+        assert silent["state"] == "failing"
+        assert "no response" in silent["last_error"]
         assert silent["faults"]["timeout"] >= 2
         assert set(health["buffer"]) == {"depth", "oldest", "bytes", "dropped", "lost", "next_id"}
         assert health["link"] == {"reconnects": 0, "refused": 0, "too_large": 0}
-        assert health["gateway"]["disk_free"] > 0 and "load" in health["gateway"]
+        assert health["gateway"]["disk_free"] > 0
+        assert "load" in health["gateway"]
 
     run(body(), timeout=60)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.model import Sample
 from agent.store.buffer import Buffer, Complaints
 
 MB = 1_000_000
@@ -27,30 +28,38 @@ def rows_on_disk(path: Path) -> int:
         return int(db.execute("SELECT count(*) FROM samples").fetchone()[0])
 
 
+def id_of(sample: Sample | None) -> int:
+    """The id of a sample just added: one is handed out at once (the data dir is writable)."""
+    assert sample is not None
+    return sample.id
+
+
 def crash(buffer: Buffer) -> None:
     """The process dies: no close(), nothing more committed."""
-    assert buffer._db is not None
-    buffer._db.close()
+    # no public way to drop the connection without a clean stop: what a crash is
+    assert buffer._db is not None  # noqa: SLF001
+    buffer._db.close()  # noqa: SLF001
 
 
 def test_ids_increase_and_continue_after_a_clean_restart(tmp_path: Path) -> None:
     with buffer_at(tmp_path) as buffer:
-        ids = [buffer.add("meter", 1000 + i, {"v": i}, now=0).id for i in range(3)]
+        ids = [id_of(buffer.add("meter", 1000 + i, {"v": i}, now=0)) for i in range(3)]
         assert ids == [1, 2, 3]
         buffer.acknowledge(buffer.take_live(10))
     with buffer_at(tmp_path) as buffer:
-        assert buffer.add("meter", 2000, {"v": 9}).id == 4  # no gap after a clean stop
+        assert id_of(buffer.add("meter", 2000, {"v": 9})) == 4  # no gap after a clean stop
 
 
 def test_ids_never_repeat_after_a_crash(tmp_path: Path) -> None:
     buffer = buffer_at(tmp_path).open()
-    handed_out = [buffer.add("meter", i, {"v": i}, now=0).id for i in range(5)]
+    handed_out = [id_of(buffer.add("meter", i, {"v": i}, now=0)) for i in range(5)]
     buffer.flush(now=10)  # committed
-    handed_out += [buffer.add("meter", 10 + i, {"v": i}, now=10).id for i in range(2)]  # not yet
+    # not yet committed:
+    handed_out += [id_of(buffer.add("meter", 10 + i, {"v": i}, now=10)) for i in range(2)]
     crash(buffer)
     with buffer_at(tmp_path) as again:
         assert again.depth == 5  # what was committed survives
-        assert again.add("meter", 99, {"v": 0}).id > max(handed_out)  # a gap, never a repeat
+        assert id_of(again.add("meter", 99, {"v": 0})) > max(handed_out)  # a gap, never a repeat
 
 
 def test_samples_acknowledged_in_time_never_touch_the_disk(tmp_path: Path) -> None:
@@ -92,7 +101,8 @@ def test_deletes_after_acknowledgement_are_batched(tmp_path: Path) -> None:
         buffer.acknowledge(backlog)
         assert rows_on_disk(tmp_path) == 5  # not yet: one delete batch at the next flush
         buffer.flush(now=1.25)
-        assert rows_on_disk(tmp_path) == 0 and buffer.depth == 0
+        assert rows_on_disk(tmp_path) == 0
+        assert buffer.depth == 0
 
 
 def test_live_and_backlog_are_handed_out_apart_and_again_after_a_failure(tmp_path: Path) -> None:
@@ -131,15 +141,16 @@ def test_a_corrupt_buffer_file_is_moved_aside_and_a_fresh_one_started(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with buffer_at(tmp_path) as buffer:
-        last = buffer.add("meter", 1, {"v": 1}).id
+        last = id_of(buffer.add("meter", 1, {"v": 1}))
     (tmp_path / "buffer.sqlite").write_bytes(b"this is not a database" * 100)
     (tmp_path / "buffer.sqlite-wal").unlink(missing_ok=True)
     with buffer_at(tmp_path) as buffer:
-        assert buffer.add("meter", 2, {"v": 2}).id > last
+        assert id_of(buffer.add("meter", 2, {"v": 2})) > last
         buffer.flush(now=1e9)
         assert rows_on_disk(tmp_path) == 1
     aside = list(tmp_path.glob("buffer.sqlite.corrupt-*"))
-    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+    assert len(aside) == 1
+    assert aside[0].read_bytes().startswith(b"this is not")
     assert any("is damaged" in r.getMessage() for r in caplog.records)
 
 
@@ -179,7 +190,8 @@ def test_a_full_file_system_drops_the_oldest_and_keeps_going(
         assert buffer.take_live(1)[0].id <= newest.id  # still taking samples
     # the line blames what really limited it: the file system, not the 100 MB bound
     drops = [r.getMessage() for r in caplog.records if "dropped the oldest" in r.getMessage()]
-    assert drops and "the file system holding it is full" in drops[0]
+    assert drops
+    assert "the file system holding it is full" in drops[0]
     assert all("max_size" not in d for d in drops)
 
 

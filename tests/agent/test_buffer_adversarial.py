@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from agent.clock import Clock
-from agent.store import ids as ids_module
 from agent.store import salvage
 from agent.store.buffer import Buffer
 
@@ -73,7 +72,7 @@ def test_a_mark_the_disk_refused_is_not_outvoted_by_the_clean_stop_before_it(
             raise OSError(errno.EIO, "I/O error")
         return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ids_module.os, "open", flaky)
+    monkeypatch.setattr(os, "open", flaky)  # the os.open the ids file is written through
     second = buffer_at(db)  # the start's mark is refused
     refusing[0] = False  # the disk answers again: the reservation goes into both slots
     sent = [second.add("dev", 2, {"v": "second"}) for _ in range(3)]
@@ -115,7 +114,8 @@ def test_a_damaged_log_met_while_the_disk_refused_is_read_back_once_it_can(
     monkeypatch.setattr(Buffer, "_create_private", refuse_once)
     again = buffer_at(after / "buffer.sqlite")  # read-only at start
     again.flush(force=True)  # the disk is back: the log is read back before SQLite cuts it
-    assert again.stats().on_disk == 60 and again.lost == 0
+    assert again.stats().on_disk == 60
+    assert again.lost == 0
     again.close()
 
 

@@ -86,4 +86,5 @@ def test_stats_without_a_buffer_says_so(tmp_path: Path) -> None:
     config.write_text(CONFIG)
     result = cli("buffer", "stats", "-c", str(config))
     assert result.returncode == 1
-    assert "no buffer at" in result.stderr and "has not run with this data_dir yet" in result.stderr
+    assert "no buffer at" in result.stderr
+    assert "has not run with this data_dir yet" in result.stderr

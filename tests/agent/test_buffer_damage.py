@@ -26,6 +26,12 @@ def buffer_at(directory: Path, journal: Path | None = None) -> Buffer:
     return Buffer(directory / "buffer.sqlite", 10 * MB, FLUSH, journal_dir=journal, boot="boot-1")
 
 
+def die(buffer: Buffer) -> None:
+    """The process dies: the buffer's connection goes without ``close()`` (no clean stop
+    recorded, nothing more committed)."""
+    buffer._close_db()  # noqa: SLF001 (a kill -9 has no public API)
+
+
 def killed(buffer: Buffer, into: Path) -> Path:
     """What a ``kill -9`` leaves on disk: the files as they are this moment, WAL and all (the
     buffer itself is then closed, as if it had never been)."""
@@ -34,7 +40,7 @@ def killed(buffer: Buffer, into: Path) -> Path:
         if file.is_file():
             shutil.copy2(file, into / file.name)
     with contextlib.suppress(Exception):
-        buffer._close_db()
+        die(buffer)
     return into
 
 
@@ -179,7 +185,7 @@ def test_samples_in_memory_at_a_kill_come_back_from_the_journal(tmp_path: Path) 
     in_memory = [buffer.add("meter", NOW_MS + i, {"v": i}, now=5.0).id for i in range(6)]  # type: ignore[union-attr]
     live = buffer.take_live(2)
     buffer.acknowledge(live)  # two reached the broker: they must not come back
-    buffer._close_db()  # the process dies: memory is gone, the journal in RAM stays
+    die(buffer)  # the process dies: memory is gone, the journal in RAM stays
     with buffer_at(tmp_path, journal) as again:
         assert drain_all(again) == committed + in_memory[2:]
         assert again.add("meter", NOW_MS, {"v": 0}).id == in_memory[-1] + 1  # type: ignore[union-attr]
@@ -197,7 +203,7 @@ def test_a_journal_of_another_boot_is_not_taken(tmp_path: Path) -> None:
     buffer = buffer_at(tmp_path, journal).open()
     buffer.add("meter", NOW_MS, {"v": 1}, now=0.0)
     with contextlib.suppress(Exception):
-        buffer._close_db()
+        die(buffer)
     other = Buffer(tmp_path / "buffer.sqlite", 10 * MB, FLUSH, journal_dir=journal, boot="boot-2")
     with other:
         assert other.depth == 0
@@ -223,7 +229,8 @@ def test_a_data_dir_that_cannot_be_written_takes_ids_from_the_clock(tmp_path: Pa
     blocker.write_text("a file where the data dir should be")
     buffer = Buffer(blocker / "buffer.sqlite", MB, FLUSH, trusted_ms=lambda: NOW_MS).open()
     sample = buffer.add("meter", 1, {"v": 1}, now=0.0)
-    assert sample is not None and sample.id >= NOW_MS * 1000
+    assert sample is not None
+    assert sample.id >= NOW_MS * 1000
     buffer.flush(now=5.0)  # nothing to write to: no crash
     assert buffer.take_live(10) == [sample]
     buffer.close()
@@ -236,11 +243,13 @@ def test_without_a_record_or_a_clock_samples_wait_for_an_id_in_order(tmp_path: P
     buffer = Buffer(blocker / "buffer.sqlite", MB, FLUSH, trusted_ms=lambda: clock[0]).open()
     assert buffer.add("meter", 1, {"v": 1}, now=0.0) is None
     assert buffer.add("meter", 2, {"v": 2}, now=0.0) is None
-    assert buffer.depth == 2 and buffer.stats().waiting_for_id == 2
+    assert buffer.depth == 2
+    assert buffer.stats().waiting_for_id == 2
     clock[0] = NOW_MS  # NTP answered
     buffer.flush(now=1.0)
     taken = buffer.take_live(10)
-    assert [s.ts for s in taken] == [1, 2] and taken[0].id < taken[1].id
+    assert [s.ts for s in taken] == [1, 2]
+    assert taken[0].id < taken[1].id
     buffer.close()
 
 
@@ -258,7 +267,7 @@ def test_a_commit_the_card_lost_as_it_failed_comes_back_from_the_journal(tmp_pat
     buffer = buffer_at(card, journal).open()
     last = [buffer.add("meter", NOW_MS + i, {"v": i}, now=20.0).id for i in range(5)]  # type: ignore[union-attr]
     buffer.flush(now=30.0)  # "committed": then the card fails and loses this commit
-    buffer._close_db()  # and the agent is killed
+    die(buffer)  # and the agent is killed
     shutil.rmtree(card)
     shutil.copytree(before, card)
     with buffer_at(card, journal) as again:
@@ -279,19 +288,21 @@ def test_a_commit_leaves_the_journal_once_a_later_write_confirms_it(tmp_path: Pa
 
 
 def stored_journal(buffer: Buffer) -> list[int]:
-    assert buffer._journal is not None
-    return sorted(buffer._journal.recover().samples)
+    # the crash journal's own view: what it would give back after a kill
+    assert buffer._journal is not None  # noqa: SLF001
+    return sorted(buffer._journal.recover().samples)  # noqa: SLF001
 
 
 def test_a_count_whose_transaction_failed_is_written_by_the_next(tmp_path: Path) -> None:
     buffer = buffer_at(tmp_path).open()
     sample = buffer.add("meter", NOW_MS, {"v": 1}, now=0.0)
     assert sample is not None
-    card, buffer._db = buffer._db, FailingCard()  # type: ignore[assignment]
+    # the card fails for one transaction: its connection swapped for one that refuses
+    card, buffer._db = buffer._db, FailingCard()  # type: ignore[assignment]  # noqa: SLF001
     buffer.discard([sample])  # dropped, and its count cannot go to the card now
-    buffer._db = card
+    buffer._db = card  # noqa: SLF001
     buffer.flush(now=1.0)  # nothing else to write: the count alone
-    buffer._close_db()  # a kill: only what reached the card counts
+    die(buffer)  # a kill: only what reached the card counts
     assert stored_stats(buffer.path, boot="boot-1").dropped == 1
 
 

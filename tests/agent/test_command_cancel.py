@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.aio import cancel_and_wait
+from agent.api.config import DeviceConfig
 from agent.config import Config, load_config
 from agent.model import Poll, Value
 from agent.poll.scheduler import BusPoller
@@ -112,9 +113,9 @@ class Watch:
         assert driver is not None
         read, write = driver.read, getattr(driver, "write")  # noqa: B009
 
-        async def reading(*args: Any) -> Poll:
+        async def reading(device: DeviceConfig) -> Poll:
             self.reading.set()
-            return await read(*args)
+            return await read(device)
 
         async def writing(*args: Any) -> None:
             self.writes += 1
@@ -173,12 +174,14 @@ def test_a_write_cancelled_while_queued_behind_a_poll_is_never_made(
         assert (await watch.next_poll())["setpoint"] == 5.0  # the poll that was under way
         # the bus moved on: a write still queued would have gone before this poll
         assert (await watch.next_poll())["setpoint"] == 5.0
-        assert watch.writes == 0 and slave.get("setpoint") == 5.0
+        assert watch.writes == 0
+        assert slave.get("setpoint") == 5.0
         assert agent.commands.record.get("sp") is None  # nothing moved: nothing to remember
         # so a copy is judged afresh, and made
         copy = await asyncio.wait_for(agent.commands.handle(command("sp", 50.0), "m/gw/cmd"), WAIT)
         assert copy == {"id": "sp", "ok": True, "value": 50.0}
-        assert watch.writes == 1 and slave.get("setpoint") == 50.0
+        assert watch.writes == 1
+        assert slave.get("setpoint") == 50.0
 
     run(with_agent(config, body), timeout=60)
 
@@ -210,7 +213,8 @@ def test_a_write_cancelled_on_the_wire_may_have_been_made_and_is_not_made_again(
         copy = await asyncio.wait_for(agent.commands.handle(payload, "m/gw/cmd"), WAIT)
         assert copy == stopped
         assert agent.commands.counts["repeated"] == 1
-        assert watch.writes == 1 and slave.get("setpoint") == 7.0
+        assert watch.writes == 1
+        assert slave.get("setpoint") == 7.0
 
     run(with_agent(config, body), timeout=60)
 
@@ -242,7 +246,8 @@ def test_a_copy_waiting_for_a_command_cancelled_before_its_write_makes_it_once(
         await asyncio.wait_for(watch.queued.wait(), WAIT)  # the copy queues a write of its own
         slave.slow_ms = 0
         assert await asyncio.wait_for(copy, WAIT) == {"id": "sp", "ok": True, "value": 50.0}
-        assert watch.writes == 1 and slave.get("setpoint") == 50.0
+        assert watch.writes == 1
+        assert slave.get("setpoint") == 50.0
 
     run(with_agent(config, body), timeout=60)
 
@@ -265,7 +270,8 @@ def test_at_stop_a_queued_write_is_withdrawn_not_made_and_not_remembered(
             await watch.next_poll()
             watch.spy_on_the_driver()
             await watch.poll_under_way(slave)
-            agent._command_arrived("m/gw/cmd", payload)
+            assert agent.uplink.on_command is not None  # the path a message from the broker takes
+            agent.uplink.on_command("m/gw/cmd", payload)
             await asyncio.wait_for(watch.queued.wait(), WAIT)
         finally:
             stop.set()

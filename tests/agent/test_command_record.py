@@ -70,7 +70,7 @@ class Gateway:
     async def send(
         self, ident: str | int, value: Value = 1, ts: int | None = None, point: str = "pump"
     ) -> dict[str, Any]:
-        sent = {"device": "pumps", "point": point, "value": value}
+        sent: dict[str, object] = {"device": "pumps", "point": point, "value": value}
         sent |= {"id": ident, "ts": self.clock.ms if ts is None else ts}
         reply = await asyncio.wait_for(
             self.commands.handle(json.dumps(sent).encode(), "c/gw/cmd"), 10
@@ -189,7 +189,8 @@ def test_a_forgotten_command_is_refused_even_when_the_clock_steps_back(
         assert (await gateway.send("reset", 0))["ok"] is True
         clock.ms = T0 + 30_000  # the wall clock steps back (NTP corrects a fast RTC)
         again = await gateway.send("a", 1, ts=T0)
-        assert again["ok"] is False and again["error"].startswith(FORGOTTEN)
+        assert again["ok"] is False
+        assert again["error"].startswith(FORGOTTEN)
         # what was sent after the forgotten command still runs
         assert (await gateway.send("b", 1, ts=T0 + 1))["ok"] is True
         assert [s.state for s in pump.states] == [False, True, False, True]
@@ -334,7 +335,8 @@ def test_a_damaged_record_refuses_what_was_sent_before_the_start(
 
     async def body(gateway: Gateway) -> None:
         before = await gateway.send("before", 1, ts=T0 - 1)
-        assert before["ok"] is False and LOST in before["error"]
+        assert before["ok"] is False
+        assert LOST in before["error"]
         assert (await gateway.send("after", 1, ts=T0))["ok"] is True
 
     with caplog.at_level(logging.INFO, "agent.uplink.commands"):
@@ -378,5 +380,6 @@ def test_an_unwritable_record_is_logged_once_and_kept_in_memory(
     with caplog.at_level(logging.INFO, "agent.uplink.commands"):
         on_gateway(tmp_path, WallClock(), body)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and "cannot write" in errors[0], errors
+    assert len(errors) == 1, errors
+    assert "cannot write" in errors[0], errors
     assert switched_on(pump) == 1

@@ -10,6 +10,7 @@ import pytest
 from agent.api.keys import parse_duration, parse_size
 from agent.config import load_config
 from agent.errors import ConfigError, Problem
+from drivers.modbus.schema import ModbusPoint
 
 BASE = """
 [agent]
@@ -63,9 +64,12 @@ def test_valid_config_becomes_frozen_typed_objects(tmp_path: Path) -> None:
     device = config.device("meter")
     assert device.interval == 10.0
     assert device.driver == "modbus"
-    assert device.points[0].type == "float32"
+    point = device.points[0]
+    assert isinstance(point, ModbusPoint)  # what the modbus driver makes of its points
+    assert point.type == "float32"
     assert config.agent.data_dir == tmp_path / "data"
-    assert config.mqtt.host == "127.0.0.1" and config.mqtt.port == 1883
+    assert config.mqtt.host == "127.0.0.1"
+    assert config.mqtt.port == 1883
     assert config.mqtt.client_id == "gw1"
     with pytest.raises(AttributeError):
         device.interval = 5.0  # type: ignore[misc]
@@ -73,7 +77,8 @@ def test_valid_config_becomes_frozen_typed_objects(tmp_path: Path) -> None:
 
 def test_demo_config_is_valid() -> None:
     config, warnings = load_config(Path(__file__).parents[2] / "config.toml", {})
-    assert config.devices and not warnings
+    assert config.devices
+    assert not warnings
 
 
 @pytest.mark.parametrize(

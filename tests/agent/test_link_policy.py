@@ -76,7 +76,8 @@ def test_a_refusal_is_never_retried_at_once_and_its_wait_doubles() -> None:
 
 def test_a_dropped_link_keeps_the_reason_code_it_went_with() -> None:
     dropped = LinkDropped("Unexpected disconnection", PROTOCOL_ERROR)
-    assert dropped.reason == 0x82 and isinstance(dropped, aiomqtt.MqttError)
+    assert dropped.reason == 0x82
+    assert isinstance(dropped, aiomqtt.MqttError)
 
 
 def test_status_shows_the_protocol_and_what_the_broker_refused() -> None:

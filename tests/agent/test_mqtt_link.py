@@ -257,13 +257,13 @@ async def failure_of(config: Config, tmp_path: Path) -> str:
     """One connection attempt as the uplink makes it, and the line it would log."""
     uplink = Uplink(config, Buffer(tmp_path / "buffer.sqlite", 10**6, 1.0))
     try:
-        client = uplink._client()
+        client = uplink._client()  # noqa: SLF001 (the client exactly as the uplink builds it)
         # A CONNACK that never comes: the uplink waits 10 s for it (slow links); a test, 1 s.
         client.timeout = 1.0
         async with client:
             pass
     except aiomqtt.MqttError as exc:
-        return connect_failure(config.mqtt, exc, uplink._library_errors.last)[1]
+        return connect_failure(config.mqtt, exc, uplink._library_errors.last)[1]  # noqa: SLF001
     raise AssertionError("connected")
 
 
@@ -451,7 +451,8 @@ def test_tls_insecure_and_max_inflight(tmp_path: Path, pki: Pki) -> None:
         "mqtt.max_inflight: 0 is out of range 1..1000"
     ]
     config = config_for(tmp_path, "mqtts://broker.example.net", "max_inflight = 5\n")
-    assert config.mqtt.max_inflight == 5 and not config.mqtt.tls_insecure
+    assert config.mqtt.max_inflight == 5
+    assert not config.mqtt.tls_insecure
     assert config_for(tmp_path, "mqtt://127.0.0.1").mqtt.max_inflight == 20
 
 

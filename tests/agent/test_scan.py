@@ -82,7 +82,8 @@ def test_scan_finds_the_units_behind_tcp_and_keeps_the_request_gap() -> None:
         # Seen from the server: quiet for the gap before each probe that follows an answer.
         frames = list(sim.frames)
         gaps = [b.time - a.time for a, b in itertools.pairwise(frames) if a.sending]
-        assert gaps and min(gaps) >= gap
+        assert gaps
+        assert min(gaps) >= gap
 
     run(body(), timeout=10)
 

@@ -143,7 +143,9 @@ def test_failure_is_logged_once_on_the_transition_and_counted(
     assert messages.count("device a: unit 1: no response") == 1
     assert messages.count("device a: answering again") == 1
     health = poller.health["a"]
-    assert health.errors == 4 and health.ok >= 2 and not health.failing
+    assert health.errors == 4
+    assert health.ok >= 2
+    assert not health.failing
     assert health.last_error == "unit 1: no response"
 
 
@@ -165,7 +167,8 @@ def test_a_dead_device_backs_off_and_the_live_ones_keep_their_schedule(
         assert polled >= 20, (name, polled)
         assert poller.health[name].overruns <= 8  # a few slots lost to the dead one's timeouts
     health = poller.health["dead"]
-    assert health.consecutive_failures == attempts and health.backoff > 0.05
+    assert health.consecutive_failures == attempts
+    assert health.backoff > 0.05
     backoff_logs = [r for r in caplog.records if "retrying with backoff" in r.getMessage()]
     assert len(backoff_logs) == 1
 
@@ -184,4 +187,5 @@ def test_a_driver_bug_is_logged_and_polling_goes_on(caplog: pytest.LogCaptureFix
     poller = BusPoller(BUS, [device("a", 0.02)], FakeDriver, sink)
     run(poll_until_enough(poller, sink), timeout=10)
     crashes = [r for r in caplog.records if "restarting its polling" in r.getMessage()]
-    assert len(crashes) == 1 and crashes[0].exc_info is not None
+    assert len(crashes) == 1
+    assert crashes[0].exc_info is not None

@@ -138,7 +138,8 @@ def test_a_reload_restarts_only_what_changed_and_readings_go_on(
             async with Subscriber(broker.host, broker.port, "s/gw/#") as sub:
                 await sub.wait_samples(3, "pump")
                 gateway, pump = agent.pollers
-                gateway_task = agent._poll_tasks[gateway]
+                # the poll tasks themselves: a reload must keep an unchanged device's task
+                gateway_task = agent._poll_tasks[gateway]  # noqa: SLF001
                 # pump gets a second point; a new device appears; gateway stays as it was
                 path.write_text(
                     SITE.format(url=broker.url, more="").replace(
@@ -150,8 +151,10 @@ def test_a_reload_restarts_only_what_changed_and_readings_go_on(
                 agent.request_reload()
                 await notified.expect("RELOADING=1")
                 await notified.expect("READY=1")
-                assert agent.pollers[0] is gateway and agent._poll_tasks[gateway] is gateway_task
-                assert agent.pollers[1] is not pump and pump not in agent._poll_tasks
+                assert agent.pollers[0] is gateway
+                assert agent._poll_tasks[gateway] is gateway_task  # noqa: SLF001
+                assert agent.pollers[1] is not pump
+                assert pump not in agent._poll_tasks  # noqa: SLF001
                 await sub.wait_for(
                     lambda _: (
                         any("load5" in s["values"] for s in sub.samples("pump"))
@@ -192,7 +195,8 @@ def test_an_invalid_config_on_reload_is_reported_and_the_old_one_kept(
     assert not applied
     assert agent.config is config
     errors = [r.getMessage() for r in caplog.records]
-    assert errors[0].startswith(f"reload: {path}:") and "device.gateway.interval" in errors[0]
+    assert errors[0].startswith(f"reload: {path}:")
+    assert "device.gateway.interval" in errors[0]
     assert errors[-1] == (
         f"reload: {path} is invalid; still running the configuration loaded before"
     )

@@ -238,8 +238,8 @@ def test_a_server_that_cannot_bind_says_why_and_tries_again(
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="agent.service.status"):
         run(too_long(), 10)
-    said = caplog.records[0].getMessage()
-    assert said.endswith(
+    message = caplog.records[0].getMessage()
+    assert message.endswith(
         "(a Unix socket path is at most 107 bytes: shorten data_dir); trying again every 60s"
     )
     assert os.listdir(deep) == []

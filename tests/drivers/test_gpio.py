@@ -214,7 +214,8 @@ def test_inputs_follow_their_pull_and_active_level(tmp_path: Path, factory: Mock
     # pulls: 17 and 23 rest high, 27 low; 22 floats (low on a mock pin)
     assert resting == {"door": False, "float": False, "alarm": True, "breaker": True}
     assert driven == {"door": True, "float": True, "alarm": False, "breaker": False}
-    assert factory.pin(17).pull == "up" and factory.pin(27).pull == "down"
+    assert factory.pin(17).pull == "up"
+    assert factory.pin(27).pull == "down"
     assert factory.pin(22).pull == "floating"
     assert factory.pin(17).function == "input"
 
@@ -233,8 +234,10 @@ def test_a_device_not_handed_over_is_opened_at_its_first_poll(
             return before, claimed(factory, 17, 27, 22, 23), dict(poll.values)
 
     before, after, values = run(body())
-    assert before == [] and after == [17, 27, 22, 23]
-    assert values["door"] is False and values["alarm"] is True
+    assert before == []
+    assert after == [17, 27, 22, 23]
+    assert values["door"] is False
+    assert values["alarm"] is True
     assert claimed(factory, 17, 27, 22, 23) == []  # released at exit
 
 
@@ -379,7 +382,8 @@ debounce = "0s"
             return handed, poll.values["pulses"]
 
     handed, counted = run(body())
-    assert callers and threading.get_ident() not in callers
+    assert callers
+    assert threading.get_ident() not in callers
     assert handed == counted == 450
 
 
@@ -479,8 +483,10 @@ def test_a_corrupt_state_file_is_said_once_and_counting_starts_at_0(
     [record] = caplog.records
     message = record.getMessage()
     assert message.startswith(f"device rain: the kept pulse count in {state / 'rain.json'}")
-    assert why in message and message.endswith("counting from 0")
-    assert "\n" not in message and record.exc_info is None
+    assert why in message
+    assert message.endswith("counting from 0")
+    assert "\n" not in message
+    assert record.exc_info is None
     assert json.loads((state / "rain.json").read_text()) == {"pulses": 2}
 
 
@@ -880,7 +886,8 @@ def test_the_scheduler_says_it_once_and_retries(
     with caplog.at_level(logging.INFO):
         run(body(), timeout=15)
     health = poller.health["rain"]
-    assert health.failing and health.last_error.startswith("gpio: no GPIO pin factory")
+    assert health.failing
+    assert health.last_error.startswith("gpio: no GPIO pin factory")
     said = [r.getMessage() for r in caplog.records if "pin factory" in r.getMessage()]
     assert said == [f"device rain: {health.last_error}"]
 
@@ -925,11 +932,13 @@ def test_the_agent_counts_publishes_and_keeps_the_total(tmp_path: Path, broker: 
         return samples
 
     first = run(agent_run(3, total=3), timeout=30)
-    assert first[0]["values"] == {"tips": 0} and first[-1]["values"] == {"tips": 3}
+    assert first[0]["values"] == {"tips": 0}
+    assert first[-1]["values"] == {"tips": 3}
     kept = tmp_path / "data" / STATE_DIR / "rain.json"
     assert json.loads(kept.read_text()) == {"pulses": 3}
     again = run(agent_run(1, total=4), timeout=30)
-    assert again[0]["values"] == {"tips": 3} and again[-1]["values"] == {"tips": 4}
+    assert again[0]["values"] == {"tips": 3}
+    assert again[-1]["values"] == {"tips": 4}
     assert json.loads(kept.read_text()) == {"pulses": 4}
     assert os.listdir(tmp_path / "data" / STATE_DIR) == ["rain.json"]
 

@@ -63,7 +63,7 @@ def bus(port: int, timeout: float = TIMEOUT, host: str = "127.0.0.1") -> BusConf
 
 
 def slave(
-    unit: int = 1, points: tuple[PointConfig, ...] = POINTS, **values: object
+    unit: int = 1, points: tuple[ModbusPoint, ...] = POINTS, **values: object
 ) -> SimulatedSlave:
     simulated = SimulatedSlave(unit, points)
     for name, value in {**VALUES, **values}.items():

@@ -66,7 +66,8 @@ def test_a_refused_merge_is_split_at_once_and_stays_split(caplog: pytest.LogCapt
                 second = await driver.read(device)
                 requests_second = slave.requests - requests_first
                 assert first.values == second.values == {"a": 7, "b": 2.5}
-                assert not first.errors and not second.errors
+                assert not first.errors
+                assert not second.errors
                 assert requests_first == 3  # the refused merge, then the two parts
                 assert requests_second == 2  # the split is remembered
                 assert driver.describe(device) == [

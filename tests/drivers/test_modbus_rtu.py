@@ -434,7 +434,8 @@ def test_simulate_pty_serves_a_path_a_driver_can_read(tmp_path: Path) -> None:
             bus = BusConfig("rs485", "modbus-rtu", serial_port=found[1], baudrate=19200)
             async with ModbusDriver(bus) as driver:
                 poll = await driver.read(config.device("soil"))
-            assert set(poll.values) == {"moisture"} and poll.errors == ()
+            assert set(poll.values) == {"moisture"}
+            assert poll.errors == ()
         finally:
             stop.set()
             await cancel_and_wait(server)

@@ -433,7 +433,9 @@ def test_garbage_is_a_sound_envelope_around_random_bytes_the_same_for_a_seed(rtu
         assert len(set(first)) == 3  # a new garble each time
         for tid, frame in enumerate(first, 1):
             if rtu:
-                assert frame[0] == 1 and rtu_crc_ok(frame) and len(frame) == 7
+                assert frame[0] == 1
+                assert rtu_crc_ok(frame)
+                assert len(frame) == 7
             else:  # transaction id, protocol id, length and unit as the answer's
                 assert frame[:7] == tid.to_bytes(2, "big") + bytes([0, 0, 0, 5, 1])
                 assert len(frame) == 11
@@ -459,7 +461,8 @@ def test_a_dripping_answer_comes_a_byte_at_a_time() -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
             try:
                 writer.write(request_frame(1, rtu=False))
-                started, arrivals = time.monotonic(), []
+                started = time.monotonic()
+                arrivals: list[tuple[float, bytes]] = []
                 while sum(len(chunk) for _, chunk in arrivals) < 11:
                     chunk = await asyncio.wait_for(reader.read(16), timeout=1)
                     arrivals.append((time.monotonic() - started, chunk))

@@ -3,7 +3,7 @@ beside a healthy slave, for a bounded run of ``edge-agent run``.
 
 What must hold for each: the healthy slave on the bus keeps delivering and never fails, the
 faulty one shows "failing" and recovers when the fault is cleared, and the log keeps its promise
-(SPEC §6: a line when a failure starts and one when it clears, at most ``BURST`` alike per device
+(docs/service.md, "Logs": a line when a failure starts and one when it clears, at most ``BURST`` alike per device
 or bus per window, then a summary): no reconnect loop, no traceback, no library chatter.
 
 One agent per kind of bus polls all its faulty buses at once (each bus has a poll loop of its

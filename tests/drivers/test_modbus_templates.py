@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import BusConfig, DeviceConfig, PointConfig, TemplateConfig, load_config
+from agent.config import BusConfig, DeviceConfig, TemplateConfig, load_config
 from agent.config.loader import builtin_templates
 from agent.model import Poll, Value
 from agent.testkit import run
@@ -21,7 +21,7 @@ from agent.testkit.process import cli
 from drivers.modbus import ModbusDriver
 from drivers.modbus.codec import int_range
 from drivers.modbus.plan import plan_requests
-from drivers.modbus.schema import ModbusPoint
+from drivers.modbus.schema import ModbusPoint, modbus_points
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 TEMPLATES: dict[str, TemplateConfig] = {t.name: t for t in builtin_templates()}
@@ -254,10 +254,10 @@ def test_template_has_a_description_and_names_its_source(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_template_points_are_consistent(name: str) -> None:
-    points = TEMPLATES[name].points
+    points = modbus_points(TEMPLATES[name].points)
     by_name = {p.name: p for p in points}
     assert len(by_name) == len(points)
-    owner: dict[tuple[str, int], PointConfig] = {}
+    owner: dict[tuple[str, int], ModbusPoint] = {}
     for point in points:
         assert point.unit in UNITS, f"{point.name}: unit {point.unit!r}"
         assert not point.writable, "built-in templates only read"
@@ -269,7 +269,9 @@ def test_template_points_are_consistent(name: str) -> None:
             )
         if point.scale_exponent is not None:
             exponent = by_name[point.scale_exponent]
-            assert exponent.type == "int16" and exponent.scale == 1 and exponent.offset == 0
+            assert exponent.type == "int16"
+            assert exponent.scale == 1
+            assert exponent.offset == 0
         if point.type in ("int16", "uint16", "int32", "uint32"):
             low, high = int_range(point.type)
             for limit in (point.min, point.max):
@@ -279,7 +281,7 @@ def test_template_points_are_consistent(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_template_merges_its_points_into_few_requests(name: str) -> None:
-    points = TEMPLATES[name].points
+    points = modbus_points(TEMPLATES[name].points)
     requests = plan_requests(points, BusConfig("field", "modbus-tcp"))
     assert len(requests) == REQUESTS[name]
     assert sorted(p.name for r in requests for p in r.points) == sorted(p.name for p in points)
@@ -289,12 +291,12 @@ def test_template_merges_its_points_into_few_requests(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(SOURCE_ADDRESSES))
 def test_template_matches_its_source_register_map(name: str) -> None:
-    points = {p.name: (p.table, p.address, p.type) for p in TEMPLATES[name].points}
+    points = {p.name: (p.table, p.address, p.type) for p in modbus_points(TEMPLATES[name].points)}
     assert points == SOURCE_ADDRESSES[name]
 
 
 def test_sunspec_inverter_follows_models_1_and_103() -> None:
-    points = {p.name: p for p in TEMPLATES["sunspec-inverter"].points}
+    points = {p.name: p for p in modbus_points(TEMPLATES["sunspec-inverter"].points)}
     assert all(p.table == "holding" for p in points.values())
     marker = points["sunspec_marker"]
     assert (marker.address, marker.type, marker.length) == (40000, "string", 4)
@@ -321,8 +323,10 @@ def test_sunspec_inverter_follows_models_1_and_103() -> None:
             assert (point.min, point.max) == (-10, 10)
     # every measurement is scaled by the sunssf point right after its group
     scaled = {n: p.scale_exponent for n, p in points.items() if p.scale_exponent}
-    assert scaled["ac_power"] == "w_sf" and scaled["energy"] == "wh_sf"
-    assert scaled["voltage_an"] == "v_sf" and scaled["dc_power"] == "dcw_sf"
+    assert scaled["ac_power"] == "w_sf"
+    assert scaled["energy"] == "wh_sf"
+    assert scaled["voltage_an"] == "v_sf"
+    assert scaled["dc_power"] == "dcw_sf"
     assert all(MODEL_103[sf][1] == "sunssf" for sf in scaled.values())
     assert len(scaled) == 23
     assert set(points) == {n for n, _, _ in model_1} | set(MODEL_103) | {"sunspec_marker"}
@@ -334,7 +338,7 @@ def test_sunspec_inverter_follows_models_1_and_103() -> None:
 def plausible_values(template: TemplateConfig) -> tuple[dict[str, Value], dict[str, Value]]:
     """What to serve on every point (through ``set_value``, raw for scale_exponent points) and
     what a poll must then read: distinct values within each point's min/max."""
-    points = template.points
+    points = modbus_points(template.points)
     exponents = {p.scale_exponent for p in points if p.scale_exponent}
     overrides = PLAUSIBLE.get(template.name, {})
     served: dict[str, Value] = {}
@@ -353,12 +357,13 @@ def plausible_values(template: TemplateConfig) -> tuple[dict[str, Value], dict[s
     for point in points:
         if point.scale_exponent is not None:
             raw, exponent = served[point.name], served[point.scale_exponent]
-            assert isinstance(raw, int) and isinstance(exponent, int)
+            assert isinstance(raw, int)
+            assert isinstance(exponent, int)
             expected[point.name] = raw * 10.0**exponent
     return served, expected
 
 
-def _number(point: PointConfig, index: int, count: int) -> int | float:
+def _number(point: ModbusPoint, index: int, count: int) -> int | float:
     """A value between the point's min and max (or a plausible raw value when it has none)."""
     fraction = (index + 1) / (count + 1)
     if point.scale_exponent is not None or point.min is None or point.max is None:
@@ -383,7 +388,8 @@ def assert_read_back(values: dict[str, Value], expected: dict[str, Value]) -> No
     for name, want in expected.items():
         got = values[name]
         if isinstance(want, bool | str):
-            assert got == want and type(got) is type(want), name
+            assert got == want, name
+            assert type(got) is type(want), name
         else:
             assert not isinstance(got, bool | str), name
             assert got == pytest.approx(want, rel=1e-6), name
@@ -392,18 +398,20 @@ def assert_read_back(values: dict[str, Value], expected: dict[str, Value]) -> No
 @pytest.mark.parametrize("name", NAMES)
 def test_template_reads_back_what_the_simulator_serves(name: str) -> None:
     template = TEMPLATES[name]
+    points = modbus_points(template.points)
     served, expected = plausible_values(template)
     # generated values differ from point to point, so that a mix-up of two points shows
-    fixed = {p.scale_exponent for p in template.points} | set(PLAUSIBLE.get(name, {}))
+    fixed = {p.scale_exponent for p in points} | set(PLAUSIBLE.get(name, {}))
     generated = [v for n, v in expected.items() if n not in fixed and not isinstance(v, bool)]
-    assert generated and len(set(generated)) == len(generated)
-    slave = SimulatedSlave(7, template.points)
+    assert generated
+    assert len(set(generated)) == len(generated)
+    slave = SimulatedSlave(7, points)
     for point_name, value in served.items():
         slave.set_value(point_name, value)
     result = poll([slave], device_for(template, unit=7))
     assert result.errors == ()
     assert_read_back(dict(result.values), expected)
-    for point in template.points:
+    for point in points:
         if point.min is not None and point.max is not None and point.scale_exponent is None:
             value = result.values[point.name]
             assert isinstance(value, int | float)
@@ -413,7 +421,7 @@ def test_template_reads_back_what_the_simulator_serves(name: str) -> None:
 def test_sdm120_float_registers_are_big_endian_words() -> None:
     """230.5 V is 0x43668000 on the wire: high word at the lower address (mbmd RTUIeee754)."""
     template = TEMPLATES["eastron-sdm120"]
-    slave = SimulatedSlave(1, template.points)
+    slave = SimulatedSlave(1, modbus_points(template.points))
     slave.set_registers("input", 0x0000, [0x4366, 0x8000])
     assert slave.value("voltage") == 230.5
     result = poll([slave], device_for(template))
@@ -423,10 +431,10 @@ def test_sdm120_float_registers_are_big_endian_words() -> None:
 def sunspec_slave(**raw: int) -> tuple[SimulatedSlave, dict[str, Value]]:
     template = TEMPLATES["sunspec-inverter"]
     served, expected = plausible_values(template)
-    slave = SimulatedSlave(1, template.points)
+    slave = SimulatedSlave(1, modbus_points(template.points))
     for point_name, value in served.items():
         slave.set_value(point_name, value)
-    points = {p.name: p for p in template.points}
+    points = {p.name: p for p in modbus_points(template.points)}
     for name, registers in raw.items():
         point = points[name]
         words = [registers >> 16 & 0xFFFF, registers & 0xFFFF] if point.count == 2 else [registers]
@@ -484,7 +492,10 @@ def test_sunspec_negative_power_reads_negative() -> None:
 
 def test_two_templates_on_one_bus_read_independently() -> None:
     meter, soil = TEMPLATES["eastron-sdm120"], TEMPLATES["soil-3in1"]
-    meter_slave, soil_slave = SimulatedSlave(1, meter.points), SimulatedSlave(2, soil.points)
+    meter_slave, soil_slave = (
+        SimulatedSlave(1, modbus_points(meter.points)),
+        SimulatedSlave(2, modbus_points(soil.points)),
+    )
     meter_slave.set_value("voltage", 231.4)
     soil_slave.set_value("temperature", -3.2)
     soil_slave.set_value("moisture", 41.7)
@@ -621,7 +632,8 @@ def test_user_template_named_like_a_builtin_replaces_it(tmp_path: Path) -> None:
     names = [t.name for t in loaded.templates]
     assert sorted(names) == NAMES
     user = next(t for t in loaded.templates if t.name == "eastron-sdm120")
-    assert user.source == str(config) and user.description.startswith("our meters")
+    assert user.source == str(config)
+    assert user.description.startswith("our meters")
     # …for that configuration only: the built-in one is untouched
     assert TEMPLATES["eastron-sdm120"] == next(
         t for t in builtin_templates() if t.name == "eastron-sdm120"
@@ -649,7 +661,7 @@ def test_generated_values_are_readings_not_sentinels(name: str) -> None:
     template = TEMPLATES[name]
     served, expected = plausible_values(template)
     assert served.keys() == expected.keys() == {p.name for p in template.points}
-    slave = SimulatedSlave(1, template.points)
+    slave = SimulatedSlave(1, modbus_points(template.points))
     for point_name, value in served.items():
         slave.set_value(point_name, value)
     for point in template.points:

@@ -81,7 +81,7 @@ def functions(sim: ModbusSimulator) -> list[int]:
     return [frame.data[at] for frame in sim.frames if not frame.sending]
 
 
-def registers(simulated: SimulatedSlave, point: PointConfig) -> list[int]:
+def registers(simulated: SimulatedSlave, point: ModbusPoint) -> list[int]:
     return [int(r) for r in simulated.registers(point.table, point.address, point.count)]
 
 
@@ -295,7 +295,7 @@ def test_an_answer_confirming_another_value_fails_the_write() -> None:
     async def body() -> None:
         simulated = slave()
         sim = ModbusSimulator([simulated])
-        sim._context = _Clamping(sim.slaves)
+        sim._context = _Clamping(sim.slaves)  # noqa: SLF001 (a slave that clamps: no option for it)
         async with sim, ModbusDriver(tcp_bus(sim.port)) as driver:
             await driver.write(device(), RAW, 2999)
             with pytest.raises(DeviceError) as caught:
@@ -521,7 +521,7 @@ def test_rtu_over_tcp_writes() -> None:
     ],
 )
 def test_plan_write_picks_the_function_code(
-    point: PointConfig, raw: list[int], multiple: bool, function: int
+    point: ModbusPoint, raw: list[int], multiple: bool, function: int
 ) -> None:
     write = plan_write(point, raw, multiple)
     assert write.function == function

@@ -10,15 +10,16 @@ import termios
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 import serial  # type: ignore[import-untyped]
 
 from agent.api import BusConfig, DeviceConfig, PointConfig
+from agent.api.config import Parity
 from agent.api.pty import PtyLink
 from agent.cli.tools import plan_lines
-from agent.config import load_config
+from agent.config import Config, load_config
 from agent.errors import ConfigError, DeviceError
 from agent.poll.scheduler import BusPoller
 from agent.testkit import run
@@ -68,7 +69,15 @@ def test_values_are_split_at_the_answer_limit() -> None:
 # --- the driver on a wire
 
 
-UART = {"baudrate": 1200, "bytesize": 7, "parity": "E"}
+class LineSettings(TypedDict, total=False):
+    """BusConfig's serial line keywords."""
+
+    baudrate: int
+    bytesize: int
+    parity: Parity
+
+
+UART: LineSettings = {"baudrate": 1200, "bytesize": 7, "parity": "E"}
 
 
 def point(name: str, index: int, measurement: str = "M", **keys: Any) -> PointConfig:
@@ -89,7 +98,7 @@ async def wired(
 ) -> AsyncIterator[tuple[Sdi12Driver, Sdi12Bus]]:
     """A driver on one end of a cable, the sensors on the other (echoing, unless smart)."""
     async with PtyLink() as link:
-        line = {"baudrate": 9600} if smart else UART
+        line: LineSettings = {"baudrate": 9600} if smart else UART
         bus = BusConfig("sdi", "serial", serial_port=link.paths[0], timeout=timeout, **line)
         async with Sdi12Bus(link.paths[1], sensors, echo=not smart) as far, Sdi12Driver(bus) as d:
             yield d, far
@@ -140,10 +149,10 @@ def test_a_smart_adapter_gets_the_command_as_text_without_a_break(
 def record_breaks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, bool]]:
     """The break condition pyserial is told to set, with its times (a pty cannot carry one)."""
     changes: list[tuple[float, bool]] = []
-    original = serial.Serial._update_break_state
+    original = serial.Serial._update_break_state  # noqa: SLF001 (pyserial's hook, spied on)
 
     def spy(port: Any) -> None:
-        changes.append((asyncio.get_running_loop().time(), port._break_state))
+        changes.append((asyncio.get_running_loop().time(), port.break_condition))
         original(port)
 
     monkeypatch.setattr(serial.Serial, "_update_break_state", spy)
@@ -178,7 +187,7 @@ def test_a_port_that_cannot_hold_a_break_gets_the_timed_break_said_once(
     timed: list[int] = []
 
     def refuse(port: Any) -> None:
-        held.append(port._break_state)
+        held.append(port.break_condition)
         raise OSError(errno.ENOSYS, "Function not implemented")
 
     real_tcsendbreak = termios.tcsendbreak
@@ -346,7 +355,8 @@ def test_sensors_sharing_a_bus_are_asked_one_command_at_a_time() -> None:
                 await asyncio.gather(task, return_exceptions=True)
 
     run(scenario(), timeout=15)
-    assert got["slow"][:2] == [1.0, 1.0] and got["quick"][:2] == [2.0, 2.0]
+    assert got["slow"][:2] == [1.0, 1.0]
+    assert got["quick"][:2] == [2.0, 2.0]
     measuring = [
         (asked, data)
         for (asked, c1), (data, c2) in zip(slow.heard, slow.heard[1:], strict=False)
@@ -385,7 +395,7 @@ GOOD_BUS = 'baudrate = 1200\nbytesize = 7\nparity = "E"'
 
 def load(
     tmp_path: Path, bus: str = GOOD_BUS, device: str = "address = 0", point: str = "index = 1"
-):  # type: ignore[no-untyped-def]
+) -> Config:
     path = tmp_path / "site.toml"
     path.write_text(CONFIG.format(bus=bus, device=device, point=point))
     return load_config(path, environ={})[0]

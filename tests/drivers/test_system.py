@@ -69,7 +69,8 @@ def fake_root(tmp_path: Path, thermal: bool = True) -> Path:
 def test_a_system_device_needs_no_bus_and_reads_its_metrics(tmp_path: Path) -> None:
     config, _ = load_config(config_at(tmp_path), {})
     device = config.device("gateway")
-    assert device.bus == "" and device.driver == "system"
+    assert device.bus == ""
+    assert device.driver == "system"
     driver = SystemDriver(local_bus(device), root=fake_root(tmp_path))
     poll = run(driver.read(device))
     assert poll.values == {
@@ -86,7 +87,8 @@ def test_a_metric_the_board_lacks_is_an_error_for_that_point_only(tmp_path: Path
     poll = run(
         SystemDriver(local_bus(device), root=fake_root(tmp_path, thermal=False)).read(device)
     )
-    assert "temperature" not in poll.values and "load1" in poll.values
+    assert "temperature" not in poll.values
+    assert "load1" in poll.values
     assert poll.errors[0].startswith("device gateway: temperature: not available")
 
 

@@ -78,7 +78,9 @@ def every_id_accounted(edge_agent: AgentRunner) -> None:
     assert drained(edge_agent), "the backlog did not drain"
     assert edge_agent.term() == 0
     result = account(edge_agent)
-    assert result.ok and result.dropped == 0 and result.lost == 0, result
+    assert result.ok, result
+    assert result.dropped == 0, result
+    assert result.lost == 0, result
     assert result.delivered == result.generated > 0, result
     assert "Traceback" not in edge_agent.log
 

@@ -14,7 +14,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -88,7 +87,7 @@ def host_accounts() -> str:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, float]]:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     """One installation, Raspberry Pi OS-like (a gpio group), for the tests that only look."""
     root = make_root(tmp_path_factory.mktemp("pi-root"), gpio=True)
     host = host_accounts()
@@ -97,7 +96,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     took = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert host_accounts() == host, "the installer changed the host's /etc/passwd or /etc/group"
-    yield root, took
+    return root, took
 
 
 def test_installs_in_reasonable_time(installed: tuple[Path, float]) -> None:
