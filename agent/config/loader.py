@@ -20,6 +20,7 @@ from ..api.config import BusConfig, BusType, DeviceConfig, PointConfig, Template
 from ..api.driver import BuildsPoints, Driver, ShipsTemplates
 from ..api.keys import suggest
 from ..errors import ConfigError, DriverError, Problem
+from . import tls as tls_files
 from .mqtt_limits import (
     MAX_AGENT_ID,
     MAX_CLIENT_ID,
@@ -287,7 +288,9 @@ class _Loader:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         if ca is not None and "ca_file" in readable and not tls_insecure:
             _check_ca_loads(s, context, ca)
-        key_usable = "client_key_file" in readable or (key is None and _holds_private_key(cert))
+        key_usable = "client_key_file" in readable or (
+            key is None and tls_files.holds_private_key(cert)
+        )
         if cert is not None and "client_cert_file" in readable and key_usable:
             _check_cert_chain_loads(s, context, cert, key)
         return ca, cert, key
@@ -904,16 +907,16 @@ def _check_key_pairing(s: Section, cert: Path | None, key: Path | None) -> None:
     """A client key needs its certificate, and a certificate its key (unless it holds it)."""
     if key is not None and cert is None:
         s.problem("client_key_file", "needs client_cert_file: the certificate of this key")
-    if cert is not None and key is None and not _holds_private_key(cert):
+    if cert is not None and key is None and not tls_files.holds_private_key(cert):
         s.problem("client_cert_file", "needs client_key_file: the certificate's private key")
 
 
 def _check_ca_loads(s: Section, context: ssl.SSLContext, ca: Path) -> None:
     """ca_file is a CA certificate OpenSSL can load."""
     try:
-        context.load_verify_locations(cafile=str(ca))
-    except (OSError, ssl.SSLError) as exc:
-        s.problem("ca_file", f"{ca}: {_tls_reason(exc)}")
+        tls_files.load_ca(context, ca)
+    except tls_files.TlsFileProblem as problem:
+        s.problem(problem.key, str(problem))
 
 
 def _check_cert_chain_loads(
@@ -921,57 +924,18 @@ def _check_cert_chain_loads(
 ) -> None:
     """The client certificate and its key load into OpenSSL, the key needing no passphrase."""
     try:
-        context.load_cert_chain(str(cert), str(key) if key else None, _no_passphrase)
-    except _EncryptedKeyError:
-        s.problem(
-            "client_key_file",
-            f"{key or cert} is encrypted: the agent has no passphrase to give; "
-            "store the key unencrypted, readable by the agent only",
-        )
-    except (OSError, ssl.SSLError) as exc:
-        where = f"{cert} with {key}" if key else str(cert)
-        s.problem("client_cert_file", f"{where}: {_tls_reason(exc)}")
+        tls_files.load_client_certificate(context, cert, key)
+    except tls_files.TlsFileProblem as problem:
+        s.problem(problem.key, str(problem))
 
 
 def _readable(s: Section, key: str, path: Path) -> bool:
     try:
-        with path.open("rb"):
-            return True
-    except FileNotFoundError:
-        s.problem(key, f"{path}: no such file")
-    except OSError as exc:
-        s.problem(key, f"cannot read {path}: {exc.strerror or exc}")
-    return False
-
-
-def _holds_private_key(path: Path | None) -> bool:
-    """A PEM file may hold the certificate and its key together (OpenSSL accepts that)."""
-    if path is None:
+        tls_files.check_readable(key, path)
+    except tls_files.TlsFileProblem as problem:
+        s.problem(key, str(problem))
         return False
-    try:
-        return b"PRIVATE KEY-----" in path.read_bytes()
-    except OSError:
-        return True  # already reported as unreadable
-
-
-class _EncryptedKeyError(Exception):
-    pass
-
-
-def _no_passphrase() -> bytes:
-    # Without a callback, OpenSSL would ask for the passphrase on the terminal and wait.
-    raise _EncryptedKeyError
-
-
-def _tls_reason(exc: OSError) -> str:
-    reason = getattr(exc, "reason", None)
-    if reason == "KEY_VALUES_MISMATCH":
-        return "the key does not belong to the certificate"
-    if reason == "NO_CERTIFICATE_OR_CRL_FOUND":
-        return "holds no PEM certificate"
-    if "PEM lib" in str(exc):
-        return "not a PEM certificate and private key OpenSSL can read"
-    return str(reason or exc.strerror or exc)
+    return True
 
 
 def _host_name() -> str:

@@ -14,7 +14,6 @@ import errno
 import logging
 import socket
 import ssl
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -23,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ..config import MqttSection
+from ..config import MqttSection, tls
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,10 @@ PUBLISH_TIMEOUT = 10.0
 class TlsFileError(aiomqtt.MqttError):
     """A TLS file of ``[mqtt]`` cannot be used now, though it could when the config was loaded."""
 
-    def __init__(self, key: str, path: Path, reason: str) -> None:
-        super().__init__(f"[mqtt] {key} {path}: {reason}")
-        self.key = key
-        self.path = path
+    def __init__(self, problem: tls.TlsFileProblem) -> None:
+        super().__init__(f"[mqtt] {problem.key} {problem}")
+        self.key = problem.key
+        self.path = problem.path
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):
@@ -54,33 +53,6 @@ class _ClosingSSLSocket(ssl.SSLSocket):
         except OSError:
             self.close()
             raise
-
-
-class _EncryptedKeyError(Exception):
-    """The client key wants a passphrase, which the agent does not have."""
-
-
-def _no_passphrase() -> bytes:
-    # Without a callback, OpenSSL would ask for the passphrase on the terminal and wait.
-    raise _EncryptedKeyError
-
-
-def _readable(key: str, path: Path) -> None:
-    """Name the file that cannot be read: OpenSSL's own error does not say which one."""
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as exc:
-        raise TlsFileError(key, path, f"cannot read it: {exc.strerror or exc}") from exc
-
-
-def _ssl_reason(exc: OSError) -> str:
-    reason = getattr(exc, "reason", None)
-    if reason == "KEY_VALUES_MISMATCH":
-        return "the client key does not belong to this certificate"
-    if reason == "NO_CERTIFICATE_OR_CRL_FOUND" or "PEM lib" in str(exc):
-        return "not a PEM certificate (or key) OpenSSL can read"
-    return str(reason or exc.strerror or exc)
 
 
 class LibraryErrors(logging.Filter):
@@ -292,31 +264,27 @@ def tls_context(mqtt: MqttSection) -> ssl.SSLContext | None:
     if mqtt.tls_insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    elif mqtt.ca_file:
-        ca_file = mqtt.ca_file
-        _readable("ca_file", ca_file)
-        try:
-            context.load_verify_locations(cafile=str(ca_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsFileError("ca_file", ca_file, _ssl_reason(exc)) from exc
-    else:
+    try:
+        _load_files(context, mqtt)
+    except tls.TlsFileProblem as problem:
+        raise TlsFileError(problem) from problem
+    return context
+
+
+def _load_files(context: ssl.SSLContext, mqtt: MqttSection) -> None:
+    """The CA (unless nothing is verified) and the client certificate, checked as ``edge-agent
+    check`` checks them."""
+    if mqtt.ca_file and not mqtt.tls_insecure:
+        tls.check_readable("ca_file", mqtt.ca_file)
+        tls.load_ca(context, mqtt.ca_file)
+    elif not mqtt.tls_insecure:
         context.load_default_certs()
     cert, key = mqtt.client_cert_file, mqtt.client_key_file
     if cert:
-        _readable("client_cert_file", cert)
+        tls.check_readable("client_cert_file", cert)
         if key:
-            _readable("client_key_file", key)
-        try:
-            context.load_cert_chain(str(cert), str(key) if key else None, _no_passphrase)
-        except _EncryptedKeyError:
-            raise TlsFileError(
-                "client_key_file",
-                key or cert,
-                "is encrypted: give the key without a passphrase",
-            ) from None
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsFileError("client_cert_file", cert, _ssl_reason(exc)) from exc
-    return context
+            tls.check_readable("client_key_file", key)
+        tls.load_client_certificate(context, cert, key)
 
 
 #: MQTT 5 reason codes at and above this one are refusals (a PUBACK's included).
