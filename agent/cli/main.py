@@ -21,7 +21,7 @@ from .. import __version__
 from ..config import Config, builtin_templates, load_config
 from ..errors import AgentError, ConfigError, DeviceError, Problem
 from ..service.logs import setup_logging
-from ..store.buffer import NewerFormat
+from ..store.formats import NewerFormat
 from . import tools
 
 log = logging.getLogger("agent")

@@ -17,7 +17,8 @@ from ..config import BusConfig, Config, DeviceConfig, PointConfig, TemplateConfi
 from ..errors import AgentError
 from ..model import Poll
 from ..service.lock import data_dir_lock
-from ..store.buffer import BUFFER_FILE, BufferStats, open_buffer, stored_samples, stored_stats
+from ..store.buffer import BUFFER_FILE, BufferStats, open_buffer
+from ..store.inspect import stored_samples, stored_stats
 
 
 class UsageError(AgentError, ValueError):

@@ -24,7 +24,7 @@ the same transaction as the drop, so they survive a ``kill -9``.
 Ids never repeat: see ``agent.ids``.
 
 Its files outlive a package upgrade, and each records its format: the database in ``PRAGMA
-user_version`` (``FORMAT``), the ids file and the crash journal in their own (``agent.ids``,
+user_version`` (``formats.FORMAT``), the ids file and the crash journal in their own (``agent.ids``,
 ``agent.journal``). An upgrade migrates the database at open, one step per format, all in one
 transaction with the new version (a crash part-way leaves the old version whole, migrated again
 at the next open). A file of a newer format than this version reads (a downgrade) is not damage:
@@ -47,17 +47,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..clock import Clock
-from ..errors import AgentError, StorageError
+from ..errors import StorageError
 from ..model import Sample, Value
 from . import salvage
-from .ids import FORMAT as IDS_FORMAT
+from .formats import (
+    COLUMNS,
+    DB_ERRORS,
+    NewerFormat,
+    checksummed_from,
+    ids_present,
+    migrate,
+    refuse_newer,
+    stored,
+    wal_and_shm,
+)
 from .ids import IdLedger
-from .ids import format_of as ids_format
-from .journal import FORMAT as JOURNAL_FORMAT
-from .journal import Journal, Recovered, journal_dirs, journal_path, runtime_dir
-from .journal import format_of as journal_format
+from .journal import Journal, Recovered, journal_path, runtime_dir
 from .salvage import Found, StoredRow, intact, row_crc, to_sample
 
 log = logging.getLogger(__name__)
@@ -75,44 +80,6 @@ WAL_RESERVE = 8 * 1024 * 1024
 BATCH = 1000
 #: Ids listed by name in a line about lost samples; the rest are counted.
 SHOWN_IDS = 20
-#: The database's format, in ``PRAGMA user_version``, recorded by the transaction that makes or
-#: migrates it: 1 (0.1.0's tables) since 0.2.0. 0 is none recorded: a database of 0.1.0, or a
-#: new file; ``_STEPS`` takes either on from there, one format at a time.
-FORMAT = 1
-
-#: Format 1's tables, as 0.1.0 made them at every open (kept as they were: a later format
-#: changes them in a step of its own, so that a new database and a migrated one are the same).
-_TABLES_1 = (
-    """CREATE TABLE IF NOT EXISTS samples (
-    id INTEGER PRIMARY KEY,
-    device TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    vals TEXT NOT NULL,
-    mono REAL,      -- set only for a sample whose wall clock was not trusted
-    boot TEXT,      -- its boot id; NULL with mono set: sent unsynced, to stay so
-    crc INTEGER     -- salvage.row_crc of the row; NULL in rows of earlier versions
-)""",
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS quarantine (
-    id INTEGER, device BLOB, ts INTEGER, vals BLOB, mono REAL, boot BLOB, crc INTEGER,
-    reason TEXT NOT NULL, at INTEGER NOT NULL
-)""",
-)
-#: Each column as stored, or NULL (-1 for the checksum) where damage changed its type: a row
-#: read this way is judged by its checksum, never by a decoding error that stops the query.
-_COLUMNS = (
-    "id, CAST(device AS BLOB), CASE typeof(ts) WHEN 'integer' THEN ts END, "
-    "CAST(vals AS BLOB), CASE WHEN typeof(mono) IN ('real', 'integer') THEN mono END, "
-    "CAST(boot AS BLOB), CASE typeof(crc) WHEN 'integer' THEN crc WHEN 'null' THEN NULL "
-    "ELSE -1 END"
-)
-_LEGACY_COLUMNS = _COLUMNS[: _COLUMNS.rindex(", CASE typeof(crc)")] + ", NULL"
-
-
-class NewerFormat(AgentError):
-    """A file of the buffer is of a newer format than this version reads: a newer edge-agent
-    wrote it, then this one was installed. Not damage (nothing is wrong with it): it is never
-    mended, rebuilt or purged, nor written to; a person chooses what to run."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +204,7 @@ class Buffer:
         """Open the store, mending what damage it finds; one that cannot be opened leaves the
         buffer in memory (and the journal) until the disk can be used. ``NewerFormat``, before
         anything is written, when a file is of a newer version's format."""
-        _refuse_newer(self.path, [self._journal.path] if self._journal else [])
+        refuse_newer(self.path, [self._journal.path] if self._journal else [])
         had_database = self.path.exists()
         self._make_dir()
         recovered = self._journal.recover() if self._journal else None
@@ -448,14 +415,14 @@ class Buffer:
         batch: list[Sample] = []
         while len(batch) < limit:
             rows = self._query(
-                f"SELECT {_COLUMNS} FROM samples WHERE id > ? ORDER BY id LIMIT ?",
+                f"SELECT {COLUMNS} FROM samples WHERE id > ? ORDER BY id LIMIT ?",
                 (self._disk_cursor, limit - len(batch)),
             )
             if not rows:
                 break
             self._disk_cursor = rows[-1][0]
             damaged: list[tuple[StoredRow, str]] = []
-            for row in map(_stored, rows):
+            for row in map(stored, rows):
                 if row.id in self._in_flight or row.id in self._bad:
                     continue  # being sent (live, or from here), or known damaged
                 try:
@@ -522,7 +489,7 @@ class Buffer:
         try:
             with self._conn() as db:
                 _write_forms(db, on_disk)
-        except (*_DB_ERRORS, StorageError) as exc:
+        except (*DB_ERRORS, StorageError) as exc:
             if not isinstance(exc, StorageError):
                 self._storage_trouble(exc)
             refused = {s.id for s in on_disk}
@@ -553,7 +520,7 @@ class Buffer:
             return
         try:
             self._commit(due)
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             self._storage_trouble(exc)
             return
         for sample in due:
@@ -615,7 +582,7 @@ class Buffer:
         try:
             with self._conn() as db:
                 self._write_counts(db)
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             self._storage_trouble(exc)
 
     def _load_counts(self) -> None:
@@ -639,7 +606,7 @@ class Buffer:
         try:
             with self._conn() as db:
                 self._write_reservation(db)
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             self._storage_trouble(exc)
 
     def _write_reservation(self, db: sqlite3.Connection) -> None:
@@ -760,15 +727,15 @@ class Buffer:
             # lost to a power cut or to a card that fails into read-only).
             db.execute("PRAGMA synchronous=FULL")
             db.execute(f"PRAGMA journal_size_limit={self.max_size // 5}")
-            _migrate(db, self.path)
-            self._checked_from = _checked_from(db)
+            migrate(db, self.path)
+            self._checked_from = checksummed_from(db)
             self._apply_bound()
             self._on_disk = self._count_rows()
             if self._db is not db:  # it was found damaged and rebuilt on the way: done
                 return
             self._load_counts()
             self._check_rows(db)
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             self._close_db()
             if _is_corrupt(exc):
                 self._rebuild(_damage_reason(exc))
@@ -791,7 +758,7 @@ class Buffer:
         SQLite gives its -wal and -shm files the database's mode."""
         with contextlib.suppress(FileExistsError):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        for other in (path, *_wal_and_shm(path), self._ledger.path):
+        for other in (path, *wal_and_shm(path), self._ledger.path):
             with contextlib.suppress(OSError):
                 if other.stat().st_mode & 0o077:
                     other.chmod(0o600)
@@ -848,11 +815,11 @@ class Buffer:
         try:
             with self._conn() as db:
                 _insert(db, found.rows.values())
-            present = _present(self._conn(), found.damaged)
+            present = ids_present(self._conn(), found.damaged)
             self._on_disk = self._count_rows()
             with self._conn() as db:
                 self._set_rows(db, self._on_disk)
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             self._storage_trouble(exc)
             return False
         self._checkpoint()  # the damaged log folded in and emptied: said once, not at each start
@@ -892,23 +859,23 @@ class Buffer:
             return
         expected = self._on_disk  # the rows the database held, as far as the buffer knows
         if self._db is not None:
-            with contextlib.suppress(*_DB_ERRORS):
+            with contextlib.suppress(*DB_ERRORS):
                 expected = max(expected, self._meta_value("rows"))
         self._close_db()
         stamp = time.strftime("%Y%m%dT%H%M%S")
         fresh = self.path.with_name(f"{self.path.name}.rebuilt")
         found = Found()
         try:
-            for old in (fresh, *_wal_and_shm(fresh)):
+            for old in (fresh, *wal_and_shm(fresh)):
                 old.unlink(missing_ok=True)
             with contextlib.closing(sqlite3.connect(fresh)) as db:
-                _migrate(db, fresh)
+                migrate(db, fresh)
                 with db:
-                    _insert(db, salvage.scan(self.path, _wal_and_shm(self.path)[0], found))
+                    _insert(db, salvage.scan(self.path, wal_and_shm(self.path)[0], found))
                     _keep_for_inspection(db, found.quarantined)
                 restored = int(db.execute("SELECT count(*) FROM samples").fetchone()[0])
-                present = _present(db, found.damaged)
-            for old in (self.path, *_wal_and_shm(self.path)):
+                present = ids_present(db, found.damaged)
+            for old in (self.path, *wal_and_shm(self.path)):
                 if old.exists():  # buffer.sqlite-wal → buffer.sqlite.corrupt-STAMP-wal
                     suffix = old.name.removeprefix(self.path.name)
                     old.rename(old.with_name(f"{self.path.name}.corrupt-{stamp}{suffix}"))
@@ -974,7 +941,7 @@ class Buffer:
                 self.lost,
             )
         if row is None or int(row[0]) != self._on_disk:
-            with contextlib.suppress(*_DB_ERRORS), db:  # a read-only disk: said elsewhere
+            with contextlib.suppress(*DB_ERRORS), db:  # a read-only disk: said elsewhere
                 self._set_rows(db, self._on_disk)
 
     def _check_count(self, expected: int, counted: int) -> None:
@@ -1000,7 +967,7 @@ class Buffer:
         stored: set[int] = set()
         if self._db is not None:
             with contextlib.suppress(sqlite3.DatabaseError):
-                stored = _present(self._conn(), samples.keys())
+                stored = ids_present(self._conn(), samples.keys())
         back = [s for i, s in sorted(samples.items()) if i not in stored]
         try:  # old samples: the backlog's, sent as such ("backlog": true), not as live ones
             with self._conn() as db:
@@ -1011,7 +978,7 @@ class Buffer:
                 ).rowcount
                 self._adjust_rows(db, max(inserted, 0))
             self._on_disk += max(inserted, 0)
-        except (*_DB_ERRORS, StorageError):  # no disk now: they wait in memory
+        except (*DB_ERRORS, StorageError):  # no disk now: they wait in memory
             now = time.monotonic()
             for sample in back:
                 self._memory[sample.id] = (sample, now)
@@ -1067,7 +1034,7 @@ class Buffer:
                 with self._conn() as db:
                     db.execute("DELETE FROM samples")
                     self._set_rows(db, 0)
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 raise StorageError(f"buffer {self.path}: cannot purge: {exc}") from None
         self._on_disk = 0
         return count
@@ -1083,7 +1050,7 @@ class Buffer:
                 return []
             try:
                 return self._conn().execute(sql, args).fetchall()
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 self._storage_trouble(exc)
                 if not _is_corrupt(exc) or attempt:
                     return []
@@ -1113,125 +1080,6 @@ def open_buffer(
     )
 
 
-# --- reading beside a running agent (``edge-agent buffer stats`` and ``export``)
-
-
-def read_only(path: Path) -> sqlite3.Connection:
-    """The buffer database opened for reading only: safe beside a running agent."""
-    if not path.exists():
-        raise StorageError(f"no buffer at {path}: the agent has not run with this data_dir yet")
-    try:
-        return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise StorageError(f"buffer {path}: cannot open: {exc}") from exc
-
-
-def stored_samples(
-    path: Path, boot: str | None = None, damaged: Callable[[str], None] = lambda _: None
-) -> Iterator[Sample]:
-    """Every waiting sample, oldest first, from the buffer's files alone (safe beside a running
-    agent): the committed ones and those its journal of this boot holds (in memory, or left by
-    a run that was killed). Damaged rows are left out, each said to ``damaged``; a damaged
-    database is read page by page. ``StorageError`` when there is no buffer at all."""
-    _refuse_newer(path, _journal_paths(path))
-    journal = _journal_samples(path, boot)
-    if not path.exists() and journal:  # a disk that never took the database
-        yield from (journal[i] for i in sorted(journal))
-        return
-    try:
-        with contextlib.closing(read_only(path)) as db:
-            checked_from = _checked_from(db)
-            columns = _COLUMNS if checked_from < 2**63 else _LEGACY_COLUMNS
-            rows = db.execute(f"SELECT {columns} FROM samples ORDER BY id")
-            yield from _merged(map(_stored, rows), journal, damaged, checked_from)
-        return
-    except _DB_ERRORS as exc:
-        damaged(f"the database is damaged ({exc}): reading it page by page")
-    found = Found()
-    rows_by_id = sorted(salvage.scan(path, _wal_and_shm(path)[0], found), key=lambda r: r.id)
-    yield from _merged(iter(rows_by_id), journal, damaged)
-    for sample_id in sorted(found.damaged - {r.id for r in rows_by_id}):
-        damaged(f"sample id {sample_id} is damaged: left out")
-
-
-def stored_stats(path: Path, boot: str | None = None) -> BufferStats:
-    """What a running (or stopped) agent has stored, from its files alone (its journal: of
-    this boot unless ``boot`` names another)."""
-    _refuse_newer(path, _journal_paths(path))
-    counts: dict[str, int] = {}
-    journal = _journal_samples(path, boot)
-    count, oldest = 0, None
-    try:
-        if not path.exists() and journal:
-            raise FileNotFoundError(path)  # a disk that never took the database: the journal
-
-        with contextlib.closing(read_only(path)) as db:
-            count, oldest = db.execute("SELECT count(*), min(ts) FROM samples").fetchone()
-            with contextlib.suppress(sqlite3.Error):
-                counts = dict(db.execute("SELECT key, value FROM meta"))
-            for sample_id in _present(db, journal):  # committed, still journaled until confirmed
-                del journal[sample_id]
-    except FileNotFoundError:
-        pass
-    except _DB_ERRORS:
-        found = Found()
-        times = [r.ts for r in salvage.scan(path, _wal_and_shm(path)[0], found)]
-        count, oldest, counts = len(times), min(times, default=None), found.meta
-    ids = IdLedger(path.with_suffix(".ids"))
-    ids.load()
-    oldest = min([t for t in (oldest, *(s.ts for s in journal.values())) if t is not None] or [0])
-    size = sum(p.stat().st_size for p in (path, _wal_and_shm(path)[0]) if p.exists())
-    return BufferStats(
-        depth=count + len(journal),
-        in_memory=len(journal),
-        on_disk=count,
-        oldest_ts=oldest or None,
-        bytes=size,
-        dropped=max(int(counts.get("dropped", 0)), ids.record.dropped),
-        next_id=max(ids.next_id, max(journal, default=0) + 1),
-        lost=max(int(counts.get("lost", 0)), ids.record.lost),
-    )
-
-
-def _journal_paths(path: Path) -> list[Path]:
-    return [journal_path(directory, path) for directory in journal_dirs()]
-
-
-def _journal_samples(path: Path, boot: str | None) -> dict[int, Sample]:
-    boot = Clock().boot_id() if boot is None else boot
-    samples: dict[int, Sample] = {}
-    for journal in _journal_paths(path):
-        samples |= Journal(journal, path, boot).recover().samples
-    return samples
-
-
-def _merged(
-    rows: Iterator[StoredRow],
-    journal: dict[int, Sample],
-    damaged: Callable[[str], None],
-    checked_from: int = 0,
-) -> Iterator[Sample]:
-    """Stored rows (by id) and the journal's samples, in one ascending run of ids."""
-    extra = deque(sorted(journal.items()))
-    for row in rows:
-        while extra and extra[0][0] < row.id:
-            yield extra.popleft()[1]
-        if extra and extra[0][0] == row.id:
-            extra.popleft()
-        try:
-            if not intact(row, checked_from):
-                raise ValueError("checksum mismatch")
-            yield to_sample(row)
-        except (ValueError, UnicodeDecodeError) as exc:
-            damaged(f"sample id {row.id} is damaged ({exc}): left out")
-    yield from (sample for _, sample in extra)
-
-
-def _stored(row: Sequence[Any]) -> StoredRow:
-    sample_id, device, ts, vals, mono, boot, crc = row
-    return StoredRow(sample_id, device, ts, vals, mono, boot, crc)
-
-
 def _stored_values(row: StoredRow) -> tuple[object, ...]:
     return (row.id, row.device, row.ts, row.vals, row.mono, row.boot, row.crc)
 
@@ -1245,118 +1093,10 @@ def _row(sample: Sample) -> tuple[object, ...]:
     return (sample.id, sample.device, sample.ts, vals.decode(), sample.mono, sample.boot, crc)
 
 
-# --- formats
-
-
-def _to_format_1(db: sqlite3.Connection) -> None:
-    """Format 1, 0.1.0's: a new database gets its tables. 0.1.0's own database has them all and
-    needs nothing (this step just lets it be stamped); one of a version before it gets the
-    checksum column, its rows left unchecked (rows carry a checksum from ``checked_from`` on)."""
-    for table in _TABLES_1:
-        db.execute(table)
-    columns = {r[1] for r in db.execute("PRAGMA table_info(samples)")}
-    first = 0
-    if "crc" not in columns:
-        db.execute("ALTER TABLE samples ADD COLUMN crc INTEGER")
-        first = int(db.execute("SELECT coalesce(max(id), 0) + 1 FROM samples").fetchone()[0])
-    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('checked_from', ?)", (first,))
-
-
-#: ``_STEPS[n]`` takes a database from format n to n + 1 (a new one, at 0, takes them all). A
-#: step runs inside the migration's transaction: it must not commit (``with db``), and it may
-#: find a database it already worked on, rolled back by a crash: the work is all there or none.
-_STEPS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_format_1,)
-
-
-def _migrate(db: sqlite3.Connection, path: Path) -> None:
-    """Bring the database to ``FORMAT``: the steps from the format it records, and the new
-    format, in one transaction. A failure or a crash part-way rolls it all back (SQLite's own
-    journal): the database stays whole at its old format, and the next open starts again."""
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if not _written_by_a_release(version):
-        log.warning(
-            "buffer %s: its header says format %d, which no edge-agent wrote (damage): "
-            "read as format %d",
-            path,
-            version,
-            FORMAT,
-        )
-        with db:
-            db.execute(f"PRAGMA user_version = {FORMAT}")
-        return
-    if version > FORMAT:  # open() read it from the file first: only a file replaced since
-        raise _newer(path, version, FORMAT, _MOVE_DB)
-    if version == FORMAT:
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for step in _STEPS[version:FORMAT]:
-            step(db)
-        db.execute(f"PRAGMA user_version = {FORMAT}")
-        db.commit()
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            db.rollback()
-        raise
-
-
-def _refuse_newer(path: Path, journals: Iterable[Path]) -> None:
-    """``NewerFormat`` when the database at ``path``, its ids file or one of ``journals`` is of
-    a newer format than this version reads. Read from the bytes (SQLite is not asked: it would
-    write to the file), before anything is written. Moving the ids file away is no fix: it is
-    the only record of the ids the newer version handed out (without it they could repeat)."""
-    ids_path = path.with_suffix(".ids")
-    found = [
-        (path, salvage.user_version(path, _wal_and_shm(path)[0]), FORMAT, _MOVE_DB),
-        (ids_path, ids_format(ids_path), IDS_FORMAT, ""),
-        *((journal, journal_format(journal), JOURNAL_FORMAT, _MOVE) for journal in journals),
-    ]
-    for file, version, known, fix in found:
-        if version > known and (file != path or _written_by_a_release(version)):
-            raise _newer(file, version, known, fix)
-
-
-#: Formats a later release may have written, beyond ``FORMAT``. A database whose header says
-#: more (or less than 0) was written by none: those 4 bytes of its first page, which no checksum
-#: covers, are damaged. It is read as ``FORMAT``, never refused for good over a flipped byte.
-FORMATS_AHEAD = 16
-
-
-def _written_by_a_release(version: int) -> bool:
-    return 0 <= version <= FORMAT + FORMATS_AHEAD
-
-
-#: The other fix for a file of a newer format: it stays for the newer version, this one starts
-#: without it (the samples in it wait there).
-_MOVE = ", or move it away to start empty"
-_MOVE_DB = ", or move it and its -wal away to start empty"
-
-
-def _newer(file: Path, version: int, known: int, fix: str) -> NewerFormat:
-    return NewerFormat(
-        f"{file} is format {version}, newer than this edge-agent {__version__} reads "
-        f"({known}): install the newer edge-agent again{fix}"
-    )
-
-
-def _checked_from(db: sqlite3.Connection) -> int:
-    """For a reader: from which id rows carry a checksum (all ids: none do yet)."""
-    columns = {r[1] for r in db.execute("PRAGMA table_info(samples)")}
-    if "crc" not in columns:
-        return 2**63
-    with contextlib.suppress(sqlite3.Error):
-        row = db.execute("SELECT value FROM meta WHERE key = 'checked_from'").fetchone()
-        return int(row[0]) if row else 0
-    return 0
-
-
 def _is_full(exc: Exception) -> bool:
     return "full" in str(exc).lower()
 
 
-#: What a damaged file makes SQLite raise: its errors, and a UnicodeDecodeError when the message
-#: it gives quotes the damaged bytes (a mangled schema).
-_DB_ERRORS = (sqlite3.DatabaseError, UnicodeDecodeError)
 #: How SQLite (and its Python module) say that a file is damaged.
 _DAMAGE = ("malformed", "not a database", "corrupt", "could not decode", "unsupported file format")
 
@@ -1372,10 +1112,6 @@ def _is_corrupt(exc: Exception) -> bool:
         return True
     text = str(exc).lower()
     return any(words in text for words in _DAMAGE)
-
-
-def _wal_and_shm(path: Path) -> tuple[Path, Path]:
-    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
 
 
 def _insert(db: sqlite3.Connection, rows: Iterable[StoredRow]) -> None:
@@ -1401,13 +1137,3 @@ def _keep_for_inspection(db: sqlite3.Connection, rows: Iterable[StoredRow]) -> N
         "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, 'checksum mismatch', ?)",
         ((*_stored_values(r), now) for r in rows),
     )
-
-
-def _present(db: sqlite3.Connection, ids: Iterable[int]) -> set[int]:
-    """Which of ``ids`` the samples table holds."""
-    wanted, found = sorted(ids), set()
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        found |= {i for (i,) in db.execute(f"SELECT id FROM samples WHERE id IN ({marks})", chunk)}
-    return found

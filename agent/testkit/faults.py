@@ -32,7 +32,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from agent.errors import StorageError
-from agent.store.buffer import BUFFER_FILE, BufferStats, stored_samples, stored_stats
+from agent.store.buffer import BUFFER_FILE, BufferStats
+from agent.store.inspect import stored_samples, stored_stats
 
 if TYPE_CHECKING:
     from .runner import AgentRunner

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.store.buffer import Buffer, stored_samples, stored_stats
+from agent.store.buffer import Buffer
+from agent.store.inspect import stored_samples, stored_stats
 from agent.testkit.faults import damage_bytes
 
 MB = 1_000_000

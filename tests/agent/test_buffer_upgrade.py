@@ -26,17 +26,11 @@ import pytest
 
 from agent import __version__
 from agent.model import Sample
-from agent.store import buffer
-from agent.store.buffer import (
-    FORMAT,
-    FORMATS_AHEAD,
-    Buffer,
-    Complaints,
-    NewerFormat,
-    stored_samples,
-    stored_stats,
-)
+from agent.store import formats
+from agent.store.buffer import Buffer, Complaints
+from agent.store.formats import FORMAT, FORMATS_AHEAD, NewerFormat
 from agent.store.ids import SLOT, IdLedger
+from agent.store.inspect import stored_samples, stored_stats
 from agent.store.journal import journal_path
 from agent.store.salvage import user_version
 from agent.testkit.process import cli
@@ -191,7 +185,7 @@ def add_zone(db: sqlite3.Connection) -> None:
 
 
 def test_every_format_has_its_step() -> None:
-    assert len(buffer._STEPS) == FORMAT  # noqa: SLF001 (the migration steps, on purpose)
+    assert len(formats._STEPS) == FORMAT  # noqa: SLF001 (the migration steps, on purpose)
 
 
 def test_the_steps_run_from_the_format_found_once_and_in_order(
@@ -201,20 +195,20 @@ def test_the_steps_run_from_the_format_found_once_and_in_order(
 
     def to_1(db: sqlite3.Connection) -> None:
         ran.append("to 1")
-        buffer._to_format_1(db)  # noqa: SLF001 (the real first step, spied on)
+        formats._to_format_1(db)  # noqa: SLF001 (the real first step, spied on)
 
     def to_2(db: sqlite3.Connection) -> None:
         assert db.in_transaction  # the step before it is in the same transaction
         ran.append("to 2")
         add_site(db)
 
-    monkeypatch.setattr(buffer, "_STEPS", (to_1,))
+    monkeypatch.setattr(formats, "_STEPS", (to_1,))
     db = installed(tmp_path)
     with buffer_at(db):  # this version: 0.1.0's database is stamped format 1
         pass
     assert ran == ["to 1"]
-    monkeypatch.setattr(buffer, "FORMAT", 2)  # a later version, with a step of its own
-    monkeypatch.setattr(buffer, "_STEPS", (to_1, to_2))
+    monkeypatch.setattr(formats, "FORMAT", 2)  # a later version, with a step of its own
+    monkeypatch.setattr(formats, "_STEPS", (to_1, to_2))
     with buffer_at(db) as upgraded:
         assert backlog(upgraded) == SAMPLES
     assert ran == ["to 1", "to 2"]
@@ -236,7 +230,7 @@ def test_the_steps_run_from_the_format_found_once_and_in_order(
 KILLED_IN_A_STEP = """
 import os, sys
 from pathlib import Path
-from agent.store import buffer
+from agent.store import buffer, formats
 
 def add_site(db):
     db.execute("ALTER TABLE samples ADD COLUMN site TEXT")
@@ -246,7 +240,7 @@ def killed(db):
     db.execute("ALTER TABLE samples ADD COLUMN zone INTEGER")
     os._exit(9)  # the power goes, or the OOM killer comes
 
-buffer.FORMAT, buffer._STEPS = 3, (*buffer._STEPS, add_site, killed)
+formats.FORMAT, formats._STEPS = 3, (*formats._STEPS, add_site, killed)
 buffer.Buffer(Path(sys.argv[1]), 10_000_000, 60.0).open()
 """
 
@@ -266,8 +260,8 @@ def test_an_interrupted_migration_leaves_the_old_format_and_the_next_open_migrat
             add_zone(db)
             raise sqlite3.OperationalError("disk I/O error")
 
-        monkeypatch.setattr(buffer, "FORMAT", 3)
-        monkeypatch.setattr(buffer, "_STEPS", (buffer._to_format_1, add_site, fails))  # noqa: SLF001
+        monkeypatch.setattr(formats, "FORMAT", 3)
+        monkeypatch.setattr(formats, "_STEPS", (formats._to_format_1, add_site, fails))  # noqa: SLF001
         with buffer_at(db) as meanwhile:  # the agent goes on, the samples in memory
             assert meanwhile._db is None  # noqa: SLF001 (no database open: no public view)
     # the old format, whole: no step's work and no stamp was committed
@@ -276,8 +270,8 @@ def test_an_interrupted_migration_leaves_the_old_format_and_the_next_open_migrat
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path / "run"))
     assert list(stored_samples(db, boot=BOOT)) == SAMPLES
 
-    monkeypatch.setattr(buffer, "FORMAT", 3)
-    monkeypatch.setattr(buffer, "_STEPS", (buffer._to_format_1, add_site, add_zone))  # noqa: SLF001
+    monkeypatch.setattr(formats, "FORMAT", 3)
+    monkeypatch.setattr(formats, "_STEPS", (formats._to_format_1, add_site, add_zone))  # noqa: SLF001
     with buffer_at(db) as upgraded:
         assert backlog(upgraded) == SAMPLES
     assert user_version(db, db.with_name("buffer.sqlite-wal")) == 3

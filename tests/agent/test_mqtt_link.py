@@ -21,7 +21,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import Config, load_config
 from agent.errors import ConfigError, Problem
-from agent.store.buffer import BUFFER_FILE, Buffer, stored_stats
+from agent.store.buffer import BUFFER_FILE, Buffer
+from agent.store.inspect import stored_stats
 from agent.testkit import run, until
 from agent.testkit.broker import Broker
 from agent.testkit.certs import Certs, make_certs

@@ -19,7 +19,7 @@ import pytest
 from agent.clock import RELEASE_MS, Clock
 from agent.config import load_config
 from agent.service.app import Agent
-from agent.store.buffer import stored_samples, stored_stats
+from agent.store.inspect import stored_samples, stored_stats
 from agent.testkit import run, until
 from agent.testkit.aio import KitLoop
 from agent.testkit.broker import Broker
