@@ -60,7 +60,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
-import fcntl
 import logging
 import math
 import os
@@ -77,10 +76,9 @@ from pymodbus.exceptions import (
     ConnectionException,
     ModbusException,
     ModbusIOException,
-    NotImplementedException,
 )
-from pymodbus.framer import FramerRTU, FramerType
-from pymodbus.pdu import DecodePDU, ModbusPDU
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
 
 from agent.api import (
     BusConfig,
@@ -97,9 +95,27 @@ from agent.api import (
 )
 
 from . import schema
-from .codec import NotAvailable, apply_exponents, decode, decode_request, encode
+from .codec import apply_exponents, decode_request
+from .frames import (
+    FrameRing,
+    inspect_mbap,
+    inspect_rtu,
+    rtu_frame_size,
+    skip_stale_bytes,
+    skip_to_rtu_frame,
+)
 from .plan import DevicePlan, Request
+from .ports import port_problem_message, serial_port_problem
 from .schema import BIT_TABLES, ModbusPoint, Table, modbus_point, modbus_points, write_multiple
+from .writes import (
+    WRITE_COIL,
+    WRITE_COILS,
+    WRITE_REGISTER,
+    WRITE_REGISTERS,
+    Write,
+    encode_write,
+    plan_write,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +129,6 @@ MAX_UNIT = 247
 #: The monotonic clock's resolution: how early asyncio may fire a timer.
 _CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
 
-#: Raw frames kept per device for error reports.
-FRAME_RING_SIZE = 8
 
 #: What each request of a device is counted as, in ``ModbusDriver.counters``.
 FAULTS: tuple[str, ...] = (
@@ -148,26 +162,6 @@ GATEWAY_CODES = frozenset({10, 11})
 #: The function code that reads each table.
 FUNCTION_CODES: dict[Table, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
-#: The function codes that write: one coil, one register, several coils, several registers.
-WRITE_COIL, WRITE_REGISTER, WRITE_COILS, WRITE_REGISTERS = 5, 6, 15, 16
-
-#: Most registers one write may carry (FC 16): the protocol's limit.
-MAX_WRITE_REGISTERS = 123
-
-#: What a person is told when a point of a read-only table is to be written.
-_READ_ONLY: dict[str, str] = {
-    "input": "input registers cannot be written",
-    "discrete": "discrete inputs cannot be written",
-}
-
-_REQUEST_DECODER = DecodePDU(True)
-_RESPONSE_DECODER = DecodePDU(False)
-
-# errno values of a failed open(), as a technician would put them.
-_GONE = frozenset({errno.ENOENT, errno.ENODEV, errno.ENXIO})
-_DENIED = frozenset({errno.EACCES, errno.EPERM})
-_BUSY = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY})
-
 
 class _Fault(Exception):
     """A request that failed while the bus works: ``cause`` says why, ``category`` counts it."""
@@ -187,194 +181,6 @@ class _RequestFailed(_Fault):
 
 class _NoResponse(_Fault):
     """No usable answer came within the bus timeout."""
-
-
-@dataclass(frozen=True)
-class Write:
-    """One write request: ``values`` (registers, or coils as bools) into ``table`` from
-    ``address`` with function code ``function``."""
-
-    point: ModbusPoint
-    function: int
-    values: tuple[int, ...] | tuple[bool, ...]
-
-    @property
-    def table(self) -> Table:
-        return self.point.table
-
-    @property
-    def address(self) -> int:
-        return self.point.address
-
-    @property
-    def span(self) -> str:
-        """The addresses written, for messages: ``"40-41"``, or ``"40"`` for a single one."""
-        last = self.address + len(self.values) - 1
-        return str(self.address) if last == self.address else f"{self.address}-{last}"
-
-    def describe(self) -> str:
-        """E.g. ``"FC 16 holding 40-41: setpoint = 0x4000 0x41ab"``."""
-        if self.table in BIT_TABLES:
-            shown = " ".join("on" if v else "off" for v in self.values)
-        else:
-            shown = " ".join(f"0x{v:04x}" for v in self.values)
-        return f"FC {self.function} {self.table} {self.span}: {self.point.name} = {shown}"
-
-
-def encode_write(point: ModbusPoint, value: Value) -> list[int] | list[bool]:
-    """The raw registers (or coil state) that set ``point`` to ``value``; no I/O.
-
-    ``value`` is encoded by the point's type, word order, scale and offset (``codec.encode``);
-    a ``bit`` point gives its register with only that bit possibly set, to be merged into the
-    register's current value. Raises ``ValueError`` with one line for a person, without the
-    point's name (the caller puts it in front), when the point cannot be written (a read-only
-    table, not ``writable``, scaled by another point) or the value does not fit it (wrong kind,
-    not finite, out of the type's range, beyond ``min``/``max`` once rounded to a raw value, the
-    point's "not available" value, a string too long).
-    """
-    if point.table in _READ_ONLY:
-        raise ValueError(_READ_ONLY[point.table])
-    if not point.writable:
-        raise ValueError("not writable (writable = true is not set on the point)")
-    if point.scale_exponent is not None:
-        raise ValueError(
-            f"its scale comes from point {point.scale_exponent} (scale_exponent): writing it "
-            "is not supported"
-        )
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{value!r} is not a finite number")
-    try:
-        raw = encode(point, value)
-    except ValueError as exc:
-        raise ValueError(str(exc).removeprefix(f"point {point.name}: ")) from None
-    if len(raw) > MAX_WRITE_REGISTERS:
-        raise ValueError(
-            f"{len(raw)} registers are more than one write can carry ({MAX_WRITE_REGISTERS})"
-        )
-    try:
-        written = decode(point, raw)
-    except NotAvailable:
-        raise ValueError(f'{value!r} is the device\'s own "not available" value') from None
-    if isinstance(written, int | float) and not isinstance(written, bool):
-        # The caller checked value against min/max; rounding to a raw value may cross them.
-        if point.min is not None and written < point.min:
-            raise ValueError(
-                f"{value!r} would be {written!r} on the device, below min {point.min:g}"
-            )
-        if point.max is not None and written > point.max:
-            raise ValueError(
-                f"{value!r} would be {written!r} on the device, above max {point.max:g}"
-            )
-    return raw
-
-
-def plan_write(
-    point: ModbusPoint, raw: Sequence[int] | Sequence[bool], write_multiple: bool = False
-) -> Write:
-    """The request that writes ``raw`` (from ``encode_write``, with a bit point's register
-    merged) to ``point``: FC 5 for a coil, FC 6 for one register, FC 16 for more; FC 15/16
-    always with ``write_multiple``."""
-    if point.table in BIT_TABLES:
-        function = WRITE_COILS if write_multiple else WRITE_COIL
-        return Write(point, function, tuple(bool(v) for v in raw))
-    function = WRITE_REGISTERS if write_multiple or len(raw) > 1 else WRITE_REGISTER
-    return Write(point, function, tuple(int(v) for v in raw))
-
-
-class FrameRing:
-    """The last frames sent to and received from one device, for error reports."""
-
-    def __init__(self, size: int = FRAME_RING_SIZE) -> None:
-        self._frames: collections.deque[tuple[bool, bytes]] = collections.deque(maxlen=size)
-
-    def add(self, sending: bool, data: bytes) -> None:
-        if not sending and self._frames:
-            last_sending, last = self._frames[-1]
-            # pymodbus hands its whole receive buffer to the trace hook each time bytes arrive:
-            # a buffer that grew is the same frame, more of it.
-            if not last_sending and data.startswith(last):
-                self._frames[-1] = (False, bytes(data))
-                return
-        self._frames.append((sending, bytes(data)))
-
-    def lines(self) -> tuple[str, ...]:
-        return tuple(
-            f"{'sent' if sending else 'received'} {data.hex(' ')}" for sending, data in self._frames
-        )
-
-
-def rtu_frame_size(frame: bytes, *, request: bool = False) -> int | None:
-    """How long the RTU frame at the start of ``frame`` is, by pymodbus's own rules.
-
-    0 when more bytes are needed to tell, None when the function code is not one pymodbus knows.
-    ``request`` picks the request layouts (what a slave receives) instead of the responses.
-    """
-    if len(frame) < 2:
-        return 0
-    decoder = _REQUEST_DECODER if request else _RESPONSE_DECODER
-    try:
-        pdu = decoder.lookupPduClass(frame)
-        return None if pdu is None else pdu.calculateRtuFrameSize(frame)
-    except (NotImplementedException, IndexError):
-        return None
-
-
-def rtu_crc_ok(frame: bytes) -> bool:
-    """Whether the last two bytes of ``frame`` are the CRC of the others."""
-    return len(frame) >= 4 and FramerRTU.check_CRC(frame[:-2], int.from_bytes(frame[-2:], "big"))
-
-
-def _inspect_rtu(buffer: bytes, unit: int) -> tuple[str, str]:
-    """What is wrong with an RTU answer buffer: (category, cause), or ("", "") if nothing."""
-    size = rtu_frame_size(buffer)
-    if size is None:
-        return "garbled", f"garbled answer (function code {buffer[1]} makes no sense)"
-    if size == 0 or len(buffer) < size:
-        expected = f" of {size}" if size else ""
-        return "garbled", f"truncated answer ({len(buffer)}{expected} bytes)"
-    frame = buffer[:size]
-    if not rtu_crc_ok(frame):
-        return "crc", "the answer failed its CRC check (noise, or wrong baud rate or parity?)"
-    if frame[0] != unit:
-        return "wrong_unit", f"an answer came from unit {frame[0]} instead (not taken)"
-    return "", ""
-
-
-def _inspect_mbap(buffer: bytes, unit: int, tid: int) -> tuple[str, str]:
-    """What is wrong with a Modbus TCP answer buffer: (category, cause), or ("", "")."""
-    if len(buffer) >= 2 and (got := int.from_bytes(buffer[:2], "big")) != tid:
-        return "out_of_step", f"an answer carried transaction id {got} instead of {tid} (not taken)"
-    if len(buffer) < 8 or len(buffer) < 6 + int.from_bytes(buffer[4:6], "big"):
-        return "garbled", f"truncated answer ({len(buffer)} bytes)"
-    if buffer[6] != unit:
-        return "wrong_unit", f"an answer came from unit {buffer[6]} instead (not taken)"
-    return "", ""
-
-
-def skip_stale_bytes(buffer: bytes, tid: int) -> bytes:
-    """A Modbus TCP receive buffer from the answer to transaction ``tid`` on, when other bytes
-    came first (the rest of a late answer to an earlier request): pymodbus reads frames only from
-    the start of its buffer, and would wait behind them until the request timed out."""
-    header = tid.to_bytes(2, "big") + b"\x00\x00"  # the transaction id, protocol 0
-    if buffer.startswith(header[: len(buffer)]):
-        return buffer
-    start = buffer.find(header)
-    return buffer[start:] if start > 0 else buffer
-
-
-def skip_to_rtu_frame(buffer: bytes, unit: int) -> bytes:
-    """An RTU receive buffer from the first whole frame of ``unit`` (its CRC good) on; empty
-    until one is there. pymodbus's RTU framer takes a buffer for one frame: a late answer from
-    another unit, or the tail of one, in front of ours would make it drop ours with it."""
-    if not unit:  # a broadcast: nothing answers it
-        return buffer
-    for start in range(len(buffer)):
-        if buffer[start] != unit:
-            continue
-        size = rtu_frame_size(buffer[start:])
-        if size and len(buffer) - start >= size and rtu_crc_ok(buffer[start : start + size]):
-            return buffer[start:]
-    return b""
 
 
 @dataclass
@@ -399,7 +205,7 @@ class _Exchange:
             return  # what follows a stray transaction id does not change the verdict
         unit = self.device.unit
         fault, cause = (
-            _inspect_rtu(buffer, unit) if self.rtu else _inspect_mbap(buffer, unit, self.tid)
+            inspect_rtu(buffer, unit) if self.rtu else inspect_mbap(buffer, unit, self.tid)
         )
         if fault:
             self.fault, self.cause = fault, cause
@@ -879,44 +685,6 @@ def _consume(task: asyncio.Future[Any]) -> None:
     """Mark an abandoned call's exception as seen, so that asyncio does not log it."""
     if not task.cancelled():
         task.exception()
-
-
-def serial_port_problem(path: str) -> tuple[int | None, str]:
-    """Why ``path`` cannot be opened as a serial port of our own: (errno, reason), or (None, "").
-
-    Found by trying what pyserial does (open, then an exclusive lock): pymodbus logs the reason a
-    port did not open but does not return it.
-    """
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError as exc:
-        return exc.errno, exc.strerror or str(exc)
-    try:
-        if not os.isatty(fd):
-            return None, "it is not a serial port"
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
-    except OSError as exc:
-        return exc.errno, exc.strerror or str(exc)
-    finally:
-        os.close(fd)
-    return None, ""
-
-
-def port_problem_message(bus: str, path: str, code: int | None, reason: str) -> str:
-    """One line for a technician: what is wrong with the serial port and what to do."""
-    if code in _GONE:
-        return f"bus {bus}: {path} is gone (adapter unplugged?); retrying"
-    if code in _DENIED:
-        return (
-            f"bus {bus}: no permission to open {path}: add the agent's user to the dialout "
-            "group; retrying"
-        )
-    if code in _BUSY:
-        return (
-            f"bus {bus}: {path} is busy: another program (another edge-agent?) has it open; "
-            "retrying"
-        )
-    return f"bus {bus}: cannot open {path}: {reason or 'pymodbus did not say why'}; retrying"
 
 
 _Call = Callable[..., Awaitable[ModbusPDU]]

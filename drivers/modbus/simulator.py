@@ -51,7 +51,7 @@ from pymodbus.simulator.simcore import SimCore
 from agent.api import DeviceConfig, Value
 
 from .codec import decode, encode, int_range
-from .driver import serial_port_problem
+from .ports import serial_port_problem
 from .schema import BIT_TABLES, TABLES, ModbusPoint, Table, modbus_points
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from agent.testkit import run
 from agent.testkit.modbus import BusKind
 from agent.testkit.serial import SerialProxy
 from drivers.modbus import ModbusDriver
-from drivers.modbus.driver import skip_stale_bytes, skip_to_rtu_frame
+from drivers.modbus.frames import skip_stale_bytes, skip_to_rtu_frame
 from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 

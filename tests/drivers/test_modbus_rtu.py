@@ -30,7 +30,8 @@ from agent.poll.scheduler import BusPoller
 from agent.testkit import run
 from agent.testkit.serial import Fault, SerialProxy, pty_pair
 from drivers.modbus import ModbusDriver
-from drivers.modbus.driver import port_problem_message, rtu_crc_ok
+from drivers.modbus.frames import rtu_crc_ok
+from drivers.modbus.ports import port_problem_message
 from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 

@@ -21,7 +21,7 @@ from pymodbus.framer import FramerRTU, FramerType
 from agent.api import DeviceConfig
 from agent.testkit.serial import pty_pair
 from drivers.modbus.codec import decode
-from drivers.modbus.driver import rtu_crc_ok
+from drivers.modbus.frames import rtu_crc_ok
 from drivers.modbus.schema import ModbusPoint, PointType
 from drivers.modbus.simulator import (
     ModbusSimulator,

@@ -27,9 +27,10 @@ from agent.testkit import run
 from agent.testkit.serial import SerialProxy
 from drivers.modbus import ModbusDriver
 from drivers.modbus.codec import decode, encode
-from drivers.modbus.driver import encode_write, plan_write, rtu_crc_ok
+from drivers.modbus.frames import rtu_crc_ok
 from drivers.modbus.schema import ModbusPoint, modbus_bus, write_multiple
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave, _SlaveContext
+from drivers.modbus.writes import encode_write, plan_write
 
 TIMEOUT = 0.3  # the bus timeout: short, since a few tests wait for it once
 
