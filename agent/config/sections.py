@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..api.keys import Convert, suggest
@@ -114,6 +114,12 @@ class Section:
         path = self.key_path(key) if key else self.path
         line = self.line(key)
         self.problems.add(Problem(str(self.source.path), line, path, message, warning))
+
+    def report(self, key: str, messages: Sequence[str]) -> bool:
+        """Each message as a problem at ``key``; True when there is none."""
+        for message in messages:
+            self.problem(key, message)
+        return not messages
 
     def has(self, key: str) -> bool:
         return key in self.data
