@@ -63,12 +63,14 @@ def loads(tmp_path: Path, text: str) -> str:
     return ""
 
 
-def test_every_driver_folder_carries_its_reference_and_sample() -> None:
+def test_every_driver_folder_carries_its_reference_sample_and_cases() -> None:
     folders = {d.parent.name for d in DRIVERS.glob("*/__init__.py")}
     assert folders, "no driver folders found"
     for folder in folders:
         assert (DRIVERS / folder / "README.md").is_file(), f"drivers/{folder} has no README.md"
         assert (DRIVERS / folder / "sample.toml").is_file(), f"drivers/{folder} has no sample"
+        cases = [c for c in (DRIVERS / folder / "cases").glob("*") if c.is_dir()]
+        assert cases, f"drivers/{folder} has no golden cases (cases/NAME/config.toml)"
 
 
 def test_every_registered_driver_has_a_folder_with_a_readme() -> None:
