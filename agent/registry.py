@@ -17,44 +17,61 @@ DRIVERS_GROUP = "edge_agent.drivers"
 BUS_TYPES_GROUP = "edge_agent.bus_types"
 
 
+class Registry:
+    """The drivers and bus types installed, read from the entry points once (a scan of every
+    installed distribution's metadata: milliseconds each, which a configuration of many devices
+    would pay per device); a driver module is imported only when it is asked for."""
+
+    def __init__(self) -> None:
+        self._drivers = {ep.name: ep for ep in entry_points(group=DRIVERS_GROUP)}
+        self._bus_types = {ep.name: ep for ep in entry_points(group=BUS_TYPES_GROUP)}
+
+    def driver_names(self) -> list[str]:
+        """Every registered driver name, sorted."""
+        return sorted(self._drivers)
+
+    def load_driver(self, name: str) -> type[Driver]:
+        """The driver class registered as ``name``."""
+        ep = self._drivers.get(name)
+        if ep is None:
+            known = ", ".join(self.driver_names()) or "none (is edge-agent installed?)"
+            raise UnknownDriverError(f"unknown driver {name!r}; known drivers: {known}")
+        driver: type[Driver] = _load(ep, f"driver {name!r}")
+        return driver
+
+    def bus_type_names(self) -> list[str]:
+        """Every bus type a person may write: the core's ``serial`` and the drivers' own."""
+        return sorted({SERIAL_BUS.name, *self._bus_types})
+
+    def bus_type(self, name: str) -> tuple[BusType, str | None]:
+        """The bus type written as ``name`` and the driver that brings it (``None``: the devices
+        on it name theirs); ``UnknownDriverError`` when no driver brings it."""
+        if name == SERIAL_BUS.name:
+            return SERIAL_BUS, None
+        ep = self._bus_types.get(name)
+        if ep is None:
+            raise UnknownDriverError(f"unknown bus type {name!r}")
+        driver = _load(ep, f"bus type {name!r}")
+        found = next((t for t in defined_buses(driver) if t.name == name), None)
+        if found is None:
+            raise UnknownDriverError(f"bus type {name!r}: {ep.value} does not define it")
+        owner = next((n for n, d in self._drivers.items() if d.value == ep.value), None)
+        return found, owner
+
+
 def driver_names() -> list[str]:
     """Every registered driver name, sorted."""
-    return sorted({ep.name for ep in entry_points(group=DRIVERS_GROUP)})
+    return Registry().driver_names()
 
 
 def load_driver(name: str) -> type[Driver]:
     """The driver class registered as ``name``."""
-    for ep in entry_points(group=DRIVERS_GROUP):
-        if ep.name == name:
-            driver: type[Driver] = _load(ep, f"driver {name!r}")
-            return driver
-    known = ", ".join(driver_names()) or "none (is edge-agent installed?)"
-    raise UnknownDriverError(f"unknown driver {name!r}; known drivers: {known}")
-
-
-def bus_type_names() -> list[str]:
-    """Every bus type a person may write: the core's ``serial`` and the drivers' own."""
-    return sorted({SERIAL_BUS.name, *(ep.name for ep in entry_points(group=BUS_TYPES_GROUP))})
+    return Registry().load_driver(name)
 
 
 def bus_type(name: str) -> tuple[BusType, str | None]:
-    """The bus type written as ``name`` and the driver that brings it (``None``: the devices
-    on it name theirs); ``UnknownDriverError`` when no driver brings it."""
-    if name == SERIAL_BUS.name:
-        return SERIAL_BUS, None
-    for ep in entry_points(group=BUS_TYPES_GROUP):
-        if ep.name == name:
-            driver = _load(ep, f"bus type {name!r}")
-            found = next((t for t in defined_buses(driver) if t.name == name), None)
-            if found is None:
-                raise UnknownDriverError(f"bus type {name!r}: {ep.value} does not define it")
-            return found, driver_name_of(ep.value)
-    raise UnknownDriverError(f"unknown bus type {name!r}")
-
-
-def driver_name_of(value: str) -> str | None:
-    """The name a driver class (``module:Class``) is registered under."""
-    return next((ep.name for ep in entry_points(group=DRIVERS_GROUP) if ep.value == value), None)
+    """The bus type written as ``name`` and the driver that brings it."""
+    return Registry().bus_type(name)
 
 
 def bus_driver(bus: BusConfig, devices: Sequence[DeviceConfig]) -> str | None:

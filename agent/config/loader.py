@@ -75,6 +75,7 @@ class _Loader:
         self._bus_owner: dict[str, str] = {}
         #: Driver name → the templates it ships, read once.
         self._shipped: dict[str, list[TemplateConfig]] = {}
+        self._registry = registry.Registry()
 
     def load(self) -> Config | None:
         main = self._read(self.path)
@@ -189,7 +190,7 @@ class _Loader:
             s = root.child("bus", index, f"bus.{data.get('name', index[-1])}", data)
             bus_name = s.take("name", conv.name)
             _say_if_named_before(s, "bus", bus_name, self._first_tables)
-            bus, owner = _bus(s, bus_name)
+            bus, owner = _bus(s, bus_name, self._registry)
             s.finish()
             if bus:
                 self._place[id(bus)] = s.place
@@ -231,7 +232,7 @@ class _Loader:
             return self._shipped[driver_name]
         result = self._shipped[driver_name] = []
         try:
-            driver = registry.load_driver(driver_name)
+            driver = self._registry.load_driver(driver_name)
         except DriverError:
             return result  # said where the driver is named
         if not isinstance(driver, ShipsTemplates):
@@ -340,7 +341,7 @@ class _Loader:
                 s.problem(None, 'needs a bus (Modbus devices) or a driver, e.g. driver = "system"')
             return None
         try:
-            return registry.load_driver(name)
+            return self._registry.load_driver(name)
         except DriverError as exc:
             s.problem("driver", str(exc))
             return None
@@ -439,10 +440,10 @@ class _Loader:
                 )
                 continue
             if names:
-                found.extend(registry.load_driver(names[0]).validate(bus, on_bus))
+                found.extend(self._registry.load_driver(names[0]).validate(bus, on_bus))
         for device in devices:
             if not device.bus:
-                local = registry.load_driver(device.driver)
+                local = self._registry.load_driver(device.driver)
                 found.extend(local.validate(local_bus(device), [device]))
         return found
 
@@ -536,10 +537,12 @@ def _placed(path: str, places: Mapping[str, str]) -> str:
     return path if place is None else place + path[len(table) :]
 
 
-def _bus(s: Section, bus_name: str | None) -> tuple[BusConfig | None, str]:
+def _bus(
+    s: Section, bus_name: str | None, installed: registry.Registry
+) -> tuple[BusConfig | None, str]:
     """One ``[[bus]]`` and the driver that brings its type (``""``: its devices name theirs).
     Network buses take host and port, serial ones a port path and the line settings."""
-    kind, owner = _bus_type(s)
+    kind, owner = _bus_type(s, installed)
     d = BusConfig("", "")
     common: dict[str, Any] = {
         "timeout": s.take("timeout", conv.positive_duration, d.timeout),
@@ -561,7 +564,7 @@ def _bus(s: Section, bus_name: str | None) -> tuple[BusConfig | None, str]:
             "host": s.take("host", conv.utf8_text),
             "port": s.take("port", conv.in_range(1, 65535), kind.default_port),
         }
-    own = registry.options(registry.load_driver(owner), "bus") if owner else {}
+    own = registry.options(installed.load_driver(owner), "bus") if owner else {}
     options = {k: v for k, c in own.items() if (v := s.take(k, c, None)) is not None}
     failed = any(key in s.data and key not in options for key in own)
     if bus_name is None or None in link.values() or None in common.values() or failed:
@@ -569,14 +572,14 @@ def _bus(s: Section, bus_name: str | None) -> tuple[BusConfig | None, str]:
     return BusConfig(bus_name, kind.name, **link, **common, options=options), owner
 
 
-def _bus_type(s: Section) -> tuple[BusType | None, str]:
+def _bus_type(s: Section, installed: registry.Registry) -> tuple[BusType | None, str]:
     """The bus's type, and the driver that brings it; ``None`` after saying what is wrong."""
-    names = registry.bus_type_names()
+    names = installed.bus_type_names()
     type_name = s.take("type", conv.one_of(*names))
     if type_name is None:
         return None, ""
     try:
-        kind, owner = registry.bus_type(type_name)
+        kind, owner = installed.bus_type(type_name)
     except DriverError as exc:
         s.problem("type", str(exc))
         return None, ""
