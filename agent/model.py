@@ -22,6 +22,9 @@ class Poll:
     #: The raw registers or bits behind each value, when the driver was asked to keep them
     #: (``edge-agent read`` shows them); empty while polling.
     raw: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    #: Points the device does not have (it refuses them as such): left out, not errors; the
+    #: device is ``degraded``, not failing.
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,9 @@ def plan_lines(config: Config) -> list[str]:
         if name is None:
             continue
         driver_class = registry.load_driver(name)
-        driver = registry.build_driver(driver_class, bus)
+        # The running agent's state: what its drivers learned (a Modbus unit's missing points).
+        context = DriverContext(state_dir=config.agent.state_dir)
+        driver = registry.build_driver(driver_class, bus, context)
         addressed = "unit" in registry.options(driver_class, "device")
         local = bus.type == "local"
         devices = [config.device(bus.name)] if local else config.devices_on(bus.name)

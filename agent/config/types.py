@@ -10,6 +10,9 @@ from pathlib import Path
 
 from ..api.config import BusConfig, DeviceConfig, TemplateConfig
 
+#: The directory of the data dir that drivers keep their files in.
+STATE_DIR = "state"
+
 
 @dataclass(frozen=True, slots=True)
 class AgentSection:
@@ -17,6 +20,11 @@ class AgentSection:
     data_dir: Path
     log_level: str = "info"
     include: tuple[str, ...] = ()
+
+    @property
+    def state_dir(self) -> Path:
+        """Where drivers keep what must survive a restart (a pulse count, a learned plan)."""
+        return self.data_dir / STATE_DIR
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,8 +98,10 @@ def _device(poller: BusPoller, name: str) -> dict[str, Any]:
         "ok": health.ok,
         "errors": health.errors,
         "overruns": health.overruns,
-        "state": "failing" if health.failing else "ok",
+        "state": health.state,
     }
+    if health.missing:
+        report["missing"] = list(health.missing)
     if health.last_error:
         report["last_error"] = health.last_error
     if health.backoff:

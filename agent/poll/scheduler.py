@@ -36,11 +36,21 @@ Sink = Callable[[str, int, float, Mapping[str, Value]], None]
 class DeviceHealth:
     """What the scheduler knows of one device, for logs, ``health`` and ``status``."""
 
+    @property
+    def state(self) -> str:
+        """``failing`` (its last poll read nothing, or some of it failed), ``degraded`` (it
+        lacks some points: the rest are read), or ``ok``."""
+        if self.failing:
+            return "failing"
+        return "degraded" if self.missing else "ok"
+
     ok: int = 0
     errors: int = 0
     overruns: int = 0
     last_error: str = ""
     failing: bool = False
+    #: Points the device does not have (it refuses them as such), as its last poll said.
+    missing: tuple[str, ...] = ()
     #: Polls in a row that read nothing; from BACKOFF_AFTER on the device is polled less often.
     consecutive_failures: int = 0
     #: While backing off: seconds between attempts, and the monotonic time of the next one.
@@ -347,6 +357,7 @@ class BusPoller:
             return
         health = self.health[device.name]
         health.consecutive_failures, health.retry_at, health.backoff = 0, 0.0, 0.0
+        health.missing = poll.missing
         if poll.errors:
             self._failed(device.name, "; ".join(poll.errors))
         else:

@@ -39,7 +39,6 @@ MAX_PENDING_COMMANDS = 50
 #: How often STATUS= is refreshed without a watchdog (with one: at each of its pings).
 STATUS_EVERY = 5.0
 #: Under the data dir: what drivers keep across restarts (pulse counts).
-STATE_DIR = "state"
 
 
 class Agent:
@@ -337,7 +336,7 @@ class Agent:
 
 def build_pollers(config: Config, sink: Sink, clock: Clock) -> list[BusPoller]:
     """One poller per bus with devices, and one per device on no bus."""
-    state_dir = config.agent.data_dir / STATE_DIR
+    state_dir = config.agent.state_dir
     pollers = [
         BusPoller(bus, devices, load_driver(driver), sink, clock, state_dir)
         for bus in config.buses

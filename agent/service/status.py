@@ -365,11 +365,14 @@ def _device_lines(devices: Mapping[str, Mapping[str, Any]], now_ms: int) -> list
     if not devices:
         return [_section("devices", "none")]
     failing = sum(d.get("state") == "failing" for d in devices.values())
-    lines = [_section("devices", f"{len(devices)}: {len(devices) - failing} ok, {failing} failing")]
+    degraded = sum(d.get("state") == "degraded" for d in devices.values())
+    good = len(devices) - failing - degraded
+    summary = f"{len(devices)}: {good} ok, " + (f"{degraded} degraded, " if degraded else "")
+    lines = [_section("devices", f"{summary}{failing} failing")]
     width = max(len(name) for name in devices)
     for name, device in devices.items():
         is_failing = device.get("state") == "failing"
-        state = "FAILING" if is_failing else "ok"
+        state = "FAILING" if is_failing else str(device.get("state", "ok"))
         last_good = device.get("last_good")
         parts = [
             "last good "
@@ -381,11 +384,13 @@ def _device_lines(devices: Mapping[str, Mapping[str, Any]], now_ms: int) -> list
         if device.get("overruns"):
             counts += f", {_count(device['overruns'], 'overrun')}"
         parts.append(counts)
+        if device.get("missing"):
+            parts.append(f"lacks {', '.join(device['missing'])}")
         if device.get("last_error"):
             parts.append(f"last error: {device['last_error']}")
-        lines.append(f"  {name:<{width}}  {state:<7}  " + "; ".join(parts))
+        lines.append(f"  {name:<{width}}  {state:<8}  " + "; ".join(parts))
         if is_failing:
-            lines += [" " * (width + 13) + str(frame) for frame in device.get("frames") or ()]
+            lines += [" " * (width + 14) + str(frame) for frame in device.get("frames") or ()]
     return lines
 
 

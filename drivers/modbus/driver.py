@@ -292,6 +292,7 @@ class ModbusDriver:
         tolerate_silence: bool = False,
     ) -> None:
         self.bus = bus
+        self.context = context or DriverContext()
         self.tolerate_silence = tolerate_silence
         self._client: ModbusBaseClient | None = None
         self._plans: dict[str, DevicePlan] = {}
@@ -339,10 +340,14 @@ class ModbusDriver:
         self._close()
 
     def plan(self, device: DeviceConfig) -> DevicePlan:
-        """The device's reads, kept per device so that refused merges stay split."""
+        """The device's reads, kept per device (and in the state dir) so that what its slave
+        refuses is learned once."""
         plan = self._plans.get(device.name)
         if plan is None or plan.device != device:
-            plan = self._plans[device.name] = DevicePlan(device, self.bus)
+            state_dir = self.context.state_dir
+            state = state_dir / f"{device.name}.modbus-plan.json" if state_dir else None
+            plan = DevicePlan(device, self.bus, state, self.context.clock.wall)
+            self._plans[device.name] = plan
         return plan
 
     def describe(self, device: DeviceConfig) -> list[str]:
@@ -360,14 +365,15 @@ class ModbusDriver:
         errors: list[str] = []
         raws: dict[str, tuple[int, ...]] = {}
         plan = self.plan(device)
+        plan.before_poll()
         pending = list(plan.requests)
         while pending:
             request = pending.pop(0)
             try:
                 raw = await self._execute(device, request)
             except _RequestFailed as exc:
-                if exc.code == ILLEGAL_ADDRESS and request.has_holes:
-                    pending[:0] = plan.split(request)  # read again without the holes, now
+                if exc.code == ILLEGAL_ADDRESS:
+                    pending[:0] = plan.refused(request)  # its parts, read now
                     continue
                 errors.append(str(exc))
                 continue
@@ -382,11 +388,12 @@ class ModbusDriver:
                     start = point.address - request.address
                     raws[point.name] = tuple(int(r) for r in raw[start : start + point.count])
         values = apply_exponents(modbus_points(device.points), values, errors)
-        if errors and not values:
-            raise self._device_error(device, "; ".join(errors))
+        missing = tuple(plan.lacking)
+        if not values and (errors or missing):
+            raise self._device_error(device, "; ".join(errors) or _lacks_all(device, missing))
         if errors:
             log.debug("device %s: partial poll: %s", device.name, "; ".join(errors))
-        return Poll(values=values, errors=tuple(errors), raw=raws)
+        return Poll(values=values, errors=tuple(errors), raw=raws, missing=missing)
 
     async def write(self, device: DeviceConfig, point: PointConfig, value: Value) -> None:
         """Set ``point`` of ``device`` to ``value`` (see ``encode_write`` and ``plan_write``).
@@ -679,6 +686,13 @@ async def _guarded(call: Awaitable[T], down: asyncio.Future[None] | None = None)
     inner.cancel()
     await asyncio.wait({inner})
     return None
+
+
+def _lacks_all(device: DeviceConfig, missing: Sequence[str]) -> str:
+    return (
+        f"device {device.name}: unit {device.unit} refuses every point asked for "
+        f"({', '.join(missing)}: illegal data address): check the unit id and the register map"
+    )
 
 
 def _consume(task: asyncio.Future[Any]) -> None:

@@ -458,11 +458,11 @@ def test_the_full_view() -> None:
         "gateway  load 0.40; 812 MB memory available; 12.3 GB disk free; SoC 48.2 °C",
         "buses    rs485 connected; plc DISCONNECTED (3 overruns)",
         "devices  2: 1 ok, 1 failing",
-        "  pump    ok       last good 2 s ago; 1,234 ok, 0 errors",
-        "  well-2  FAILING  last good 2 h 5 min ago; 12 ok, 345 errors (timeout 300, crc 45), "
+        "  pump    ok        last good 2 s ago; 1,234 ok, 0 errors",
+        "  well-2  FAILING   last good 2 h 5 min ago; 12 ok, 345 errors (timeout 300, crc 45), "
         "3 overruns; last error: no answer from unit 3",
-        "                   sent 03 03 00 00 00 0a c5 cd",
-        "                   received 03 83 02 c0 f1",
+        "                    sent 03 03 00 00 00 0a c5 cd",
+        "                    received 03 83 02 c0 f1",
     ]
 
 
@@ -479,7 +479,7 @@ def test_a_minimal_view() -> None:
         "link     connected",
         "buffer   empty; 0 B on disk; 0 dropped",
         "devices  1: 1 ok, 0 failing",
-        "  cpu  ok       last good never; 0 ok, 0 errors",
+        "  cpu  ok        last good never; 0 ok, 0 errors",
     ]
     assert format_status({}) == ["agent    ? (edge-agent ?)", "devices  none"]
 
@@ -506,3 +506,23 @@ def test_sizes_and_ages_for_people() -> None:
     assert human_age(400) == "just now"
     assert human_age(180_000) == "3 min ago"
     assert human_age(-120_000) == "2 min in the future (the clock was set back)"
+
+
+def test_a_degraded_device_says_what_it_lacks() -> None:
+    view = {
+        "agent": {"id": "pi", "version": "0.3.0"},
+        "devices": {
+            "meter": {
+                "state": "degraded",
+                "last_good": NOW - 2_000,
+                "ok": 9,
+                "errors": 0,
+                "missing": ["thd_l2", "thd_l3"],
+            }
+        },
+        "now": NOW,
+    }
+    assert format_status(view)[-2:] == [
+        "devices  1: 0 ok, 1 degraded, 0 failing",
+        "  meter  degraded  last good 2 s ago; 9 ok, 0 errors; lacks thd_l2, thd_l3",
+    ]

@@ -27,10 +27,11 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from agent.aio import cancel_and_wait
 from agent.api import DriverContext, local_bus
 from agent.config import Config, DeviceConfig, load_config
+from agent.config.types import STATE_DIR
 from agent.errors import BusError, ConfigError, DeviceError
 from agent.poll.scheduler import BusPoller
 from agent.registry import build_driver, load_driver
-from agent.service.app import STATE_DIR, Agent
+from agent.service.app import Agent
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
