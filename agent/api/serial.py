@@ -36,6 +36,65 @@ _NO_BREAK_CONTROL = {errno.ENOSYS, errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP}
 _log = logging.getLogger(__name__)
 
 
+#: The line settings a port is opened with, in the order they are tried alone, and pyserial's
+#: defaults (which every port takes) to go back to after each.
+LINE_SETTINGS = (("baudrate", 9600), ("bytesize", 8), ("parity", "N"), ("stopbits", 1))
+
+
+def line_settings_problem(bus: BusConfig, exc: BaseException) -> str:
+    """One line for a technician when ``bus``'s port refused its line settings (``exc``): which
+    setting the port refuses, found by trying each alone, and the fix."""
+    reason = _reason(exc)
+    refused = refused_line_setting(bus)
+    if refused is None:
+        return (
+            f"bus {bus.name}: {bus.serial_port} refuses the line settings "
+            f"{bus.baudrate} {bus.bytesize}{bus.parity}{bus.stopbits} ({reason}): set the "
+            "bus's baudrate, bytesize, parity and stopbits to what the adapter supports"
+        )
+    key, value = refused
+    return (
+        f"bus {bus.name}: {bus.serial_port} refuses {key} = {value!r} ({reason}): the adapter "
+        f"cannot do it; set the bus's {key} to one it supports (and the devices to match)"
+    )
+
+
+def refused_line_setting(bus: BusConfig) -> tuple[str, object] | None:
+    """The first of the bus's line settings the port refuses on its own, or ``None`` (the port
+    cannot be opened at all, or refuses only the combination)."""
+    try:
+        probe = serial.Serial(port=bus.serial_port, timeout=0)
+    except (serial.SerialException, OSError, ValueError, termios.error):
+        return None
+    try:
+        for key, default in LINE_SETTINGS:
+            value = getattr(bus, key)
+            try:
+                setattr(probe, key, value)  # pyserial applies each change at once
+            except (serial.SerialException, OSError, ValueError, termios.error):
+                return key, value
+            with contextlib.suppress(serial.SerialException, OSError, ValueError, termios.error):
+                setattr(probe, key, default)
+        return None
+    finally:
+        probe.close()
+
+
+def is_line_settings_error(exc: BaseException) -> bool:
+    """Whether opening a port failed on its line settings (termios refused them), not on the
+    port itself (gone, busy, no permission)."""
+    return isinstance(exc, termios.error) or (
+        isinstance(exc, serial.SerialException) and "Invalid argument" in str(exc)
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    args: tuple[object, ...] = exc.args
+    if len(args) == 2 and isinstance(args[1], str):  # termios.error(errno, text)
+        return args[1]
+    return str(exc) or type(exc).__name__
+
+
 def line_timeout(bus: BusConfig, device: DeviceConfig) -> float:
     """How long a device's poll waits for its line: its ``line_timeout``, else the bus timeout."""
     return float(device.options.get("line_timeout", bus.timeout))
@@ -69,6 +128,8 @@ class LinePort:
                 exclusive=True,  # a second program on the line would steal half the answers
             )
         except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+            if is_line_settings_error(exc):
+                raise BusError(line_settings_problem(self.bus, exc)) from exc
             raise BusError(
                 f"bus {self.bus.name}: cannot open {self.bus.serial_port}: {exc}"
             ) from exc

@@ -63,6 +63,7 @@ import errno
 import logging
 import math
 import os
+import termios
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ from agent.api import (
     Simulation,
     Value,
 )
+from agent.api.serial import line_settings_problem
 
 from . import schema
 from .codec import apply_exponents, decode_request
@@ -317,6 +319,9 @@ class ModbusDriver:
             client.set_max_no_responses(1 << 30)
         try:
             connected = await _guarded(client.connect())
+        except termios.error as exc:  # the port refuses a line setting (7 data bits on a pty)
+            client.close()
+            raise BusError(line_settings_problem(self.bus, exc)) from exc
         except (OSError, ModbusException) as exc:
             client.close()
             raise BusError(self._cannot_connect(str(exc))) from exc
