@@ -226,9 +226,10 @@ def animate_slave(slave: SimulatedSlave, t: float, *, include_writable: bool = F
     """Set the slave's points to their animated values at ``t`` seconds.
 
     Numbers follow a slow sine between the point's ``min`` and ``max`` (or a range suited to the
-    type when unset); bools toggle every 5-20 s; strings read ``"SIM-<unit>"``. The period and
-    phase come from the point's name, so points move differently but reproducibly. Writable points
-    are skipped unless ``include_writable``: they keep what a client wrote.
+    type when unset), but a total (an energy or volume, by its unit or name) only grows, as a
+    meter's register does; bools toggle every 5-20 s; strings read ``"SIM-<unit>"``. The period
+    and phase come from the point's name, so points move differently but reproducibly. Writable
+    points are skipped unless ``include_writable``: they keep what a client wrote.
     """
     for point in slave.points.values():
         if point.writable and not include_writable:
@@ -238,9 +239,34 @@ def animate_slave(slave: SimulatedSlave, t: float, *, include_writable: bool = F
         elif point.table in BIT_TABLES or point.type == "bool":
             slave.set_value(point.name, _toggling(point.name, t))
         else:
-            raw = _sine_raw(point, t)
+            raw = _total_raw(point, t) if is_total(point) else _sine_raw(point, t)
             # Written unscaled so that rounding and scaling cannot push it out of range.
             slave.set_registers(point.table, point.address, encode(_unscaled(point), raw))
+
+
+#: Units of what a meter counts up: energy and volume.
+TOTAL_UNITS = frozenset(
+    {"wh", "kwh", "mwh", "varh", "kvarh", "vah", "kvah", "m³", "m3", "l", "gal"}
+)
+
+
+def is_total(point: ModbusPoint) -> bool:
+    """Whether ``point`` counts up (an energy or volume total), by its unit or its name."""
+    name = point.name.lower()
+    return point.unit.lower() in TOTAL_UNITS or "total" in name or "energy" in name
+
+
+def _total_raw(point: ModbusPoint, t: float) -> int | float:
+    """A raw count that grows by one to three raw steps a second (by the point's name) from a
+    start set by its name, never past its ``max`` or its type's top."""
+    seed = zlib.crc32(point.name.encode())
+    low, high = _raw_range(point)
+    if point.max is None:
+        high = _FLOAT32_MAX if point.type in ("float32", "float64") else int_range(point.type)[1]
+    raw = min(max(low, 0.0) + seed % 1000 + t * (1 + seed % 3), high)
+    if point.type in ("float32", "float64"):
+        return raw
+    return min(int(raw), int_range(point.type)[1])
 
 
 def _toggling(name: str, t: float) -> bool:

@@ -472,3 +472,22 @@ def test_a_dripping_answer_comes_a_byte_at_a_time() -> None:
         assert arrivals[-1][0] - arrivals[0][0] >= 10 * 0.03 * 0.9
 
     run(body)
+
+
+def test_a_simulated_total_only_grows_where_other_numbers_move_both_ways() -> None:
+    energy = ModbusPoint(
+        "energy", table="holding", address=72, type="uint32", scale=0.01, unit="kWh"
+    )
+    water = ModbusPoint("water_total", table="holding", address=80, type="float32", unit="")
+    voltage = ModbusPoint("voltage", table="input", address=0, type="float32", unit="V")
+    slave = SimulatedSlave(1, (energy, water, voltage))
+    seen: dict[str, list[float]] = {"energy": [], "water_total": [], "voltage": []}
+    for t in range(0, 4 * 3600, 30):
+        animate_slave(slave, float(t))
+        for name, values in seen.items():
+            values.append(float(slave.value(name)))
+    for total in ("energy", "water_total"):
+        steps = [b - a for a, b in zip(seen[total], seen[total][1:], strict=False)]
+        assert min(steps) > 0, total  # every half minute a little more, never less
+    swings = [b - a for a, b in zip(seen["voltage"], seen["voltage"][1:], strict=False)]
+    assert min(swings) < 0 < max(swings)
