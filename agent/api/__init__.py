@@ -12,6 +12,7 @@ Read ``agent.api.driver`` for what a driver must and may do. A driver registers 
 ``edge_agent.drivers`` entry-point group; the built-in ones do so like any other.
 """
 
+from ..clock import Clock
 from ..errors import BusError, DeviceError, DriverError
 from ..model import Poll, Value
 from .config import (
@@ -53,6 +54,7 @@ __all__ = [
     "BusConfig",
     "BusError",
     "BusType",
+    "Clock",
     "CountsFaults",
     "Describes",
     "DeviceConfig",

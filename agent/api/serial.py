@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import termios
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import serial  # type: ignore[import-untyped]
 
@@ -34,11 +36,6 @@ MAX_LINE = 4096
 _NO_BREAK_CONTROL = {errno.ENOSYS, errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP}
 
 _log = logging.getLogger(__name__)
-
-
-#: The line settings a port is opened with, in the order they are tried alone, and pyserial's
-#: defaults (which every port takes) to go back to after each.
-LINE_SETTINGS = (("baudrate", 9600), ("bytesize", 8), ("parity", "N"), ("stopbits", 1))
 
 
 def line_settings_problem(bus: BusConfig, exc: BaseException) -> str:
@@ -59,32 +56,83 @@ def line_settings_problem(bus: BusConfig, exc: BaseException) -> str:
     )
 
 
+class LineSettingsProblem:
+    """``line_settings_problem`` asked once per distinct error: a port that refuses its
+    settings at every reconnect is not probed (its lines toggled) at every reconnect."""
+
+    def __init__(self, bus: BusConfig) -> None:
+        self.bus = bus
+        self._said: tuple[str, str] = ("", "")
+
+    def __call__(self, exc: BaseException) -> str:
+        if self._said[0] != str(exc):
+            self._said = (str(exc), line_settings_problem(self.bus, exc))
+        return self._said[1]
+
+
 def refused_line_setting(bus: BusConfig) -> tuple[str, object] | None:
     """The first of the bus's line settings the port refuses on its own, or ``None`` (the port
-    cannot be opened at all, or refuses only the combination)."""
+    cannot be opened, another program holds it, or it refuses only the combination).
+
+    Tried on the port's own settings, one change at a time, with termios directly, and put
+    back as they were: a port in use by no one is left as it was found."""
     try:
-        probe = serial.Serial(port=bus.serial_port, timeout=0)
-    except (serial.SerialException, OSError, ValueError, termios.error):
+        fd = os.open(bus.serial_port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
         return None
     try:
-        for key, default in LINE_SETTINGS:
-            value = getattr(bus, key)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # never a port another program holds
+        found = termios.tcgetattr(fd)
+    except (OSError, termios.error):
+        os.close(fd)
+        return None
+    try:
+        for key, change in _setting_changes(bus):
             try:
-                setattr(probe, key, value)  # pyserial applies each change at once
-            except (serial.SerialException, OSError, ValueError, termios.error):
-                return key, value
-            with contextlib.suppress(serial.SerialException, OSError, ValueError, termios.error):
-                setattr(probe, key, default)
+                termios.tcsetattr(fd, termios.TCSANOW, change(list(found)))
+            except termios.error:
+                return key, getattr(bus, key)
         return None
     finally:
-        probe.close()
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(fd, termios.TCSANOW, found)
+        os.close(fd)
+
+
+_Attrs = list[Any]
+
+
+def _setting_changes(bus: BusConfig) -> list[tuple[str, Callable[[_Attrs], _Attrs]]]:
+    """Each line setting of ``bus`` as a change to termios attributes (``[iflag, oflag,
+    cflag, lflag, ispeed, ospeed, cc]``)."""
+
+    def cflag(mask: int, bits: int) -> Callable[[_Attrs], _Attrs]:
+        def change(attrs: _Attrs) -> _Attrs:
+            attrs[2] = attrs[2] & ~mask | bits
+            return attrs
+
+        return change
+
+    def speed(attrs: _Attrs) -> _Attrs:
+        attrs[4] = attrs[5] = getattr(termios, f"B{bus.baudrate}")
+        return attrs
+
+    parity = {"N": 0, "E": termios.PARENB, "O": termios.PARENB | termios.PARODD}[bus.parity]
+    changes = [
+        ("bytesize", cflag(termios.CSIZE, termios.CS7 if bus.bytesize == 7 else termios.CS8)),
+        ("parity", cflag(termios.PARENB | termios.PARODD, parity)),
+        ("stopbits", cflag(termios.CSTOPB, termios.CSTOPB if bus.stopbits == 2 else 0)),
+    ]
+    if hasattr(termios, f"B{bus.baudrate}"):  # a rate outside the table: pyserial's own way
+        changes.insert(0, ("baudrate", speed))
+    return changes
 
 
 def is_line_settings_error(exc: BaseException) -> bool:
     """Whether opening a port failed on its line settings (termios refused them), not on the
     port itself (gone, busy, no permission)."""
     return isinstance(exc, termios.error) or (
-        isinstance(exc, serial.SerialException) and "Invalid argument" in str(exc)
+        isinstance(exc, serial.SerialException) and "Could not configure port" in str(exc)
     )
 
 
@@ -105,6 +153,7 @@ class LinePort:
 
     def __init__(self, bus: BusConfig) -> None:
         self.bus = bus
+        self._settings_problem = LineSettingsProblem(bus)
         self._port: serial.Serial | None = None
         self._buffer = bytearray()
         self._last_byte = 0.0  # monotonic time the last byte arrived
@@ -129,7 +178,7 @@ class LinePort:
             )
         except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             if is_line_settings_error(exc):
-                raise BusError(line_settings_problem(self.bus, exc)) from exc
+                raise BusError(self._settings_problem(exc)) from exc
             raise BusError(
                 f"bus {self.bus.name}: cannot open {self.bus.serial_port}: {exc}"
             ) from exc

@@ -94,7 +94,7 @@ from agent.api import (
     Simulation,
     Value,
 )
-from agent.api.serial import line_settings_problem
+from agent.api.serial import LineSettingsProblem
 
 from . import schema
 from .codec import apply_exponents, decode_request
@@ -295,6 +295,7 @@ class ModbusDriver:
     ) -> None:
         self.bus = bus
         self.context = context or DriverContext()
+        self._settings_problem = LineSettingsProblem(bus)
         self.tolerate_silence = tolerate_silence
         self._client: ModbusBaseClient | None = None
         self._plans: dict[str, DevicePlan] = {}
@@ -321,7 +322,7 @@ class ModbusDriver:
             connected = await _guarded(client.connect())
         except termios.error as exc:  # the port refuses a line setting (7 data bits on a pty)
             client.close()
-            raise BusError(line_settings_problem(self.bus, exc)) from exc
+            raise BusError(self._settings_problem(exc)) from exc
         except (OSError, ModbusException) as exc:
             client.close()
             raise BusError(self._cannot_connect(str(exc))) from exc
@@ -351,7 +352,7 @@ class ModbusDriver:
         if plan is None or plan.device != device:
             state_dir = self.context.state_dir
             state = state_dir / f"{device.name}.modbus-plan.json" if state_dir else None
-            plan = DevicePlan(device, self.bus, state, self.context.clock.wall)
+            plan = DevicePlan(device, self.bus, state, self.context.clock)
             self._plans[device.name] = plan
         return plan
 
@@ -392,9 +393,10 @@ class ModbusDriver:
                 for point in request.points:
                     start = point.address - request.address
                     raws[point.name] = tuple(int(r) for r in raw[start : start + point.count])
+        plan.after_poll()
         values = apply_exponents(modbus_points(device.points), values, errors)
         missing = tuple(plan.lacking)
-        if not values and (errors or missing):
+        if not values and (errors or not plan.requests):
             raise self._device_error(device, "; ".join(errors) or _lacks_all(device, missing))
         if errors:
             log.debug("device %s: partial poll: %s", device.name, "; ".join(errors))

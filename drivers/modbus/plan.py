@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.api import BusConfig, DeviceConfig
+from agent.api import BusConfig, Clock, DeviceConfig
 
 from .schema import (
     BIT_TABLES,
@@ -115,9 +114,12 @@ class DevicePlan:
 
     A read refused as an illegal data address is cut in two and both halves are read at once,
     again and again, until the registers the device lacks are isolated: each is a point the
-    device does not have (``lacking``), left out of the polls; the points around it arrive from
-    that poll on. What was learned is kept in ``state`` (a file of the driver's state dir, when
-    it has one) across reconnects and restarts, and forgotten after ``RELEARN_AFTER`` seconds.
+    device does not have (``lacking``, with the points scaled by it), left out of the polls; the
+    points around them arrive from that poll on. The reads refused are remembered, so that the
+    parts are never joined back into one of them (a unit may refuse a read across one of its
+    register blocks, all of whose registers it has). What was learned is saved once per poll
+    that learned something, in ``state`` (a file of the driver's state dir, when it has one),
+    for restarts, and forgotten ``RELEARN_AFTER`` seconds after it was learned.
     """
 
     def __init__(
@@ -125,42 +127,57 @@ class DevicePlan:
         device: DeviceConfig,
         bus: BusConfig | None = None,
         state: Path | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self.device = device
         self.bus = bus
         self.state = state
-        self.clock = clock
+        self.clock = clock or Clock()
         self.points = {p.name: p for p in modbus_points(device.points)}
-        #: Points the device refuses, by name.
+        #: Points the device refuses (or whose scale comes from one it refuses), by name.
         self.lacking: dict[str, ModbusPoint] = {}
-        self.learned_at = 0.0  # wall time (s) of the first refusal learned; 0: nothing learned
+        #: Reads the unit refused: (table, first address, end).
+        self.refused_spans: set[tuple[str, int, int]] = set()
+        self.learned_at: float | None = None  # monotonic time of the first refusal learned
         self.requests = plan_requests(list(self.points.values()), bus)
-        self._cut = False  # reads were cut during a poll: join what is contiguous before the next
+        self._changed = False  # learned something this poll: saved after it
+        self._save_failed = False  # said once until a save works again
         self._load()
 
     def before_poll(self) -> None:
-        """Join the reads a refusal cut that are contiguous again (the device answered each),
-        and forget what was learned once it is old: then the poll tries the full plan."""
-        if self._cut:
-            self._cut = False
-            self.requests = _joined(self.requests, self.bus)
-            self._save()
-        if self.learned_at and self.clock() - self.learned_at > RELEARN_AFTER:
+        """Join the reads that are contiguous again (the device answered each, and the join is
+        no read it refused), and forget what was learned once it is old: then the poll tries
+        the full plan."""
+        joined = _joined(self.requests, self.bus, self.refused_spans)
+        if joined != self.requests:
+            self.requests = joined
+            self._changed = True
+        age = self._age()
+        if age is not None and not 0 <= age <= RELEARN_AFTER:
             log.info(
                 "device %s: asking again for what the unit refused %.0f min ago",
                 self.device.name,
-                (self.clock() - self.learned_at) / 60,
+                max(age, 0) / 60,
             )
             self.lacking.clear()
-            self.learned_at = 0.0
+            self.refused_spans.clear()
+            self.learned_at = None
             self.requests = plan_requests(list(self.points.values()), self.bus)
+            self._changed = True
+
+    def after_poll(self) -> None:
+        """Keep what this poll learned, once."""
+        if self._changed:
+            self._changed = False
             self._save()
 
     def refused(self, request: Request) -> list[Request]:
         """``request`` was refused as an illegal data address: the reads that replace it, to
         be made now (none when it was one point's: that point the device lacks)."""
         index = self.requests.index(request)
+        self.refused_spans.add((request.table, request.address, request.end))
+        self.learned_at = self.clock.monotonic() if self.learned_at is None else self.learned_at
+        self._changed = True
         if len(request.points) == 1:
             (point,) = request.points
             del self.requests[index]
@@ -176,9 +193,6 @@ class DevicePlan:
             len(parts),
         )
         self.requests[index : index + 1] = parts
-        self.learned_at = self.learned_at or self.clock()
-        self._cut = True
-        self._save()
         return parts
 
     def describe(self) -> list[str]:
@@ -193,8 +207,6 @@ class DevicePlan:
 
     def _lacks(self, point: ModbusPoint) -> None:
         self.lacking[point.name] = point
-        self.learned_at = self.learned_at or self.clock()
-        self._save()
         log.warning(
             "device %s: unit %s has no %s %s (illegal data address): point %s is left out of "
             "its polls, the others are read; asked again within %.0f min",
@@ -205,76 +217,144 @@ class DevicePlan:
             point.name,
             RELEARN_AFTER / 60,
         )
+        scaled_by_it = [p for p in self.points.values() if point.name in p.needs]
+        for dependent in scaled_by_it:
+            if dependent.name not in self.lacking:
+                self.lacking[dependent.name] = dependent
+                log.warning(
+                    "device %s: point %s is left out too: its scale comes from %s",
+                    self.device.name,
+                    dependent.name,
+                    point.name,
+                )
+        self.requests = _without(self.requests, set(self.lacking))
 
-    def _signature(self) -> list[list[object]]:
-        return [[p.name, p.table, p.address, p.count] for p in self.points.values()]
+    def _age(self) -> float | None:
+        return None if self.learned_at is None else self.clock.monotonic() - self.learned_at
+
+    def _signature(self) -> list[object]:
+        """What the learned plan holds for: the unit, where it is, the read limits, the points."""
+        where = [self.bus.type, self.bus.address] if self.bus else []
+        limits = [max_count("holding", self.bus), max_count("coil", self.bus)]
+        points = [[p.name, p.table, p.address, p.count] for p in self.points.values()]
+        return [self.device.unit, where, limits, points]
 
     def _save(self) -> None:
         if self.state is None:
             return
+        age = self._age() or 0.0
         learned = {
-            "points": self._signature(),
-            "learned_at": self.learned_at,
-            "requests": [[p.name for p in r.points] for r in _joined(self.requests, self.bus)],
+            "signature": self._signature(),
+            "learned_wall": self.clock.wall() - age,
+            "requests": [[p.name for p in r.points] for r in self.requests],
             "lacking": sorted(self.lacking),
+            "refused": sorted(self.refused_spans),
         }
         try:
             self.state.parent.mkdir(parents=True, exist_ok=True)
             temporary = self.state.with_name(self.state.name + ".new")
             temporary.write_text(json.dumps(learned), encoding="utf-8")
             os.replace(temporary, self.state)
+            self._save_failed = False
         except OSError as exc:
-            log.warning(
-                "device %s: cannot keep what the unit refuses in %s (%s): learned again after a "
-                "restart",
-                self.device.name,
-                self.state,
-                exc.strerror or exc,
-            )
+            if not self._save_failed:
+                self._save_failed = True
+                log.warning(
+                    "device %s: cannot keep what the unit refuses in %s (%s): learned again "
+                    "after a restart",
+                    self.device.name,
+                    self.state,
+                    exc.strerror or exc,
+                )
 
     def _load(self) -> None:
-        """What an earlier run learned, when it is of these very points and not too old."""
+        """What an earlier run learned, when it is of this very unit and points, whole, and
+        not too old (nor from the future: a clock that was wrong then or is now)."""
         if self.state is None or not self.state.exists():
             return
         try:
             learned = json.loads(self.state.read_text(encoding="utf-8"))
-            if learned["points"] != self._signature():
-                return  # the configuration changed: learn again
-            if self.clock() - float(learned["learned_at"]) > RELEARN_AFTER:
+            if learned["signature"] != json.loads(json.dumps(self._signature())):
+                return  # another unit, bus or set of points: learn again
+            age = self.clock.wall() - float(learned["learned_wall"])
+            if not 0 <= age <= RELEARN_AFTER:
                 return
-            requests = [[self.points[n] for n in names] for names in learned["requests"]]
+            requests = [self._request_of(names) for names in learned["requests"]]
             lacking = {n: self.points[n] for n in learned["lacking"]}
+            named = [p.name for r in requests for p in r.points] + list(lacking)
+            if sorted(set(named)) != sorted(self.points) or len(set(named)) != len(named):
+                raise ValueError("its reads and lacking points are not the device's points")
+            refused = {(str(t), int(a), int(e)) for t, a, e in learned["refused"]}
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.debug("device %s: %s not used: %s", self.device.name, self.state, exc)
+            log.info(
+                "device %s: %s not used (%s): learning again", self.device.name, self.state, exc
+            )
             return
-        self.requests = [_request(points) for points in requests]
-        self.lacking = lacking
-        self.learned_at = float(learned["learned_at"])
+        self.requests, self.lacking, self.refused_spans = requests, lacking, refused
+        self.learned_at = self.clock.monotonic() - age
+
+    def _request_of(self, names: Sequence[str]) -> Request:
+        points = [self.points[n] for n in names]
+        if not points or len({p.table for p in points}) != 1:
+            raise ValueError("a read of no points, or of points of several tables")
+        return _request(points)
 
 
 def _halves(request: Request, bus: BusConfig | None) -> list[Request]:
-    """The points of ``request`` in two halves by address, each read without holes."""
+    """The points of ``request`` in two halves by address, each read without holes. Points
+    that share registers (bits of one register) stay in one half."""
     points = sorted(request.points, key=lambda p: (p.address, p.name))
     middle = len(points) // 2
+    while 0 < middle < len(points) and points[middle].address < _end(points[middle - 1]):
+        middle += 1
+    if middle >= len(points):  # all share registers: the other way
+        middle = len(points) // 2
+        while middle > 0 and points[middle].address < _end(points[middle - 1]):
+            middle -= 1
+    if middle == 0:  # one span of registers every point shares: each point alone
+        return [_request([p]) for p in points]
     return [r for half in (points[:middle], points[middle:]) for r in plan_requests(half, bus, 0)]
 
 
-def _joined(requests: Sequence[Request], bus: BusConfig | None) -> list[Request]:
-    """``requests`` with each run of contiguous reads of one table made one read (within the
-    bus's maximum): never across a hole, which the device may be the one to refuse."""
+def _end(point: ModbusPoint) -> int:
+    return point.address + point.count
+
+
+def _without(requests: Sequence[Request], names: set[str]) -> list[Request]:
+    """``requests`` without the points named (a read left with none is dropped)."""
+    kept = []
+    for request in requests:
+        points = [p for p in request.points if p.name not in names]
+        if len(points) == len(request.points):
+            kept.append(request)
+        elif points:
+            kept.append(_request(points))
+    return kept
+
+
+def _joined(
+    requests: Sequence[Request], bus: BusConfig | None, refused: set[tuple[str, int, int]]
+) -> list[Request]:
+    """``requests`` with reads of one table that touch or overlap made one (within the bus's
+    maximum), never across a hole, nor into a read the unit refused."""
     joined: list[Request] = []
     for request in sorted(requests, key=lambda r: (TABLES.index(r.table), r.address)):
         last = joined[-1] if joined else None
-        if (
-            last is not None
-            and last.table == request.table
-            and last.end == request.address
-            and request.end - last.address <= max_count(request.table, bus)
-        ):
-            joined[-1] = _request((*last.points, *request.points))
-        else:
-            joined.append(request)
+        if last is not None and last.table == request.table and request.address <= last.end:
+            merged = _request((*last.points, *request.points))
+            fits = merged.count <= max_count(request.table, bus)
+            if fits and not _covers(merged, refused):
+                joined[-1] = merged
+                continue
+        joined.append(request)
     return joined
+
+
+def _covers(request: Request, refused: set[tuple[str, int, int]]) -> bool:
+    return any(
+        table == request.table and request.address <= start and end <= request.end
+        for table, start, end in refused
+    )
 
 
 def _request(points: Sequence[ModbusPoint]) -> Request:

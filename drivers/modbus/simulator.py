@@ -258,7 +258,7 @@ def is_total(point: ModbusPoint) -> bool:
 
 def _total_raw(point: ModbusPoint, t: float) -> int | float:
     """A raw count that grows by one to three raw steps a second (by the point's name) from a
-    start set by its name, never past its ``max`` or its type's top."""
+    start set by its name, up to its ``max`` or just below its type's top, where it stays."""
     seed = zlib.crc32(point.name.encode())
     low, high = _raw_range(point)
     if point.max is None:
@@ -266,7 +266,7 @@ def _total_raw(point: ModbusPoint, t: float) -> int | float:
     raw = min(max(low, 0.0) + seed % 1000 + t * (1 + seed % 3), high)
     if point.type in ("float32", "float64"):
         return raw
-    return min(int(raw), int_range(point.type)[1])
+    return min(int(raw), int_range(point.type)[1] - 1)  # the top is often "not available"
 
 
 def _toggling(name: str, t: float) -> bool:

@@ -5,8 +5,10 @@ adapters) is one line naming the setting, the port and the fix: in ``read``, ``w
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,3 +125,23 @@ def test_run_says_it_once_while_it_persists(
     lines = [r for r in caplog.records if said(port) in r.getMessage()]
     assert len(lines) == 1, [r.getMessage() for r in lines]
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_the_probe_leaves_the_port_as_found_and_never_touches_a_held_one(port: str) -> None:
+    from dataclasses import replace
+
+    from agent.api import BusConfig
+    from agent.api.serial import refused_line_setting
+
+    bus = replace(BusConfig("rs485", "serial", serial_port=port), bytesize=7)
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        attrs = termios.tcgetattr(fd)
+        attrs[6][termios.VMIN] = 7  # a mark of the settings the port had
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        assert refused_line_setting(bus) == ("bytesize", 7)
+        assert termios.tcgetattr(fd)[6][termios.VMIN] == 7  # put back as it was
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another program holds it now
+        assert refused_line_setting(bus) is None
+    finally:
+        os.close(fd)
