@@ -1,0 +1,109 @@
+"""SunSpec devices as they are, not at fixed offsets: the ``SunS`` marker found at one of the
+usual base addresses, the chain of models walked by each model's id and length (a common model
+of 66 registers, or of 65 as older devices have it; models in any order), and each model's
+points from the SunSpec definitions (``sunspec_models/``, the SunSpec Alliance's JSON, Apache
+2.0: see its NOTICE).
+
+Discovery reads through a callable (``read(address, count)`` → the registers, or ``None`` when
+the unit refuses), so that the driver's own transactions, pacing and fault counting serve it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+#: "SunS" in two registers, where a SunSpec map starts.
+MARKER = (0x5375, 0x6E53)
+#: Where the marker is looked for, in this order (the specification's, and common practice).
+BASES = (40000, 50000, 0)
+#: The id that ends the chain.
+END = 0xFFFF
+#: More models than any device has: a chain that does not end is damaged (or not SunSpec).
+MAX_MODELS = 64
+MODELS_DIR = Path(__file__).parent / "sunspec_models"
+
+Read = Callable[[int, int], Awaitable[list[int] | None]]
+
+
+@dataclass(frozen=True)
+class ModelBlock:
+    """One model of a device's chain: its id, the address of its id register, and its length
+    (the registers after the id and length)."""
+
+    model_id: int
+    address: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        """The address after the model."""
+        return self.address + 2 + self.length
+
+
+@dataclass(frozen=True)
+class SunSpecPoint:
+    """A point of a model's fixed part: its offset from the model's id register, its size in
+    registers, its SunSpec type (``uint16``, ``int16``, ``acc32``, ``sunssf``, ``string``…),
+    and the point holding its scale factor, if any."""
+
+    name: str
+    offset: int
+    size: int
+    type: str
+    scale_factor: str | None = None
+
+
+class NotSunSpec(ValueError):
+    """No SunSpec map where one was looked for, or a chain that makes no sense."""
+
+
+async def discover(read: Read, bases: tuple[int, ...] = BASES) -> list[ModelBlock]:
+    """The device's models, in the order of its chain; ``NotSunSpec`` when no base holds the
+    marker, or the chain runs past ``MAX_MODELS`` or the address space."""
+    for base in bases:
+        if await read(base, 2) == list(MARKER):
+            return await _chain(read, base + 2)
+    shown = ", ".join(str(b) for b in bases)
+    raise NotSunSpec(f'no SunSpec marker ("SunS") at {shown}')
+
+
+async def _chain(read: Read, address: int) -> list[ModelBlock]:
+    models: list[ModelBlock] = []
+    while len(models) < MAX_MODELS:
+        header = await read(address, 2)
+        if header is None or len(header) != 2:
+            raise NotSunSpec(f"the model header at {address} cannot be read")
+        model_id, length = header
+        if model_id == END:
+            return models
+        block = ModelBlock(model_id, address, length)
+        if block.end > 0x10000:
+            raise NotSunSpec(f"model {model_id} at {address} runs past the address space")
+        models.append(block)
+        address = block.end
+    raise NotSunSpec(f"the chain does not end within {MAX_MODELS} models")
+
+
+@cache
+def model_points(model_id: int) -> tuple[SunSpecPoint, ...]:
+    """The points of the fixed part of model ``model_id`` (its repeating groups are not read
+    yet), with their offsets; ``KeyError`` for a model edge-agent does not ship."""
+    path = MODELS_DIR / f"model_{model_id}.json"
+    if not path.is_file():
+        raise KeyError(f"SunSpec model {model_id} is not one edge-agent reads")
+    group = json.loads(path.read_text(encoding="utf-8"))["group"]
+    points, offset = [], 0
+    for point in group["points"]:
+        size = int(point.get("size", 1))
+        points.append(SunSpecPoint(point["name"], offset, size, point["type"], point.get("sf")))
+        offset += size
+    return tuple(points)
+
+
+def known_models() -> list[int]:
+    """The models whose definitions ship with edge-agent."""
+    return sorted(int(p.stem.removeprefix("model_")) for p in MODELS_DIR.glob("model_*.json"))
