@@ -31,15 +31,15 @@ A driver **may** offer the abilities below: each is a protocol, checked with ``i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Protocol, TextIO, TypeVar, runtime_checkable
+from typing import ClassVar, Protocol, TextIO, TypeVar, runtime_checkable
 
 from ..clock import Clock
 from ..model import Poll, Value
-from .config import BusConfig, BusType, DeviceConfig, PointConfig, TemplateConfig
+from .config import BusConfig, DeviceConfig, PointConfig
 from .keys import Convert
 
 _T = TypeVar("_T")
@@ -77,16 +77,6 @@ class Driver(Protocol):
     ) -> None: ...
 
     async def read(self, device: DeviceConfig) -> Poll: ...
-
-
-class Schema(Protocol):
-    """The configuration a driver class may declare (all optional, see the module's text)."""
-
-    bus_types: ClassVar[tuple[str, ...]]
-    defines_buses: ClassVar[tuple[BusType, ...]]
-    bus_options: ClassVar[Mapping[str, Convert[Any]]]
-    device_options: ClassVar[Mapping[str, Convert[Any]]]
-    point_options: ClassVar[Mapping[str, Convert[Any]]]
 
 
 # --- abilities a driver instance may have
@@ -135,10 +125,6 @@ class CountsFaults(Protocol):
 
 
 # --- abilities a driver class may have
-
-
-#: Where a scan reports: one line per call, a technician's to read.
-Say = Callable[[str], None]
 
 
 @runtime_checkable
@@ -335,27 +321,3 @@ class Unconnected:
         tb: TracebackType | None,
     ) -> None:
         return None
-
-
-__all__ = [
-    "BuildsPoints",
-    "CountsFaults",
-    "Describes",
-    "Driver",
-    "DriverContext",
-    "FramesLine",
-    "KeepsRaw",
-    "Keys",
-    "Say",
-    "Scans",
-    "Schema",
-    "ServedSimulation",
-    "ShipsTemplates",
-    "SimulateAt",
-    "Simulated",
-    "Simulates",
-    "Simulation",
-    "TemplateConfig",
-    "Unconnected",
-    "Writes",
-]

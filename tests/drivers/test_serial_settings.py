@@ -97,9 +97,9 @@ def test_write_and_scan_say_it_too(tmp_path: Path, port: str) -> None:
     config = str(site(tmp_path, port, "modbus"))
     for args in (
         ("write", "-c", config, "meter", "relay", "true"),
-        ("scan", "-c", config, "rs485"),
+        ("scan", "-c", config, "rs485", "--units", "1-2"),
     ):
-        result = cli(*args, "--units", "1-2", timeout=30) if args[0] == "scan" else cli(*args)
+        result = cli(*args, timeout=30)
         assert result.returncode != 0, args
         assert "Traceback" not in result.stderr, args
         assert said(port) in result.stderr, (args, result.stderr)
