@@ -23,6 +23,7 @@ from agent.testkit.broker import Broker
 from agent.testkit.faults import IdLedger
 from agent.testkit.modbus import ModbusBus, SimSlave, template_points
 from agent.testkit.mqtt import Subscriber
+from agent.testkit.net import LOWEST_PORT, ephemeral_low, free_port, free_ports
 from agent.testkit.runner import AgentRunner, site_config
 from agent.testkit.sensor import SerialSensor
 from agent.testkit.telemetry import Telemetry
@@ -381,3 +382,13 @@ def test_the_ledger_counts_a_jump_past_what_len_can_hold() -> None:
     reconciled = ledger.reconcile(buffered=[], dropped=0, lost=0)
     assert reconciled.generated == 5
     assert reconciled.unaccounted == [after + 1]
+
+
+def test_rig_ports_lie_below_the_range_outgoing_connections_take() -> None:
+    """A broker restarted on its port must find it free: no client may have taken it meanwhile."""
+    low = ephemeral_low()
+    ports = [free_port() for _ in range(50)]
+    assert all(LOWEST_PORT <= port < low for port in ports)
+    first = free_ports(3)
+    assert first >= LOWEST_PORT
+    assert first + 3 <= low

@@ -29,6 +29,7 @@ from agent.config.loader import builtin_templates
 from agent.model import Value
 
 from .aio import KitLoop
+from .net import free_port
 from .serial import FAULTS, Fault, SerialProxy
 
 BusKind = Literal["tcp", "rtu", "rtu-over-tcp"]
@@ -236,7 +237,8 @@ class ModbusBus:
         self._bus: BusConfig = BusConfig(name, BUS_TYPES[kind], host="127.0.0.1", port=0)
         at = SimulateAt(
             host=None if kind == "rtu" else "127.0.0.1",
-            port=0,
+            # Below the range outgoing connections take, and the same one after a restart.
+            port=0 if kind == "rtu" else free_port(),
             serial_port=str(self._slaves_end) if kind == "rtu" else None,
             values={},  # held: each slave's values start at zero, and move only when set
         )
