@@ -26,6 +26,7 @@ from .config import (
     local_bus,
 )
 from .driver import (
+    PLAN_NOTES,
     BuildsPoints,
     CountsFaults,
     Describes,
@@ -47,6 +48,7 @@ from .driver import (
 from .scaling import scaled, significant
 
 __all__ = [
+    "PLAN_NOTES",
     "SERIAL_BUS",
     "BuildsPoints",
     "BusConfig",

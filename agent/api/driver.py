@@ -93,9 +93,14 @@ class Writes(Protocol):
         ...
 
 
+#: How a line of ``Describes.describe`` that is a note, not a request, starts.
+PLAN_NOTES = ("lacks ", "note: ")
+
+
 @runtime_checkable
 class Describes(Protocol):
-    """Says the requests a poll makes, for logs and ``check --plan``."""
+    """Says the requests a poll makes, for logs and ``check --plan``: one line per request, and
+    notes about the plan as lines that start with one of ``PLAN_NOTES`` (``lacks …``)."""
 
     def describe(self, device: DeviceConfig) -> list[str]: ...
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import registry
-from ..api import Describes, DriverContext, KeepsRaw, ShipsTemplates, local_bus
+from ..api import PLAN_NOTES, Describes, DriverContext, KeepsRaw, ShipsTemplates, local_bus
 from ..api.keys import suggest
 from ..clock import Clock
 from ..config import BusConfig, Config, DeviceConfig, PointConfig, TemplateConfig
@@ -58,12 +58,13 @@ def plan_lines(config: Config) -> list[str]:
         devices = [config.device(bus.name)] if local else config.devices_on(bus.name)
         for device in devices:
             requests = driver.describe(device) if isinstance(driver, Describes) else []
+            reads = [r for r in requests if not r.startswith(PLAN_NOTES)]
             where = "on no bus" if local else f"bus {bus.name}"
             if addressed:
                 where += f", unit {device.unit}"
             lines.append(
                 f"device {device.name} ({where}, every {device.interval:g}s): "
-                f"{len(requests)} request(s) for {len(device.points)} point(s)"
+                f"{len(reads)} request(s) for {len(device.points)} point(s)"
             )
             lines.extend(f"  {r}" for r in requests)
     return lines

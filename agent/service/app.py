@@ -324,6 +324,8 @@ class Agent:
                 log.exception("health: cannot build the report")
                 continue
             await self.uplink.publish_health(payload)
+            lacking = {n: h.missing for p in self.pollers for n, h in p.health.items() if h.missing}
+            await self.uplink.points_missing(lacking)
 
     async def _flush_periodically(self) -> None:
         """Commit what stayed unacknowledged for ¾ of flush_interval, every quarter of it: a

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -81,25 +81,25 @@ REFUSAL_HINTS = {
 }
 
 
-def meta_payload(config: Config) -> dict[str, Any]:
+def meta_payload(
+    config: Config, missing: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, Any]:
     """``meta`` (docs/mqtt.md): every device and point with its driver, unit, type, writable,
-    interval."""
-    return {
-        "agent": config.agent.id,
-        "version": __version__,
-        "devices": {
-            d.name: {
-                "driver": d.driver,
-                "bus": d.bus,
-                "interval": d.interval,
-                "points": {
-                    p.name: {"type": p.value_type, "unit": p.unit, "writable": p.writable}
-                    for p in d.points
-                },
-            }
-            for d in config.devices
-        },
-    }
+    interval; ``missing``: per device, the points its unit lacks (as its polls found)."""
+    devices: dict[str, dict[str, Any]] = {}
+    for d in config.devices:
+        devices[d.name] = {
+            "driver": d.driver,
+            "bus": d.bus,
+            "interval": d.interval,
+            "points": {
+                p.name: {"type": p.value_type, "unit": p.unit, "writable": p.writable}
+                for p in d.points
+            },
+        }
+        if missing and missing.get(d.name):
+            devices[d.name]["missing"] = list(missing[d.name])
+    return {"agent": config.agent.id, "version": __version__, "devices": devices}
 
 
 class Uplink:
@@ -115,6 +115,8 @@ class Uplink:
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        #: Per device, the points its unit lacks, for ``meta`` (see ``points_missing``).
+        self.missing: dict[str, tuple[str, ...]] = {}
         #: Receives each message on ``cmd`` (topic, payload); None: ``cmd`` is not subscribed.
         self.on_command = on_command
         self.mqtt: MqttSection = config.mqtt
@@ -362,7 +364,11 @@ class Uplink:
         waits = [
             self._publish_other(client, "status", to_json_bytes(status), qos=1, retain=True),
             self._publish_other(
-                client, "meta", to_json_bytes(meta_payload(self.config)), qos=1, retain=True
+                client,
+                "meta",
+                to_json_bytes(meta_payload(self.config, self.missing)),
+                qos=1,
+                retain=True,
             ),
         ]
         if self.on_command is not None:
@@ -468,11 +474,22 @@ class Uplink:
         """Devices and points changed (a reload): ``meta`` says so now if the link is up, else
         at the next connection. The MQTT settings themselves are the ones started with."""
         self.config = replace(config, mqtt=self.mqtt)
+        await self._republish_meta()
+
+    async def points_missing(self, missing: Mapping[str, tuple[str, ...]]) -> None:
+        """The points each device's unit lacks, as its polls found them: ``meta`` says so, now
+        if they changed and the link is up, else at the next connection."""
+        if dict(missing) == self.missing:
+            return
+        self.missing = dict(missing)
+        await self._republish_meta()
+
+    async def _republish_meta(self) -> None:
         client = self._client_online
         if client is None:
             return
         try:
-            meta = to_json_bytes(meta_payload(self.config))
+            meta = to_json_bytes(meta_payload(self.config, self.missing))
             await self._publish_other(client, "meta", meta, qos=1, retain=True)
         except aiomqtt.MqttError as exc:  # the link's own loop notices and reconnects
             log.debug("mqtt: meta not republished: %s", exc)

@@ -109,6 +109,8 @@ from .frames import (
 from .plan import DevicePlan, Request
 from .ports import port_problem_message, serial_port_problem
 from .schema import BIT_TABLES, ModbusPoint, Table, modbus_point, modbus_points, write_multiple
+from .sunspec import NotSunSpec
+from .sunspec_points import SCALE_FACTOR, Layout, Layouts, readings, sunspec_points
 from .writes import (
     WRITE_COIL,
     WRITE_COILS,
@@ -299,6 +301,7 @@ class ModbusDriver:
         self.tolerate_silence = tolerate_silence
         self._client: ModbusBaseClient | None = None
         self._plans: dict[str, DevicePlan] = {}
+        self._sunspec = Layouts(self.context.state_dir)
         #: Put each point's raw registers in the Poll (for ``edge-agent read``).
         self.keep_raw = False
         #: Per device name, how its requests ended: counts of the ``FAULTS`` categories.
@@ -358,7 +361,14 @@ class ModbusDriver:
 
     def describe(self, device: DeviceConfig) -> list[str]:
         """One line per read a poll of ``device`` makes."""
-        return self.plan(device).describe()
+        if not sunspec_points(device.points):
+            return self.plan(device).describe()
+        known = self._sunspec.known(device)
+        if known is None:
+            return ["note: the SunSpec points are placed by discovery at the unit's first poll"]
+        placed, layout = known
+        lacking = [f"lacks {name} (not in the unit's SunSpec models)" for name in layout.missing]
+        return [*self.plan(placed).describe(), *lacking]
 
     def frames(self, device_name: str) -> tuple[str, ...]:
         """The last raw frames sent to and received from the device, oldest first."""
@@ -367,10 +377,43 @@ class ModbusDriver:
 
     async def read(self, device: DeviceConfig) -> Poll:
         """Poll ``device`` once; see the module docstring for how failures are reported."""
+        if not sunspec_points(device.points):
+            return await self._read(device, device, ())
+        placed, layout = await self._discovered(device)
+        try:
+            return await self._read(device, placed, layout.missing)
+        except DeviceError:
+            self._sunspec.forget(device)  # found again at the next poll: it may be another device
+            raise
+
+    async def _discovered(self, device: DeviceConfig) -> tuple[DeviceConfig, Layout]:
+        probe = ModbusPoint("sunspec")
+
+        async def read(address: int, count: int) -> list[int] | None:
+            try:
+                raw = await self._execute(device, Request("holding", address, count, (probe,)))
+            except _RequestFailed:
+                return None
+            except _NoResponse as exc:
+                raise self._device_error(device, str(exc)) from None
+            return [int(r) for r in raw]
+
+        try:
+            return await self._sunspec.placed(device, read)
+        except NotSunSpec as exc:
+            raise self._device_error(
+                device, f"device {device.name} (unit {device.unit}): {exc}"
+            ) from None
+
+    async def _read(
+        self, device: DeviceConfig, placed: DeviceConfig, missing: tuple[str, ...]
+    ) -> Poll:
+        """One poll of ``placed`` (``device`` with its SunSpec points placed), which lacks
+        ``missing`` as discovered."""
         values: dict[str, Value] = {}
         errors: list[str] = []
         raws: dict[str, tuple[int, ...]] = {}
-        plan = self.plan(device)
+        plan = self.plan(placed)
         plan.before_poll()
         pending = list(plan.requests)
         while pending:
@@ -394,10 +437,12 @@ class ModbusDriver:
                     start = point.address - request.address
                     raws[point.name] = tuple(int(r) for r in raw[start : start + point.count])
         plan.after_poll()
-        values = apply_exponents(modbus_points(device.points), values, errors)
-        missing = tuple(plan.lacking)
+        values = apply_exponents(modbus_points(placed.points), values, errors)
+        values = readings(values, modbus_points(placed.points))
+        missing += tuple(n for n in plan.lacking if not n.startswith(SCALE_FACTOR))
         if not values and (errors or not plan.requests):
-            raise self._device_error(device, "; ".join(errors) or _lacks_all(device, missing))
+            said = "; ".join(errors) or _lacks_all(device, missing, bool(plan.lacking))
+            raise self._device_error(device, said)
         if errors:
             log.debug("device %s: partial poll: %s", device.name, "; ".join(errors))
         return Poll(values=values, errors=tuple(errors), raw=raws, missing=missing)
@@ -695,7 +740,12 @@ async def _guarded(call: Awaitable[T], down: asyncio.Future[None] | None = None)
     return None
 
 
-def _lacks_all(device: DeviceConfig, missing: Sequence[str]) -> str:
+def _lacks_all(device: DeviceConfig, missing: Sequence[str], refused: bool) -> str:
+    if not refused:
+        return (
+            f"device {device.name}: the SunSpec models of unit {device.unit} lack every point "
+            f"asked for ({', '.join(missing)}): check the unit id and the points' models"
+        )
     return (
         f"device {device.name}: unit {device.unit} refuses every point asked for "
         f"({', '.join(missing)}: illegal data address): check the unit id and the register map"

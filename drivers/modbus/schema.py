@@ -72,6 +72,8 @@ class ModbusPoint(PointConfig):
     not_available: tuple[float, ...] = ()
     #: Another point whose value v scales this one by 10**v (SunSpec's scale factors).
     scale_exponent: str | None = None
+    #: A SunSpec point by name (``inverter.W``), placed by discovery: see ``sunspec_points``.
+    sunspec: str | None = None
 
     @property
     def value_type(self) -> str:
@@ -117,6 +119,8 @@ def modbus_bus(name: str, type: str, **settings: Any) -> BusConfig:
 def describe_point(point: PointConfig) -> str:
     """Where ``point`` lives and how it is decoded: ``holding     0  float32  V  CDAB``."""
     p = modbus_point(point)
+    if p.sunspec is not None:
+        return f"sunspec  {p.sunspec}  {p.unit}".rstrip()
     extra: list[str] = []
     if p.type not in ("bool", "int16", "uint16", "string"):
         extra.append(p.order)
@@ -149,8 +153,23 @@ def modbus_points(points: Sequence[PointConfig]) -> list[ModbusPoint]:
 _COMMON = tuple(f.name for f in fields(PointConfig))
 
 
+#: What a SunSpec point takes from its model's definition, never from its keys.
+SUNSPEC_DEFINED = (
+    "table",
+    "address",
+    "type",
+    "order",
+    "length",
+    "bit",
+    "not_available",
+    "scale_exponent",
+)
+
+
 def build_point(common: PointConfig, s: Keys) -> ModbusPoint | None:
     """A Modbus point from a point table's keys, or ``None`` after saying what is wrong."""
+    if s.has("sunspec"):
+        return _sunspec_point(common, s)
     table = s.take("table", keys.one_of(*TABLES), "holding")
     default_type = "bool" if table in BIT_TABLES or s.has("bit") else "uint16"
     point_type = s.take("type", keys.one_of(*POINT_TYPES), default_type)
@@ -172,6 +191,29 @@ def build_point(common: PointConfig, s: Keys) -> ModbusPoint | None:
         **own,
     )
     return point if _fits(s, point) else None
+
+
+def _sunspec_point(common: PointConfig, s: Keys) -> ModbusPoint | None:
+    from .sunspec_points import config_point
+
+    ref = s.take("sunspec", keys.text)
+    problems = [
+        (key, "comes from the SunSpec definition of the point: remove it")
+        for key in SUNSPEC_DEFINED
+        if s.has(key)
+    ]
+    if common.writable:
+        problems.append(("writable", "SunSpec points are read here, not written"))
+    for key, message in problems:
+        s.take(key, lambda value: value, None)  # said once, as above, not as an unknown key
+        s.problem(key, message)
+    if ref is None or problems:
+        return None
+    try:
+        return config_point(common, ref)
+    except ValueError as exc:
+        s.problem("sunspec", str(exc))
+        return None
 
 
 def check_points(

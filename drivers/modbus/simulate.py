@@ -21,6 +21,7 @@ from agent.api.pty import PtyLink
 
 from .schema import modbus_points
 from .simulator import ModbusSimulator, SimulatedSlave, animate_slave
+from .sunspec_points import simulated_map, sunspec_points
 
 
 class ModbusSimulation(ServedSimulation):
@@ -51,7 +52,7 @@ class ModbusSimulation(ServedSimulation):
         """The device's slave: its values at the animation's start, or held as ``at.values``
         says (the rest at zero). The server looks slaves up in the dict it is added to: one
         added while serving answers at once."""
-        slave = SimulatedSlave(device.unit, modbus_points(device.points))
+        slave = _slave(device)
         if self.at.values is None:
             animate_slave(slave, 0.0, include_writable=True)
         for point, value in self.at.values.get(device.name, {}).items() if self.at.values else ():
@@ -92,3 +93,17 @@ class ModbusSimulation(ServedSimulation):
                 f"cannot listen on {server.host}:{server.port} ({reason}); "
                 "is another simulator running? pick another with --tcp HOST:PORT"
             ) from None
+
+
+def _slave(device: DeviceConfig) -> SimulatedSlave:
+    """The device's slave: its points at their addresses, or for a SunSpec device a whole
+    SunSpec map (see ``simulated_map``) with its points placed on it."""
+    if not sunspec_points(device.points):
+        return SimulatedSlave(device.unit, modbus_points(device.points))
+    served = simulated_map(device)
+    fixed = [point for point, _ in served.fixed.values()]
+    slave = SimulatedSlave(device.unit, [*fixed, *served.points])
+    for point, raw in served.fixed.values():
+        slave.set_registers("holding", point.address, raw)
+    slave.held = frozenset(served.fixed)
+    return slave

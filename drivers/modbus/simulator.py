@@ -120,6 +120,8 @@ class SimulatedSlave:
         self.drip = 0.0
         self.random = random.Random(unit)
         self.requests = 0
+        #: Points the animation leaves as they are (a SunSpec map's headers and scale factors).
+        self.held: frozenset[str] = frozenset()
         # Every address a point covers starts at 0/False; overlapping points share addresses.
         self._images: dict[Table, dict[int, int | bool]] = {table: {} for table in TABLES}
         for point in points:
@@ -232,7 +234,7 @@ def animate_slave(slave: SimulatedSlave, t: float, *, include_writable: bool = F
     points are skipped unless ``include_writable``: they keep what a client wrote.
     """
     for point in slave.points.values():
-        if point.writable and not include_writable:
+        if (point.writable and not include_writable) or point.name in slave.held:
             continue
         if point.type == "string":
             slave.set_value(point.name, f"SIM-{slave.unit}"[: point.length])

@@ -46,15 +46,43 @@ class ModelBlock:
 
 @dataclass(frozen=True)
 class SunSpecPoint:
-    """A point of a model's fixed part: its offset from the model's id register, its size in
-    registers, its SunSpec type (``uint16``, ``int16``, ``acc32``, ``sunssf``, ``string``…),
-    and the point holding its scale factor, if any."""
+    """A point of a model: its offset from the model's id register (in a repeating group: from
+    the group's start), its size in registers, its SunSpec type (``uint16``, ``int16``,
+    ``acc32``, ``sunssf``, ``string``…), its unit, and the point holding its scale factor."""
 
     name: str
     offset: int
     size: int
     type: str
     scale_factor: str | None = None
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class ModelDefinition:
+    """A model as SunSpec defines it: its fixed part and, for models like 160 (MPPT), the
+    repeating group (``module``) that fills the rest of the model's length."""
+
+    model_id: int
+    name: str
+    points: tuple[SunSpecPoint, ...]
+    group_name: str = ""
+    group_points: tuple[SunSpecPoint, ...] = ()
+
+    @property
+    def fixed_size(self) -> int:
+        """Registers of the fixed part, the id and length included."""
+        return sum(p.size for p in self.points)
+
+    @property
+    def group_size(self) -> int:
+        return sum(p.size for p in self.group_points)
+
+    def point(self, name: str) -> SunSpecPoint | None:
+        return next((p for p in self.points if p.name == name), None)
+
+    def group_point(self, name: str) -> SunSpecPoint | None:
+        return next((p for p in self.group_points if p.name == name), None)
 
 
 class NotSunSpec(ValueError):
@@ -89,19 +117,43 @@ async def _chain(read: Read, address: int) -> list[ModelBlock]:
 
 
 @cache
-def model_points(model_id: int) -> tuple[SunSpecPoint, ...]:
-    """The points of the fixed part of model ``model_id`` (its repeating groups are not read
-    yet), with their offsets; ``KeyError`` for a model edge-agent does not ship."""
+def definition(model_id: int) -> ModelDefinition:
+    """Model ``model_id`` as its shipped SunSpec JSON defines it; ``KeyError`` for a model
+    edge-agent does not ship."""
     path = MODELS_DIR / f"model_{model_id}.json"
     if not path.is_file():
         raise KeyError(f"SunSpec model {model_id} is not one edge-agent reads")
     group = json.loads(path.read_text(encoding="utf-8"))["group"]
+    repeating = group.get("groups", [])
+    return ModelDefinition(
+        model_id,
+        group["name"],
+        _points(group["points"]),
+        repeating[0]["name"] if repeating else "",
+        _points(repeating[0]["points"]) if repeating else (),
+    )
+
+
+def _points(items: list[dict[str, object]]) -> tuple[SunSpecPoint, ...]:
     points, offset = [], 0
-    for point in group["points"]:
-        size = int(point.get("size", 1))
-        points.append(SunSpecPoint(point["name"], offset, size, point["type"], point.get("sf")))
+    for item in items:
+        size = int(str(item.get("size", 1)))
+        sf = item.get("sf")
+        unit = str(item.get("units", ""))
+        points.append(
+            SunSpecPoint(str(item["name"]), offset, size, str(item["type"]), _sf(sf), unit)
+        )
         offset += size
     return tuple(points)
+
+
+def _sf(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def model_points(model_id: int) -> tuple[SunSpecPoint, ...]:
+    """The points of the fixed part of model ``model_id``, with their offsets."""
+    return definition(model_id).points
 
 
 def known_models() -> list[int]:

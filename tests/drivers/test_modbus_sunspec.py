@@ -4,20 +4,32 @@ models; the model definitions shipped as SunSpec's own JSON."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
+from agent.api import DeviceConfig, DeviceError, DriverContext, PointConfig, Poll
+from agent.config.loader import builtin_templates
 from agent.testkit import run
-from drivers.modbus.schema import ModbusPoint
+from agent.testkit.modbus import ModbusBus
+from agent.testkit.runner import AgentRunner
+from agent.testkit.telemetry import Telemetry
+from drivers.modbus import ModbusDriver
+from drivers.modbus.schema import ModbusPoint, modbus_bus, modbus_points
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 from drivers.modbus.sunspec import (
     MARKER,
     ModelBlock,
     NotSunSpec,
+    definition,
     discover,
     known_models,
     model_points,
 )
+from drivers.modbus.sunspec_points import KINDS, config_point, parse_ref, place, simulated_map
 
 UNIT = 1
 
@@ -100,3 +112,241 @@ def test_the_shipped_definitions_hold_the_models_the_agent_reads() -> None:
     offsets = [p.offset for p in model_points(103)]
     assert offsets == sorted(offsets)
     assert offsets[:2] == [0, 1]  # ID and L
+
+
+# --- points placed by discovery, read from maps built here from the specification -------------
+
+#: Model 103 from its model id word, transcribed from the specification's table (not from the
+#: shipped JSON): A +2, A_SF +6, PhVphA +10, V_SF +13, W +14, W_SF +15, Hz +16, Hz_SF +17, WH
+#: (acc32) +24, WH_SF +26, DCW +31, DCW_SF +32, St +38.
+M103 = {"A": 2, "A_SF": 6, "PhVphA": 10, "PhVphB": 11, "V_SF": 13, "W": 14, "W_SF": 15}
+M103 |= {"Hz": 16, "Hz_SF": 17, "WH": 24, "WH_SF": 26, "DCW": 31, "DCW_SF": 32, "St": 38}
+#: Model 113 (float): every measurement two registers, no scale factors: A +2 … W +22, Hz +24.
+M113 = {"A": 2, "PhVphA": 16, "W": 22, "Hz": 24}
+INVERTER_POINTS = {
+    "current": "inverter.A",
+    "voltage": "inverter.PhVphA",
+    "voltage_b": "inverter.PhVphB",
+    "power": "inverter.W",
+    "frequency": "inverter.Hz",
+    "energy": "inverter.WH",
+    "state": "inverter.St",
+    "maker": "common.Mn",
+}
+
+
+def sunspec_device(points: dict[str, str], unit: int = UNIT) -> DeviceConfig:
+    built = [config_point(PointConfig(name), ref) for name, ref in points.items()]
+    return DeviceConfig("inverter", "solar", "modbus", 10.0, unit, points=tuple(built))
+
+
+def with_values(
+    registers: dict[int, int], model_address: int, values: dict[int, int | list[int]]
+) -> dict[int, int]:
+    """``registers`` with the model whose id is at ``model_address`` holding ``values`` (by
+    offset from the id register; a list for several registers, a negative int as int16)."""
+    for offset, value in values.items():
+        words = value if isinstance(value, list) else [value & 0xFFFF]
+        for index, word in enumerate(words):
+            registers[model_address + offset + index] = word
+    return registers
+
+
+def text(value: str, registers: int) -> list[int]:
+    data = value.encode().ljust(registers * 2, b"\0")
+    return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
+
+
+def poll_of(registers: dict[int, int], device: DeviceConfig, state_dir: Path | None = None) -> Poll:
+    async def body() -> Poll:
+        async with ModbusSimulator([slave_with(registers)]) as sim:
+            bus = modbus_bus("solar", "modbus-tcp", host="127.0.0.1", port=sim.port, timeout=1.0)
+            context = DriverContext(state_dir=state_dir)
+            async with ModbusDriver(bus, context) as driver:
+                return await driver.read(device)
+
+    return run(body(), timeout=30)
+
+
+def three_phase(common_length: int = 66, base: int = 40000) -> tuple[dict[int, int], int]:
+    """A map with the common model, an MPPT model (160, two inputs) and then model 103."""
+    registers = chain_registers(base, [(1, common_length), (160, 48), (103, 50)])
+    model_103 = base + 2 + (2 + common_length) + (2 + 48)
+    with_values(registers, base + 2, {2: text("Fronius", 16)})
+    with_values(
+        registers,
+        model_103,
+        {
+            M103["A"]: 1453, M103["A_SF"]: -2, M103["PhVphA"]: 2310, M103["PhVphB"]: 0xFFFF,
+            M103["V_SF"]: -1, M103["W"]: -100, M103["W_SF"]: 0, M103["Hz"]: 5002,
+            M103["Hz_SF"]: -2, M103["WH"]: [0x075B, 0xCD15], M103["WH_SF"]: 2, M103["St"]: 4,
+        },
+    )  # fmt: skip
+    return registers, model_103
+
+
+def test_points_are_placed_on_the_chain_the_unit_has_and_scaled_by_its_factors() -> None:
+    registers, _ = three_phase()
+    result = poll_of(registers, sunspec_device(INVERTER_POINTS))
+    assert result.errors == ()
+    assert result.missing == ()
+    assert result.values == {
+        "current": 14.53,
+        "voltage": 231.0,
+        # voltage_b holds uint16 0xFFFF, "not implemented": no reading, and not missing either
+        "power": -100.0,
+        "frequency": 50.02,
+        "energy": 12_345_678_900.0,  # 123456789 x 10^2
+        "state": 4,
+        "maker": "Fronius",
+    }
+
+
+def test_an_older_65_long_common_model_at_50000_reads_the_same() -> None:
+    registers, _ = three_phase(common_length=65, base=50000)
+    result = poll_of(registers, sunspec_device(INVERTER_POINTS))
+    assert result.values["power"] == -100.0
+    assert result.values["energy"] == 12_345_678_900.0
+
+
+def test_a_float_inverter_is_an_inverter_too() -> None:
+    registers = chain_registers(40000, [(1, 66), (113, 60)])
+    model_113 = 40000 + 2 + 68
+    nan = [0x7FC0, 0x0000]
+    with_values(registers, model_113, {M113["W"]: [0x4520, 0x8000], M113["Hz"]: nan})
+    device = sunspec_device({"power": "inverter.W", "frequency": "inverter.Hz"})
+    result = poll_of(registers, device)
+    assert result.values == {"power": 2568.0}  # 0x45208000; the frequency is NaN: not implemented
+
+
+def test_a_point_whose_model_the_unit_lacks_is_missing_and_the_others_read() -> None:
+    registers, _ = three_phase()
+    device = sunspec_device({"power": "inverter.W", "grid": "meter.W", "pv3": "mppt.module[3].DCW"})
+    result = poll_of(registers, device)
+    assert result.values == {"power": -100.0}
+    assert result.missing == ("grid", "pv3")  # no meter model; model 160 has two inputs
+    assert result.errors == ()
+
+
+def test_a_scale_factor_holding_not_implemented_leaves_its_points_out() -> None:
+    registers, model_103 = three_phase()
+    registers[model_103 + M103["V_SF"]] = 0x8000
+    result = poll_of(registers, sunspec_device(INVERTER_POINTS))
+    assert "voltage" not in result.values
+    assert result.values["current"] == 14.53
+    assert result.errors == ()
+
+
+def test_a_unit_without_a_sunspec_map_is_one_line_saying_where_it_looked() -> None:
+    device = sunspec_device({"power": "inverter.W"})
+    with pytest.raises(DeviceError) as raised:
+        poll_of({40000: 1, 40001: 2, 0: 0, 1: 0}, device)
+    assert str(raised.value) == (
+        'device inverter (unit 1): no SunSpec marker ("SunS") at 40000, 50000, 0'
+    )
+
+
+def test_a_unit_whose_models_lack_every_point_says_so() -> None:
+    registers = chain_registers(40000, [(1, 66), (103, 50)])
+    with pytest.raises(DeviceError, match=r"the SunSpec models of unit 1 lack every point"):
+        poll_of(registers, sunspec_device({"grid": "meter.W"}))
+
+
+def test_check_plan_shows_where_the_agent_found_the_points(tmp_path: Path) -> None:
+    registers, model_103 = three_phase()
+    device = sunspec_device({"power": "inverter.W", "grid": "meter.W"})
+    poll_of(registers, device, state_dir=tmp_path)
+    # a driver that never connected, as `check --plan` builds it, reads what discovery kept
+    lines = ModbusDriver(
+        modbus_bus("solar", "modbus-tcp"), DriverContext(state_dir=tmp_path)
+    ).describe(device)
+    w, w_sf = model_103 + M103["W"], model_103 + M103["W_SF"]
+    assert lines == [
+        f"holding {w}-{w_sf} (2 registers): power, sunspec:{model_103}.W_SF",
+        "lacks grid (not in the unit's SunSpec models)",
+    ]
+
+
+def test_the_template_points_name_points_every_inverter_model_defines() -> None:
+    template = next(t for t in builtin_templates() if t.name == "sunspec-inverter")
+    for model_id in KINDS["inverter"]:
+        length = definition(model_id).fixed_size - 2
+        chain = [ModelBlock(1, 40002, 66), ModelBlock(model_id, 40070, length)]
+        layout = place(modbus_points(template.points), chain)
+        # the float models have no vendor events; every other point is defined by every model
+        allowed = {"events"} if model_id in (111, 112, 113) else set()
+        assert set(layout.missing) <= allowed, model_id
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("inverter.Wx", '"inverter.Wx": model 103 (inverter_three_phase) has no point Wx'),
+        ("invertr.W", '"invertr" is not a SunSpec model id or kind (did you mean "inverter"?)'),
+        ("999.W", "SunSpec model 999 is not one edge-agent reads"),
+        ("mppt.module[0].DCW", '"mppt.module[0].DCW": a module is counted from 1'),
+        ("mppt.modul[1].DCW", "model 160 has no group modul (its group is module)"),
+        ("W", '"W" is not MODEL.POINT or MODEL.GROUP[N].POINT'),
+        ("common.Pad", "model 1 (common) has no point Pad"),
+    ],
+)
+def test_a_reference_naming_nothing_is_one_line(ref: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_ref(ref)
+
+
+def test_the_simulated_unit_has_todays_common_model_and_another_order() -> None:
+    device = sunspec_device({"power": "inverter.W", "pv1": "mppt.module[1].DCW"})
+    served = simulated_map(device)
+    assert [(b.model_id, b.length) for b in served.chain] == [
+        (1, 66),
+        (120, 26),
+        (160, 48),
+        (103, 50),
+    ]
+
+
+def test_the_agent_reads_a_sunspec_unit_and_says_what_it_lacks(
+    modbus_bus: Callable[..., ModbusBus], edge_agent: AgentRunner
+) -> None:
+    bus = modbus_bus("tcp")
+    inverter = bus.add(UNIT, template="sunspec-inverter")  # a unit without a meter model
+    inverter.set("ac_power", 4321)
+    inverter.set("manufacturer", "SolarEdge")
+    site = """
+[agent]
+id = "kit"
+[mqtt]
+topic_prefix = "t"
+batch_interval = "100ms"
+health_interval = "200ms"
+[[bus]]
+name = "solar"
+type = "modbus-tcp"
+host = "192.0.2.1"
+timeout = "500ms"
+[[device]]
+name = "inverter"
+bus = "solar"
+unit = 1
+interval = "200ms"
+template = "sunspec-inverter"
+  [[device.point]]
+  name = "grid_power"
+  sunspec = "meter.W"
+"""
+    edge_agent.start(site, buses={"solar": bus})
+    sample = edge_agent.wait_sample("inverter", "ac_power", 4321.0)
+    assert sample["values"]["manufacturer"] == "SolarEdge"
+    assert "grid_power" not in sample["values"]
+    assert "frequency" not in sample["values"]  # not set: the unit says "not implemented"
+    state = edge_agent.status()["devices"]["inverter"]
+    assert state["state"] == "degraded", state
+    assert state["missing"] == ["grid_power"], state
+    assert state["errors"] == 0, state
+
+    def meta_says_missing(telemetry: Telemetry) -> bool:
+        metas = telemetry.payloads("meta")
+        return bool(metas) and metas[-1]["devices"]["inverter"].get("missing") == ["grid_power"]
+
+    edge_agent.telemetry.wait_for(meta_says_missing, timeout=20)

@@ -21,11 +21,17 @@ from agent.testkit.process import cli
 from drivers.modbus import ModbusDriver
 from drivers.modbus.codec import int_range
 from drivers.modbus.plan import plan_requests
-from drivers.modbus.schema import ModbusPoint, modbus_points
+from drivers.modbus.schema import ModbusPoint, modbus_point, modbus_points
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 TEMPLATES: dict[str, TemplateConfig] = {t.name: t for t in builtin_templates()}
 NAMES = sorted(TEMPLATES)
+#: Templates whose points SunSpec discovery places (tests/drivers/test_modbus_sunspec.py).
+DISCOVERED = sorted(
+    name for name, t in TEMPLATES.items() if any(modbus_point(p).sunspec for p in t.points)
+)
+#: Templates of points at fixed addresses.
+FIXED = sorted(set(NAMES) - set(DISCOVERED))
 
 #: Requests one poll makes with a default BusConfig (merge_gap 8, 125 registers): the README
 #: table. A change here is a change in what a device costs on its bus.
@@ -36,7 +42,6 @@ REQUESTS = {
     "sensecap-one-weather": 1,
     "sensecap-soil-mtec-02": 1,
     "soil-3in1": 1,
-    "sunspec-inverter": 1,
 }
 METERS = ("eastron-sdm120", "eastron-sdm630")
 
@@ -108,84 +113,8 @@ SOURCE_ADDRESSES: dict[str, dict[str, tuple[str, int, str]]] = {
     "apogee-sp522": {"shortwave_radiation": ("holding", 0, "float32")},
 }
 
-#: SunSpec model 103 from its model id word (pysunspec2 model_103.json; FIELD-NOTES lists the
-#: same offsets), with the SunSpec type of each point.
-MODEL_103 = {
-    "inverter_model_id": (0, "uint16"),
-    "inverter_length": (1, "uint16"),
-    "ac_current": (2, "uint16"),
-    "ac_current_a": (3, "uint16"),
-    "ac_current_b": (4, "uint16"),
-    "ac_current_c": (5, "uint16"),
-    "a_sf": (6, "sunssf"),
-    "voltage_ab": (7, "uint16"),
-    "voltage_bc": (8, "uint16"),
-    "voltage_ca": (9, "uint16"),
-    "voltage_an": (10, "uint16"),
-    "voltage_bn": (11, "uint16"),
-    "voltage_cn": (12, "uint16"),
-    "v_sf": (13, "sunssf"),
-    "ac_power": (14, "int16"),
-    "w_sf": (15, "sunssf"),
-    "frequency": (16, "uint16"),
-    "hz_sf": (17, "sunssf"),
-    "apparent_power": (18, "int16"),
-    "va_sf": (19, "sunssf"),
-    "reactive_power": (20, "int16"),
-    "var_sf": (21, "sunssf"),
-    "power_factor": (22, "int16"),
-    "pf_sf": (23, "sunssf"),
-    "energy": (24, "acc32"),
-    "wh_sf": (26, "sunssf"),
-    "dc_current": (27, "uint16"),
-    "dca_sf": (28, "sunssf"),
-    "dc_voltage": (29, "uint16"),
-    "dcv_sf": (30, "sunssf"),
-    "dc_power": (31, "int16"),
-    "dcw_sf": (32, "sunssf"),
-    "cabinet_temperature": (33, "int16"),
-    "heatsink_temperature": (34, "int16"),
-    "transformer_temperature": (35, "int16"),
-    "other_temperature": (36, "int16"),
-    "tmp_sf": (37, "sunssf"),
-    "operating_state": (38, "enum16"),
-    "vendor_state": (39, "enum16"),
-    "events": (40, "bitfield32"),
-}
-#: How each SunSpec type is stored here, and its "not implemented" value (pysunspec2 mb.py).
-SUNSPEC_TYPES = {
-    "int16": ("int16", 0x8000),
-    "sunssf": ("int16", 0x8000),
-    "uint16": ("uint16", 0xFFFF),
-    "enum16": ("uint16", 0xFFFF),
-    "acc32": ("uint32", 0),
-    "bitfield32": ("uint32", 0xFFFFFFFF),
-}
-
 UNITS = {"", "V", "A", "W", "VA", "var", "Hz", "kWh", "Wh", "°C", "%", "uS/cm", "mg/L", "W/m2"}
 UNITS |= {"m/s", "°", "hPa", "Pa", "lx"}
-
-#: Values that make a simulated device look like the real one where a generated value would not.
-PLAUSIBLE: dict[str, dict[str, Value]] = {
-    "sunspec-inverter": {
-        "sunspec_marker": "SunS",
-        "common_model_id": 1,
-        "common_length": 65,
-        "manufacturer": "Fronius",
-        "model": "Symo 10.0-3-M",
-        "version": "3.14.1-10",
-        "serial_number": "34117152",
-        "device_address": 1,
-        "inverter_model_id": 103,
-        "inverter_length": 50,
-        "operating_state": 4,
-        "vendor_state": 4,
-        "events": 0,
-    },
-}
-#: Scale factors the simulated SunSpec device reports, in turn (exercising negative, zero and
-#: positive powers of ten).
-EXPONENTS = (-2, -1, 0, 1, -3)
 
 TIMEOUT = 1.0
 
@@ -238,7 +167,8 @@ def test_builtin_templates_load_with_unique_names() -> None:
         "sunspec-inverter",
     } <= set(names)
     assert any(n in names for n in ("sensecap-one-weather", "apogee-sp522"))
-    assert set(names) == set(REQUESTS), "a new template needs its row in REQUESTS (and the README)"
+    assert set(FIXED) == set(REQUESTS), "a new template needs its row in REQUESTS (and the README)"
+    assert DISCOVERED == ["sunspec-inverter", "sunspec-meter", "sunspec-mppt"]
     assert {Path(t.source).parent for t in templates} == {ModbusDriver.templates_dir}
 
 
@@ -252,7 +182,7 @@ def test_template_has_a_description_and_names_its_source(name: str) -> None:
     assert "Bus defaults:" in top
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FIXED)
 def test_template_points_are_consistent(name: str) -> None:
     points = modbus_points(TEMPLATES[name].points)
     by_name = {p.name: p for p in points}
@@ -279,7 +209,7 @@ def test_template_points_are_consistent(name: str) -> None:
                     assert low <= (limit - point.offset) / point.scale <= high, point.name
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FIXED)
 def test_template_merges_its_points_into_few_requests(name: str) -> None:
     points = modbus_points(TEMPLATES[name].points)
     requests = plan_requests(points, BusConfig("field", "modbus-tcp"))
@@ -295,78 +225,28 @@ def test_template_matches_its_source_register_map(name: str) -> None:
     assert points == SOURCE_ADDRESSES[name]
 
 
-def test_sunspec_inverter_follows_models_1_and_103() -> None:
-    points = {p.name: p for p in modbus_points(TEMPLATES["sunspec-inverter"].points)}
-    assert all(p.table == "holding" for p in points.values())
-    marker = points["sunspec_marker"]
-    assert (marker.address, marker.type, marker.length) == (40000, "string", 4)
-    # model 1: id and length, then Mn (16 registers), Md (16), Opt (8), Vr (8), SN (16), DA
-    model_1 = [
-        ("common_model_id", 40002, 1),
-        ("common_length", 40003, 1),
-        ("manufacturer", 40004, 16),
-        ("model", 40020, 16),
-        ("options", 40036, 8),
-        ("version", 40044, 8),
-        ("serial_number", 40052, 16),
-        ("device_address", 40068, 1),
-    ]
-    assert [(n, points[n].address, points[n].count) for n, _, _ in model_1] == model_1
-    base = 40002 + 2 + 65  # model 1's id and length words, then its 65 registers
-    for name, (offset, sunspec_type) in MODEL_103.items():
-        point = points[name]
-        stored, unimplemented = SUNSPEC_TYPES[sunspec_type]
-        assert (point.address, point.type) == (base + offset, stored), name
-        if name not in ("inverter_model_id", "inverter_length"):
-            assert point.not_available == (unimplemented,), name
-        if sunspec_type == "sunssf":
-            assert (point.min, point.max) == (-10, 10)
-    # every measurement is scaled by the sunssf point right after its group
-    scaled = {n: p.scale_exponent for n, p in points.items() if p.scale_exponent}
-    assert scaled["ac_power"] == "w_sf"
-    assert scaled["energy"] == "wh_sf"
-    assert scaled["voltage_an"] == "v_sf"
-    assert scaled["dc_power"] == "dcw_sf"
-    assert all(MODEL_103[sf][1] == "sunssf" for sf in scaled.values())
-    assert len(scaled) == 23
-    assert set(points) == {n for n, _, _ in model_1} | set(MODEL_103) | {"sunspec_marker"}
-
-
 # --- read back through the simulator -----------------------------------------------------------
 
 
 def plausible_values(template: TemplateConfig) -> tuple[dict[str, Value], dict[str, Value]]:
-    """What to serve on every point (through ``set_value``, raw for scale_exponent points) and
-    what a poll must then read: distinct values within each point's min/max."""
+    """What to serve on every point (through ``set_value``) and what a poll must then read:
+    distinct values within each point's min/max."""
     points = modbus_points(template.points)
-    exponents = {p.scale_exponent for p in points if p.scale_exponent}
-    overrides = PLAUSIBLE.get(template.name, {})
     served: dict[str, Value] = {}
     for index, point in enumerate(points):
-        if point.name in overrides:
-            served[point.name] = overrides[point.name]
-        elif point.name in exponents:
-            served[point.name] = EXPONENTS[len([n for n in served if n in exponents]) % 5]
-        elif point.type == "string":
+        if point.type == "string":
             served[point.name] = f"{point.name[:4].upper()}{index}"[: point.length]
         elif point.type == "bool":
             served[point.name] = index % 2 == 0
         else:
             served[point.name] = _number(point, index, len(points))
-    expected = dict(served)
-    for point in points:
-        if point.scale_exponent is not None:
-            raw, exponent = served[point.name], served[point.scale_exponent]
-            assert isinstance(raw, int)
-            assert isinstance(exponent, int)
-            expected[point.name] = raw * 10.0**exponent
-    return served, expected
+    return served, dict(served)
 
 
 def _number(point: ModbusPoint, index: int, count: int) -> int | float:
     """A value between the point's min and max (or a plausible raw value when it has none)."""
     fraction = (index + 1) / (count + 1)
-    if point.scale_exponent is not None or point.min is None or point.max is None:
+    if point.min is None or point.max is None:
         raw = 100 + 37 * index  # a raw register value, then
         if point.type.startswith("int") and index % 2:
             raw = -raw
@@ -395,14 +275,13 @@ def assert_read_back(values: dict[str, Value], expected: dict[str, Value]) -> No
             assert got == pytest.approx(want, rel=1e-6), name
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FIXED)
 def test_template_reads_back_what_the_simulator_serves(name: str) -> None:
     template = TEMPLATES[name]
     points = modbus_points(template.points)
     served, expected = plausible_values(template)
     # generated values differ from point to point, so that a mix-up of two points shows
-    fixed = {p.scale_exponent for p in points} | set(PLAUSIBLE.get(name, {}))
-    generated = [v for n, v in expected.items() if n not in fixed and not isinstance(v, bool)]
+    generated = [v for v in expected.values() if not isinstance(v, bool)]
     assert generated
     assert len(set(generated)) == len(generated)
     slave = SimulatedSlave(7, points)
@@ -426,68 +305,6 @@ def test_sdm120_float_registers_are_big_endian_words() -> None:
     assert slave.value("voltage") == 230.5
     result = poll([slave], device_for(template))
     assert result.values["voltage"] == 230.5
-
-
-def sunspec_slave(**raw: int) -> tuple[SimulatedSlave, dict[str, Value]]:
-    template = TEMPLATES["sunspec-inverter"]
-    served, expected = plausible_values(template)
-    slave = SimulatedSlave(1, modbus_points(template.points))
-    for point_name, value in served.items():
-        slave.set_value(point_name, value)
-    points = {p.name: p for p in modbus_points(template.points)}
-    for name, registers in raw.items():
-        point = points[name]
-        words = [registers >> 16 & 0xFFFF, registers & 0xFFFF] if point.count == 2 else [registers]
-        slave.set_registers("holding", point.address, words)
-    return slave, expected
-
-
-@pytest.mark.parametrize(
-    ("point", "raw"),
-    [
-        ("ac_power", 0x8000),  # int16
-        ("frequency", 0xFFFF),  # uint16
-        ("energy", 0),  # acc32
-        ("operating_state", 0xFFFF),  # enum16
-        ("events", 0xFFFFFFFF),  # bitfield32
-    ],
-)
-def test_sunspec_point_holding_not_implemented_is_absent(point: str, raw: int) -> None:
-    slave, expected = sunspec_slave(**{point: raw})
-    result = poll([slave], device_for(TEMPLATES["sunspec-inverter"]))
-    assert point not in result.values
-    assert result.errors == ()
-    del expected[point]
-    assert_read_back(dict(result.values), expected)
-
-
-def test_sunspec_points_whose_scale_factor_is_not_implemented_are_absent() -> None:
-    slave, expected = sunspec_slave(v_sf=0x8000)
-    result = poll([slave], device_for(TEMPLATES["sunspec-inverter"]))
-    voltages = {"voltage_ab", "voltage_bc", "voltage_ca", "voltage_an", "voltage_bn", "voltage_cn"}
-    assert not voltages & set(result.values)
-    assert "v_sf" not in result.values
-    for name in (*voltages, "v_sf"):
-        del expected[name]
-    assert_read_back(dict(result.values), expected)
-
-
-def test_sunspec_scale_factors_scale_by_powers_of_ten() -> None:
-    slave, _ = sunspec_slave(
-        ac_power=4321, w_sf=0xFFFF, energy=123_456_789, wh_sf=2, frequency=5002, hz_sf=0xFFFE
-    )
-    result = poll([slave], device_for(TEMPLATES["sunspec-inverter"]))
-    assert result.values["ac_power"] == pytest.approx(432.1)
-    assert result.values["energy"] == pytest.approx(12_345_678_900)
-    assert result.values["frequency"] == pytest.approx(50.02)
-    assert result.values["sunspec_marker"] == "SunS"
-    assert result.values["inverter_model_id"] == 103
-
-
-def test_sunspec_negative_power_reads_negative() -> None:
-    slave, _ = sunspec_slave(ac_power=0xFF9C, w_sf=0)  # -100 W: drawing from the grid
-    result = poll([slave], device_for(TEMPLATES["sunspec-inverter"]))
-    assert result.values["ac_power"] == -100
 
 
 def test_two_templates_on_one_bus_read_independently() -> None:
@@ -553,15 +370,16 @@ def test_check_plan_lists_the_requests_of_template_devices(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     lines = result.stdout.splitlines()
-    assert lines[0] == f"{config}: ok (1 bus(es), 2 device(s), 59 point(s), 0 warning(s))"
+    assert lines[0] == f"{config}: ok (1 bus(es), 2 device(s), 42 point(s), 0 warning(s))"
     assert lines[1] == "device meter (bus field, unit 1, every 10s): 3 request(s) for 10 point(s)"
     assert lines[2].startswith("  input 0-31 (32 registers): voltage, current, active_power,")
     assert lines[3] == "  input 70-75 (6 registers): frequency, import_energy, export_energy"
     assert lines[4] == "  input 342-343 (2 registers): total_energy"
+    # where a SunSpec unit's points are is known once the agent has polled it
     assert lines[5] == (
-        "device inverter (bus field, unit 126, every 10s): 1 request(s) for 49 point(s)"
+        "device inverter (bus field, unit 126, every 10s): 0 request(s) for 32 point(s)"
     )
-    assert lines[6].startswith("  holding 40000-40110 (111 registers): sunspec_marker, ")
+    assert lines[6] == "  note: the SunSpec points are placed by discovery at the unit's first poll"
     assert len(lines) == 7
 
 
@@ -584,8 +402,8 @@ def test_templates_shows_the_points_of_one(tmp_path: Path) -> None:
     assert lines[1] == f"source: {ModbusDriver.templates_dir / 'sunspec.toml'}"
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
     assert set(rows) == {p.name for p in TEMPLATES["sunspec-inverter"].points}
-    assert rows["ac_power"] == ["holding", "40083", "int16", "W", "x10^w_sf"]
-    assert rows["energy"] == ["holding", "40093", "uint32", "Wh", "ABCD", "x10^wh_sf"]
+    assert rows["ac_power"] == ["sunspec", "inverter.W", "W"]
+    assert rows["energy"] == ["sunspec", "inverter.WH", "Wh"]
 
 
 @pytest.mark.parametrize(
@@ -655,7 +473,7 @@ def test_device_points_add_to_a_builtin_template(tmp_path: Path) -> None:
     assert meter.points[-1] == ModbusPoint("relay", table="coil", address=0, type="bool")
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FIXED)
 def test_generated_values_are_readings_not_sentinels(name: str) -> None:
     """The value generator itself: a value for every point, never a "not available" one."""
     template = TEMPLATES[name]
