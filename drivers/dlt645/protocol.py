@@ -1,10 +1,11 @@
 """DL/T 645-2007 frames: building requests, cutting and checking replies, and the BCD values.
 
 Pure functions, shared by the driver and the meter emulator. A frame is
-``[FE, 0 to 4 of them] 68 A0…A5 68 C L DATA CS 16``: the address is 12 BCD digits sent low byte first,
-every data byte goes on the wire plus 0x33, and CS is the sum of every byte from the first 0x68
-through the last data byte, mod 256. The parts a data collector uses: read data (0x11, replies
-0x91, 0xB1 when further frames follow, 0xD1 abnormal) and read address (0x13, reply 0x93).
+``68 A0…A5 68 C L DATA CS 16``, after 0 to 4 FE bytes: the address is 12 BCD digits sent low
+byte first, every data byte goes on the wire plus 0x33, and CS is the sum of every byte from
+the first 0x68 through the last data byte, mod 256. The parts a data collector uses: read data
+(0x11, replies 0x91, 0xB1 when further frames follow, 0xD1 abnormal) and read address (0x13,
+reply 0x93).
 """
 
 from __future__ import annotations
