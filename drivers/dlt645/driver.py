@@ -52,7 +52,7 @@ from agent.api.keys import Convert
 from agent.api.serial import SerialDriver, line_timeout
 
 from . import protocol
-from .protocol import AbnormalReply, AddressMismatch, BcdError, ChecksumError, Format, ProtocolError
+from .protocol import AbnormalReply, AddressMismatch, ChecksumError, Format, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -197,12 +197,12 @@ class Dlt645Driver(SerialDriver):
         """Read data (0x11) of ``di`` from the device's meter, decoded in ``form``."""
         asked = protocol.address_bytes(str(device.options["address"]))
         reply = await self._ask(device, protocol.read_request(asked, di), asked, protocol.READ_DATA)
-        value = protocol.value_bytes(reply, di, form.size)
         try:
-            number = protocol.decode(value, form)
-        except BcdError:
+            number = protocol.decode(protocol.value_bytes(reply, di, form.size), form)
+        except ProtocolError:
             self._counters(device)["garbled"] += 1
             raise
+        self._counters(device)["ok"] += 1
         return number
 
     async def read_address(self, device: DeviceConfig) -> str:
@@ -211,13 +211,16 @@ class Dlt645Driver(SerialDriver):
             device, protocol.read_address_request(), protocol.WILDCARD, protocol.READ_ADDRESS
         )
         if len(reply.data) != 6:
+            self._counters(device)["garbled"] += 1
             raise ProtocolError(f"a read-address reply of {len(reply.data)} byte(s), not 6")
+        self._counters(device)["ok"] += 1
         return protocol.address_text(reply.data)
 
     async def _ask(
         self, device: DeviceConfig, request: bytes, asked: bytes, function: int
     ) -> protocol.Frame:
-        """One request and its reply, checked; counted by outcome."""
+        """One request and its reply, checked; a fault counted by its kind (the caller counts
+        ``ok`` once the value is decoded)."""
         counters = self._counters(device)
         try:
             raw = await self._transact(request, line_timeout(self.bus, device))
@@ -237,7 +240,6 @@ class Dlt645Driver(SerialDriver):
         except ProtocolError:
             counters["garbled"] += 1
             raise
-        counters["ok"] += 1
         return reply
 
     async def _transact(self, request: bytes, timeout: float) -> bytes:

@@ -3,11 +3,10 @@ and rigs.
 
 Each ``SimulatedMeter`` answers read data (0x11) for the identifiers it holds (0x91, or 0xB1
 when ``following`` is set), an abnormal 0xD1 "no requested data" for the others, and read
-address (0x13) to ``AA…AA`` when it is alone on the bus (several meters answering at once
-collide into garbage). Each reply is prefixed with ``preamble`` FE bytes. Faults a test can set,
-each a count of the next replies it spoils: ``bad_checksum``, ``wrong_address``, ``garble_bcd``
-(a value nibble made 0xA), ``truncate`` (the reply stops half-way); ``alive = False`` is a
-silent meter.
+address (0x13) to ``AA…AA`` (several meters answering at once collide: ``collided``). Each
+reply is prefixed with ``preamble`` FE bytes. Faults a test can set, each a count of the next
+replies it spoils: ``bad_checksum``, ``wrong_address``, ``garble_bcd`` (a value nibble made
+0xA), ``truncate`` (the reply stops half-way); ``alive = False`` is a silent meter.
 """
 
 from __future__ import annotations
@@ -81,6 +80,16 @@ class SimulatedMeter:
         return b"\xfe" * self.preamble + bytes(raw)
 
 
+def collided(answers: list[bytes]) -> bytes:
+    """What the master hears when meters answer at once: on an RS-485 pair a driven 1 wins
+    over nothing, modelled as the replies' bytes OR-ed (a frame whose checksum fails)."""
+    heard = bytearray(max(len(a) for a in answers))
+    for answer in answers:
+        for at, byte in enumerate(answer):
+            heard[at] |= byte
+    return bytes(heard)
+
+
 class Dlt645Bus:
     """Meters sharing the line at ``path``: an async context manager serving them."""
 
@@ -133,12 +142,9 @@ class Dlt645Bus:
         ]
         if request.address == protocol.address_bytes(protocol.BROADCAST) or not addressed:
             return
-        if len(addressed) > 1:  # several meters answering at once collide into garbage
-            self._send(b"\xfe\x68\x55\xaa\x12" + bytes(10) + b"\x16")
-            return
-        answer = addressed[0].reply(request)
-        if answer is not None:
-            self._send(answer)
+        answers = [a for m in addressed if (a := m.reply(request)) is not None]
+        if answers:
+            self._send(collided(answers))
 
     def _send(self, data: bytes) -> None:
         with contextlib.suppress(OSError):  # the agent's end closed: nobody to hear
