@@ -18,7 +18,7 @@ Point keys:
 * ``format`` — the value's format as those tables write it (``"XXX.XXX"``: six BCD digits,
   three decimals); required for an identifier this driver does not know (``protocol.KNOWN``);
 * ``signed`` — whether the top bit of the value is its sign (default: as the standard says of
-  a known identifier, else false).
+  a known identifier, even when the point gives its format, else false).
 
 ``scale`` and ``offset`` apply as everywhere. A poll reads each point's identifier (0x11) once.
 A meter that does not answer its first request fails the poll at once, so a silent meter holds
@@ -101,7 +101,7 @@ def point_format(point: PointConfig) -> Format:
     known = protocol.known_format(di)
     text = point.options.get("format")
     form = Format.parse(text) if text else (known or Format(8))
-    signed = point.options.get("signed", known.signed if known and not text else False)
+    signed = point.options.get("signed", known.signed if known else False)
     return Format(form.digits, form.decimals, bool(signed))
 
 

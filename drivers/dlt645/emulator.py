@@ -93,9 +93,11 @@ def collided(answers: list[bytes]) -> bytes:
 class Dlt645Bus:
     """Meters sharing the line at ``path``: an async context manager serving them."""
 
-    def __init__(self, path: str, meters: Iterable[SimulatedMeter]) -> None:
+    def __init__(self, path: str, meters: Iterable[SimulatedMeter], echo: bool = False) -> None:
         self.path = path
         self.meters = list(meters)
+        #: An adapter that hears its own request (half duplex): the request comes back first.
+        self.echo = echo
         self._heard = bytearray()
         self._fd = -1
 
@@ -129,6 +131,8 @@ class Dlt645Bus:
                 return
             raw = bytes(self._heard[:size])
             del self._heard[:size]
+            if self.echo:
+                self._send(raw)
             with contextlib.suppress(protocol.ProtocolError):  # a spoilt request: silence
                 self._request(protocol.parse_frame(raw))
 

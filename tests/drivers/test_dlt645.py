@@ -24,6 +24,7 @@ from agent.testkit import run
 from agent.testkit.process import cli_async
 from drivers.dlt645 import Dlt645Driver
 from drivers.dlt645 import protocol as p
+from drivers.dlt645.driver import point_format
 from drivers.dlt645.emulator import Dlt645Bus, SimulatedMeter
 from drivers.dlt645.scan import NO_METER, scan_dlt645_bus
 
@@ -191,11 +192,31 @@ def test_a_reply_with_following_frames_is_read_too() -> None:
     assert poll.values["voltage"] == 230.4
 
 
+def test_an_adapter_that_hears_its_own_request_is_not_taken_for_the_meter() -> None:
+    device = meter_device("house", ADDRESS, METER_POINTS[:1])
+
+    async def scenario() -> Any:
+        async with PtyLink() as link, Dlt645Bus(link.paths[1], [a_meter()], echo=True):
+            bus = BusConfig("meters", "serial", serial_port=link.paths[0], timeout=0.3)
+            async with Dlt645Driver(bus) as driver:
+                return await driver.read(device), driver.counters["house"]
+
+    poll, counters = run(scenario(), timeout=10)
+    assert (poll.values, poll.errors) == ({"voltage": 230.4}, ())
+    assert counters["garbled"] == 0
+
+
 def test_one_identifier_read_by_two_points_is_asked_once() -> None:
     meter = a_meter()
     poll, _ = poll_of(meter, [point("kw", "02030000"), point("w", "02030000", scale=1000.0)])
     assert poll.values == {"kw": -1.1782, "w": -1178.2}
     assert len(meter.heard) == 1
+
+
+def test_a_known_identifier_keeps_its_sign_when_a_point_gives_its_format() -> None:
+    assert point_format(point("i", "02020100", format="XXXXX.X")) == p.Format(6, 1, True)
+    assert point_format(point("i", "02020100", signed=False)) == p.Format(6, 3, False)
+    assert point_format(point("t", "02800007", format="XXX.X")) == p.Format(4, 1, False)
 
 
 def test_a_point_may_give_the_format_of_an_identifier_the_driver_does_not_know() -> None:
