@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TextIO
 
-from agent.api import BusConfig, DeviceConfig, DeviceError
+from agent.api import BusConfig, DeviceConfig
 
 from . import protocol
 from .driver import Dlt645Driver, NoAnswer, meter_address
@@ -76,7 +76,7 @@ async def _read_address(driver: Dlt645Driver, bus: BusConfig, say: _Say) -> str 
     except NoAnswer:
         say("read address: no answer (no meter, or one that ignores it)")
         return None
-    except (ProtocolError, DeviceError) as exc:
+    except ProtocolError as exc:
         say(f"read address: {exc} (several meters answering at once?): probe by address")
         return None
     say(f"read address: the meter alone on the bus is {alone}")
