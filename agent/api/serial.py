@@ -1,5 +1,6 @@
 """A serial port read and written line by line through the event loop, for the drivers of
-``serial`` buses (``serial-line``, ``nmea``, ``sdi12``).
+``serial`` buses (``serial-line``, ``nmea``, ``sdi12``), and frame by frame for binary protocols
+(``dlt645``).
 
 pyserial's non-blocking descriptor is waited on with the loop's reader and a timer rather than a
 thread doing blocking reads: a cancelled poll then really stops (no thread left blocked on the
@@ -260,6 +261,25 @@ class LinePort:
             if not self._receive():
                 # Readable yet nothing to read: the end of file of a port that hung up (an
                 # adapter unplugged); the scheduler reconnects on a BusError.
+                raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} hung up")
+
+    async def read_frame(self, frame_size: Callable[[bytes], int | None], deadline: float) -> bytes:
+        """The next frame of a binary protocol, cut by ``frame_size(data)``: the length of the
+        frame at the start of ``data``, 0 while more bytes are needed to tell, ``None`` when no
+        frame starts there (that byte is noise, and dropped); ``TimeoutError`` at ``deadline``."""
+        while True:
+            size = frame_size(bytes(self._buffer)) if self._buffer else 0
+            if size is None:
+                del self._buffer[:1]
+                continue
+            if size and len(self._buffer) >= size:
+                frame = bytes(self._buffer[:size])
+                del self._buffer[:size]
+                return frame
+            if self._receive():
+                continue
+            await self._wait(deadline, writing=False)
+            if not self._receive():
                 raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} hung up")
 
     async def write(self, data: bytes, deadline: float) -> None:

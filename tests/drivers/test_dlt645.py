@@ -1,0 +1,624 @@
+"""The `dlt645` driver: frames against bytes computed by hand from DL/T 645-2007, then the driver
+against emulated meters on real pseudo-terminals (faults, scan, the command line, the agent)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.api import BusConfig, DeviceConfig, PointConfig
+from agent.api.pty import PtyLink
+from agent.cli.tools import plan_lines
+from agent.config import Config, load_config
+from agent.config.loader import builtin_templates
+from agent.errors import ConfigError, DeviceError
+from agent.poll.scheduler import BusPoller
+from agent.testkit import run
+from agent.testkit.process import cli_async
+from drivers.dlt645 import Dlt645Driver
+from drivers.dlt645 import protocol as p
+from drivers.dlt645.driver import point_format
+from drivers.dlt645.emulator import Dlt645Bus, SimulatedMeter
+from drivers.dlt645.scan import NO_METER, scan_dlt645_bus
+
+ADDRESS = "000012345678"
+VOLTAGE, CURRENT, ENERGY, POWER, FREQUENCY = (
+    0x02010100,
+    0x02020100,
+    0x00000000,
+    0x02030000,
+    0x02800002,
+)
+
+
+def hexbytes(text: str) -> bytes:
+    return bytes.fromhex(text)
+
+
+# --- the protocol, against bytes computed by hand
+
+
+def test_requests_are_the_bytes_the_standard_gives() -> None:
+    # The read-address request every DL/T 645 tool shows: 68, AA six times, 68 13 00 DF 16.
+    assert p.read_address_request() == hexbytes("FEFEFEFE 68AAAAAAAAAAAA68 1300 DF16")
+    # Total energy from any meter: DI 00000000 is 33 33 33 33 on the wire, CS AD.
+    assert p.read_request(p.WILDCARD, ENERGY) == hexbytes(
+        "FEFEFEFE 68AAAAAAAAAAAA68 1104 33333333 AD16"
+    )
+    # Phase A voltage of meter 000012345678: address 78 56 34 12 00 00, DI 00 01 01 02 + 0x33.
+    assert p.address_bytes(ADDRESS) == hexbytes("785634120000")
+    assert p.read_request(p.address_bytes(ADDRESS), VOLTAGE) == hexbytes(
+        "FEFEFEFE 68785634120000 68 1104 33343435 C916"
+    )
+
+
+def test_a_reply_is_taken_apart_from_hand_computed_bytes() -> None:
+    # 220.1 V: BCD 22 01, low byte first 01 22, + 0x33: 34 55; CS D4.
+    raw = hexbytes("FEFE 68785634120000 68 9106 33343435 3455 D416")
+    stripped = raw[2:]
+    assert p.frame_size(raw) is None  # a preamble byte: dropped
+    assert p.frame_size(stripped[:9]) == 0  # not yet the length byte
+    assert p.frame_size(stripped) == len(stripped)
+    reply = p.reply_to(stripped, p.address_bytes(ADDRESS), p.READ_DATA)
+    assert p.value_bytes(reply, VOLTAGE, 2) == hexbytes("0122")
+    assert p.decode(p.value_bytes(reply, VOLTAGE, 2), p.Format.parse("XXX.X")) == 220.1
+
+
+def test_faulty_replies_are_refused_each_in_its_own_words() -> None:
+    asked = p.address_bytes(ADDRESS)
+    good = hexbytes("68785634120000 68 9106 33343435 3455 D416")
+    with pytest.raises(p.ChecksumError, match="checksum mismatch: CS D5, the bytes sum to D4"):
+        p.reply_to(good[:-2] + b"\xd5\x16", asked, p.READ_DATA)
+    with pytest.raises(p.AddressMismatch, match="from address 000012345679, not 000012345678"):
+        p.reply_to(p.frame(p.address_bytes("000012345679"), 0x91, b"\0\1\1\2\1\x22"), asked, 0x11)
+    # 0xD1 with error byte 02 (+0x33 = 35): bit 1, "no requested data".
+    abnormal = hexbytes("68785634120000 68 D101 35 EB16")
+    with pytest.raises(p.AbnormalReply, match=r"error byte 0x02 \(no requested data\)"):
+        p.reply_to(abnormal, asked, p.READ_DATA)
+    assert str(p.AbnormalReply(0x05)) == (
+        "abnormal reply, error byte 0x05 (other error, wrong password or not authorised)"
+    )
+    with pytest.raises(p.ProtocolError, match="a reply for identifier 02010100, not 02010200"):
+        p.value_bytes(p.reply_to(good, asked, 0x11), 0x02010200, 2)
+    with pytest.raises(
+        p.ProtocolError, match=r"2 value byte\(s\) for 02010100, where its format needs 3"
+    ):
+        p.value_bytes(p.reply_to(good, asked, 0x11), VOLTAGE, 3)
+
+
+def test_a_wildcard_address_matches_any_reply() -> None:
+    assert p.matches(hexbytes("785634120000"), p.WILDCARD)
+    assert p.matches(hexbytes("785634120000"), hexbytes("78AAAAAAAAAA"))
+    assert not p.matches(hexbytes("795634120000"), hexbytes("78AAAAAAAAAA"))
+
+
+def test_bcd_values_low_byte_first_with_a_sign_in_the_top_bit() -> None:
+    # -12.345 A: digits 01 23 45, sign bit on the most significant byte, sent 45 23 81.
+    assert p.decode(hexbytes("452381"), p.Format(6, 3, True)) == -12.345
+    assert p.decode(hexbytes("56341200"), p.Format(8, 2)) == 1234.56
+    assert p.decode(hexbytes("00500000"), p.Format(8, 0)) == 5000
+    assert p.encode(-12.345, p.Format(6, 3, True)) == hexbytes("452381")
+    assert p.encode(50.0, p.Format(4, 2)) == hexbytes("0050")
+    with pytest.raises(p.BcdError, match="garbled BCD 4a 23 01: a digit above 9"):
+        p.decode(hexbytes("4A2301"), p.Format(6, 3))
+    with pytest.raises(ValueError, match="does not fit"):
+        p.encode(1000.0, p.Format(4, 1))
+
+
+def test_formats_parse_as_the_tables_write_them() -> None:
+    assert p.Format.parse("XXX.XXX") == p.Format(6, 3)
+    assert p.Format.parse("XXXXXXXX").size == 4
+    assert str(p.Format(6, 4, True)) == "XX.XXXX"
+    with pytest.raises(ValueError, match="has 5 digits: a value is whole bytes"):
+        p.Format.parse("XXX.XX")
+    with pytest.raises(ValueError, match="is not a format"):
+        p.Format.parse("NN.NN")
+    assert p.known_format(CURRENT) == p.Format(6, 3, True)
+    assert p.known_format(FREQUENCY) == p.Format(4, 2)
+
+
+# --- the driver on a wire
+
+
+def point(name: str, di: str, **keys: Any) -> PointConfig:
+    own: dict[str, Any] = {k: keys.pop(k) for k in ("format", "signed") if k in keys}
+    options = {"di": di, **own}
+    return PointConfig(name, options=options, **keys)
+
+
+def meter_device(
+    name: str, address: str, points: Sequence[PointConfig], **options: Any
+) -> DeviceConfig:
+    return DeviceConfig(
+        name, "meters", "dlt645", 1.0, points=tuple(points), options={"address": address, **options}
+    )
+
+
+METER_POINTS = [
+    point("voltage", "02010100"),
+    point("current", "02020100"),
+    point("power", "02030000", scale=1000.0),
+    point("energy", "00000000"),
+]
+
+
+def a_meter(address: str = ADDRESS, **faults: Any) -> SimulatedMeter:
+    values = {VOLTAGE: 230.4, CURRENT: -5.125, POWER: -1.1782, ENERGY: 1234.56, FREQUENCY: 49.98}
+    return SimulatedMeter(address, values, **faults)
+
+
+@asynccontextmanager
+async def wired(
+    meters: Sequence[SimulatedMeter], timeout: float = 0.3
+) -> AsyncIterator[tuple[Dlt645Driver, Dlt645Bus]]:
+    """A driver on one end of a cable, the meters on the other (parity N: a pty has none)."""
+    async with PtyLink() as link:
+        bus = BusConfig(
+            "meters", "serial", serial_port=link.paths[0], baudrate=2400, timeout=timeout
+        )
+        async with Dlt645Bus(link.paths[1], meters) as far, Dlt645Driver(bus) as driver:
+            yield driver, far
+
+
+def poll_of(meter: SimulatedMeter, points: Sequence[PointConfig] = METER_POINTS) -> Any:
+    device = meter_device("house", meter.address, points)
+
+    async def scenario() -> Any:
+        async with wired([meter]) as (driver, _):
+            return await driver.read(device), driver.counters["house"]
+
+    return run(scenario(), timeout=10)
+
+
+@pytest.mark.parametrize("preamble", [0, 1, 4])
+def test_a_poll_reads_every_point_whatever_the_preamble(preamble: int) -> None:
+    meter = a_meter(preamble=preamble)
+    poll, counters = poll_of(meter)
+    assert poll.values == {"voltage": 230.4, "current": -5.125, "power": -1178.2, "energy": 1234.56}
+    assert poll.errors == ()
+    assert counters["ok"] == 4
+    assert [di for _, di in meter.heard] == [VOLTAGE, CURRENT, POWER, ENERGY]
+
+
+def test_a_reply_with_following_frames_is_read_too() -> None:
+    poll, _ = poll_of(a_meter(following=True))
+    assert poll.values["voltage"] == 230.4
+
+
+def test_an_adapter_that_hears_its_own_request_is_not_taken_for_the_meter() -> None:
+    device = meter_device("house", ADDRESS, METER_POINTS[:1])
+
+    async def scenario() -> Any:
+        async with PtyLink() as link, Dlt645Bus(link.paths[1], [a_meter()], echo=True):
+            bus = BusConfig("meters", "serial", serial_port=link.paths[0], timeout=0.3)
+            async with Dlt645Driver(bus) as driver:
+                return await driver.read(device), driver.counters["house"]
+
+    poll, counters = run(scenario(), timeout=10)
+    assert (poll.values, poll.errors) == ({"voltage": 230.4}, ())
+    assert counters["garbled"] == 0
+
+
+def test_one_identifier_read_by_two_points_is_asked_once() -> None:
+    meter = a_meter()
+    poll, _ = poll_of(meter, [point("kw", "02030000"), point("w", "02030000", scale=1000.0)])
+    assert poll.values == {"kw": -1.1782, "w": -1178.2}
+    assert len(meter.heard) == 1
+
+
+def test_a_known_identifier_keeps_its_sign_when_a_point_gives_its_format() -> None:
+    assert point_format(point("i", "02020100", format="XXXXX.X")) == p.Format(6, 1, True)
+    assert point_format(point("i", "02020100", signed=False)) == p.Format(6, 3, False)
+    assert point_format(point("t", "02800007", format="XXX.X")) == p.Format(4, 1, False)
+
+
+def test_a_point_may_give_the_format_of_an_identifier_the_driver_does_not_know() -> None:
+    meter = a_meter()
+    meter.values[0x02800007] = -7.5
+    meter.formats[0x02800007] = p.Format(4, 1, True)
+    poll, _ = poll_of(meter, [point("temperature", "02800007", format="XXX.X", signed=True)])
+    assert poll.values == {"temperature": -7.5}
+
+
+@pytest.mark.parametrize(
+    ("fault", "counter", "message"),
+    [
+        ("bad_checksum", "checksum", "checksum mismatch: CS "),
+        ("wrong_address", "wrong_address", "a reply from address 000012345679, not 000012345678"),
+        ("garble_bcd", "garbled", "garbled BCD "),
+        (
+            "truncate",
+            "garbled",
+            "a reply cut short: 9 byte(s) within 0.3s: 68 78 56 34 12 00 00 68 91",
+        ),
+    ],
+)
+def test_a_spoilt_reply_fails_its_point_only(fault: str, counter: str, message: str) -> None:
+    meter = a_meter()
+    setattr(meter, fault, 1)
+    poll, counters = poll_of(meter)
+    assert set(poll.values) == {"current", "power", "energy"}
+    (error,) = poll.errors
+    assert error.startswith(f"device house: voltage (DI 02010100): {message}")
+    assert counters[counter] == 1
+    assert counters["ok"] == 3
+
+
+def test_an_identifier_the_meter_lacks_is_its_abnormal_reply_named() -> None:
+    poll, counters = poll_of(a_meter(), [*METER_POINTS, point("voltage_b", "02010200")])
+    assert len(poll.values) == 4
+    assert poll.errors == (
+        "device house: voltage_b (DI 02010200): abnormal reply, error byte 0x02 "
+        "(no requested data)",
+    )
+    assert counters["abnormal"] == 1
+
+
+def test_a_meter_whose_every_point_fails_is_a_device_error() -> None:
+    meter = a_meter(bad_checksum=2)
+    device = meter_device("house", ADDRESS, METER_POINTS[:2])
+
+    async def scenario() -> None:
+        async with wired([meter]) as (driver, _):
+            with pytest.raises(DeviceError) as failed:
+                await driver.read(device)
+            assert str(failed.value).count("checksum mismatch") == 2
+            assert (await driver.read(device)).values == {"voltage": 230.4, "current": -5.125}
+
+    run(scenario(), timeout=10)
+
+
+def test_a_silent_meter_holds_the_bus_for_one_timeout_not_one_per_point() -> None:
+    dead = a_meter(alive=False)
+    device = meter_device("house", ADDRESS, METER_POINTS, line_timeout=0.2)
+
+    async def scenario() -> float:
+        async with wired([dead]) as (driver, _):
+            started = time.monotonic()
+            with pytest.raises(DeviceError) as failed:
+                await driver.read(device)
+            took = time.monotonic() - started
+            assert driver.counters["house"]["timeouts"] == 1
+        assert str(failed.value).startswith("device house: no answer within 0.2s on /dev/")
+        return took
+
+    took = run(scenario(), timeout=10)
+    assert 0.2 <= took < 0.6  # four points: one timeout, not four
+
+
+def test_meters_sharing_a_bus_each_answer_to_their_own_address() -> None:
+    first, second = a_meter(), a_meter("210407000456")
+    second.values[VOLTAGE] = 229.9
+    devices = [
+        meter_device("a", ADDRESS, METER_POINTS[:1]),
+        meter_device("b", "210407000456", METER_POINTS[:1]),
+    ]
+
+    async def scenario() -> list[Any]:
+        async with wired([first, second]) as (driver, _):
+            return [(await driver.read(d)).values for d in devices]
+
+    assert run(scenario(), timeout=10) == [{"voltage": 230.4}, {"voltage": 229.9}]
+
+
+def test_the_agent_polls_a_meter_end_to_end() -> None:
+    """Under the scheduler: two meters polled on their interval; a faulty reply in between
+    costs one point of one poll, and polling goes on."""
+    first, second = a_meter(garble_bcd=1), a_meter("210407000456")
+    devices = [
+        DeviceConfig(
+            "a",
+            "meters",
+            "dlt645",
+            0.2,
+            points=tuple(METER_POINTS[:2]),
+            options={"address": ADDRESS},
+        ),
+        DeviceConfig(
+            "b",
+            "meters",
+            "dlt645",
+            0.2,
+            points=tuple(METER_POINTS[:1]),
+            options={"address": "210407000456"},
+        ),
+    ]
+    got: dict[str, list[dict[str, Any]]] = {"a": [], "b": []}
+
+    async def scenario() -> None:
+        async with PtyLink() as link, Dlt645Bus(link.paths[1], [first, second]):
+            bus = BusConfig(
+                "meters", "serial", serial_port=link.paths[0], baudrate=2400, timeout=0.3
+            )
+            done = asyncio.Event()
+
+            def sink(device: str, ts: int, mono: float, values: Any) -> None:
+                got[device].append(dict(values))
+                if all(len(v) >= 3 for v in got.values()):
+                    done.set()
+
+            poller = BusPoller(bus, devices, Dlt645Driver, sink)
+            task = asyncio.create_task(poller.run())
+            try:
+                await asyncio.wait_for(done.wait(), 8)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario(), timeout=15)
+    assert got["a"][0] == {"current": -5.125}  # the garbled voltage: that point only
+    assert got["a"][1] == {"voltage": 230.4, "current": -5.125}
+    assert got["b"][:3] == [{"voltage": 230.4}] * 3
+
+
+# --- configuration
+
+CONFIG = """
+[agent]
+id = "farm-7"
+data_dir = "data"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+[[bus]]
+name = "meters"
+type = "serial"
+port = "/dev/ttyUSB0"
+baudrate = 2400
+parity = "{parity}"
+[[device]]
+name = "house"
+bus = "meters"
+driver = "dlt645"
+interval = "1m"
+{device}
+  [[device.point]]
+  name = "voltage"
+  {point}
+"""
+
+
+def config_text(
+    device: str = f'address = "{ADDRESS}"', point: str = 'di = "02010100"', parity: str = "E"
+) -> str:
+    return CONFIG.format(device=device, point=point, parity=parity)
+
+
+def load(tmp_path: Path, **parts: str) -> Config:
+    path = tmp_path / "site.toml"
+    path.write_text(config_text(**parts))
+    return load_config(path, environ={})[0]
+
+
+def problems_of(tmp_path: Path, **parts: str) -> list[str]:
+    with pytest.raises(ConfigError) as failed:
+        load(tmp_path, **parts)
+    return [f"{p.path}: {p.message}" for p in failed.value.problems if not p.warning]
+
+
+def test_a_dlt645_device_loads(tmp_path: Path) -> None:
+    config = load(tmp_path, point='di = "0202ff00"\n  format = "XXX.XXX"\n  signed = true')
+    house = config.device("house")
+    assert house.options == {"address": ADDRESS}
+    assert house.points[0].options == {"di": "0202FF00", "format": "XXX.XXX", "signed": True}
+    assert plan_lines(config)[1] == "  read 0202FF00 (voltage) from 000012345678"
+
+
+@pytest.mark.parametrize(
+    ("device", "point", "problem"),
+    [
+        (
+            "address = 12345678",
+            'di = "02010100"',
+            'device.house.address: write the address as a string: address = "000012345678" (a number loses the leading zeros the nameplate prints)',
+        ),
+        (
+            'address = "12345678"',
+            'di = "02010100"',
+            'device.house.address: "12345678" is not a meter address: 12 decimal digits, as on the nameplate: pad it with zeros in front as the nameplate prints it, "000012345678"',
+        ),
+        (
+            'address = "AAAAAAAAAAAA"',
+            'di = "02010100"',
+            'device.house.address: "AAAAAAAAAAAA" is not a meter address: 12 decimal digits, as on the nameplate',
+        ),
+        (
+            'address = "999999999999"',
+            'di = "02010100"',
+            "device.house.address: 999999999999 is the broadcast address: meters never answer it",
+        ),
+        (
+            "",
+            'di = "02010100"',
+            'device.house.address: is required: the 12 digits on the meter\'s nameplate, e.g. "000012345678" (`edge-agent scan` reads the address of a meter alone on the bus)',
+        ),
+        (
+            f'address = "{ADDRESS}"',
+            'di = "2010100"',
+            'device.house.point.voltage.di: "2010100" is not a data identifier: 8 hexadecimal digits as the standard\'s tables write them, most significant first, e.g. "02010100"',
+        ),
+        (
+            f'address = "{ADDRESS}"',
+            "",
+            'device.house.point.voltage.di: is required: the data identifier, e.g. di = "02010100"',
+        ),
+        (
+            f'address = "{ADDRESS}"',
+            'di = "02800007"',
+            'device.house.point.voltage.format: is required: 02800007 is not an identifier this driver knows; give its format from the meter\'s manual, e.g. format = "XXX.XXX" (and signed = true if its top bit is a sign)',
+        ),
+        (
+            f'address = "{ADDRESS}"',
+            'di = "02800007"\n  format = "XX.X"',
+            'device.house.point.voltage.format: "XX.X" has 3 digits: a value is whole bytes of two BCD digits, 2 to 16 digits',
+        ),
+        (
+            f'address = "{ADDRESS}"',
+            'di = "02010100"\n  signed = "yes"',
+            "device.house.point.voltage.signed: must be true or false, got a string",
+        ),
+    ],
+)
+def test_mistakes_are_one_line_at_their_key(
+    tmp_path: Path, device: str, point: str, problem: str
+) -> None:
+    assert problems_of(tmp_path, device=device, point=point) == [problem]
+
+
+def test_two_meters_at_one_address_are_refused() -> None:
+    bus = BusConfig("meters", "serial", serial_port="/dev/ttyUSB0")
+    twins = [meter_device("a", ADDRESS, METER_POINTS), meter_device("b", ADDRESS, METER_POINTS)]
+    assert Dlt645Driver.validate(bus, twins) == [
+        (
+            "device.b.address",
+            "000012345678 is also device a's: two meters on one bus need different addresses",
+        )
+    ]
+
+
+def test_the_templates_hold_known_identifiers_only(tmp_path: Path) -> None:
+    templates = {t.name: t for t in builtin_templates() if t.driver == "dlt645"}
+    assert set(templates) == {"dlt645-single-phase", "dlt645-three-phase"}
+    single, three = templates["dlt645-single-phase"], templates["dlt645-three-phase"]
+    assert {pt.options["di"] for pt in single.points} >= {
+        "00000000",
+        "02010100",
+        "02020100",
+        "02800002",
+    }
+    assert {pt.options["di"] for pt in three.points} >= {
+        "02010300",
+        "02020300",
+        "02030300",
+        "00010400",
+    }
+    for pt in [*single.points, *three.points]:
+        assert p.parse_di(pt.options["di"]) in p.KNOWN, pt.name
+    config = load(tmp_path, point='di = "02010100"').device("house")
+    assert config.points[0].name == "voltage"
+    path = tmp_path / "t.toml"
+    path.write_text(
+        config_text().replace(
+            '  [[device.point]]\n  name = "voltage"\n  di = "02010100"\n',
+            'template = "dlt645-three-phase"\n',
+        )
+    )
+    (house,) = load_config(path, environ={})[0].devices
+    assert len(house.points) == len(three.points)
+    assert Dlt645Driver.describe_point(three.points[0]) == "DI 00000000 XXXXXX.XX signed kWh"
+
+
+# --- scanning
+
+
+def scan_output(
+    meters: Sequence[SimulatedMeter], configured: list[str], targets: str = ""
+) -> tuple[list[str], str]:
+    out = io.StringIO()
+
+    async def scenario() -> list[str]:
+        async with PtyLink() as link, Dlt645Bus(link.paths[1], meters):
+            bus = BusConfig(
+                "meters", "serial", serial_port=link.paths[0], baudrate=2400, timeout=0.3
+            )
+            return await scan_dlt645_bus(bus, configured, targets, out)
+
+    found = run(scenario(), timeout=15)
+    return found, out.getvalue()
+
+
+def test_a_scan_reads_the_address_of_a_meter_alone_and_proposes_its_device() -> None:
+    three_phase = a_meter("210407000456")
+    three_phase.values[0x02010200] = 231.0
+    found, printed = scan_output([three_phase], [])
+    assert found == ["210407000456"]
+    lines = printed.splitlines()
+    assert lines[1] == "read address: the meter alone on the bus is 210407000456"
+    assert lines[2] == "address 210407000456: answers, total energy 1234.56 kWh"
+    assert "\n".join(lines[3:-1]) == "\n".join(
+        [
+            "# meter 210407000456: answers phase B voltage: three-phase",
+            "[[device]]",
+            'name = "meter-210407000456"',
+            'bus = "meters"',
+            'driver = "dlt645"',
+            'address = "210407000456"',
+            'template = "dlt645-three-phase"',
+            'interval = "1m"',
+        ]
+    )
+    assert lines[-1] == "found meter(s): 210407000456"
+
+
+def test_several_meters_collide_on_read_address_and_are_found_by_address() -> None:
+    found, printed = scan_output(
+        [a_meter(), a_meter("210407000456")], [ADDRESS], "210407000456, 000000000001"
+    )
+    assert found == [ADDRESS, "210407000456"]
+    assert "(several meters answering at once?): probe by address" in printed
+    assert "address 000000000001: no answer" in printed
+    assert 'template = "dlt645-single-phase"' in printed
+
+
+def test_a_scan_of_an_empty_bus_says_what_to_check() -> None:
+    found, printed = scan_output([a_meter(alive=False)], [ADDRESS])
+    assert found == []
+    assert printed.splitlines()[-1] == NO_METER
+
+
+def test_a_scan_refuses_a_bad_target_address() -> None:
+    with pytest.raises(ValueError, match='"12" is not a meter address'):
+        scan_output([], [], "12")
+
+
+def test_check_read_and_scan_from_the_command_line(tmp_path: Path) -> None:
+    """What a technician types: the driver found by its entry point, the meter checked, read
+    and found."""
+    meter = a_meter()
+
+    async def edge_agent(*args: str) -> tuple[int, str, str]:
+        async with PtyLink() as link, Dlt645Bus(link.paths[1], [meter]):
+            path = tmp_path / "site.toml"
+            path.write_text(
+                config_text(parity="N", point='di = "02010100"\n  unit = "V"').replace(
+                    "/dev/ttyUSB0", link.paths[0]
+                )
+            )
+            return await cli_async(*args, "-c", str(path), timeout=30)
+
+    async def scenario() -> list[tuple[int, str, str]]:
+        return [
+            await edge_agent(*command)
+            for command in (("check",), ("read", "house"), ("scan", "meters"))
+        ]
+
+    (check, out_c, err_c), (read, out, err), (scan, scanned, err_s) = run(scenario(), timeout=60)
+    assert (check, err_c) == (0, ""), err_c
+    assert "ok (1 bus(es), 1 device(s), 1 point(s)" in out_c
+    assert read == 0, err
+    assert out.splitlines()[-1].split() == ["voltage", "230.4", "V"]
+    assert scan == 0, err_s
+    assert f"read address: the meter alone on the bus is {ADDRESS}" in scanned
+    assert scanned.splitlines()[-1] == f"found meter(s): {ADDRESS}"
+
+
+def test_check_refuses_a_mistake_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text(config_text(device="address = 12345678"))
+
+    async def scenario() -> tuple[int, str, str]:
+        return await cli_async("check", "-c", str(path), timeout=30)
+
+    code, out, err = run(scenario(), timeout=40)
+    assert (code, out) == (2, "")
+    assert err.splitlines()[0].endswith(
+        'device.house.address: write the address as a string: address = "000012345678" '
+        "(a number loses the leading zeros the nameplate prints)"
+    )
+    assert "Traceback" not in err
