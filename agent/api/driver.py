@@ -23,7 +23,10 @@ keys are refused for every driver alike):
   too (name: the bus type, value: the driver class), so that the loader finds it unloaded;
 * ``bus_options`` / ``device_options`` / ``point_options`` — its own keys: ``{key: converter}``
   (``agent.api.keys`` has the common converters). The values land in ``options``; a key left out
-  is absent.
+  is absent;
+* ``line_defaults`` — the line settings its protocol prescribes, e.g.
+  ``{"baudrate": 2400, "parity": "E"}`` (keys ``baudrate``, ``parity``, ``bytesize``,
+  ``stopbits``): a ``serial`` bus of its devices takes them where its table says nothing.
 
 A driver **may** offer the abilities below: each is a protocol, checked with ``isinstance``.
 """

@@ -73,6 +73,8 @@ class _Loader:
         self._place: dict[int, str] = {}
         #: Bus name → the driver that brings its type ("" for a serial bus).
         self._bus_owner: dict[str, str] = {}
+        #: Bus name → the line settings its table writes (the rest may be its driver's).
+        self._line_written: dict[str, set[str]] = {}
         #: Driver name → the templates it ships, read once.
         self._shipped: dict[str, list[TemplateConfig]] = {}
         self._registry = registry.Registry()
@@ -91,6 +93,7 @@ class _Loader:
         devices = [d for f in files for d in self._devices(f, buses, user_templates)]
         for section in files:
             section.finish()
+        buses = self._with_line_defaults(buses, devices)
         self._check_drivers(buses, devices)
         # A user template of the same name replaces the shipped one: a technician's fixed copy.
         shipped = [t for found in self._shipped.values() for t in found]
@@ -195,8 +198,34 @@ class _Loader:
             if bus:
                 self._place[id(bus)] = s.place
                 self._bus_owner[bus.name] = owner
+                self._line_written[bus.name] = set(registry.LINE_KEYS) & set(data)
                 result.append(bus)
         return result
+
+    def _with_line_defaults(
+        self, buses: list[BusConfig], devices: list[DeviceConfig]
+    ) -> list[BusConfig]:
+        """Each serial bus with the line settings its devices' driver prescribes (DL/T 645's
+        2400 8E1), where its table writes none of its own."""
+        return [
+            self._line_defaulted(bus, {d.driver for d in devices if d.bus == bus.name})
+            for bus in buses
+        ]
+
+    def _line_defaulted(self, bus: BusConfig, drivers: set[str]) -> BusConfig:
+        if not bus.serial or len(drivers) != 1:
+            return bus
+        try:
+            driver = self._registry.load_driver(drivers.pop())
+        except DriverError:
+            return bus  # said where a device names it
+        written = self._line_written[bus.name]
+        unwritten = {k: v for k, v in registry.line_defaults(driver).items() if k not in written}
+        if not unwritten:
+            return bus
+        defaulted = replace(bus, **unwritten)
+        self._place[id(defaulted)] = self._place[id(bus)]
+        return defaulted
 
     def _templates(
         self,

@@ -109,6 +109,13 @@ class Dlt645Driver(SerialDriver):
     """The meters of one RS-485 bus; a poll reads each point's identifier once."""
 
     driver_name: ClassVar[str] = "dlt645"
+    #: The standard's line: a bus of meters speaks it unless its table says otherwise.
+    line_defaults: ClassVar[Mapping[str, Any]] = {
+        "baudrate": 2400,
+        "parity": "E",
+        "bytesize": 8,
+        "stopbits": 1,
+    }
     device_options: ClassVar[Mapping[str, Convert[Any]]] = {
         "address": meter_address,
         "line_timeout": conv.positive_duration,

@@ -622,3 +622,21 @@ def test_check_refuses_a_mistake_in_one_line(tmp_path: Path) -> None:
         "(a number loses the leading zeros the nameplate prints)"
     )
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("written", "line"),
+    [
+        ("", (2400, "E", 8, 1)),  # the standard's line, where the bus says nothing
+        ("baudrate = 9600\n", (9600, "E", 8, 1)),  # a meter set to 9600 in its menu
+        ('parity = "N"\nstopbits = 2\n', (2400, "N", 8, 2)),
+    ],
+)
+def test_a_bus_of_meters_speaks_the_standards_line_unless_its_table_says(
+    tmp_path: Path, written: str, line: tuple[int, str, int, int]
+) -> None:
+    text = config_text().replace('baudrate = 2400\nparity = "E"\n', written)
+    path = tmp_path / "site.toml"
+    path.write_text(text)
+    bus = load_config(path, environ={})[0].bus("meters")
+    assert (bus.baudrate, bus.parity, bus.bytesize, bus.stopbits) == line
