@@ -124,12 +124,14 @@ def print_poll(
             "values": {p.name: poll.values[p.name] for p in shown if p.name in poll.values},
             "raw": {p.name: list(poll.raw[p.name]) for p in shown if p.name in poll.raw},
             "errors": list(poll.errors),
+            "missing": [name for name in poll.missing if name in {p.name for p in shown}],
         }
         print(json.dumps(payload, ensure_ascii=False), file=out)
         return
     rows = [("point", "value", "unit", "raw")]
     for p in shown:
-        value = poll.values.get(p.name, "—")
+        # no reading this time ("—"), or none to be had from this unit
+        value = poll.values.get(p.name, "lacks it" if p.name in poll.missing else "—")
         raw = show(p, poll.raw[p.name]) if p.name in poll.raw else ""
         rows.append((p.name, str(value), p.unit, raw))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]

@@ -77,6 +77,8 @@ def decode(point: ModbusPoint, raw: Sequence[int] | Sequence[bool]) -> Value:
         raise NotAvailable(f"point {point.name}: the device says not available ({number})")
     if point.type == "float32":
         number = _shortest_float32(number)
+    if point.scale_exponent is not None:
+        return number  # raw: scale and offset apply after the exponent (apply_exponents)
     return scaled(point, number)
 
 
@@ -138,7 +140,8 @@ def decode_request(
 def apply_exponents(
     points: Sequence[ModbusPoint], values: dict[str, Value], errors: list[str]
 ) -> dict[str, Value]:
-    """Scale points that have a ``scale_exponent`` by 10 to the power of that point's value.
+    """Scale points that have a ``scale_exponent`` by 10 to the power of that point's value,
+    then by their own ``scale`` and ``offset`` (raw x 10^exponent x scale + offset).
 
     Without its exponent (not read, or not available) a value means nothing and is left out.
     """
@@ -157,7 +160,7 @@ def apply_exponents(
                 f"plausible (SunSpec allows -{MAX_EXPONENT}..{MAX_EXPONENT})"
             )
             continue
-        values[point.name] = significant(value * 10.0**exponent)
+        values[point.name] = scaled(point, significant(value * 10.0**exponent))
     return values
 
 

@@ -109,8 +109,8 @@ from .frames import (
 from .plan import DevicePlan, Request
 from .ports import port_problem_message, serial_port_problem
 from .schema import BIT_TABLES, ModbusPoint, Table, modbus_point, modbus_points, write_multiple
-from .sunspec import NotSunSpec
-from .sunspec_points import SCALE_FACTOR, Layout, Layouts, readings, sunspec_points
+from .sunspec import NotSunSpec, Silent
+from .sunspec_points import INTERNAL, Layout, Layouts, readings, sunspec_points
 from .writes import (
     WRITE_COIL,
     WRITE_COILS,
@@ -126,6 +126,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ILLEGAL_ADDRESS = 2
+ILLEGAL_VALUE = 3
+#: Exception codes that mean "no such registers here" to SunSpec discovery.
+NOT_HERE = frozenset({ILLEGAL_ADDRESS, ILLEGAL_VALUE})
 
 #: The highest unit id a Modbus device may have (248-255 are reserved).
 MAX_UNIT = 247
@@ -286,6 +289,14 @@ class ModbusDriver:
                 problems.append(
                     (f"device.{device.name}.unit", f"{device.unit} is out of range 0..{MAX_UNIT}")
                 )
+            if "sunspec_device" in device.options and not sunspec_points(device.points):
+                problems.append(
+                    (
+                        f"device.{device.name}.sunspec_device",
+                        "applies to a device with SunSpec points (sunspec = …, or a sunspec-… "
+                        "template): remove it",
+                    )
+                )
         return problems
 
     def __init__(
@@ -301,7 +312,7 @@ class ModbusDriver:
         self.tolerate_silence = tolerate_silence
         self._client: ModbusBaseClient | None = None
         self._plans: dict[str, DevicePlan] = {}
-        self._sunspec = Layouts(self.context.state_dir)
+        self._sunspec = Layouts(self.context.state_dir, schema.merge_gap(bus))
         #: Put each point's raw registers in the Poll (for ``edge-agent read``).
         self.keep_raw = False
         #: Per device name, how its requests ended: counts of the ``FAULTS`` categories.
@@ -378,10 +389,10 @@ class ModbusDriver:
     async def read(self, device: DeviceConfig) -> Poll:
         """Poll ``device`` once; see the module docstring for how failures are reported."""
         if not sunspec_points(device.points):
-            return await self._read(device, device, ())
+            return await self._read(device, device, Layout((), ()))
         placed, layout = await self._discovered(device)
         try:
-            return await self._read(device, placed, layout.missing)
+            return await self._read(device, placed, layout)
         except DeviceError:
             self._sunspec.forget(device)  # found again at the next poll: it may be another device
             raise
@@ -392,10 +403,12 @@ class ModbusDriver:
         async def read(address: int, count: int) -> list[int] | None:
             try:
                 raw = await self._execute(device, Request("holding", address, count, (probe,)))
-            except _RequestFailed:
-                return None
+            except _RequestFailed as exc:
+                if exc.code in NOT_HERE:
+                    return None
+                raise self._device_error(device, str(exc)) from None  # busy, a gateway, garbage
             except _NoResponse as exc:
-                raise self._device_error(device, str(exc)) from None
+                raise Silent(str(exc)) from None
             return [int(r) for r in raw]
 
         try:
@@ -404,12 +417,12 @@ class ModbusDriver:
             raise self._device_error(
                 device, f"device {device.name} (unit {device.unit}): {exc}"
             ) from None
+        except Silent as exc:
+            raise self._device_error(device, str(exc)) from None
 
-    async def _read(
-        self, device: DeviceConfig, placed: DeviceConfig, missing: tuple[str, ...]
-    ) -> Poll:
-        """One poll of ``placed`` (``device`` with its SunSpec points placed), which lacks
-        ``missing`` as discovered."""
+    async def _read(self, device: DeviceConfig, placed: DeviceConfig, layout: Layout) -> Poll:
+        """One poll of ``placed``: ``device`` with its SunSpec points placed as ``layout`` says
+        (which also says what the unit lacks, and the model ids that show its map unmoved)."""
         values: dict[str, Value] = {}
         errors: list[str] = []
         raws: dict[str, tuple[int, ...]] = {}
@@ -421,7 +434,10 @@ class ModbusDriver:
             try:
                 raw = await self._execute(device, request)
             except _RequestFailed as exc:
-                if exc.code == ILLEGAL_ADDRESS:
+                # Illegal data value on a read of several points: most often a unit that takes
+                # fewer registers per read than the protocol allows, so cut it like a hole.
+                too_long = exc.code == ILLEGAL_VALUE and len(request.points) > 1
+                if exc.code == ILLEGAL_ADDRESS or too_long:
                     pending[:0] = plan.refused(request)  # its parts, read now
                     continue
                 errors.append(str(exc))
@@ -437,9 +453,16 @@ class ModbusDriver:
                     start = point.address - request.address
                     raws[point.name] = tuple(int(r) for r in raw[start : start + point.count])
         plan.after_poll()
+        moved = layout.moved(values)
+        if moved:
+            raise self._device_error(
+                device,
+                f"device {device.name} (unit {device.unit}): {moved}: its SunSpec map changed, "
+                "found again at the next poll",
+            )
         values = apply_exponents(modbus_points(placed.points), values, errors)
         values = readings(values, modbus_points(placed.points))
-        missing += tuple(n for n in plan.lacking if not n.startswith(SCALE_FACTOR))
+        missing = layout.missing + tuple(n for n in plan.lacking if not n.startswith(INTERNAL))
         if not values and (errors or not plan.requests):
             said = "; ".join(errors) or _lacks_all(device, missing, bool(plan.lacking))
             raise self._device_error(device, said)

@@ -53,7 +53,11 @@ BUS_OPTIONS = {
     #: register, for slaves that lack FC 5/6 (write single coil/register).
     "write_multiple": keys.boolean,
 }
-DEVICE_OPTIONS = {"unit": keys.in_range(0, 255)}
+DEVICE_OPTIONS = {
+    "unit": keys.in_range(0, 255),
+    #: Which logical device of a SunSpec unit (from 1: each starts with a common model).
+    "sunspec_device": keys.in_range(1, 64),
+}
 #: The types a ``scale_exponent`` point may have.
 EXPONENT_TYPES = ("int16", "uint16", "int32")
 

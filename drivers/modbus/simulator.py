@@ -87,8 +87,9 @@ class SimulatedSlave:
     Set ``dead = True`` to make the slave stop answering, ``slow`` to a number of seconds to make
     it answer that late, ``exception`` to a Modbus exception code to make it answer every request
     with that exception, ``unsupported`` to function codes it answers with "illegal function"
-    (a slave without FC 5/6). ``requests`` counts the requests it answered (exception responses
-    included, spoilt answers too).
+    (a slave without FC 5/6), ``max_read`` to the most registers it takes per read.
+    ``requests`` counts the requests it answered (exception responses included, spoilt answers
+    too).
 
     Faults of the answer on the wire (each may be combined with the others):
 
@@ -114,6 +115,9 @@ class SimulatedSlave:
         self.slow = 0.0
         self._exception: ExcCodes | None = None
         self.unsupported: set[int] = set()
+        #: Most registers one read may ask for: a longer one is answered with exception 3
+        #: (illegal data value), as units that take fewer than the protocol's 125 do.
+        self.max_read: int | None = None
         self.wrong_tid = False
         self.garbage = False
         self.noise = False
@@ -332,6 +336,8 @@ class _SlaveContext(SimCore):
         table = _FUNCTION_TABLES.get(func_code)
         if table is None or func_code in slave.unsupported:
             return ExcCodes.ILLEGAL_FUNCTION
+        if slave.max_read is not None and count > slave.max_read:
+            return ExcCodes.ILLEGAL_VALUE
         try:
             return slave.registers(table, address, count)
         except UndefinedAddressError:

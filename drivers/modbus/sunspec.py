@@ -11,6 +11,7 @@ the unit refuses), so that the driver's own transactions, pacing and fault count
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
@@ -25,6 +26,8 @@ END = 0xFFFF
 #: More models than any device has: a chain that does not end is damaged (or not SunSpec).
 MAX_MODELS = 64
 MODELS_DIR = Path(__file__).parent / "sunspec_models"
+
+log = logging.getLogger(__name__)
 
 Read = Callable[[int, int], Awaitable[list[int] | None]]
 
@@ -89,14 +92,34 @@ class NotSunSpec(ValueError):
     """No SunSpec map where one was looked for, or a chain that makes no sense."""
 
 
+class Silent(Exception):
+    """``read`` got no answer at all (the message says so): at a base, the map may be at the
+    next one; in the chain, the unit is gone."""
+
+
 async def discover(read: Read, bases: tuple[int, ...] = BASES) -> list[ModelBlock]:
     """The device's models, in the order of its chain; ``NotSunSpec`` when no base holds the
-    marker, or the chain runs past ``MAX_MODELS`` or the address space."""
+    marker, or the chain runs past ``MAX_MODELS`` or the address space.
+
+    ``read(address, count)`` returns the registers, ``None`` when the unit refuses them, or
+    raises ``Silent``: a base where the unit is silent is passed over, as one that refuses (RTU
+    units are often silent on registers they lack); ``Silent`` in the chain is raised.
+    """
+    silent = []
     for base in bases:
-        if await read(base, 2) == list(MARKER):
+        try:
+            found = await read(base, 2)
+        except Silent:
+            silent.append(base)
+            continue
+        if found == list(MARKER):
             return await _chain(read, base + 2)
+    if len(silent) == len(bases):
+        shown = ", ".join(str(b) for b in bases)
+        raise NotSunSpec(f"no answer at {shown}, where a SunSpec map starts: is the unit there?")
     shown = ", ".join(str(b) for b in bases)
-    raise NotSunSpec(f'no SunSpec marker ("SunS") at {shown}')
+    quiet = f" (no answer at {', '.join(str(b) for b in silent)})" if silent else ""
+    raise NotSunSpec(f'no SunSpec marker ("SunS") at {shown}{quiet}')
 
 
 async def _chain(read: Read, address: int) -> list[ModelBlock]:
@@ -104,7 +127,18 @@ async def _chain(read: Read, address: int) -> list[ModelBlock]:
     while len(models) < MAX_MODELS:
         header = await read(address, 2)
         if header is None or len(header) != 2:
-            raise NotSunSpec(f"the model header at {address} cannot be read")
+            # The end model's id alone: some units have no length register after it.
+            ident = await read(address, 1)
+            if ident == [END]:
+                return models
+            if not models:
+                raise NotSunSpec(f"the model header at {address} cannot be read")
+            log.warning(
+                "SunSpec: the chain ends at %d without an end model (0xFFFF): %d model(s) read",
+                address,
+                len(models),
+            )
+            return models
         model_id, length = header
         if model_id == END:
             return models

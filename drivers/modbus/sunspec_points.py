@@ -16,14 +16,14 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
 from agent.api import DeviceConfig, PointConfig, Value, keys
 
-from .schema import ModbusPoint, PointType, modbus_points
+from .schema import MERGE_GAP, ModbusPoint, PointType, modbus_points
 from .sunspec import (
     ModelBlock,
     ModelDefinition,
@@ -75,23 +75,32 @@ TYPES: dict[str, tuple[PointType, float | None]] = {
 #: SunSpec's unit names, as the rest of a configuration writes them.
 UNITS = {"C": "°C", "Pct": "%", "Secs": "s", "W": "W", "Wh": "Wh"}
 
-#: The prefix of the scale-factor points a resolved device reads for its points (never published).
-SCALE_FACTOR = "sunspec:"
+#: The prefix of the points a placed device reads for its own (scale factors, model ids),
+#: never published.
+INTERNAL = "sunspec:"
+#: The most instances a reference may count (of a model in the chain, of a repeating group).
+MAX_INSTANCE = 255
 
 _REF = re.compile(
-    r"(?P<model>[A-Za-z0-9_]+)\.(?:(?P<group>[A-Za-z_]+)\[(?P<index>\d+)\]\.)?"
-    r"(?P<point>[A-Za-z0-9_]+)"
+    r"(?P<model>[A-Za-z0-9_]+)(?:\[(?P<instance>\d+)\])?\."
+    r"(?:(?P<group>[A-Za-z_]+)\[(?P<index>\d+)\]\.)?(?P<point>[A-Za-z0-9_]+)"
 )
 
 
 @dataclass(frozen=True)
 class Ref:
-    """What a ``sunspec`` key names."""
+    """What a ``sunspec`` key names: the ``instance``-th model of ``models`` in the chain, and
+    in it ``point``, of the ``index``-th ``group`` when a group is named."""
 
     models: tuple[int, ...]
     point: str
     group: str = ""
     index: int = 0
+    instance: int = 1
+
+    @property
+    def common(self) -> bool:
+        return self.models == (1,)
 
 
 def parse_ref(text: str) -> Ref:
@@ -99,14 +108,16 @@ def parse_ref(text: str) -> Ref:
     match = _REF.fullmatch(text.strip())
     if not match:
         raise ValueError(
-            f'"{text}" is not MODEL.POINT or MODEL.GROUP[N].POINT, e.g. "inverter.W" or '
-            '"mppt.module[1].DCW"'
+            f'"{text}" is not MODEL.POINT or MODEL.GROUP[N].POINT, e.g. "inverter.W", '
+            '"meter[2].W" or "mppt.module[1].DCW"'
         )
     models = _models(match["model"])
     group, index = match["group"] or "", int(match["index"] or 0)
-    if group and index < 1:
-        raise ValueError(f'"{text}": a {group} is counted from 1')
-    ref = Ref(models, match["point"], group, index)
+    instance = int(match["instance"] or 1)
+    for counted, number in ((group or "model", index if group else 1), ("model", instance)):
+        if not 1 <= number <= MAX_INSTANCE:
+            raise ValueError(f'"{text}": a {counted} is counted from 1 to {MAX_INSTANCE}')
+    ref = Ref(models, match["point"], group, index, instance)
     _check_point(text, ref)
     return ref
 
@@ -165,39 +176,97 @@ def config_point(common: PointConfig, text: str) -> ModbusPoint:
 
 @dataclass(frozen=True)
 class Layout:
-    """A device's points placed on its chain: what to read (its points and the scale factors
-    they need) and the points it lacks."""
+    """A device's points placed on its chain: what to read (its points, the scale factors they
+    need and the id register of each model they are in), the points it lacks, and the model id
+    each id register must hold."""
 
     points: tuple[ModbusPoint, ...]
     missing: tuple[str, ...]
+    model_ids: tuple[tuple[str, int], ...] = ()
+
+    def moved(self, values: Mapping[str, Value]) -> str | None:
+        """What says the unit's map changed since it was placed (a model id elsewhere), if so."""
+        for name, model_id in self.model_ids:
+            found = values.get(name)
+            if found is not None and found != model_id:
+                address = name.removeprefix(INTERNAL).split(".")[0]
+                return f"SunSpec model {model_id} is no longer at {address} (found {found!r})"
+        return None
 
 
-def place(points: Sequence[ModbusPoint], chain: Sequence[ModelBlock]) -> Layout:
-    """Each SunSpec point of ``points`` at its address on ``chain``; other points as they are."""
+def logical_devices(chain: Sequence[ModelBlock]) -> list[list[ModelBlock]]:
+    """The chain cut before each common model: one unit may serve several logical devices (an
+    inverter, then each of its meters), each starting with a common model of its own."""
+    devices: list[list[ModelBlock]] = []
+    for block in chain:
+        if block.model_id == 1 or not devices:
+            devices.append([])
+        devices[-1].append(block)
+    return devices
+
+
+def place(
+    points: Sequence[ModbusPoint],
+    chain: Sequence[ModelBlock],
+    logical: int | None = None,
+    gap: int = MERGE_GAP,
+) -> Layout:
+    """Each SunSpec point of ``points`` at its address on ``chain`` (or on its ``logical``-th
+    logical device, from 1); other points as they are. The id register of a model is read too
+    where a read of its points takes it in anyway (within ``gap`` of them: no request more).
+
+    A model reference takes the ``instance``-th model of its kind in the chain; a ``common``
+    point takes the common model before the first model the device's other points are in (the
+    meter's own, on a unit that serves an inverter and its meters), else the ``instance``-th."""
+    if logical is not None:
+        devices = logical_devices(chain)
+        chain = devices[logical - 1] if logical <= len(devices) else []
+    refs = {p.name: parse_ref(p.sunspec) for p in points if p.sunspec is not None}
+    blocks = {n: _block(ref, chain) for n, ref in refs.items() if not ref.common}
+    anchor = next((b for b in blocks.values() if b is not None), None)
+    for name, ref in refs.items():
+        if ref.common:
+            blocks[name] = _common_before(anchor, chain) if anchor else _block(ref, chain)
     placed: dict[str, ModbusPoint] = {}
     missing: list[str] = []
+    model_ids: dict[str, int] = {}
     for point in points:
+        block = blocks.get(point.name)
+        found = _place(point, refs[point.name], block) if block else None
         if point.sunspec is None:
             placed[point.name] = point
-            continue
-        found = _place(point, chain)
-        if found is None:
+        elif block is None or found is None:
             missing.append(point.name)
-            continue
-        placed[point.name] = found[0]
-        if found[1] is not None:
-            placed.setdefault(found[1].name, found[1])
-    return Layout(tuple(placed.values()), tuple(missing))
+        else:
+            placed[point.name] = found[0]
+            if found[1] is not None:
+                placed.setdefault(found[1].name, found[1])
+            if found[0].address - block.address <= gap + 1:
+                placed.setdefault(_id_point(block).name, _id_point(block))
+                model_ids[_id_point(block).name] = block.model_id
+    return Layout(tuple(placed.values()), tuple(missing), tuple(model_ids.items()))
+
+
+def _block(ref: Ref, chain: Sequence[ModelBlock]) -> ModelBlock | None:
+    matching = [b for b in chain if b.model_id in ref.models]
+    return matching[ref.instance - 1] if ref.instance <= len(matching) else None
+
+
+def _common_before(anchor: ModelBlock, chain: Sequence[ModelBlock]) -> ModelBlock | None:
+    before = [b for b in chain if b.model_id == 1 and b.address < anchor.address]
+    return before[-1] if before else None
+
+
+def _id_point(block: ModelBlock) -> ModbusPoint:
+    """The model's id register: read with its points, it shows the map has not moved."""
+    return ModbusPoint(f"{INTERNAL}{block.address}.ID", address=block.address)
 
 
 def _place(
-    point: ModbusPoint, chain: Sequence[ModelBlock]
+    point: ModbusPoint, ref: Ref, block: ModelBlock
 ) -> tuple[ModbusPoint, ModbusPoint | None] | None:
-    """The point at its address, and the scale-factor point it needs; ``None`` if lacking."""
-    ref = parse_ref(cast(str, point.sunspec))
-    block = next((b for b in chain if b.model_id in ref.models), None)
-    if block is None:
-        return None
+    """The point at its address in ``block``, and the scale-factor point it needs; ``None``
+    if the block lacks it."""
     model = definition(block.model_id)
     found = _defined(model, ref)
     if found is None:
@@ -213,7 +282,7 @@ def _place(
     factor = model.point(found.scale_factor)
     if factor is None or factor.offset + factor.size > block.length + 2:
         return None
-    name = f"{SCALE_FACTOR}{block.address}.{factor.name}"
+    name = f"{INTERNAL}{block.address}.{factor.name}"
     sf_point = ModbusPoint(
         name, type="int16", address=block.address + factor.offset, not_available=(0x8000,)
     )
@@ -251,8 +320,14 @@ def readings(values: dict[str, Value], points: Sequence[ModbusPoint]) -> dict[st
     return {
         name: value
         for name, value in values.items()
-        if not name.startswith(SCALE_FACTOR) and not (name in unset and value == "")
+        if not name.startswith(INTERNAL) and not (name in unset and value == "")
     }
+
+
+def logical_device(device: DeviceConfig) -> int | None:
+    """The device's ``sunspec_device``: which logical device of its unit it is, from 1."""
+    chosen = device.options.get("sunspec_device")
+    return None if chosen is None else int(chosen)
 
 
 def sunspec_points(points: Sequence[PointConfig]) -> list[ModbusPoint]:
@@ -265,9 +340,12 @@ class Layouts:
     poll, again after a poll that read nothing: the device may have been replaced). The chain is
     kept in the state dir, so that ``check --plan`` shows where the running agent reads."""
 
-    def __init__(self, state_dir: Path | None) -> None:
+    def __init__(self, state_dir: Path | None, gap: int = MERGE_GAP) -> None:
         self.state_dir = state_dir
+        self.gap = gap
         self._placed: dict[str, tuple[DeviceConfig, DeviceConfig, Layout]] = {}
+        #: What was last said missing per device, so that a rediscovery does not say it again.
+        self._said: dict[str, tuple[str, ...]] = {}
 
     async def placed(self, device: DeviceConfig, read: Read) -> tuple[DeviceConfig, Layout]:
         """The device as read (its points placed) and its layout; ``NotSunSpec`` when its unit
@@ -293,8 +371,8 @@ class Layouts:
     def _place(
         self, device: DeviceConfig, chain: Sequence[ModelBlock]
     ) -> tuple[DeviceConfig, Layout]:
-        layout = place(modbus_points(device.points), chain)
-        if layout.missing and self._placed.get(device.name) is None:
+        layout = place(modbus_points(device.points), chain, logical_device(device), self.gap)
+        if layout.missing and self._said.get(device.name) != layout.missing:
             models = ", ".join(str(b.model_id) for b in chain)
             log.warning(
                 "device %s: its SunSpec models (%s) lack %s: left out, the others are read",
@@ -302,6 +380,7 @@ class Layouts:
                 models,
                 ", ".join(layout.missing),
             )
+        self._said[device.name] = layout.missing
         placed = replace(device, points=layout.points)
         self._placed[device.name] = (device, placed, layout)
         return placed, layout
@@ -369,7 +448,7 @@ def simulated_map(device: DeviceConfig) -> SimulatedMap:
         for name, offset, point in _registers(block):
             address = block.address + offset
             raw = _simulated_raw(block, point, offset)
-            key = f"{SCALE_FACTOR}{block.address}.{name}"
+            key = f"{INTERNAL}{block.address}.{name}"
             if point.type == "sunssf":
                 exponents[key] = _simulated_exponent(point.name)
                 raw = [exponents[key] & 0xFFFF]
@@ -382,7 +461,7 @@ def simulated_map(device: DeviceConfig) -> SimulatedMap:
     fixed["sunspec:end"] = (ModbusPoint("sunspec:end", address=end), [0xFFFF])
     fixed["sunspec:end_length"] = (ModbusPoint("sunspec:end_length", address=end + 1), [0])
     placed = place(modbus_points(device.points), chain).points
-    points = [_folded(p, exponents) for p in placed if not p.name.startswith(SCALE_FACTOR)]
+    points = [_folded(p, exponents) for p in placed if not p.name.startswith(INTERNAL)]
     return SimulatedMap(tuple(chain), fixed, tuple(points))
 
 

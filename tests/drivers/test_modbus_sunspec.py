@@ -5,11 +5,13 @@ models; the model definitions shipped as SunSpec's own JSON."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import NoSuchIdException
 
 from agent.api import DeviceConfig, DeviceError, DriverContext, PointConfig, Poll
 from agent.config.loader import builtin_templates
@@ -18,7 +20,7 @@ from agent.testkit.modbus import ModbusBus
 from agent.testkit.runner import AgentRunner
 from agent.testkit.telemetry import Telemetry
 from drivers.modbus import ModbusDriver
-from drivers.modbus.schema import ModbusPoint, modbus_bus, modbus_points
+from drivers.modbus.schema import ModbusPoint, Table, modbus_bus, modbus_points
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 from drivers.modbus.sunspec import (
     MARKER,
@@ -135,9 +137,18 @@ INVERTER_POINTS = {
 }
 
 
-def sunspec_device(points: dict[str, str], unit: int = UNIT) -> DeviceConfig:
-    built = [config_point(PointConfig(name), ref) for name, ref in points.items()]
-    return DeviceConfig("inverter", "solar", "modbus", 10.0, unit, points=tuple(built))
+def sunspec_device(
+    points: Mapping[str, str | tuple[str, PointConfig]], unit: int = UNIT, **options: int
+) -> DeviceConfig:
+    """A device of SunSpec points: ``{name: ref}``, or ``{name: (ref, PointConfig)}`` for a
+    point with more keys."""
+    built = []
+    for name, given in points.items():
+        ref, common = given if isinstance(given, tuple) else (given, PointConfig(name))
+        built.append(config_point(common, ref))
+    return DeviceConfig(
+        "inverter", "solar", "modbus", 10.0, unit, points=tuple(built), options=options
+    )
 
 
 def with_values(
@@ -157,13 +168,41 @@ def text(value: str, registers: int) -> list[int]:
     return [int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2)]
 
 
-def poll_of(registers: dict[int, int], device: DeviceConfig, state_dir: Path | None = None) -> Poll:
-    async def body() -> Poll:
-        async with ModbusSimulator([slave_with(registers)]) as sim:
-            bus = modbus_bus("solar", "modbus-tcp", host="127.0.0.1", port=sim.port, timeout=1.0)
+def poll_of(
+    registers: dict[int, int] | SimulatedSlave,
+    device: DeviceConfig,
+    state_dir: Path | None = None,
+) -> Poll:
+    result = polls_of(registers, device, state_dir=state_dir)[0]
+    assert isinstance(result, Poll)
+    return result
+
+
+def polls_of(
+    registers: dict[int, int] | SimulatedSlave,
+    device: DeviceConfig,
+    between: Callable[[], None] = lambda: None,
+    count: int = 1,
+    state_dir: Path | None = None,
+) -> list[Poll | DeviceError]:
+    """``count`` polls of ``device`` by one driver, ``between()`` called after each."""
+    slave = registers if isinstance(registers, SimulatedSlave) else slave_with(registers)
+
+    async def body() -> list[Poll | DeviceError]:
+        results: list[Poll | DeviceError] = []
+        async with ModbusSimulator([slave]) as sim:
+            bus = modbus_bus("solar", "modbus-tcp", host="127.0.0.1", port=sim.port, timeout=0.5)
             context = DriverContext(state_dir=state_dir)
             async with ModbusDriver(bus, context) as driver:
-                return await driver.read(device)
+                for _ in range(count):
+                    try:
+                        results.append(await driver.read(device))
+                    except DeviceError as exc:
+                        if count == 1:
+                            raise
+                        results.append(exc)
+                    between()
+        return results
 
     return run(body(), timeout=30)
 
@@ -350,3 +389,144 @@ template = "sunspec-inverter"
         return bool(metas) and metas[-1]["devices"]["inverter"].get("missing") == ["grid_power"]
 
     edge_agent.telemetry.wait_for(meta_says_missing, timeout=20)
+
+
+class SilentAt(SimulatedSlave):
+    """A unit that does not answer reads starting at some addresses (as RTU units do on
+    registers they lack), and answers the rest."""
+
+    def __init__(self, registers: dict[int, int], silent: set[int]) -> None:
+        template = slave_with(registers)
+        super().__init__(UNIT, list(template.points.values()))
+        for address, value in registers.items():
+            self.set_value(f"r{address}", value)
+        self.silent = silent
+
+    def registers(self, table: Table, address: int, count: int) -> list[int] | list[bool]:
+        if address in self.silent:
+            raise NoSuchIdException(f"unit {self.unit} is silent at {address}")
+        return super().registers(table, address, count)
+
+
+def test_a_unit_silent_where_it_has_no_map_is_found_at_the_next_base() -> None:
+    registers, _ = three_phase(base=50000)
+    result = poll_of(SilentAt(registers, {40000}), sunspec_device(INVERTER_POINTS))
+    assert result.values["power"] == -100.0
+
+
+def test_a_unit_silent_at_every_base_is_one_line_saying_so() -> None:
+    registers, _ = three_phase(base=50000)
+    with pytest.raises(DeviceError) as raised:
+        poll_of(SilentAt(registers, {40000, 50000, 0}), sunspec_device(INVERTER_POINTS))
+    assert str(raised.value) == (
+        "device inverter (unit 1): no answer at 40000, 50000, 0, where a SunSpec map starts: "
+        "is the unit there?"
+    )
+
+
+def test_an_end_model_without_its_length_register_ends_the_chain() -> None:
+    registers, _ = three_phase()
+    del registers[max(registers)]  # the end model's length: some units have none
+    assert registers[max(registers)] == 0xFFFF
+    result = poll_of(registers, sunspec_device(INVERTER_POINTS))
+    assert result.values["frequency"] == 50.02
+
+
+def test_a_busy_unit_is_said_busy_not_without_a_map() -> None:
+    registers, _ = three_phase()
+    slave = slave_with(registers)
+    slave.exception = 6
+    with pytest.raises(DeviceError, match="device busy"):
+        poll_of(slave, sunspec_device(INVERTER_POINTS))
+
+
+def test_scale_and_offset_apply_after_the_scale_factor() -> None:
+    registers, model_103 = three_phase()
+    with_values(registers, model_103, {33: 452, 37: -1})  # TmpCab 45.2 °C (Tmp_SF -1)
+    kelvin = PointConfig("cabinet", unit="K", offset=273.15)
+    kilowatts = PointConfig("kilowatts", unit="kW", scale=0.001)
+    device = sunspec_device(
+        {"cabinet": ("inverter.TmpCab", kelvin), "kilowatts": ("inverter.W", kilowatts)}
+    )
+    result = poll_of(registers, device)
+    assert result.values == {"cabinet": 318.35, "kilowatts": -0.1}
+
+
+def solaredge_chain() -> dict[int, int]:
+    """One unit serving an inverter and two meters, each a logical device with its own common
+    model, as SolarEdge inverters serve the meters behind them."""
+    models = [(1, 66), (103, 50), (1, 65), (203, 105), (1, 65), (203, 105)]
+    registers = chain_registers(40000, models)
+    addresses = [40002]
+    for _, length in models[:-1]:
+        addresses.append(addresses[-1] + 2 + length)
+    inverter, _, meter1, m203a, meter2, m203b = addresses
+    for address, maker in ((inverter, "SolarEdge"), (meter1, "WattNode"), (meter2, "Carlo")):
+        with_values(registers, address, {2: text(maker, 16)})
+    # meter W at +18, W_SF at +22 (model 203 from its id word)
+    with_values(registers, m203a, {18: 1500, 22: 0})
+    with_values(registers, m203b, {18: 700, 22: 0})
+    return registers
+
+
+@pytest.mark.parametrize(
+    ("points", "options", "expected"),
+    [
+        ({"maker": "common.Mn", "power": "meter.W"}, {}, {"maker": "WattNode", "power": 1500.0}),
+        (
+            {"maker": "common.Mn", "power": "meter.W"},
+            {"sunspec_device": 3},
+            {"maker": "Carlo", "power": 700.0},
+        ),
+        ({"power": "meter[2].W"}, {}, {"power": 700.0}),
+        ({"maker": "common.Mn"}, {}, {"maker": "SolarEdge"}),
+        ({"maker": "common[2].Mn"}, {}, {"maker": "WattNode"}),
+    ],
+)
+def test_a_unit_of_several_logical_devices_reads_each_with_its_own_common_model(
+    points: dict[str, str | tuple[str, PointConfig]],
+    options: dict[str, int],
+    expected: dict[str, object],
+) -> None:
+    result = poll_of(solaredge_chain(), sunspec_device(points, **options))
+    assert result.values == expected
+
+
+def test_a_map_that_moved_is_found_again_not_read_one_model_off() -> None:
+    before, model_103 = three_phase()
+    # after a firmware update: a vendor model (id 64110, 8 long) ahead of model 103
+    after = chain_registers(40000, [(1, 66), (160, 48), (64110, 8), (103, 50)])
+    with_values(
+        after, model_103 + 10, {M103["W"]: 555, M103["W_SF"]: 0, M103["A"]: 1, M103["A_SF"]: 0}
+    )
+    slave = slave_with(dict.fromkeys(set(before) | set(after), 0))
+    for address, value in before.items():
+        slave.set_value(f"r{address}", value)
+
+    def update() -> None:
+        for address in slave.points:
+            slave.set_value(address, after.get(int(address[1:]), 0))
+
+    device = sunspec_device({"current": "inverter.A", "power": "inverter.W"})
+    first, moved, again = polls_of(slave, device, between=update, count=3)
+    assert isinstance(first, Poll)
+    assert first.values == {"current": 14.53, "power": -100.0}
+    assert isinstance(moved, DeviceError)
+    assert "SunSpec model 103 is no longer at" in str(moved)
+    assert isinstance(again, Poll)
+    assert again.values == {"current": 1.0, "power": 555.0}
+
+
+def test_a_unit_taking_fewer_registers_per_read_is_read_in_parts() -> None:
+    """Exception 3 (illegal data value) for a read longer than it takes: cut, like a hole."""
+    registers, _ = three_phase()
+    slave = slave_with(registers)
+    slave.max_read = 40
+    template = next(t for t in builtin_templates() if t.name == "sunspec-inverter")
+    device = replace(sunspec_device({}), points=template.points)
+    first, second = polls_of(slave, device, count=2)
+    for result in (first, second):
+        assert isinstance(result, Poll)
+        assert result.errors == ()
+        assert result.values["ac_power"] == -100.0
+        assert result.values["manufacturer"] == "Fronius"
