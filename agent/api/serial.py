@@ -243,6 +243,38 @@ class LinePort:
             raise BusError(f"bus {self.bus.name}: {self.bus.serial_port}: {exc}") from exc
         await asyncio.sleep(marking)
 
+    async def set_baudrate(self, baudrate: int) -> None:
+        """Switch the port to ``baudrate`` once what was written has left it (``tcdrain``, in a
+        thread: it blocks until the last byte is out): a protocol that changes speed
+        mid-conversation (IEC 62056-21's option select) must not cut its own message off. A
+        pseudo-terminal accepts any rate and ignores it."""
+        port = self._port
+        if port is None:
+            raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} is not open")
+        if port.baudrate == baudrate:
+            return
+        try:
+            await asyncio.to_thread(termios.tcdrain, port.fileno())
+            port.baudrate = baudrate
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+            raise BusError(
+                f"bus {self.bus.name}: {self.bus.serial_port} refuses baudrate = {baudrate}: {exc}"
+            ) from exc
+
+    async def read_bytes(self, deadline: float) -> bytes:
+        """The bytes received and not yet read, or the next that arrive, as they are: for a
+        framed answer whose end is not a line end (a block check character after ETX can be
+        any byte); ``TimeoutError`` at ``deadline``."""
+        while True:
+            if self._buffer or self._receive():
+                data = bytes(self._buffer)
+                self._buffer.clear()
+                return data
+            await self._wait(deadline, writing=False)
+            if not self._receive():
+                raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} hung up")
+            # the loop returns what arrived
+
     async def read_line(self, terminator: bytes, deadline: float) -> str:
         """The next non-empty line, decoded, without its terminator (nor a ``\\r`` before it);
         ``TimeoutError`` at ``deadline``."""
