@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -74,6 +75,8 @@ DEFAULT_READOUT_TIMEOUT = 120.0
 #: The largest data block taken: a meter that never sends ETX cannot fill the memory.
 MAX_BLOCK = 65536
 POINT_TYPES = ("number", "string")
+#: An identification message among the bytes before a data block: a second meter answering.
+_IDENTIFICATION = re.compile(rb"/[A-Za-z]{3}[!-~][ -~]*\r\n")
 _ADDRESS_CHARACTERS = frozenset("0123456789 abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -304,6 +307,11 @@ class Iec62056Driver(SerialDriver):
         received = bytearray()
         while True:
             start = received.find(protocol.STX)
+            if _IDENTIFICATION.search(received[: start if start >= 0 else len(received)]):
+                raise ProtocolError(
+                    "a second identification came after the first: two meters answered the "
+                    "sign-on (one of them ignores addresses, or two share one)"
+                )
             etx = received.find(protocol.ETX, start + 1) if start >= 0 else -1
             if etx >= 0 and len(received) > etx + 1:
                 return bytes(received[start : etx + 2])

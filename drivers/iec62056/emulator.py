@@ -192,11 +192,16 @@ class MeterBus:
         answering = [m for m in self.meters if m.answers(address)]
         for meter in answering:
             meter.heard.append((now, message))
-        if len(answering) > 1:  # several answer at once: their messages interleave
+        if len(answering) > 1 and len({m.reaction for m in answering}) == 1:
+            # several answer at once: their messages interleave
             mixed = _interleaved([m.identification() for m in answering])
             self._later(answering[0].reaction, mixed)
             self._session = None
         elif answering:
+            # one after the other: the quickest holds the session, the others only answer
+            answering.sort(key=lambda m: m.reaction)
+            for late in answering[1:]:
+                self._later(late.reaction, late.identification())
             meter = answering[0]
             self._session = (meter, now)
             self._later(meter.reaction, meter.identification())

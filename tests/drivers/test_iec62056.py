@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from agent.api import BusConfig, DeviceConfig, PointConfig
+from agent.aio import cancel_and_wait
+from agent.api import BusConfig, DeviceConfig, PointConfig, Poll
+from agent.cli.simulate import serve
 from agent.cli.tools import plan_lines
 from agent.config import Config, load_config
 from agent.errors import ConfigError, DeviceError
@@ -321,6 +323,20 @@ def test_two_meters_answering_one_sign_on_collide_into_a_refused_identification(
                 await driver.read(meter_device("house", [ENERGY], "1"))
             assert driver.counters["house"]["garbled"] == 1
             assert driver.counters["house"]["breaks"] == 1
+
+    run(scenario())
+
+
+def test_a_second_identification_after_the_first_fails_the_readout() -> None:
+    deaf = SimulatedMeter(ident="DEAF", answers_any_address=True, reaction=0.05, lines=READOUT)
+    mine = SimulatedMeter(address="1", ident="MINE", lines=READOUT)
+    device = meter_device("house", [ENERGY], "1", reaction_time=0.15)
+
+    async def scenario() -> None:
+        async with wired([deaf, mine]) as (driver, _):
+            with pytest.raises(DeviceError, match=r"^device house: a second identification came"):
+                await driver.read(device)
+            assert driver.counters["house"]["garbled"] == 1
 
     run(scenario())
 
@@ -720,3 +736,41 @@ def test_a_read_of_a_silent_meter_from_the_command_line_is_one_line(tmp_path: Pa
     assert code == 1
     assert "Traceback" not in err
     assert "device house: no identification within 0.2s of the sign-on /?!" in err
+
+
+# --- simulation
+
+
+def test_simulate_serves_the_configured_meters_on_a_pty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`edge-agent simulate`: each meter answers its address with a line per OBIS code."""
+    path = tmp_path / "site.toml"
+    path.write_text(
+        CONFIG.format(
+            bus="baudrate = 300",
+            device='address = "17"\nreaction_time = "10ms"',
+            point='obis = "1-0:1.8.0"\n  unit = "kWh"\n  scale = 0.001',
+        )
+        + '  [[device.point]]\n  name = "serial"\n  obis = "0.0.0"\n  type = "string"\n'
+    )
+    config, _ = load_config(path, {})
+
+    async def body() -> Poll:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        server = asyncio.create_task(serve(config, None, stop, ready))
+        try:
+            await asyncio.wait_for(ready.wait(), 10)
+            line = next(x for x in capsys.readouterr().out.splitlines() if "bus optical:" in x)
+            bus = BusConfig(
+                "optical", "serial", serial_port=line.rpartition(" at ")[2], baudrate=300
+            )
+            async with Iec62056Driver(bus) as driver:
+                return await driver.read(config.device("house"))
+        finally:
+            stop.set()
+            await cancel_and_wait(server)
+
+    poll = run(body(), timeout=20)
+    # each point answers its position among the device's points, scale undone
+    assert (dict(poll.values), poll.errors) == ({"energy": 1.0, "serial": "2"}, ())
