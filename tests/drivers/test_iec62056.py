@@ -23,7 +23,7 @@ from agent.cli.tools import plan_lines
 from agent.config import Config, load_config
 from agent.errors import ConfigError, DeviceError
 from agent.poll.scheduler import BusPoller
-from agent.testkit import run
+from agent.testkit import run, until
 from agent.testkit.process import cli_async
 from drivers.iec62056 import Iec62056Driver
 from drivers.iec62056 import protocol as p
@@ -287,6 +287,9 @@ def test_a_bad_bcc_fails_the_readout_sends_the_break_and_the_next_one_reads() ->
             assert (await driver.read(device)).values == {"energy": 12.345}
             assert driver.counters["house"]["bcc"] == 1
             assert driver.counters["house"]["breaks"] == 1
+            # the break went out at the readout's speed, after the meter had gone idle (at
+            # 300): noise to it; the next sign-on came at 300 and was answered
+            assert far.noise == [p.BREAK]
         assert str(failed.value).startswith("device house: BCC 0x")
         assert "does not match" in str(failed.value)
 
@@ -350,6 +353,7 @@ def test_a_meter_answering_another_s_address_is_refused_by_its_identification() 
             with pytest.raises(DeviceError) as failed:
                 await driver.read(device)
             assert driver.counters["house"]["wrong_meter"] == 1
+            await until(lambda: deaf.breaks, 2, "the meter hears the break")
         assert str(failed.value) == (
             'device house: the meter that answered is /EAG5DEAF, not identification = "MINE": '
             "another meter answered (check the address; if the meter was replaced, set "
@@ -357,7 +361,9 @@ def test_a_meter_answering_another_s_address_is_refused_by_its_identification() 
         )
 
     run(scenario())
-    assert heard(deaf) == [b"/?1!\r\n"]  # refused at its identification: no readout
+    # refused at its identification, and its session ended by the break: no readout
+    assert heard(deaf) == [b"/?1!\r\n", p.BREAK]
+    assert deaf.breaks == 1
 
 
 def test_an_identification_that_changes_between_polls_is_refused() -> None:
