@@ -225,6 +225,18 @@ def test_a_readout_switches_speed_and_maps_the_lines_to_points() -> None:
     run(scenario())
 
 
+def test_a_readout_larger_than_a_line_buffer_arrives_whole() -> None:
+    lines = [f"C.{n // 100}.{n % 100}({n:08d}*Wh)" for n in range(400)]  # about 9 kB at once
+    meter = SimulatedMeter(lines=[*lines, "1.8.0(7.5*kWh)"])
+
+    async def scenario() -> None:
+        async with wired([meter]) as (driver, _):
+            poll = await driver.read(meter_device("big", [ENERGY, point("last", "C.3.99")]))
+        assert poll.values == {"energy": 7.5, "last": 399}
+
+    run(scenario())
+
+
 @pytest.mark.parametrize(
     ("offered", "allowed", "select", "rate"),
     [("5", 2400, b"030", 2400), ("3", 9600, b"030", 2400), ("0", 9600, b"000", 300)],
