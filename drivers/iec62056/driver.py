@@ -14,9 +14,10 @@ Device keys:
   several meters on one RS-485 bus; without it any meter answers (an optical head: one meter).
 * ``max_baudrate`` — the fastest speed to accept (default 9600; 300 to 19200).
 * ``identification`` — the meter's ident as its identification line gives it after the baud
-  character (``\\2ZMD3104407.B32``; with or without the ``\\W`` characters): a readout from a
-  meter that says otherwise is refused. Without it, the identification of the first readout
-  is remembered and a different one is refused until the agent restarts.
+  character (``\\2ZMD3104407.B32``; with or without the ``\\W`` characters), or the whole line
+  (``/LGZ5\\2ZMD3104407.B32``): a readout from a meter that says otherwise is refused. Without
+  it, the identification of the first readout is remembered and a different one is refused
+  until the agent restarts.
 * ``line_timeout`` — how long to wait for the identification and for each part of the data
   block (default: the bus ``timeout``; the standard lets a meter take 1.5 s to answer).
 * ``reaction_time`` — the wait between the identification and the option select (default
@@ -335,7 +336,8 @@ class Iec62056Driver(SerialDriver):
         or an optical head moved): by the configured ident, else the first one seen."""
         expected = device.options.get("identification")
         if expected is not None:
-            if expected in (identification.ident, identification.model):
+            whole = str(identification)  # "/LGZ5\\2ZMR110CR4.A09", also taken without "/"
+            if expected in (identification.ident, identification.model, whole, whole[1:]):
                 return
             wanted = f"identification = {conv.shown(expected)}"
         else:

@@ -397,7 +397,7 @@ def test_an_identification_configured_with_or_without_its_enhanced_character_mat
 
     async def scenario() -> None:
         async with wired([meter]) as (driver, _):
-            for ident in ("\\2ZMD3104407.B32", "ZMD3104407.B32"):
+            for ident in ("\\2ZMD3104407.B32", "ZMD3104407.B32", "/EAG5\\2ZMD3104407.B32"):
                 device = meter_device("house", [ENERGY], identification=ident)
                 assert (await driver.read(device)).values == {"energy": 12.345}
 
