@@ -2,7 +2,7 @@
 optical head or an RS-485 adapter.
 
 The head or adapter is a ``[[bus]]`` of ``type = "serial"`` at the sign-on speed, 300 baud 7E1
-(``baudrate = 300``, ``bytesize = 7``, ``parity = "E"``); each meter is a device with
+(the bus's line when its table writes none: ``line_defaults``); each meter is a device with
 ``driver = "iec62056"``. A poll is one data readout: the sign-on ``/?address!``, the meter's
 identification, the option select that moves both ends to the fastest speed the meter offers
 and the device allows, and the data block, its BCC checked. The port returns to the sign-on
@@ -142,6 +142,13 @@ class Iec62056Driver(SerialDriver):
     """One optical head or RS-485 adapter; each poll of a device is one data readout."""
 
     driver_name: ClassVar[str] = "iec62056"
+    #: Mode C's sign-on line: a bus of meters speaks it unless its table says otherwise.
+    line_defaults: ClassVar[Mapping[str, Any]] = {
+        "baudrate": 300,
+        "bytesize": 7,
+        "parity": "E",
+        "stopbits": 1,
+    }
     device_options: ClassVar[Mapping[str, Convert[Any]]] = {
         "address": _address,
         "max_baudrate": _baudrate,

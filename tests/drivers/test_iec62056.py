@@ -606,6 +606,21 @@ def test_bad_keys_are_problems_at_their_keys_with_the_fix(tmp_path: Path) -> Non
     ]
 
 
+@pytest.mark.parametrize(
+    ("written", "line"),
+    [
+        ("", (300, 7, "E", 1)),  # mode C's sign-on line, where the bus says nothing
+        ("baudrate = 9600", (9600, 7, "E", 1)),  # a meter set to sign on faster
+        ('bytesize = 8\nparity = "N"', (300, 8, "N", 1)),  # an adapter that needs 8N1
+    ],
+)
+def test_a_bus_of_meters_speaks_mode_c_s_line_unless_its_table_says(
+    tmp_path: Path, written: str, line: tuple[int, int, str, int]
+) -> None:
+    bus = load(tmp_path, bus=written).bus("optical")
+    assert (bus.baudrate, bus.bytesize, bus.parity, bus.stopbits) == line
+
+
 def test_meters_sharing_a_bus_need_distinct_addresses() -> None:
     bus = BusConfig("optical", "serial", serial_port="/dev/ttyUSB0", baudrate=300)
     devices = [
@@ -717,7 +732,7 @@ def test_check_read_and_scan_from_the_command_line(tmp_path: Path) -> None:
             path = tmp_path / "site.toml"
             path.write_text(
                 CONFIG.format(
-                    bus='baudrate = 300\ntimeout = "500ms"',
+                    bus='baudrate = 300\nbytesize = 8\nparity = "N"\ntimeout = "500ms"',
                     device='reaction_time = "20ms"',
                     point='obis = "1.8.0"\n  unit = "kWh"',
                 ).replace("/dev/ttyUSB0", far.port)
@@ -745,7 +760,9 @@ def test_a_read_of_a_silent_meter_from_the_command_line_is_one_line(tmp_path: Pa
             path = tmp_path / "site.toml"
             path.write_text(
                 CONFIG.format(
-                    bus='baudrate = 300\ntimeout = "200ms"', device="", point='obis = "1.8.0"'
+                    bus='baudrate = 300\nbytesize = 8\nparity = "N"\ntimeout = "200ms"',
+                    device="",
+                    point='obis = "1.8.0"',
                 ).replace("/dev/ttyUSB0", far.port)
             )
             return await cli_async("read", "house", "-c", str(path), timeout=30)
@@ -766,7 +783,7 @@ def test_simulate_serves_the_configured_meters_on_a_pty(
     path = tmp_path / "site.toml"
     path.write_text(
         CONFIG.format(
-            bus="baudrate = 300",
+            bus='baudrate = 300\nbytesize = 8\nparity = "N"',
             device='address = "17"\nreaction_time = "10ms"',
             point='obis = "1-0:1.8.0"\n  unit = "kWh"\n  scale = 0.001',
         )
