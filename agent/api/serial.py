@@ -1,6 +1,6 @@
 """A serial port read and written line by line through the event loop, for the drivers of
 ``serial`` buses (``serial-line``, ``nmea``, ``sdi12``), and frame by frame for binary protocols
-(``dlt645``).
+(``dlt645``) or block by block (``iec62056``, which also switches speed mid-conversation).
 
 pyserial's non-blocking descriptor is waited on with the loop's reader and a timer rather than a
 thread doing blocking reads: a cancelled poll then really stops (no thread left blocked on the
@@ -243,6 +243,38 @@ class LinePort:
             raise BusError(f"bus {self.bus.name}: {self.bus.serial_port}: {exc}") from exc
         await asyncio.sleep(marking)
 
+    async def set_baudrate(self, baudrate: int) -> None:
+        """Switch the port to ``baudrate`` once what was written has left it (``tcdrain``, in a
+        thread: it blocks until the last byte is out): a protocol that changes speed
+        mid-conversation (IEC 62056-21's option select) must not cut its own message off. A
+        pseudo-terminal accepts any rate and ignores it."""
+        port = self._port
+        if port is None:
+            raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} is not open")
+        if port.baudrate == baudrate:
+            return
+        try:
+            await asyncio.to_thread(termios.tcdrain, port.fileno())
+            port.baudrate = baudrate
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
+            raise BusError(
+                f"bus {self.bus.name}: {self.bus.serial_port} refuses baudrate = {baudrate}: {exc}"
+            ) from exc
+
+    async def read_bytes(self, deadline: float) -> bytes:
+        """The bytes received and not yet read, or the next that arrive, as they are: for a
+        framed answer whose end is not a line end (a block check character after ETX can be
+        any byte); ``TimeoutError`` at ``deadline``."""
+        while True:
+            if self._buffer or self._receive(trim=False):
+                data = bytes(self._buffer)
+                self._buffer.clear()
+                return data
+            await self._wait(deadline, writing=False)
+            if not self._receive(trim=False):
+                raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} hung up")
+            # the loop returns what arrived
+
     async def read_line(self, terminator: bytes, deadline: float) -> str:
         """The next non-empty line, decoded, without its terminator (nor a ``\\r`` before it);
         ``TimeoutError`` at ``deadline``."""
@@ -298,8 +330,10 @@ class LinePort:
             raise BusError(f"bus {self.bus.name}: {self.bus.serial_port} is not open")
         return int(self._port.fileno())
 
-    def _receive(self) -> bool:
-        """Take whatever the port holds into the buffer; False when there was nothing."""
+    def _receive(self, trim: bool = True) -> bool:
+        """Take whatever the port holds into the buffer; False when there was nothing. With
+        ``trim``, only the last ``MAX_LINE`` bytes are kept (lines); without, all of it (a
+        block the caller takes whole at once)."""
         got = False
         while True:
             try:
@@ -313,7 +347,7 @@ class LinePort:
             got = True
             self._last_byte = time.monotonic()
             self._buffer += data
-            if len(self._buffer) > MAX_LINE:
+            if trim and len(self._buffer) > MAX_LINE:
                 del self._buffer[:-MAX_LINE]
 
     async def _wait(self, deadline: float, *, writing: bool) -> None:
