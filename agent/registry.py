@@ -117,14 +117,10 @@ def options(driver: type[Driver], kind: str) -> Mapping[str, Convert[Any]]:
     return declared
 
 
-#: The line settings a driver's ``line_defaults`` may give.
-LINE_KEYS = ("baudrate", "parity", "bytesize", "stopbits")
-
-
-def line_defaults(driver: type[Driver]) -> dict[str, Any]:
+def line_defaults(driver: type[Driver]) -> Mapping[str, Any]:
     """The line settings ``driver`` prescribes for a serial bus of its devices."""
     declared: Mapping[str, Any] = getattr(driver, "line_defaults", {})
-    return {key: value for key, value in declared.items() if key in LINE_KEYS}
+    return declared
 
 
 def _load(ep: EntryPoint, what: str) -> Any:

@@ -9,12 +9,14 @@ subclass of ``PointConfig``, see ``agent.api.BuildsPoints``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 #: How a bus is reached: a TCP ``host`` and ``port``, or a local serial port and its line.
 Link = Literal["network", "serial"]
 Parity = Literal["N", "E", "O"]
+#: The line settings of a serial bus, which a driver's ``line_defaults`` may give.
+LINE_KEYS = ("baudrate", "parity", "bytesize", "stopbits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,16 @@ class BusConfig:
     request_gap: float = 0.0
     #: The bus driver's own keys, converted (``bus_options``).
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: The line settings (``LINE_KEYS``) its table writes: the others may be its driver's.
+    line_written: frozenset[str] = frozenset()
+
+    def line_defaulted(self, defaults: Mapping[str, Any]) -> BusConfig:
+        """The bus with ``defaults`` (a driver's ``line_defaults``) where its table writes no
+        setting of its own."""
+        unwritten = {
+            k: v for k, v in defaults.items() if k in LINE_KEYS and k not in self.line_written
+        }
+        return replace(self, **unwritten) if unwritten and self.serial else self
 
     @property
     def serial(self) -> bool:

@@ -57,13 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     read.add_argument("device")
     read.add_argument("points", nargs="*", metavar="POINT", help="only these points")
     read.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    scan = command("scan", "probe a bus for the Modbus unit ids or SDI-12 addresses that answer")
+    scan = command("scan", "probe a bus for the devices that answer, in its driver's terms")
     scan.add_argument("bus")
     scan.add_argument(
         "--units",
         default=None,
         help="what to try, in the bus driver's terms: Modbus ids (default 1-247), SDI-12 "
-        "addresses (default all)",
+        "addresses (default all), DL/T 645 or IEC 62056-21 meter addresses",
+    )
+    scan.add_argument(
+        "--driver",
+        default=None,
+        help="the driver to scan with, on a serial bus without devices yet (sdi12, dlt645, "
+        "iec62056)",
     )
     simulate = command(
         "simulate", "serve the configured devices as simulated ones (Modbus slaves, SDI-12 sensors)"
@@ -152,7 +158,7 @@ def _dispatch(args: argparse.Namespace, config: Config, hangups: Sequence[int] =
     elif args.command == "scan":
         from .scan import scan_command
 
-        asyncio.run(scan_command(config, tools.find_bus(config, args.bus), args.units))
+        asyncio.run(scan_command(config, tools.find_bus(config, args.bus), args.units, args.driver))
     elif args.command == "simulate":
         from .simulate import serve_simulation
 

@@ -12,7 +12,15 @@ from typing import Any, Protocol, TypeVar, cast
 
 from .. import registry
 from ..api import keys as conv
-from ..api.config import BusConfig, BusType, DeviceConfig, PointConfig, TemplateConfig, local_bus
+from ..api.config import (
+    LINE_KEYS,
+    BusConfig,
+    BusType,
+    DeviceConfig,
+    PointConfig,
+    TemplateConfig,
+    local_bus,
+)
 from ..api.driver import BuildsPoints, Driver, ShipsTemplates
 from ..api.keys import suggest
 from ..errors import ConfigError, DriverError, Problem
@@ -73,8 +81,6 @@ class _Loader:
         self._place: dict[int, str] = {}
         #: Bus name → the driver that brings its type ("" for a serial bus).
         self._bus_owner: dict[str, str] = {}
-        #: Bus name → the line settings its table writes (the rest may be its driver's).
-        self._line_written: dict[str, set[str]] = {}
         #: Driver name → the templates it ships, read once.
         self._shipped: dict[str, list[TemplateConfig]] = {}
         self._registry = registry.Registry()
@@ -198,7 +204,6 @@ class _Loader:
             if bus:
                 self._place[id(bus)] = s.place
                 self._bus_owner[bus.name] = owner
-                self._line_written[bus.name] = set(registry.LINE_KEYS) & set(data)
                 result.append(bus)
         return result
 
@@ -219,11 +224,7 @@ class _Loader:
             driver = self._registry.load_driver(drivers.pop())
         except DriverError:
             return bus  # said where a device names it
-        written = self._line_written[bus.name]
-        unwritten = {k: v for k, v in registry.line_defaults(driver).items() if k not in written}
-        if not unwritten:
-            return bus
-        defaulted = replace(bus, **unwritten)
+        defaulted = bus.line_defaulted(registry.line_defaults(driver))
         self._place[id(defaulted)] = self._place[id(bus)]
         return defaulted
 
@@ -598,7 +599,9 @@ def _bus(
     failed = any(key in s.data and key not in options for key in own)
     if bus_name is None or None in link.values() or None in common.values() or failed:
         return None, owner
-    return BusConfig(bus_name, kind.name, **link, **common, options=options), owner
+    written = frozenset(LINE_KEYS) & frozenset(s.data) if kind.link == "serial" else frozenset()
+    bus = BusConfig(bus_name, kind.name, **link, **common, options=options, line_written=written)
+    return bus, owner
 
 
 def _bus_type(s: Section, installed: registry.Registry) -> tuple[BusType | None, str]:

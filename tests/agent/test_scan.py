@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 from agent.api import BusConfig
+from agent.api.pty import PtyLink
 from agent.errors import BusError
 from agent.testkit import run
+from agent.testkit.process import cli_async
 from agent.testkit.serial import SerialProxy
+from drivers.dlt645.emulator import Dlt645Bus, SimulatedMeter
 from drivers.modbus.scan import NOTHING_FOUND, Probe, scan, scan_units
 from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
@@ -133,3 +136,39 @@ def test_scan_of_a_missing_port_raises_a_clear_bus_error(tmp_path: Path) -> None
         assert str(caught.value) == (f"bus rs485: {missing} is gone (adapter unplugged?); retrying")
 
     run(body(), timeout=10)
+
+
+def test_a_serial_bus_without_devices_is_scanned_with_the_driver_named(tmp_path: Path) -> None:
+    """A technician with a meter whose nameplate cannot be read: no device to configure yet."""
+    meter = SimulatedMeter("000012345678", {0x02010100: 230.4})
+    path = tmp_path / "site.toml"
+
+    async def edge_agent(*args: str) -> tuple[int, str, str]:
+        async with PtyLink() as link, Dlt645Bus(link.paths[1], [meter]):
+            path.write_text(
+                '[agent]\nid = "gw"\ndata_dir = "data"\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n'
+                f'[[bus]]\nname = "meters"\ntype = "serial"\nport = "{link.paths[0]}"\n'
+                'timeout = "1s"\n'
+            )
+            return await cli_async("scan", "meters", *args, "-c", str(path), timeout=30)
+
+    async def scenario() -> list[tuple[int, str, str]]:
+        return [await edge_agent(*a) for a in ((), ("--driver", "modbus"), ("--driver", "dlt645"))]
+
+    (unnamed, _, said), (modbus, _, refused), (named, found, err) = run(scenario(), timeout=90)
+    assert (unnamed, said.splitlines()) == (
+        2,
+        [
+            "edge-agent scan: bus meters has no devices to say which driver scans it: name one "
+            "with --driver (dlt645, iec62056, sdi12)"
+        ],
+    )
+    assert (modbus, refused.splitlines()) == (
+        2,
+        [
+            "edge-agent scan: modbus cannot scan a serial bus (drivers that scan one: dlt645, "
+            "iec62056, sdi12)"
+        ],
+    )
+    assert named == 0, err
+    assert found.splitlines()[-1] == "found meter(s): 000012345678"
