@@ -26,6 +26,7 @@ from agent.testkit.mqtt import Subscriber
 from agent.testkit.net import LOWEST_PORT, ephemeral_low, free_port, free_ports
 from agent.testkit.runner import AgentRunner, site_config
 from agent.testkit.sensor import SerialSensor
+from agent.testkit.simulated import SimulatedBus
 from agent.testkit.telemetry import Telemetry
 from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator
@@ -392,3 +393,77 @@ def test_rig_ports_lie_below_the_range_outgoing_connections_take() -> None:
     first = free_ports(3)
     assert first >= LOWEST_PORT
     assert first + 3 <= low
+
+
+METER_SITE = """
+[agent]
+id = "kit"
+[mqtt]
+topic_prefix = "t"
+batch_interval = "100ms"
+[[bus]]
+name = "meters"
+type = "serial"
+port = "/dev/ttyUSB0"
+timeout = "500ms"
+[[bus]]
+name = "optical"
+type = "serial"
+port = "/dev/ttyUSB1"
+bytesize = 8                       # a pseudo-terminal may refuse 7E1 re-applied
+parity = "N"
+timeout = "1s"
+[[device]]
+name = "house"
+bus = "meters"
+driver = "dlt645"
+address = "000012345678"
+interval = "200ms"
+  [[device.point]]
+  name = "voltage"
+  di = "02010100"
+  [[device.point]]
+  name = "energy"
+  di = "00010000"
+[[device]]
+name = "heat"
+bus = "optical"
+driver = "iec62056"
+reaction_time = "20ms"
+interval = "200ms"
+  [[device.point]]
+  name = "import"
+  obis = "1.8.0"
+"""
+
+
+def test_any_drivers_bus_is_simulated_from_the_site_and_its_devices_take_faults(
+    simulated_bus: Callable[..., SimulatedBus], edge_agent: AgentRunner
+) -> None:
+    meters = simulated_bus(METER_SITE, "meters", {"house": {"voltage": 231.5, "energy": 1234.56}})
+    optical = simulated_bus(METER_SITE, "optical", {"heat": {"import": 12.345}})
+    edge_agent.start(METER_SITE, buses={"meters": meters, "optical": optical})
+    sample = edge_agent.wait_sample("house", "voltage", 231.5)
+    assert sample["values"]["energy"] == 1234.56
+    edge_agent.wait_sample("heat", "import", 12.345)
+    house = meters.device("house")  # the driver's own emulated meter, with its faults
+    house.bad_checksum = 2
+
+    def counted() -> bool:
+        return bool(edge_agent.status()["devices"]["house"]["errors"])
+
+    edge_agent.telemetry.wait_for(lambda _: counted(), timeout=20)
+    assert house.bad_checksum == 0  # both spoilt replies were sent, and read as such
+    before = len(edge_agent.telemetry.values("house", "voltage"))
+    edge_agent.telemetry.wait_for(
+        lambda t: len(t.values("house", "voltage")) > before, timeout=20
+    )  # and the meter is read again
+
+
+def test_a_simulated_bus_names_a_device_it_does_not_serve(
+    simulated_bus: Callable[..., SimulatedBus],
+) -> None:
+    meters = simulated_bus(METER_SITE, "meters")
+    assert Path(meters.address).exists()
+    with pytest.raises(KeyError, match=r"serves no device 'heat' \(devices: house\)"):
+        meters.device("heat")

@@ -16,6 +16,9 @@ Fixtures (all function-scoped; everything they start is stopped after the test):
 * ``modbus_slave``: ``modbus_slave(template=…, unit=1, kind="tcp")`` → a ``SimSlave`` alone on
   a bus of its own (``slave.bus.address``).
 * ``serial_sensor``: ``serial_sensor()`` → a started ``SerialSensor`` on a pseudo-terminal.
+* ``simulated_bus``: ``simulated_bus(site, "meters")`` → a started ``SimulatedBus``: the
+  devices of one bus of a site's configuration served by their driver's own simulation (SDI-12,
+  DL/T 645, IEC 62056-21, Modbus); ``bus.device(name)`` is the driver's emulated device.
 * ``edge_agent``: an ``AgentRunner``: ``edge_agent.start(config, buses={...})`` runs
   ``edge-agent run`` against ``mosquitto``.
 * ``kit_loop``: the background event loop the simulators live on (a ``KitLoop``).
@@ -25,20 +28,22 @@ Async test bodies run with ``agent.testkit.run(coro, timeout)``; pytest-asyncio 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
-    from agent.api import PointConfig
+    from agent.api import PointConfig, Value
+    from agent.config import Config
 
     from .aio import KitLoop
     from .broker import Broker
     from .modbus import BusKind, ModbusBus, SimSlave
     from .runner import AgentRunner
     from .sensor import SerialSensor
+    from .simulated import SimulatedBus
     from .telemetry import Telemetry
 
 
@@ -156,6 +161,36 @@ def serial_sensor(kit_loop: KitLoop, tmp_path: Path) -> Iterator[Callable[..., S
     yield make
     for sensor in reversed(sensors):
         sensor.stop()
+
+
+@pytest.fixture
+def simulated_bus(kit_loop: KitLoop, tmp_path: Path) -> Iterator[Callable[..., SimulatedBus]]:
+    """``simulated_bus(config, "meters", values=None)``: the devices a site's configuration
+    (TOML text, a file or a loaded ``Config``) puts on one bus, started and served by their
+    driver's own simulation, as ``edge-agent simulate`` serves them: SDI-12 sensors, DL/T 645
+    and IEC 62056-21 meters on a pseudo-terminal, Modbus slaves on a loopback port. Point the
+    agent at ``bus.address`` (``edge_agent.start(…, buses={"meters": bus})``);
+    ``bus.device(name)`` is the driver's emulated device, for its values and faults."""
+    from .simulated import SimulatedBus
+
+    buses: list[SimulatedBus] = []
+
+    def make(
+        config: Config | Path | str,
+        bus_name: str,
+        values: Mapping[str, Mapping[str, Value]] | None = None,
+    ) -> SimulatedBus:
+        if isinstance(config, str) and "\n" in config:  # TOML text, not a path
+            path = _directory(tmp_path, "simulated") / f"{bus_name}.toml"
+            path.write_text(config, encoding="utf-8")
+            config = path
+        bus = SimulatedBus(kit_loop, config, bus_name, values)
+        buses.append(bus)
+        return bus.start()
+
+    yield make
+    for bus in reversed(buses):
+        bus.stop()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from .broker import Broker
 from .modbus import ModbusBus
 from .process import AgentProcess
 from .sensor import SerialSensor
+from .simulated import SimulatedBus
 from .telemetry import Telemetry
 
 if sys.version_info >= (3, 11):
@@ -29,7 +30,7 @@ else:
     import tomli as tomllib
 
 #: What a bus may be pointed at: a simulated bus or sensor, a serial port path, or ``HOST:PORT``.
-BusTarget = ModbusBus | SerialSensor | str | Path
+BusTarget = ModbusBus | SerialSensor | SimulatedBus | str | Path
 
 _TCP_BUSES = ("modbus-tcp", "modbus-rtu-over-tcp")
 
@@ -68,7 +69,7 @@ def _point_bus(data: dict[str, Any], name: str, target: BusTarget) -> None:
     if bus is None:
         known = ", ".join(str(b.get("name")) for b in buses if isinstance(b, dict)) or "none"
         raise KeyError(f"the configuration has no bus {name!r} (buses: {known})")
-    if isinstance(target, ModbusBus):
+    if isinstance(target, ModbusBus | SimulatedBus):
         address = target.address
     elif isinstance(target, SerialSensor):
         address = target.path
