@@ -19,10 +19,12 @@ Device keys:
   it, the identification of the first readout is remembered and a different one is refused
   until the agent restarts.
 * ``line_timeout`` — how long to wait for the identification and for each part of the data
-  block (default: the bus ``timeout``; the standard lets a meter take 1.5 s to answer).
+  block (default: the standard's: a meter may take 1.5 s to answer, plus the identification's
+  time on the line; see ``identification_wait``).
 * ``reaction_time`` — the wait between the identification and the option select (default
   200 ms, the least reaction time the standard gives a meter).
-* ``readout_timeout`` — the longest a whole data block may take (default 120 s).
+* ``readout_timeout`` — the longest a whole data block may take (default: the largest block's
+  time at the readout speed, at least 120 s).
 * ``break_on_failure`` — after a readout that failed once the meter had answered, send the break
   (SOH B0 ETX BCC) so that the next sign-on finds it idle (default true).
 
@@ -72,7 +74,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BAUDRATE = 9600
 DEFAULT_REACTION_TIME = 0.2
+#: The least limit on a whole data block; a slow line gets the time its largest block takes.
 DEFAULT_READOUT_TIMEOUT = 120.0
+#: The longest a meter may take to start an answer, and to send its next character (the
+#: standard's 1500 ms): what the waits default to at least.
+REACTION_MAX = 1.5
+#: The longest identification line: "/XXXZ", a \W sequence, 16 characters of ident, CR LF.
+IDENTIFICATION_CHARS = 25
 #: The largest data block taken: a meter that never sends ETX cannot fill the memory.
 MAX_BLOCK = 65536
 POINT_TYPES = ("number", "string")
@@ -250,15 +258,18 @@ class Iec62056Driver(SerialDriver):
     async def _converse(self, device: DeviceConfig, check_meter: bool) -> Readout:
         self._line.discard_stale(0.0)  # a meter speaks only when asked: older bytes are noise
         await self._line.set_baudrate(self.bus.baudrate)
-        timeout = line_timeout(self.bus, device)
+        timeout = answer_wait(self.bus, device)
         address = str(device.options.get("address", ""))
-        await self._line.write(protocol.sign_on(address), time.monotonic() + timeout)
+        sign_on = protocol.sign_on(address)
+        await self._line.write(sign_on, time.monotonic() + timeout)
         try:
-            identification = await self._identification(address, timeout)
+            identification = await self._identification(
+                address, identification_wait(self.bus, device, len(sign_on))
+            )
             if check_meter:
                 self._check_meter(device, identification)
             rate = await self._select_speed(device, identification)
-            block = await self._data_block(device, timeout)
+            block = await self._data_block(device, timeout, rate)
             text = protocol.unframe_block(block)
         except _Silent:
             raise  # nobody answered: no session to end
@@ -282,13 +293,15 @@ class Iec62056Driver(SerialDriver):
                 line = _printable(await self._line.read_line(b"\n", deadline))
             except TimeoutError:
                 raise _Silent(
-                    f"no identification within {timeout:g}s of the sign-on {sent} on "
+                    f"no identification within {timeout:.3g}s of the sign-on {sent} on "
                     f"{self.bus.serial_port} (check the head's position or the wiring, "
                     "the address, and that the bus signs on at 300 baud)"
                 ) from None
             start = line.find("/")
             if start < 0 or sent in line:
                 continue
+            # From the first slash: a line with a second one is refused, as two meters
+            # answering at once make it (a slash of noise costs that one readout).
             return Identification.parse(line[start:])
 
     async def _select_speed(self, device: DeviceConfig, identification: Identification) -> int:
@@ -307,10 +320,10 @@ class Iec62056Driver(SerialDriver):
         await self._line.set_baudrate(rate)  # once the acknowledgement is out, as the standard says
         return rate
 
-    async def _data_block(self, device: DeviceConfig, timeout: float) -> bytes:
+    async def _data_block(self, device: DeviceConfig, timeout: float, rate: int) -> bytes:
         """``STX … ETX BCC``, waiting at most ``timeout`` for each part of it and
         ``readout_timeout`` for the whole; what comes before STX (an echo) is skipped."""
-        whole = float(device.options.get("readout_timeout", DEFAULT_READOUT_TIMEOUT))
+        whole = readout_wait(device, rate)
         end = time.monotonic() + whole
         received = bytearray()
         while True:
@@ -329,7 +342,12 @@ class Iec62056Driver(SerialDriver):
             try:
                 received += await self._line.read_bytes(deadline)
             except TimeoutError:
-                raise TimeoutError(_cut_short(received, start, etx, timeout, whole)) from None
+                if deadline == end:
+                    raise TimeoutError(
+                        f"the data block took longer than {whole:g}s in all (readout_timeout): "
+                        f"{len(received)} byte(s), no end (ETX) yet"
+                    ) from None
+                raise TimeoutError(_cut_short(received, start, etx, timeout)) from None
 
     async def _break(self, device: DeviceConfig) -> None:
         """The break, so that a meter left mid-readout is idle for the next sign-on."""
@@ -363,16 +381,48 @@ class Iec62056Driver(SerialDriver):
         return self.counters.setdefault(device.name, Counter())
 
 
-def _cut_short(received: bytearray, start: int, etx: int, timeout: float, whole: float) -> str:
+def _cut_short(received: bytearray, start: int, etx: int, timeout: float) -> str:
     if start < 0:
-        return f"no data block within {timeout:g}s of the identification (no STX)"
+        return (
+            f"no data block within {timeout:g}s of the option select (no STX): did the meter "
+            "switch to the speed it offered?"
+        )
     if etx < 0:
         size = len(received) - start
-        return (
-            f"data block truncated: {size} byte(s), then nothing for {timeout:g}s (or "
-            f"{whole:g}s in all) and no ETX"
-        )
+        return f"data block truncated: {size} byte(s), then nothing for {timeout:g}s and no ETX"
     return "data block truncated: ETX without its BCC"
+
+
+def wire_time(chars: int, baudrate: int) -> float:
+    """Seconds ``chars`` characters take on the line: 10 bits each (start, 7 data, parity,
+    stop)."""
+    return chars * 10 / baudrate
+
+
+def answer_wait(bus: BusConfig, device: DeviceConfig) -> float:
+    """How long to wait for a meter's next character: its ``line_timeout`` as configured, else
+    the bus timeout but at least the standard's reaction time."""
+    if "line_timeout" in device.options:
+        return line_timeout(bus, device)
+    return max(bus.timeout, REACTION_MAX)
+
+
+def identification_wait(bus: BusConfig, device: DeviceConfig, sent: int) -> float:
+    """How long the identification may take from the sign-on's write: its ``line_timeout`` as
+    configured, else the sign-on's time on the line, the meter's reaction, and the longest
+    identification's time on the line (at 300 baud, 2.6 s in all)."""
+    if "line_timeout" in device.options:
+        return line_timeout(bus, device)
+    rate = bus.baudrate
+    return wire_time(sent, rate) + answer_wait(bus, device) + wire_time(IDENTIFICATION_CHARS, rate)
+
+
+def readout_wait(device: DeviceConfig, rate: int) -> float:
+    """The longest a whole data block may take: its ``readout_timeout``, else at least the
+    time the largest block takes at ``rate`` (a heat meter at 300 baud needs minutes)."""
+    if "readout_timeout" in device.options:
+        return float(device.options["readout_timeout"])
+    return max(DEFAULT_READOUT_TIMEOUT, wire_time(MAX_BLOCK, rate))
 
 
 def point_value(point: PointConfig, data_sets: Sequence[DataSet]) -> Value:

@@ -110,9 +110,24 @@ def proposed_device(bus: BusConfig, found: Found, name: str) -> list[str]:
         point = _point_name(data_set.address, names)
         lines += ["  [[device.point]]", f"  name = {json.dumps(point)}"]
         lines.append(f"  obis = {json.dumps(data_set.address)}")
-        if unit:
+        if _text_like(data_set):
+            lines.append('  type = "string"                  # digits that are no quantity')
+        elif unit:
             lines.append(f"  unit = {json.dumps(unit)}")
     return lines
+
+
+#: OBIS codes of digits that are no quantity: identification numbers (C.1.0, 0.0.0…), the error
+#: register (F.F), the meter's clock (0.9.1, 0.9.2).
+_TEXT_CODES = re.compile(r"(?:.*:)?(?:C\.1\.\d|0\.0\.\d|F\.F|0\.9\.\d)(?:[*&].*)?")
+
+
+def _text_like(data_set: DataSet) -> bool:
+    """Whether a data set's digits are an identifier, a code or a time rather than a quantity:
+    published as a number, a serial number would lose its leading zeros."""
+    text, unit = data_set.values[0]
+    leading_zero = len(text) > 1 and text.startswith("0") and "." not in text
+    return not unit and (leading_zero or bool(_TEXT_CODES.fullmatch(data_set.address)))
 
 
 def _numeric_unit(data_set: DataSet) -> str | None:
