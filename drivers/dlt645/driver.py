@@ -28,6 +28,7 @@ a truncated frame) takes only that point, said in one line.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -63,6 +64,25 @@ class NoAnswer(Exception):
 
 class TruncatedReply(ProtocolError):
     """A reply that began and stopped before its end."""
+
+
+#: The line is quiet after this long without a byte (or ten characters' time, if longer).
+QUIET = 0.05
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
+
+
+def char_time(bus: BusConfig) -> float:
+    """How long one character takes on the bus's line: start bit, data, parity, stop bits."""
+    return (1 + bus.bytesize + (bus.parity != "N") + bus.stopbits) / bus.baudrate
+
+
+def quiet_time(bus: BusConfig) -> float:
+    return max(QUIET, 10 * char_time(bus))
+
+
+def line_text(bus: BusConfig) -> str:
+    """The bus's line settings as a technician writes them: ``2400 8E1``."""
+    return f"{bus.baudrate} {bus.bytesize}{bus.parity}{bus.stopbits}"
 
 
 def meter_address(value: Any) -> str:
@@ -131,7 +151,10 @@ class Dlt645Driver(SerialDriver):
         super().__init__(bus, context)
         #: Per device name: ``ok``, ``timeouts``, ``checksum``, ``abnormal``, ``wrong_address``,
         #: ``garbled`` replies (bad BCD, short or odd frames).
+        #: ``stray`` counts the frames passed over as no answer to the request they came after.
         self.counters: dict[str, Counter[str]] = {}
+        self._last_end = -float("inf")  # when the last transaction ended (time.monotonic)
+        self._unsettled = False  # the last request got no answer: the meter may still speak
 
     # --- abilities
 
@@ -203,7 +226,8 @@ class Dlt645Driver(SerialDriver):
     async def read_value(self, device: DeviceConfig, di: int, form: Format) -> int | float:
         """Read data (0x11) of ``di`` from the device's meter, decoded in ``form``."""
         asked = protocol.address_bytes(str(device.options["address"]))
-        reply = await self._ask(device, protocol.read_request(asked, di), asked, protocol.READ_DATA)
+        request = protocol.read_request(asked, di)
+        (reply,), _ = await self._ask(device, request, asked, protocol.READ_DATA, di, 4 + form.size)
         try:
             number = protocol.decode(protocol.value_bytes(reply, di, form.size), form)
         except ProtocolError:
@@ -214,9 +238,26 @@ class Dlt645Driver(SerialDriver):
 
     async def read_address(self, device: DeviceConfig) -> str:
         """Read address (0x13) to ``AA…AA``: the address of the one meter on the bus."""
-        reply = await self._ask(
+        (reply,), _ = await self._ask(
             device, protocol.read_address_request(), protocol.WILDCARD, protocol.READ_ADDRESS
         )
+        return self._address_in(device, reply)
+
+    async def read_addresses(self, device: DeviceConfig) -> tuple[list[str], int]:
+        """Read address (0x13) to ``AA…AA``, listening for the whole timeout: the address in
+        each whole reply heard, and how many other things came after the first (noise bytes,
+        spoilt or stray frames, a frame cut short). A second address, or anything else after
+        the first, is several meters answering."""
+        replies, other = await self._ask(
+            device,
+            protocol.read_address_request(),
+            protocol.WILDCARD,
+            protocol.READ_ADDRESS,
+            linger=True,
+        )
+        return [self._address_in(device, reply) for reply in replies], other
+
+    def _address_in(self, device: DeviceConfig, reply: protocol.Frame) -> str:
         if len(reply.data) != 6:
             self._counters(device)["garbled"] += 1
             raise ProtocolError(f"a read-address reply of {len(reply.data)} byte(s), not 6")
@@ -224,14 +265,25 @@ class Dlt645Driver(SerialDriver):
         return protocol.address_text(reply.data)
 
     async def _ask(
-        self, device: DeviceConfig, request: bytes, asked: bytes, function: int
-    ) -> protocol.Frame:
-        """One request and its reply, checked; a fault counted by its kind (the caller counts
-        ``ok`` once the value is decoded)."""
+        self,
+        device: DeviceConfig,
+        request: bytes,
+        asked: bytes,
+        function: int,
+        di: int | None = None,
+        data_size: int = 6,
+        *,
+        linger: bool = False,
+    ) -> tuple[list[protocol.Frame], int]:
+        """One request and its reply (with ``linger``, every reply heard until the deadline),
+        checked; a fault counted by its kind (the caller counts ``ok`` once the value is
+        decoded)."""
         counters = self._counters(device)
         try:
-            raw = await self._transact(request, line_timeout(self.bus, device))
-            reply = protocol.reply_to(raw, asked, function)
+            raws, other = await self._transact(
+                device, request, asked, function, di, data_size, linger
+            )
+            replies = [protocol.reply_to(raw, asked, function) for raw in raws]
         except NoAnswer:
             counters["timeouts"] += 1
             raise
@@ -247,36 +299,145 @@ class Dlt645Driver(SerialDriver):
         except ProtocolError:
             counters["garbled"] += 1
             raise
-        return reply
+        return replies, other
 
-    async def _transact(self, request: bytes, timeout: float) -> bytes:
-        """Send ``request``; the first frame back that is a reply (an adapter that hears its own
-        request gives that back first), within ``timeout``."""
+    async def _transact(
+        self,
+        device: DeviceConfig,
+        request: bytes,
+        asked: bytes,
+        function: int,
+        di: int | None,
+        data_size: int,
+        linger: bool,
+    ) -> tuple[list[bytes], int]:
+        """Send ``request``, after ``request_gap`` of silence (and, after a request that got no
+        answer, once the line is quiet); the first frame back that answers it: from the address
+        asked, a reply to its function and identifier. Other frames (an adapter that hears its
+        own request gives that back; a meter's late reply to an earlier request) are passed
+        over, a reply among them counted ``stray``. The wait is the device's timeout from when
+        the request has left, plus the reply's time on the wire.
+
+        With ``linger``, every answer until the deadline, and how many other things came after
+        the first; else the one answer, and 0."""
+        timeout = line_timeout(self.bus, device)
+        await self._settle(timeout)
+        await self._pace()
         self._line.discard_stale(0.0)  # a meter speaks only when asked: older bytes are noise
-        deadline = time.monotonic() + timeout
-        await self._line.write(request, deadline)
-        begun = bytearray()  # the frame under way, for a reply cut short
+        char = char_time(self.bus)
+        started = time.monotonic()
+        try:
+            await self._line.write(request, started + timeout)
+            sent = max(time.monotonic(), started + len(request) * char)
+            reply_size = len(protocol.PREAMBLE) + protocol.OVERHEAD + data_size
+            deadline = sent + timeout + reply_size * char
+            return await self._replies(device, asked, function, di, deadline, linger)
+        except BaseException:
+            self._unsettled = True  # no answer (or a cancelled wait): the meter may still speak
+            raise
+        finally:
+            self._last_end = time.monotonic()
 
-        def size(data: bytes) -> int | None:
-            found = protocol.frame_size(data)
-            begun[:] = data if found == 0 or (found and found > len(data)) else b""
-            return found
-
+    async def _replies(
+        self,
+        device: DeviceConfig,
+        asked: bytes,
+        function: int,
+        di: int | None,
+        deadline: float,
+        linger: bool,
+    ) -> tuple[list[bytes], int]:
+        """The frames answering the request until ``deadline`` (the first only, unless
+        ``linger``), and how many other things came after the first; when none, what came
+        instead raised."""
+        quiet = quiet_time(self.bus)
+        framer = protocol.Framer()
+        answers: list[bytes] = []
+        stray: list[ProtocolError] = []  # why each frame passed over is no answer
+        after = 0  # stray frames after the first answer
+        noise_before = 0  # the framer's noise count at the first answer
         while True:
+            now = time.monotonic()
+            spoilt = framer.spoilt is not None and not answers  # said once the line is quiet
+            if now >= deadline or (spoilt and now >= framer.heard + quiet):
+                break
+            # Woken each quiet interval at least, to see whether a spoilt frame came.
+            limit = min(deadline, (framer.heard if spoilt else now) + quiet)
             try:
-                raw = await self._line.read_frame(size, deadline)
+                raw = await self._line.read_frame(framer, limit)
             except TimeoutError:
-                if begun:
-                    raise TruncatedReply(
-                        f"a reply cut short: {len(begun)} byte(s) within {timeout:g}s: "
-                        f"{bytes(begun).hex(' ')}"
-                    ) from None
-                raise NoAnswer(
-                    f"no answer within {timeout:g}s on {self.bus.serial_port} (check the "
-                    "address, the wiring (A/B), 2400 8E1 and power)"
-                ) from None
-            if raw[8] & protocol.REPLY:
-                return raw
+                continue
+            if not raw[8] & protocol.REPLY:
+                continue  # a request: the adapter's echo of ours
+            wrong = self._passed_over(device, raw, asked, function, di)
+            if wrong is not None:
+                after += bool(answers)
+                stray.append(wrong)
+                continue
+            if not linger:
+                return [raw], 0
+            noise_before = noise_before if answers else framer.noise
+            answers.append(raw)
+        if answers:
+            return answers, after + framer.noise - noise_before + bool(framer.begun)
+        raise self._no_answer(line_timeout(self.bus, device), framer, stray)
+
+    def _passed_over(
+        self, device: DeviceConfig, raw: bytes, asked: bytes, function: int, di: int | None
+    ) -> ProtocolError | None:
+        """Why the valid reply ``raw`` is no answer to the request (counted ``stray``), or
+        None: it is one."""
+        wrong = protocol.mismatch(protocol.parse_frame(raw), asked, function, di)
+        if wrong is not None:
+            self._counters(device)["stray"] += 1
+            log.debug("bus %s: passed over a frame: %s: %s", self.bus.name, wrong, raw.hex(" "))
+        return wrong
+
+    def _no_answer(
+        self, timeout: float, framer: protocol.Framer, stray: list[ProtocolError]
+    ) -> Exception:
+        """What to say of a request no frame answered: a spoilt reply (a bad CS, no 16), else
+        one cut short, else a stray frame, else silence."""
+        if framer.spoilt is not None:
+            return framer.spoilt
+        if framer.begun:
+            return TruncatedReply(
+                f"a reply cut short: {len(framer.begun)} byte(s) within {timeout:g}s: "
+                f"{framer.begun.hex(' ')}"
+            )
+        if stray:
+            return stray[-1]
+        return NoAnswer(
+            f"no answer within {timeout:g}s on {self.bus.serial_port} (check the address, "
+            f"the wiring (A/B), the line ({line_text(self.bus)}) and power)"
+        )
+
+    async def _settle(self, timeout: float) -> None:
+        """After a request that got no answer, until the line is quiet (a meter may still be
+        sending: a request over it would be lost on a half-duplex pair), at most ``timeout``."""
+        if not self._unsettled:
+            return
+        self._unsettled = False
+        quiet = quiet_time(self.bus)
+        bound = time.monotonic() + timeout
+        heard = self._last_end
+        while (limit := min(heard + quiet, bound)) > time.monotonic():
+            try:
+                late = await self._line.read_bytes(limit)
+            except TimeoutError:
+                break
+            heard = time.monotonic()
+            log.debug(
+                "bus %s: %d byte(s) after the timeout: %s", self.bus.name, len(late), late.hex()
+            )
+        self._last_end = max(self._last_end, heard)
+
+    async def _pace(self) -> None:
+        """Until ``request_gap`` has passed since the last transaction ended."""
+        left = self._last_end + self.bus.request_gap - time.monotonic()
+        if left > 0:
+            # asyncio may fire a timer up to its clock's resolution early.
+            await asyncio.sleep(left + _CLOCK_RESOLUTION)
 
     def _counters(self, device: DeviceConfig) -> Counter[str]:
         return self.counters.setdefault(device.name, Counter())

@@ -3,10 +3,15 @@ and rigs.
 
 Each ``SimulatedMeter`` answers read data (0x11) for the identifiers it holds (0x91, or 0xB1
 when ``following`` is set), an abnormal 0xD1 "no requested data" for the others, and read
-address (0x13) to ``AA…AA`` (several meters answering at once collide: ``collided``). Each
-reply is prefixed with ``preamble`` FE bytes. Faults a test can set, each a count of the next
+address (0x13) to ``AA…AA`` (several meters answering at once collide: ``collided``; meters
+with different ``delay`` answer one after the other). Each reply is prefixed with ``preamble``
+FE bytes, begins ``delay`` seconds after the request, and takes ``byte_time`` seconds a byte
+(0: all at once; 11/2400 is a byte of 2400 8E1). The meters of a bus speak one at a time: a
+reply waits for the one before it to end. Faults a test can set, each a count of the next
 replies it spoils: ``bad_checksum``, ``wrong_address``, ``garble_bcd`` (a value nibble made
-0xA), ``truncate`` (the reply stops half-way); ``alive = False`` is a silent meter.
+0xA), ``truncate`` (the reply stops half-way), ``late`` (the reply comes ``late_by`` seconds
+later still: after the master gave up on it); ``noise`` is bytes sent before every reply (line
+noise); ``alive = False`` is a silent meter.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 import tty
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,11 +45,23 @@ class SimulatedMeter:
     wrong_address: int = 0
     garble_bcd: int = 0
     truncate: int = 0
+    late: int = 0
+    late_by: float = 0.0
+    delay: float = 0.0
+    byte_time: float = 0.0
+    noise: bytes = b""
     #: Every request heard, as (control code, identifier or None).
     heard: list[tuple[int, int | None]] = field(default_factory=list)
 
     def format_of(self, di: int) -> Format | None:
         return self.formats.get(di) or protocol.known_format(di)
+
+    def reply_delay(self) -> float:
+        """How long after the request the next reply begins (a ``late`` one: ``late_by`` more)."""
+        if self.late:
+            self.late -= 1
+            return self.delay + self.late_by
+        return self.delay
 
     def reply(self, request: protocol.Frame) -> bytes | None:
         """The frame that answers ``request`` (addressed to this meter), None for silence."""
@@ -77,7 +95,7 @@ class SimulatedMeter:
         if self.truncate:
             self.truncate -= 1
             del raw[len(raw) // 2 :]
-        return b"\xfe" * self.preamble + bytes(raw)
+        return self.noise + b"\xfe" * self.preamble + bytes(raw)
 
 
 def collided(answers: list[bytes]) -> bytes:
@@ -98,13 +116,19 @@ class Dlt645Bus:
         self.meters = list(meters)
         #: An adapter that hears its own request (half duplex): the request comes back first.
         self.echo = echo
+        #: When each request was heard (``time.monotonic``).
+        self.heard_at: list[float] = []
         self._heard = bytearray()
         self._fd = -1
+        #: Replies to send, in turn: (when to begin, the bytes, seconds a byte).
+        self._outbox: asyncio.Queue[tuple[float, bytes, float]] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Dlt645Bus:
         self._fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         tty.setraw(self._fd)
         asyncio.get_running_loop().add_reader(self._fd, self._readable)
+        self._sender = asyncio.create_task(self._send_replies())
         return self
 
     async def __aexit__(
@@ -114,6 +138,9 @@ class Dlt645Bus:
         tb: TracebackType | None,
     ) -> None:
         asyncio.get_running_loop().remove_reader(self._fd)
+        if self._sender is not None:
+            self._sender.cancel()
+            await asyncio.gather(self._sender, return_exceptions=True)
         os.close(self._fd)
 
     def meter(self, address: str) -> SimulatedMeter:
@@ -139,6 +166,8 @@ class Dlt645Bus:
     def _request(self, request: protocol.Frame) -> None:
         if request.control & protocol.REPLY:
             return  # another meter's reply, not a request
+        now = time.monotonic()
+        self.heard_at.append(now)
         addressed = [
             m
             for m in self.meters
@@ -146,9 +175,23 @@ class Dlt645Bus:
         ]
         if request.address == protocol.address_bytes(protocol.BROADCAST) or not addressed:
             return
-        answers = [a for m in addressed if (a := m.reply(request)) is not None]
-        if answers:
-            self._send(collided(answers))
+        answers = [(m.reply_delay(), m.byte_time, a) for m in addressed if (a := m.reply(request))]
+        # Meters answering after the same delay collide; the others speak in turn.
+        for delay in sorted({d for d, _, _ in answers}):
+            at_once = [(b, a) for d, b, a in answers if d == delay]
+            pace = max(b for b, _ in at_once)
+            self._outbox.put_nowait((now + delay, collided([a for _, a in at_once]), pace))
+
+    async def _send_replies(self) -> None:
+        while True:
+            when, data, byte_time = await self._outbox.get()
+            await asyncio.sleep(max(0.0, when - time.monotonic()))
+            if not byte_time:
+                self._send(data)
+                continue
+            for byte in data:
+                self._send(bytes([byte]))
+                await asyncio.sleep(byte_time)
 
     def _send(self, data: bytes) -> None:
         with contextlib.suppress(OSError):  # the agent's end closed: nobody to hear

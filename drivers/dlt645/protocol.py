@@ -11,6 +11,8 @@ reply 0x93).
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 START = 0x68
@@ -29,6 +31,9 @@ WILDCARD = bytes([0xAA] * 6)
 BROADCAST = "999999999999"
 #: Frame overhead: 68, six address bytes, 68, C, L, then CS and 16.
 OVERHEAD = 12
+#: The longest data field the standard allows (L <= 200 in a read reply): a larger L byte
+#: is no frame's.
+MAX_DATA = 200
 #: The error bits of an abnormal reply's one data byte (DL/T 645-2007, the error word).
 ERROR_BITS = (
     "other error",
@@ -218,9 +223,70 @@ def frame_size(data: bytes) -> int | None:
         return None
     if len(data) < OVERHEAD - 2:
         return 0
-    if data[7] != START:
+    if data[7] != START or data[9] > MAX_DATA:
         return None
     return OVERHEAD + data[9]
+
+
+def frame_problem(raw: bytes) -> ProtocolError | None:
+    """What is wrong with ``raw``, one whole frame as ``frame_size`` cut it: None when it
+    ends in 16 and its checksum holds."""
+    size = frame_size(raw)
+    if not size or len(raw) < size:
+        return ProtocolError(f"a short frame of {len(raw)} byte(s): {raw.hex(' ')}")
+    if raw[size - 1] != END:
+        return ProtocolError(f"the frame does not end in 16: {raw.hex(' ')}")
+    sent, computed = raw[size - 2], checksum(raw[: size - 2])
+    if sent != computed:
+        return ChecksumError(
+            f"checksum mismatch: CS {sent:02X}, the bytes sum to {computed:02X}: {raw.hex(' ')}"
+        )
+    return None
+
+
+def _valid_at(data: bytes, at: int) -> bool:
+    size = frame_size(data[at:])
+    if not size or len(data) - at < size:
+        return False
+    return frame_problem(data[at : at + size]) is None
+
+
+class Framer:
+    """``frame_size`` for ``LinePort.read_frame`` that cuts only valid frames and recovers
+    from a false start: a 68 in noise that looks like a frame's beginning.
+
+    A candidate that is complete but invalid (no 16 at its end, a bad CS) is given up one byte
+    further on (a frame may start inside it), and remembered in ``spoilt``: said when no valid
+    frame comes. A candidate still incomplete is given up too when a whole valid frame already
+    lies further in the buffer. ``begun`` is the candidate under way (a reply cut short when
+    the wait ends), ``noise`` counts the bytes dropped other than preamble FEs, ``heard`` is
+    when bytes were last looked at (by ``clock``)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.spoilt: ProtocolError | None = None
+        self.begun = b""
+        self.noise = 0
+        self.heard = clock()
+
+    def __call__(self, data: bytes) -> int | None:
+        self.heard = self.clock()
+        size = frame_size(data)
+        if size is not None and size and len(data) >= size:
+            problem = frame_problem(data[:size])
+            if problem is None:
+                self.begun = b""
+                return size
+            self.spoilt = problem
+            size = None
+        elif size is not None and any(_valid_at(data, at) for at in range(1, len(data))):
+            size = None  # a false start: a whole frame lies inside it
+        if size is None:
+            self.begun = b""
+            self.noise += data[0] != PREAMBLE[0]
+            return None
+        self.begun = data
+        return 0
 
 
 @dataclass(frozen=True)
@@ -234,33 +300,41 @@ class Frame:
 
 def parse_frame(raw: bytes) -> Frame:
     """``raw`` (one whole frame, as ``frame_size`` cut it) checked and taken apart."""
-    size = frame_size(raw)
-    if not size or len(raw) < size:
-        raise ProtocolError(f"a short frame of {len(raw)} byte(s): {raw.hex(' ')}")
-    if raw[size - 1] != END:
-        raise ProtocolError(f"the frame does not end in 16: {raw.hex(' ')}")
-    sent, computed = raw[size - 2], checksum(raw[: size - 2])
-    if sent != computed:
-        raise ChecksumError(
-            f"checksum mismatch: CS {sent:02X}, the bytes sum to {computed:02X}: {raw.hex(' ')}"
-        )
+    problem = frame_problem(raw)
+    if problem is not None:
+        raise problem
+    size = OVERHEAD + raw[9]
     data = bytes((b - 0x33) & 0xFF for b in raw[10 : size - 2])
     return Frame(raw[1:7], raw[8], data)
+
+
+def mismatch(
+    reply: Frame, asked: bytes, function: int, di: int | None = None
+) -> ProtocolError | None:
+    """Why ``reply`` is not the answer to the request of ``function`` (and identifier ``di``)
+    to ``asked``: from another address, a reply to another function or identifier; None when
+    it is (an abnormal reply, which echoes no identifier, answers any)."""
+    if not matches(reply.address, asked):
+        return AddressMismatch(
+            f"a reply from address {address_text(reply.address)}, "
+            f"not {address_text(asked)}: two meters with one address, or a stray frame"
+        )
+    if not reply.control & REPLY or reply.control & FUNCTION != function:
+        return ProtocolError(f"control code {reply.control:02X} is no reply to {function:02X}")
+    if di is not None and not reply.control & ABNORMAL and len(reply.data) >= 4:
+        echoed = int.from_bytes(reply.data[:4], "little")
+        if echoed != di:
+            return ProtocolError(f"a reply for identifier {di_text(echoed)}, not {di_text(di)}")
+    return None
 
 
 def reply_to(raw: bytes, asked: bytes, function: int) -> Frame:
     """The reply ``raw`` checked against the request: from the address asked, a reply to
     ``function``; ``AbnormalReply`` when the meter says it cannot answer."""
     reply = parse_frame(raw)
-    if not matches(reply.address, asked):
-        raise AddressMismatch(
-            f"a reply from address {address_text(reply.address)}, "
-            f"not {address_text(asked)}: two meters with one address, or a stray frame"
-        )
-    if not reply.control & REPLY or reply.control & FUNCTION != function:
-        raise ProtocolError(
-            f"control code {reply.control:02X} is no reply to {function:02X}: {raw.hex(' ')}"
-        )
+    wrong = mismatch(reply, asked, function)
+    if wrong is not None:
+        raise wrong
     if reply.control & ABNORMAL:
         if not reply.data:
             raise ProtocolError(f"an abnormal reply without its error byte: {raw.hex(' ')}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -24,7 +25,7 @@ from agent.testkit import run
 from agent.testkit.process import cli_async
 from drivers.dlt645 import Dlt645Driver
 from drivers.dlt645 import protocol as p
-from drivers.dlt645.driver import point_format
+from drivers.dlt645.driver import NoAnswer, point_format
 from drivers.dlt645.emulator import Dlt645Bus, SimulatedMeter
 from drivers.dlt645.scan import NO_METER, scan_dlt645_bus
 
@@ -156,12 +157,17 @@ def a_meter(address: str = ADDRESS, **faults: Any) -> SimulatedMeter:
 
 @asynccontextmanager
 async def wired(
-    meters: Sequence[SimulatedMeter], timeout: float = 0.3
+    meters: Sequence[SimulatedMeter], timeout: float = 0.3, request_gap: float = 0.0
 ) -> AsyncIterator[tuple[Dlt645Driver, Dlt645Bus]]:
     """A driver on one end of a cable, the meters on the other (parity N: a pty has none)."""
     async with PtyLink() as link:
         bus = BusConfig(
-            "meters", "serial", serial_port=link.paths[0], baudrate=2400, timeout=timeout
+            "meters",
+            "serial",
+            serial_port=link.paths[0],
+            baudrate=2400,
+            timeout=timeout,
+            request_gap=request_gap,
         )
         async with Dlt645Bus(link.paths[1], meters) as far, Dlt645Driver(bus) as driver:
             yield driver, far
@@ -249,6 +255,107 @@ def test_a_spoilt_reply_fails_its_point_only(fault: str, counter: str, message: 
     assert error.startswith(f"device house: voltage (DI 02010100): {message}")
     assert counters[counter] == 1
     assert counters["ok"] == 3
+
+
+def test_a_late_reply_is_passed_over_not_taken_for_the_next_answer() -> None:
+    """A meter that answers after the timeout: its reply arrives during the next request, and
+    is no answer to it (another identifier); every later point is still read."""
+    meter = a_meter(late=1, late_by=0.6)
+    device = meter_device("house", ADDRESS, METER_POINTS)
+    current = p.known_format(CURRENT) or p.Format(6, 3, True)
+
+    async def scenario() -> Any:
+        async with wired([meter], timeout=0.2) as (driver, _):
+            with pytest.raises(NoAnswer):
+                await driver.read_value(device, CURRENT, current)
+            return await driver.read(device), driver.counters["house"]
+
+    poll, counters = run(scenario(), timeout=10)
+    assert (poll.values, poll.errors) == (
+        {"voltage": 230.4, "current": -5.125, "power": -1178.2, "energy": 1234.56},
+        (),
+    )
+    assert (counters["timeouts"], counters["stray"], counters["ok"]) == (1, 1, 4)
+
+
+STRAY = p.frame(p.address_bytes("000000000001"), 0x91, bytes.fromhex("00010102") + b"\x01\x22")
+
+
+@pytest.mark.parametrize(
+    ("noise", "stray"),
+    [
+        (b"\x68" * 8, 0),  # false starts: 68 68 68 68 68 68 68 68 FE FE 68 ...
+        (b"\x68\x01\x02\x03\x04\x05\x06\x68\x91\x40", 0),  # one that claims 64 data bytes
+        (b"\x00\xff\x68\x12", 0),
+        (STRAY, 1),  # another meter's reply, from another address
+    ],
+    ids=["68s", "false-length", "bytes", "stray-frame"],
+)
+def test_noise_before_a_reply_is_passed_over(noise: bytes, stray: int) -> None:
+    poll, counters = poll_of(a_meter(noise=noise, preamble=2), METER_POINTS[:1])
+    assert (poll.values, poll.errors) == ({"voltage": 230.4}, ())
+    assert counters["stray"] == stray
+
+
+def cut(data: bytes) -> tuple[list[bytes], p.Framer]:
+    """The frames ``read_frame`` cuts out of ``data`` with a ``Framer``."""
+    framer, buffer, frames = p.Framer(), bytearray(data), []
+    while buffer:
+        size = framer(bytes(buffer))
+        if size is None:
+            del buffer[:1]
+        elif size and len(buffer) >= size:
+            frames.append(bytes(buffer[:size]))
+            del buffer[:size]
+        else:
+            break
+    return frames, framer
+
+
+def test_the_framer_resyncs_after_a_false_start() -> None:
+    good = hexbytes("68785634120000 68 9106 33343435 3455 D416")
+    # 68 … 68 with a length of 1: a whole candidate that does not end in 16, at offset 3.
+    assert cut(b"\x68" * 8 + b"\xfe\xfe" + good)[0] == [good]
+    # A candidate still incomplete (L = 0x20) with a whole frame inside it.
+    assert cut(hexbytes("68 010203040506 68 91 20") + good)[0] == [good]
+    # L above the standard's 200: no frame.
+    assert cut(hexbytes("68 010203040506 68 91 C9") + good)[0] == [good]
+    # A spoilt frame alone: nothing cut, the checksum said.
+    frames, framer = cut(good[:-2] + b"\xd5\x16")
+    assert frames == []
+    assert str(framer.spoilt).startswith("checksum mismatch: CS D5, the bytes sum to D4")
+    # A frame still arriving is waited for, not given up.
+    frames, framer = cut(good[:-3])
+    assert (frames, framer.begun) == ([], good[:-3])
+
+
+def test_a_slow_meter_within_the_standards_timing_is_read() -> None:
+    """The wait counts from when the request has left, plus the reply's time on the wire: a
+    meter that begins just before the timeout at 2400 baud ends well after it."""
+    meter = a_meter(delay=0.18, byte_time=11 / 2400)
+    device = meter_device("house", ADDRESS, METER_POINTS[:2])
+
+    async def scenario() -> Any:
+        async with wired([meter], timeout=0.2) as (driver, _):
+            return await driver.read(device)
+
+    poll = run(scenario(), timeout=10)
+    assert (poll.values, poll.errors) == ({"voltage": 230.4, "current": -5.125}, ())
+
+
+def test_the_request_gap_is_kept_between_requests() -> None:
+    device = meter_device("house", ADDRESS, METER_POINTS)
+    gap = 0.1
+
+    async def scenario() -> list[float]:
+        async with wired([a_meter()], request_gap=gap) as (driver, far):
+            await driver.read(device)
+            await driver.read(device)
+            return far.heard_at
+
+    heard = run(scenario(), timeout=10)
+    assert len(heard) == 8
+    assert min(b - a for a, b in itertools.pairwise(heard)) >= gap
 
 
 def test_an_identifier_the_meter_lacks_is_its_abnormal_reply_named() -> None:
