@@ -27,7 +27,7 @@ from drivers.dlt645 import Dlt645Driver
 from drivers.dlt645 import protocol as p
 from drivers.dlt645.driver import NoAnswer, point_format
 from drivers.dlt645.emulator import Dlt645Bus, SimulatedMeter
-from drivers.dlt645.scan import NO_METER, scan_dlt645_bus
+from drivers.dlt645.scan import NO_METER, SEVERAL, scan_dlt645_bus
 
 ADDRESS = "000012345678"
 VOLTAGE, CURRENT, ENERGY, POWER, FREQUENCY = (
@@ -625,16 +625,28 @@ def test_the_templates_hold_known_identifiers_only(tmp_path: Path) -> None:
 
 
 def scan_output(
-    meters: Sequence[SimulatedMeter], configured: list[str], targets: str = ""
+    meters: Sequence[SimulatedMeter],
+    configured: list[str],
+    targets: str = "",
+    timeout: float = 0.3,
+    request_gap: float = 0.0,
+    heard_at: list[float] | None = None,
 ) -> tuple[list[str], str]:
     out = io.StringIO()
 
     async def scenario() -> list[str]:
-        async with PtyLink() as link, Dlt645Bus(link.paths[1], meters):
+        async with PtyLink() as link, Dlt645Bus(link.paths[1], meters) as far:
             bus = BusConfig(
-                "meters", "serial", serial_port=link.paths[0], baudrate=2400, timeout=0.3
+                "meters",
+                "serial",
+                serial_port=link.paths[0],
+                baudrate=2400,
+                timeout=timeout,
+                request_gap=request_gap,
             )
-            return await scan_dlt645_bus(bus, configured, targets, out)
+            found = await scan_dlt645_bus(bus, configured, targets, out)
+            (heard_at if heard_at is not None else []).extend(far.heard_at)
+            return found
 
     found = run(scenario(), timeout=15)
     return found, out.getvalue()
@@ -673,10 +685,43 @@ def test_several_meters_collide_on_read_address_and_are_found_by_address() -> No
     assert 'template = "dlt645-single-phase"' in printed
 
 
+def test_two_meters_answering_read_address_one_after_the_other_are_both_found() -> None:
+    """The second reply comes after the first: the scan listens the whole timeout, says
+    several meters, and probes each address it heard."""
+    late = a_meter("210407000456", delay=0.1)
+    found, printed = scan_output([a_meter(), late], [])
+    assert found == [ADDRESS, "210407000456"]
+    assert printed.splitlines()[1] == (
+        f"read address: a reply from {ADDRESS}, 210407000456: several meters on the bus: "
+        "probe by address"
+    )
+    assert "alone" not in printed
+
+
+def test_a_collision_without_addresses_to_probe_does_not_end_in_no_meter() -> None:
+    found, printed = scan_output([a_meter(), a_meter("210407000456")], [])
+    assert found == []
+    assert "(several meters answering at once?): probe by address" in printed
+    assert printed.splitlines()[-1] == SEVERAL
+    assert "no DL/T 645 meter answered" not in printed
+
+
+def test_a_scan_waits_the_bus_timeout_for_a_slow_meter_and_keeps_the_request_gap() -> None:
+    heard: list[float] = []
+    slow = a_meter(delay=0.55, byte_time=11 / 2400)
+    found, printed = scan_output([slow], [], timeout=0.6, request_gap=0.1, heard_at=heard)
+    assert found == [ADDRESS]
+    assert f"read address: the meter alone on the bus is {ADDRESS}" in printed
+    assert "up to 0.6 s each" in printed.splitlines()[0]
+    assert len(heard) == 3  # read address, total energy, phase B voltage
+    assert min(b - a for a, b in itertools.pairwise(heard)) >= 0.1
+
+
 def test_a_scan_of_an_empty_bus_says_what_to_check() -> None:
     found, printed = scan_output([a_meter(alive=False)], [ADDRESS])
     assert found == []
-    assert printed.splitlines()[-1] == NO_METER
+    assert printed.splitlines()[-1] == NO_METER.format(line="2400 8N1")
+    assert "(this bus: 2400 8N1; the standard's default is 2400 8E1)" in printed
 
 
 def test_a_scan_refuses_a_bad_target_address() -> None:
