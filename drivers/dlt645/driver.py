@@ -21,9 +21,14 @@ Point keys:
   a known identifier, even when the point gives its format, else false).
 
 ``scale`` and ``offset`` apply as everywhere. A poll reads each point's identifier (0x11) once.
-A meter that does not answer its first request fails the poll at once, so a silent meter holds
-the bus for one timeout; any other fault (checksum, abnormal reply, wrong address, garbled BCD,
-a truncated frame) takes only that point, said in one line.
+A reply is the answer only if it comes from the address asked and echoes the request's
+function and identifier; other frames (a late reply to an earlier request) are passed over
+until the deadline: the timeout from when the request has left, plus the reply's time on the
+wire. After a request that got no answer, the next waits for the line to be quiet; the bus's
+``request_gap`` is kept between requests. A meter that does not answer its first request fails
+the poll at once, so a silent meter holds the bus for one timeout; any other fault (checksum,
+abnormal reply, wrong address, garbled BCD, a truncated frame) takes only that point, said in
+one line.
 """
 
 from __future__ import annotations
