@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -467,3 +468,16 @@ def test_a_simulated_bus_names_a_device_it_does_not_serve(
     assert Path(meters.address).exists()
     with pytest.raises(KeyError, match=r"serves no device 'heat' \(devices: house\)"):
         meters.device("heat")
+
+
+def test_a_broker_whose_port_another_process_holds_does_not_pass_for_started(
+    tmp_path: Path,
+) -> None:
+    """Something else listening there would answer a connection test: the broker must say it
+    runs itself."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        broker = Broker(tmp_path, port=holder.getsockname()[1])
+        with pytest.raises(TimeoutError, match="Address already in use"):
+            broker.start()

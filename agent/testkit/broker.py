@@ -13,6 +13,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -93,19 +94,35 @@ class Broker:
             + "persistence true\n"  # sessions survive a restart, as on a production broker
             f"persistence_location {self.workdir}/\n"
             f"log_dest file {self.log}\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
+            # information: "running" once every listener is open, which start() waits for
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             "connection_messages true\n"  # a refused client is a line: tests count attempts
         )
+        before = len(self.log_text())
         self._process = subprocess.Popen(
             [self.binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         try:
+            self._wait_running(before)
             wait_listening(self.host, self.port)
             if self.secure_port is not None:
                 wait_listening(self.host, self.secure_port)
         except TimeoutError:
             self.stop()
             raise TimeoutError(f"mosquitto did not start:\n{self.log_text()}") from None
+
+    def _wait_running(self, log_start: int, timeout: float = 10.0) -> None:
+        """Until this mosquitto says it runs: something else listening on its port (another
+        test's broker) must not pass for it, as a connection test alone would let it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            said = self.log_text()[log_start:]
+            if " running" in said:
+                return
+            exited = self._process is not None and self._process.poll() is not None
+            if exited or "Error:" in said or time.monotonic() > deadline:
+                raise TimeoutError("mosquitto did not say it runs")
+            time.sleep(0.02)  # another process's log: no event to await
 
     def _acl(self) -> str:
         if not self.deny and not self.deny_patterns:
