@@ -410,7 +410,7 @@ def answer_wait(bus: BusConfig, device: DeviceConfig) -> float:
 def identification_wait(bus: BusConfig, device: DeviceConfig, sent: int) -> float:
     """How long the identification may take from the sign-on's write: its ``line_timeout`` as
     configured, else the sign-on's time on the line, the meter's reaction, and the longest
-    identification's time on the line (at 300 baud, 2.6 s in all)."""
+    identification's time on the line (at 300 baud, 2.5 s for a sign-on without an address)."""
     if "line_timeout" in device.options:
         return line_timeout(bus, device)
     rate = bus.baudrate
