@@ -32,6 +32,7 @@ from .mqtt_limits import (
 from .sections import Problems, Section
 from .source import SourceFile, TomlSyntaxError, read_toml
 from .types import AgentSection, BufferSection, Config
+from .web import load_web
 
 
 class _HasName(Protocol):
@@ -42,7 +43,7 @@ class _HasName(Protocol):
 _Named = TypeVar("_Named", bound=_HasName)
 
 DEFAULT_INTERVAL = 10.0
-_TOP_LEVEL = ("agent", "buffer", "mqtt", "bus", "device", "template")
+_TOP_LEVEL = ("agent", "buffer", "mqtt", "web", "bus", "device", "template")
 _INCLUDED_TOP_LEVEL = ("bus", "device", "template")
 #: The driver whose points a ``[[template]]`` holds when it names none: templates began as
 #: Modbus register maps, and a configuration written then must keep its meaning.
@@ -93,6 +94,7 @@ class _Loader:
         agent = self._agent(root)
         buffer = self._buffer(root)
         mqtt = MqttTable(self._relative).load(self._table(root, "mqtt"), agent.id)
+        web = load_web(self._table(root, "web"), self._relative)
         files = [root, *self._includes(agent)]
         buses = [b for f in files for b in self._buses(f)]
         user_templates = [t for f in files for t in self._templates(f, self._first_tables)]
@@ -105,7 +107,7 @@ class _Loader:
         shipped = [t for found in self._shipped.values() for t in found]
         templates = ({t.name: t for t in shipped} | {t.name: t for t in user_templates}).values()
         return Config(
-            self.path, agent, buffer, mqtt, tuple(buses), tuple(devices), tuple(templates)
+            self.path, agent, buffer, mqtt, tuple(buses), tuple(devices), tuple(templates), web
         )
 
     def _read(self, path: Path) -> SourceFile | None:

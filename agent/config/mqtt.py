@@ -140,7 +140,7 @@ class MqttTable:
             s.problem(
                 secret_key, "is ignored without a username: set [mqtt] username", warning=True
             )
-        elif has_password and not tls and not _loopback(host):
+        elif has_password and not tls and not loopback_host(host):
             s.problem(
                 secret_key,
                 f"the password crosses the network in clear text to {host} over mqtt://: "
@@ -296,7 +296,7 @@ def _host_encodable(host: str) -> bool:
     return True
 
 
-def _loopback(host: str) -> bool:
+def loopback_host(host: str) -> bool:
     """A broker on this gateway (a local bridge): what goes to it never crosses the network."""
     if host == "localhost":
         return True

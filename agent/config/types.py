@@ -34,6 +34,19 @@ class BufferSection:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSection:
+    """``[web]``: the technician's page and its JSON API, served by the agent (off by default)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: HTTP Basic's password, from ``password_file``; None: loopback only, read only.
+    password: str | None = field(default=None, repr=False)  # never printed
+    allow_writes: bool = False
+    max_clients: int = 8
+
+
+@dataclass(frozen=True, slots=True)
 class MqttSection:
     host: str = "localhost"
     port: int = 1883
@@ -86,6 +99,7 @@ class Config:
     buses: tuple[BusConfig, ...] = ()
     devices: tuple[DeviceConfig, ...] = ()
     templates: tuple[TemplateConfig, ...] = ()
+    web: WebSection = field(default_factory=WebSection)
 
     def bus(self, name: str) -> BusConfig:
         return next(b for b in self.buses if b.name == name)

@@ -30,6 +30,7 @@ from .lock import data_dir_lock
 from .logs import flush_suppressed
 from .status import StatusServer, status_path
 from .systemd import notify, watchdog_interval
+from .web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,10 @@ class Agent:
         )
         stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
-            async with StatusServer(status_path(self.config.agent.data_dir), self.status_snapshot):
+            async with (
+                StatusServer(status_path(self.config.agent.data_dir), self.status_snapshot),
+                WebServer(self.config.web, self.status_snapshot),
+            ):
                 # Workers run until cancelled; one that ends early has failed and stops the
                 # agent. (Pollers never end: a bus's failures, even a driver's bugs, are retried.)
                 done, _ = await asyncio.wait(

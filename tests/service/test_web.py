@@ -1,0 +1,210 @@
+"""[web]: the configuration's checks, and the JSON API served by a running agent from the state
+`edge-agent status` reads, with its limits (password, size, clients, methods)."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import load_config
+from agent.errors import ConfigError
+from agent.testkit.modbus import ModbusBus
+from agent.testkit.net import free_port
+from agent.testkit.runner import AgentRunner
+from drivers.modbus.schema import ModbusPoint
+
+SECRET = "pump-house-7"
+SITE = """
+[agent]
+id = "kit"
+[mqtt]
+topic_prefix = "t"
+batch_interval = "100ms"
+[[bus]]
+name = "plc"
+type = "modbus-tcp"
+host = "192.0.2.1"
+timeout = "300ms"
+[[device]]
+name = "tank"
+bus = "plc"
+unit = 3
+interval = "200ms"
+  [[device.point]]
+  name = "level"
+  address = 0
+"""
+
+
+def problems(tmp_path: Path, web: str, files: dict[str, str] | None = None) -> list[str]:
+    for name, text in (files or {}).items():
+        (tmp_path / name).write_text(text)
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[agent]\nid = "gw"\ndata_dir = "data"\n[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n'
+        + textwrap.dedent(web)
+        + '[[device]]\nname = "gw"\ndriver = "system"\n  [[device.point]]\n  name = "load"\n'
+        '  metric = "load1"\n'
+    )
+    try:
+        load_config(path, environ={})
+    except ConfigError as exc:
+        return [str(p).split(": ", 1)[1] for p in exc.problems]
+    return []
+
+
+@pytest.mark.parametrize(
+    ("web", "said"),
+    [
+        (
+            '[web]\nenabled = true\nlisten = "0.0.0.0:8080"\n',
+            "web.listen: 0.0.0.0:8080 can be reached from the network: set [web] password_file "
+            "(a file holding the page's password), or listen on 127.0.0.1",
+        ),
+        (
+            "[web]\nenabled = true\nallow_writes = true\n",
+            "web.allow_writes: needs [web] password_file: no write without the password",
+        ),
+        (
+            '[web]\nlisten = "8080"\n',
+            'web.listen: "8080" is not HOST:PORT: write e.g. "127.0.0.1:8080"',
+        ),
+        (
+            '[web]\npassword_file = "none.txt"\n',
+            "web.password_file: cannot read none.txt: No such file or directory",
+        ),
+        (
+            '[web]\npassword_file = "empty.txt"\n',
+            "web.password_file: empty.txt is empty: write the page's password in it",
+        ),
+    ],
+)
+def test_a_mistake_in_web_is_one_line_at_its_key(tmp_path: Path, web: str, said: str) -> None:
+    assert problems(tmp_path, web, {"empty.txt": "\n"}) == [said]
+
+
+def test_the_page_listens_on_the_network_only_with_a_password(tmp_path: Path) -> None:
+    web = '[web]\nenabled = true\nlisten = "0.0.0.0:8080"\npassword_file = "web.pw"\n'
+    assert problems(tmp_path, web, {"web.pw": SECRET + "\n"}) == []
+    config = load_config(tmp_path / "site.toml", environ={})[0]
+    assert (config.web.host, config.web.port, config.web.password) == ("0.0.0.0", 8080, SECRET)
+    assert SECRET not in repr(config.web)
+
+
+def get(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, Any, dict[str, str]]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read()), dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+def basic(password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"tech:{password}".encode()).decode()}
+
+
+def started(
+    edge_agent: AgentRunner,
+    modbus_bus: Callable[..., ModbusBus],
+    tmp_path: Path,
+    **web: object,
+) -> tuple[int, Any]:
+    bus = modbus_bus("tcp")
+    tank = bus.add(3, points=[ModbusPoint("level", address=0)])
+    tank.set("level", 42)
+    port = free_port()
+    edge_agent.start(
+        SITE,
+        buses={"plc": bus},
+        overrides={"web": {"enabled": True, "listen": f"127.0.0.1:{port}", **web}},
+    )
+    edge_agent.wait_sample("tank", "level", 42)
+    return port, tank
+
+
+def test_the_api_serves_what_status_shows(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], tmp_path: Path
+) -> None:
+    port, tank = started(edge_agent, modbus_bus, tmp_path)
+    status, body, headers = get(port, "/api/status")
+    assert status == 200
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert body.keys() == edge_agent.status().keys()
+    assert body["devices"]["tank"]["state"] == "ok"
+    tank.set("level", 43)
+    edge_agent.wait_sample("tank", "level", 43)
+    status, device, _ = get(port, "/api/devices/tank")
+    assert status == 200
+    assert device["name"] == "tank"
+    assert device["state"] == "ok"
+    status, missing, _ = get(port, "/api/devices/pump")
+    assert (status, missing) == (404, {"error": "no device 'pump'", "devices": ["tank"]})
+    assert get(port, "/nothing")[0] == 404
+
+
+def test_with_a_password_every_request_needs_it_and_it_is_never_logged(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], tmp_path: Path
+) -> None:
+    secret = tmp_path / "web.pw"
+    secret.write_text(SECRET + "\n")
+    port, _ = started(edge_agent, modbus_bus, tmp_path, password_file=str(secret))
+    status, _, headers = get(port, "/api/status")
+    assert status == 401
+    assert headers["WWW-Authenticate"].startswith("Basic ")
+    assert get(port, "/api/status", basic("wrong"))[0] == 401
+    assert get(port, "/api/status", {"Authorization": "Basic !!!"})[0] == 401
+    assert get(port, "/api/status", basic(SECRET))[0] == 200
+    assert SECRET not in edge_agent.log
+
+
+def raw(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_requests_are_bounded_and_read_only(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], tmp_path: Path
+) -> None:
+    port, _ = started(edge_agent, modbus_bus, tmp_path, max_clients=2)
+    huge = b"GET /api/status HTTP/1.1\r\nX-Filler: " + b"x" * 20000 + b"\r\n\r\n"
+    assert raw(port, huge).startswith(b"HTTP/1.1 431 ")
+    assert raw(port, b"POST /api/status HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405 ")
+    assert raw(port, b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    # two clients that never send their request hold both places: a third is turned away
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            answer = raw(port, b"GET /api/status HTTP/1.1\r\n\r\n")
+            if answer.startswith(b"HTTP/1.1 503 ") or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # the idle ones are accepted by the agent's loop meanwhile
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        # and the agent polls on meanwhile
+        before = len(edge_agent.samples())
+        edge_agent.telemetry.wait_for(lambda t: len(edge_agent.samples()) > before, timeout=10)
+    finally:
+        for sock in idle:
+            sock.close()
+    # their places come free once the agent sees them gone
+    deadline = time.monotonic() + 10
+    while (status := get(port, "/api/status")[0]) != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the agent's loop notices the closed connections meanwhile
+    assert status == 200
