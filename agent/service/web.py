@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 8192
 READ_TIMEOUT = 10.0
 WRITE_TIMEOUT = 10.0
+#: What is read of a request left unread before its connection closes, and how long for.
+UNREAD_LIMIT = 65536
+UNREAD_WAIT = 1.0
 
 Snapshot = Callable[[], dict[str, Any]]
 
@@ -92,12 +95,12 @@ class WebServer:
         task = asyncio.current_task()
         assert task is not None
         if len(self._clients) >= self.section.max_clients:
-            await _send(writer, 503, {"error": "too many clients: close another page"})
+            await _send(reader, writer, 503, {"error": "too many clients: close another page"})
             return
         self._clients.add(task)
         try:
             status, body = await self._answer(reader)
-            await _send(writer, status, body, self._challenge(status))
+            await _send(reader, writer, status, body, self._challenge(status))
         finally:
             self._clients.discard(task)
 
@@ -158,12 +161,16 @@ class WebServer:
 
 
 async def _send(
+    reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     status: int,
     body: dict[str, Any],
     headers: dict[str, str] | None = None,
 ) -> None:
-    """The answer, then the connection closed: a client that stops reading is dropped."""
+    """The answer, then the connection closed: a client that stops reading is dropped. What the
+    client sent and was not read (a request refused unread, the rest of one too long) is taken
+    and dropped first, briefly: closed with it unread, the connection would be reset, and the
+    client could lose the answer."""
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     head = [
         f"HTTP/1.1 {status} {_REASONS.get(status, '')}",
@@ -177,6 +184,9 @@ async def _send(
     try:
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
         await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+        if writer.can_write_eof():
+            writer.write_eof()
+        await asyncio.wait_for(reader.read(UNREAD_LIMIT), UNREAD_WAIT)
     except (ConnectionError, asyncio.TimeoutError):
         pass  # a browser gone or stuck: its loss
     finally:
