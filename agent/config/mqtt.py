@@ -186,18 +186,8 @@ class MqttTable:
         """The password in ``file``; None, said as a warning, when the file is empty (the
         installer leaves an empty one for a broker that takes no password). No message shows
         any of its content."""
-        try:
-            content = self._relative(file).read_bytes()
-        except OSError as exc:
-            s.problem("password_file", f"cannot read {file}: {exc.strerror or exc}")
-            return None
-        try:
-            secret = content.decode("utf-8").strip()
-        except UnicodeDecodeError:  # its message would quote the bytes around the fault
-            s.problem(
-                "password_file",
-                f"{file} is not UTF-8 text (its content is not shown): write the password in UTF-8",
-            )
+        secret = read_password_file(s, self._relative(file), file)
+        if secret is None:
             return None
         if not secret:
             s.problem(
@@ -205,6 +195,24 @@ class MqttTable:
             )
             return None
         return secret if s.report("password_file", password_problems(secret)) else None
+
+
+def read_password_file(s: Section, path: Path, file: str) -> str | None:
+    """The text of a ``password_file`` at ``path`` (written ``file``), stripped; None after
+    saying at ``password_file`` why it cannot be read. No message shows any of its content."""
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        s.problem("password_file", f"cannot read {file}: {exc.strerror or exc}")
+        return None
+    try:
+        return content.decode("utf-8").strip()
+    except UnicodeDecodeError:  # its message would quote the bytes around the fault
+        s.problem(
+            "password_file",
+            f"{file} is not UTF-8 text (its content is not shown): write the password in UTF-8",
+        )
+        return None
 
 
 def _protocol(value: object) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..api import keys as conv
-from .mqtt import loopback_host
+from .mqtt import loopback_host, read_password_file
 from .sections import Section
 from .types import WebSection
 
@@ -67,18 +67,9 @@ def _is_ip(host: str) -> bool:
 
 
 def _password(s: Section, relative: Callable[[str], Path], file: str) -> str | None:
-    """The page's password, the first line of ``file``; no message shows any of it."""
-    try:
-        content = relative(file).read_bytes()
-    except OSError as exc:
-        s.problem("password_file", f"cannot read {file}: {exc.strerror or exc}")
-        return None
-    try:
-        secret = content.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        s.problem("password_file", f"{file} is not UTF-8 text (its content is not shown)")
-        return None
-    if not secret:
+    """The page's password from ``file``; no message shows any of it."""
+    secret = read_password_file(s, relative(file), file)
+    if secret == "":
         s.problem("password_file", f"{file} is empty: write the page's password in it")
         return None
     return secret
