@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up what edge-agent needs on a Debian / Raspberry Pi OS machine, idempotently: system
-# packages (Mosquitto, venv; through scripts/apt-install.sh, which starts and enables no daemon)
-# and a virtual environment per Python in .venv/<version>, with edge-agent installed editable.
+# packages (Mosquitto, venv, and for tests a headless Chromium; through scripts/apt-install.sh,
+# which starts and enables no daemon) and a virtual environment per Python in .venv/<version>, with edge-agent installed editable.
 # Usage: scripts/setup.sh [--for test|demo] [PYTHON...]   (default: --for test, the system python3)
 #   --for test   also the test tools (pytest, hypothesis, ruff, mypy, build)
 #   --for demo   the agent alone, and mosquitto_sub to watch what it publishes
@@ -24,6 +24,10 @@ need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 if [ "$purpose" = demo ]; then
   command -v mosquitto_sub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+fi
+if [ "$purpose" = test ]; then  # the technician's page is tested in a real browser
+  command -v chromium-headless-shell >/dev/null 2>&1 || command -v chromium >/dev/null 2>&1 ||
+    need_apt+=(chromium-headless-shell)
 fi
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)

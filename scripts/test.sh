@@ -69,4 +69,7 @@ for venv in "${venvs[@]}"; do
   fi
   [ "$code" -eq 0 ] || status=$code
 done
+if [ -d build/artefacts ]; then
+  echo "test: screenshots of the technician's page under build/artefacts/" >&2
+fi
 exit "$status"

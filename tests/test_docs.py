@@ -56,6 +56,9 @@ def loads(tmp_path: Path, text: str) -> str:
     """The problems of ``text`` as a configuration, one per line ('' when it loads)."""
     path = tmp_path / "config.toml"
     path.write_text(whole(text, tmp_path / "data"), encoding="utf-8")
+    # a password file the example names beside it holds a password, as it would on site
+    for name in re.findall(r'^password_file = "([^"/$]+)"', text, re.M):
+        (tmp_path / name).write_text("secret\n", encoding="utf-8")
     try:
         load_config(path, ENV)
     except ConfigError as exc:

@@ -102,6 +102,8 @@ def _device(poller: BusPoller, name: str) -> dict[str, Any]:
     }
     if health.missing:
         report["missing"] = list(health.missing)
+    if health.last_values:
+        report["values"] = dict(health.last_values)
     if health.last_error:
         report["last_error"] = health.last_error
     if health.backoff:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -26,11 +27,13 @@ from ..registry import bus_driver, load_driver
 from ..store.buffer import open_buffer
 from ..uplink.commands import Commands, shown
 from ..uplink.telemetry import Uplink
+from .history import History
 from .lock import data_dir_lock
-from .logs import flush_suppressed
+from .logs import RecentLines, flush_suppressed
+from .page import device_detail, device_history
 from .status import StatusServer, status_path
 from .systemd import notify, watchdog_interval
-from .web import WebServer
+from .web import Sources, WebServer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,10 @@ class Agent:
         #: Commands being carried out, owned here: cancelled at stop.
         self._command_tasks: set[asyncio.Task[None]] = set()
         self.reports = {d.name: ReportFilter.for_device(d) for d in config.devices}
+        #: Each point's last hour, for the technician's page: kept only while it is served.
+        self.history = History() if config.web.enabled else None
+        #: The recent log lines, for the page: kept from the start (its first lines say most).
+        self.recent = RecentLines()
         self.pollers = build_pollers(config, self._store, self.clock)
         self._started_mono = self.clock.monotonic()
         #: Each poller's task, owned here: started in ``run``, replaced on reload, cancelled at
@@ -112,6 +119,8 @@ class Agent:
 
     def _store(self, device: str, ts: int, mono: float, values: Mapping[str, Value]) -> None:
         """A poll's values, less what report-by-exception holds back, become a sample."""
+        if self.history is not None:  # the page plots every value read, sent or not
+            self.history.add(device, ts, values)
         worth_sending = self.reports[device].apply(values, mono)
         if not worth_sending:  # a poll that leaves nothing to send makes no sample (and no id)
             return
@@ -123,7 +132,9 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then stop polling, commit the buffer and go offline."""
-        with data_dir_lock(self.config.agent.data_dir):
+        with data_dir_lock(self.config.agent.data_dir), contextlib.ExitStack() as kept:
+            if self.config.web.enabled:
+                kept.enter_context(self.recent)
             await self._run(stop)
 
     async def _run(self, stop: asyncio.Event) -> None:
@@ -151,7 +162,7 @@ class Agent:
         try:
             async with (
                 StatusServer(status_path(self.config.agent.data_dir), self.status_snapshot),
-                WebServer(self.config.web, self.status_snapshot),
+                WebServer(self.config.web, self._page_sources()),
             ):
                 # Workers run until cancelled; one that ends early has failed and stops the
                 # agent. (Pollers never end: a bus's failures, even a driver's bugs, are retried.)
@@ -208,14 +219,14 @@ class Agent:
 
     async def _apply(self, new: Config) -> None:
         old = self.config
-        kept = [s for s in ("agent", "buffer", "mqtt") if getattr(old, s) != getattr(new, s)]
+        kept = [s for s in ("agent", "buffer", "mqtt", "web") if getattr(old, s) != getattr(new, s)]
         if kept:
             log.warning(
                 "reload: [%s] changed: that takes a restart (systemctl restart edge-agent); "
                 "buses and devices are reloaded now",
                 "], [".join(kept),
             )
-            new = replace(new, agent=old.agent, buffer=old.buffer, mqtt=old.mqtt)
+            new = replace(new, agent=old.agent, buffer=old.buffer, mqtt=old.mqtt, web=old.web)
         current = {p.owner: p for p in self.pollers}
         wanted = build_pollers(new, self._store, self.clock)
         same = {f.owner for f in wanted if f.owner in current and current[f.owner].same_work(f)}
@@ -232,6 +243,8 @@ class Agent:
             for d in new.devices
         }
         self.config, self.pollers = new, pollers
+        if self.history is not None:
+            self.history.keep_only({d.name: [p.name for p in d.points] for d in new.devices})
         for poller in started:
             self._start(poller)
         await self.uplink.reconfigure(new)
@@ -298,6 +311,19 @@ class Agent:
             "config": str(self.config.source),
         }
         return status_snapshot(self.pollers, self.buffer, link, about, self.clock.wall_ms())
+
+    def _page_sources(self) -> Sources:
+        def device(name: str) -> dict[str, Any] | None:
+            return device_detail(name, self.status_snapshot(), self.config, self.pollers)
+
+        def history(name: str) -> dict[str, Any] | None:
+            if self.history is None:
+                return None
+            return device_history(name, self.config, self.history, self.clock.wall_ms())
+
+        return Sources(
+            self.status_snapshot, device, history, self.commands.write_from_page, self.recent.lines
+        )
 
     def uptime(self) -> float:
         return self.clock.monotonic() - self._started_mono

@@ -16,9 +16,10 @@ import re
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TextIO
 
 #: sd-daemon(3) priorities, from the most severe level down (CRITICAL shares ERROR's, as
@@ -294,3 +295,44 @@ def flush_suppressed() -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, _Handler):
             handler.rate_limit.flush()
+
+
+#: Lines the technician's page shows, the latest; and the longest each is kept at.
+RECENT_LINES = 200
+RECENT_LINE_CHARS = 500
+
+
+class RecentLines(logging.Handler):
+    """The last ``RECENT_LINES`` log lines (info and up), in memory, for the technician's page:
+    attached to the root logger while entered. A line is cut at ``RECENT_LINE_CHARS``, and a
+    traceback's first line kept only, so that the ring stays small whatever is logged."""
+
+    def __init__(self, size: int = RECENT_LINES) -> None:
+        super().__init__(logging.INFO)
+        self._lines: deque[tuple[int, str, str]] = deque(maxlen=size)
+
+    def __enter__(self) -> RecentLines:
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        logging.getLogger().removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = record.getMessage()
+        except Exception:  # a bad format string is the record's problem, not the page's
+            line = str(record.msg)
+        line = line.splitlines()[0] if line else ""
+        if len(line) > RECENT_LINE_CHARS:
+            line = line[:RECENT_LINE_CHARS] + "…"
+        self._lines.append((round(record.created * 1000), record.levelname.lower(), line))
+
+    def lines(self) -> list[dict[str, object]]:
+        """Oldest first: each line's time (ms), level and text."""
+        return [{"ts": ts, "level": level, "text": text} for ts, level, text in self._lines]

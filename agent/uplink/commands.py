@@ -645,10 +645,38 @@ class Commands:
             self.counts["refused"] += 1
             log.warning("%s: refused: %s", what, exc)
             return refusal(ident, str(exc))
+        return await self._set(device, point, value, what, parsed)
+
+    async def write_from_page(
+        self, device_name: str, point_name: str, value: Value, client: str
+    ) -> Reply:
+        """A write asked for on the technician's page by ``client`` (its address): the checks of
+        a command but its age (the page asks now, on the gateway itself), then the same write,
+        log lines and counts. Not remembered: it has no id that a copy could carry."""
+        what = f"web write from {client}"
+        try:
+            device, point = find_target(self._config(), device_name, point_name)
+            value = checked_value(point, value)
+        except CommandRefused as exc:
+            self.counts["refused"] += 1
+            log.warning("%s: refused: %s", what, exc)
+            return refusal(what, str(exc))
+        return await self._set(device, point, value, what)
+
+    async def _set(
+        self,
+        device: DeviceConfig,
+        point: PointConfig,
+        value: Value,
+        what: str,
+        command: Command | None = None,
+    ) -> Reply:
+        """Write a checked value and read it back; the reply, logged and counted."""
+        ident = command.id if command is not None else what
         old = self._last_value(device, point)
         log.info("%s: %s.%s = %r (was %r)", what, device.name, point.name, value, old)
         try:
-            read_back = await self._write(parsed, device, point, value, what)
+            read_back = await self._write(command, device, point, value, what)
         except (CommandRefused, DeviceError, ValueError, TimeoutError) as exc:
             self.counts["failed" if isinstance(exc, DeviceError) else "refused"] += 1
             log.warning("%s: %s.%s not set: %s", what, device.name, point.name, exc)
@@ -658,7 +686,12 @@ class Commands:
         return success(ident, read_back)
 
     async def _write(
-        self, command: Command, device: DeviceConfig, point: PointConfig, value: Value, what: str
+        self,
+        command: Command | None,
+        device: DeviceConfig,
+        point: PointConfig,
+        value: Value,
+        what: str,
     ) -> Value:
         poller = next((p for p in self._pollers() if device.name in p.health), None)
         if poller is None:  # a reload took the device away meanwhile
@@ -668,7 +701,8 @@ class Commands:
         def going_out() -> None:  # called by the poll loop just before the write is sent
             nonlocal went_out
             went_out = True
-            self.record.under_way(command.id, command.ts)
+            if command is not None:
+                self.record.under_way(command.id, command.ts)
 
         try:
             poll = await poller.write(device, point, value, WRITE_WAIT, on_start=going_out)
@@ -678,21 +712,24 @@ class Commands:
             # Still queued, the write was withdrawn: never made, nothing to remember. Once
             # sent, it may have been made, and a copy of the command must not make it again.
             if went_out:
-                self._interrupted(command.id, device, point, what)
+                self._interrupted(command, device, point, what)
             raise
         return read_back(poll, point)
 
     def _interrupted(
-        self, ident: Ident, device: DeviceConfig, point: PointConfig, what: str
+        self, command: Command | None, device: DeviceConfig, point: PointConfig, what: str
     ) -> None:
         self.counts["failed"] += 1
-        reply = refusal(
-            ident,
+        why = (
             f"device {device.name}: {point.name}: the agent stopped during the write: it may or "
-            "may not have been made; not run again",
+            "may not have been made"
         )
+        if command is None:
+            log.warning("%s: %s", what, why)
+            return
+        reply = refusal(command.id, why + "; not run again")
         log.warning("%s: %s", what, reply["error"])
-        self.record.answered(ident, reply)
+        self.record.answered(command.id, reply)
 
     def _check_age(self, ts: int) -> None:
         now = self._now_ms()

@@ -381,6 +381,12 @@ class ModbusDriver:
         lacking = [f"lacks {name} (not in the unit's SunSpec models)" for name in layout.missing]
         return [*self.plan(placed).describe(), *lacking]
 
+    def _note(self, device: DeviceConfig, fault: Exception) -> None:
+        """What was wrong with an exchange, beside its last frame in the device's ring."""
+        ring = self._rings.get(device.name)
+        if ring is not None:  # without what the ring's owner says already: bus, device, unit
+            ring.note(str(fault).split(f"device {device.name} (unit {device.unit}): ", 1)[-1])
+
     def frames(self, device_name: str) -> tuple[str, ...]:
         """The last raw frames sent to and received from the device, oldest first."""
         ring = self._rings.get(device_name)
@@ -437,12 +443,14 @@ class ModbusDriver:
                 # Illegal data value on a read of several points: most often a unit that takes
                 # fewer registers per read than the protocol allows, so cut it like a hole.
                 too_long = exc.code == ILLEGAL_VALUE and len(request.points) > 1
+                self._note(device, exc)
                 if exc.code == ILLEGAL_ADDRESS or too_long:
                     pending[:0] = plan.refused(request)  # its parts, read now
                     continue
                 errors.append(str(exc))
                 continue
             except _NoResponse as exc:
+                self._note(device, exc)
                 errors.append(str(exc))
                 if pending:
                     errors.append(f"device {device.name}: {len(pending)} more request(s) not sent")

@@ -22,24 +22,33 @@ _RESPONSE_DECODER = DecodePDU(False)
 
 
 class FrameRing:
-    """The last frames sent to and received from one device, for error reports."""
+    """The last frames sent to and received from one device, each with what was wrong with the
+    exchange it ended, if anything (for error reports)."""
 
     def __init__(self, size: int = FRAME_RING_SIZE) -> None:
-        self._frames: collections.deque[tuple[bool, bytes]] = collections.deque(maxlen=size)
+        self._frames: collections.deque[tuple[bool, bytes, str]] = collections.deque(maxlen=size)
 
     def add(self, sending: bool, data: bytes) -> None:
         if not sending and self._frames:
-            last_sending, last = self._frames[-1]
+            last_sending, last, _ = self._frames[-1]
             # pymodbus hands its whole receive buffer to the trace hook each time bytes arrive:
             # a buffer that grew is the same frame, more of it.
             if not last_sending and data.startswith(last):
-                self._frames[-1] = (False, bytes(data))
+                self._frames[-1] = (False, bytes(data), "")
                 return
-        self._frames.append((sending, bytes(data)))
+        self._frames.append((sending, bytes(data), ""))
+
+    def note(self, fault: str) -> None:
+        """What was wrong, on the last frame: the request unanswered, the answer refused."""
+        if self._frames:
+            sending, data, _ = self._frames[-1]
+            self._frames[-1] = (sending, data, fault)
 
     def lines(self) -> tuple[str, ...]:
         return tuple(
-            f"{'sent' if sending else 'received'} {data.hex(' ')}" for sending, data in self._frames
+            f"{'sent' if sending else 'received'} {data.hex(' ')}"
+            + (f"  <- {fault}" if fault else "")
+            for sending, data, fault in self._frames
         )
 
 

@@ -110,7 +110,8 @@ def test_read_a_dead_device_exits_1_with_one_line(tmp_path: Path) -> None:
         assert err.splitlines() == [
             "edge-agent read: bus plc, device meter (unit 1): holding 4: no response within 0.3 s; "
             "device meter: 2 more request(s) not sent",
-            "  frame: sent 00 01 00 00 00 06 01 03 00 04 00 01",  # and nothing came back
+            # and nothing came back, as the frame's note says
+            "  frame: sent 00 01 00 00 00 06 01 03 00 04 00 01  <- holding 4: no response within 0.3 s",
         ]
 
     run(body())

@@ -212,7 +212,8 @@ def test_a_spoilt_answer_is_counted_and_the_next_poll_succeeds(
                 ), message
                 assert message.endswith("device meter-1: 1 more request(s) not sent")
                 frames = caught.value.frames
-                assert frames[0] == "sent 01 03 00 00 00 03 05 cb"
+                # the frame, and when nothing usable came back, what was wrong beside it
+                assert frames[0].startswith("sent 01 03 00 00 00 03 05 cb")
                 if fault != "drop":  # what the slave really sent, as the agent saw it
                     assert frames[1].startswith("received 0")
                 assert (await driver.read(device(1))).values == expected(1)

@@ -208,3 +208,149 @@ def test_requests_are_bounded_and_read_only(
     while (status := get(port, "/api/status")[0]) != 200 and time.monotonic() < deadline:
         time.sleep(0.05)  # the agent's loop notices the closed connections meanwhile
     assert status == 200
+
+
+def post(
+    port: int, path: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("POST", path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+WRITE = {"Content-Type": "application/json", "X-Edge-Agent": "write"}
+
+
+def writable_site(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], **web: object
+) -> tuple[int, Any]:
+    bus = modbus_bus("tcp")
+    tank = bus.add(
+        3,
+        points=[
+            ModbusPoint("level", address=0),
+            ModbusPoint("setpoint", address=1, writable=True, min=0, max=100),
+        ],
+    )
+    tank.set("level", 42)
+    tank.set("setpoint", 10)
+    port = free_port()
+    site = SITE + '  [[device.point]]\n  name = "setpoint"\n  address = 1\n  writable = true\n'
+    site += "  min = 0\n  max = 100\n"
+    edge_agent.start(
+        site,
+        buses={"plc": bus},
+        overrides={"web": {"enabled": True, "listen": f"127.0.0.1:{port}", **web}},
+    )
+    edge_agent.wait_sample("tank", "level", 42)
+    return port, tank
+
+
+def test_a_write_goes_through_the_commands_checks_only_when_allowed_and_from_the_page(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], tmp_path: Path
+) -> None:
+    secret = tmp_path / "web.pw"
+    secret.write_text(SECRET + "\n")
+    port, tank = writable_site(edge_agent, modbus_bus, password_file=str(secret), allow_writes=True)
+    url = "/api/devices/tank/points/setpoint"
+    good = b'{"value": 55}'
+    me = {**WRITE, **basic(SECRET), "Host": f"127.0.0.1:{port}"}
+    assert post(port, url, good, WRITE)[0] == 401
+    assert post(port, url, good, {**WRITE, **basic("wrong")})[0] == 401
+    # what another site's page could make a browser send, with the credentials it caches
+    for forged in (
+        {"Content-Type": "text/plain"},
+        {"X-Edge-Agent": ""},
+        {"Origin": "http://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+    ):
+        status, body = post(port, url, good, {**me, **forged})
+        assert status == 403, forged
+        assert body["error"].startswith("write refused: "), body
+    assert post(port, url, b"x" * 5000, me) == (413, {"error": "a write is at most 4096 bytes"})
+    assert post(port, url, b"{not json", me)[0] == 400
+    assert post(port, url, b'{"value": [1]}', me)[0] == 400
+    # the command's checks, said as a command's reply says them
+    assert post(port, url, b'{"value": 150}', me) == (
+        422,
+        {"ok": False, "error": "150 is above setpoint's max 100"},
+    )
+    assert post(port, "/api/devices/tank/points/level", good, me) == (
+        422,
+        {"ok": False, "error": "level is not writable"},
+    )
+    assert post(port, "/api/devices/pump/points/x", good, me)[1]["error"].startswith(
+        'unknown device "pump"'
+    )
+    assert tank.get("setpoint") == 10  # nothing written so far
+    assert post(port, url, good, {**me, "Origin": f"http://127.0.0.1:{port}"}) == (
+        200,
+        {"ok": True, "value": 55},
+    )
+    assert tank.get("setpoint") == 55
+    edge_agent.wait_log(r"web write from 127\.0\.0\.1: tank\.setpoint = 55 \(was 10\)")
+    assert edge_agent.status()["link"]["commands"] == {"ok": 1, "refused": 3}
+    assert SECRET not in edge_agent.log
+
+
+def test_without_allow_writes_nothing_is_written(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus]
+) -> None:
+    port, tank = writable_site(edge_agent, modbus_bus)
+    status, body = post(port, "/api/devices/tank/points/setpoint", b'{"value": 55}', WRITE)
+    assert (status, body) == (403, {"error": "writes are off: set [web] allow_writes = true"})
+    assert post(port, "/api/status", b"{}", WRITE)[0] == 405
+    assert tank.get("setpoint") == 10
+    _, device, _ = get(port, "/api/devices/tank")
+    assert device["writes"] is False
+    assert [p["name"] for p in device["points"] if p["writable"]] == ["setpoint"]
+
+
+def test_the_page_its_history_and_its_log_are_served(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], tmp_path: Path
+) -> None:
+    port, tank = started(edge_agent, modbus_bus, tmp_path)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", "/")
+    response = connection.getresponse()
+    html = response.read().decode()
+    connection.close()
+    assert response.status == 200
+    assert '<script src="/page.js"' in html
+    assert "default-src 'self'" in response.getheader("Content-Security-Policy", "")
+    assert response.getheader("X-Frame-Options") == "DENY"
+    for asset in ("/page.js", "/page.css"):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("HEAD", asset)
+        response = connection.getresponse()
+        assert response.status == 200
+        assert int(response.getheader("Content-Length", "0")) > 1000
+        assert response.read() == b""  # HEAD: the headers alone
+        connection.close()
+    tank.set("level", 43)
+    edge_agent.wait_sample("tank", "level", 43)
+    status, history, _ = get(port, "/api/devices/tank/history")
+    assert status == 200
+    levels = [value for _, value in history["points"]["level"]]
+    assert levels[-1] == 43
+    assert history["window_ms"] == 3_600_000
+    _, device, _ = get(port, "/api/devices/tank")
+    assert device["values"] == {"level": 43}
+    assert device["points"][0] | {"value": None} == {
+        "name": "level",
+        "value": None,
+        "unit": "",
+        "type": "uint16",
+        "writable": False,
+        "min": None,
+        "max": None,
+    }
+    assert device["plan"] == ["holding 0 (1 register): level"]
+    _, log, _ = get(port, "/api/log")
+    texts = [line["text"] for line in log["lines"]]
+    assert any(t.startswith("running: 1 device(s)") for t in texts), texts
+    assert get(port, "/api/devices/pump/history")[0] == 404
