@@ -36,6 +36,7 @@ echo "== ruff" >&2
 "$lint_venv/bin/ruff" format --check .
 echo "== mypy" >&2
 "$lint_venv/bin/mypy"
+"$lint_venv/bin/mypy" --strict examples/fleet/push.py  # an example, not a package
 
 # The Pythons run side by side: the suite mostly waits on brokers, slaves and agents, so three
 # runs take little longer than one. Each has its own temporary directory and its own log, shown

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import Config, builtin_templates, load_config
+from ..config.push import finish_interrupted
 from ..errors import AgentError, ConfigError, DeviceError, Problem
 from ..service.logs import setup_logging
 from ..store.formats import NewerFormat
@@ -112,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(path, args.plan)
     if args.command == "templates":
         return _templates(path, args.name)
+    if args.command == "run" and not _finish_push(path):
+        return EXIT_FAILED
     config = _load(path)
     if config is None:
         return EXIT_INVALID
@@ -185,6 +188,21 @@ def _interrupt(signum: int, frame: object) -> None:
 def _print_problems(problems: Sequence[Problem]) -> None:
     for problem in sorted(problems, key=lambda p: (p.file, p.line)):
         print(problem, file=sys.stderr)
+
+
+def _finish_push(path: Path) -> bool:
+    """A pushed configuration that a stop interrupted is written whole (or its rollback is)
+    before it is read: the files are all old or all new. False when that cannot be done."""
+    try:
+        said = finish_interrupted(path)
+    except (OSError, ValueError) as exc:
+        print(
+            f"edge-agent run: a pushed configuration could not be finished: {exc}", file=sys.stderr
+        )
+        return False
+    if said is not None:
+        print(f"edge-agent run: {said}", file=sys.stderr)
+    return True
 
 
 def _load(path: Path) -> Config | None:

@@ -7,6 +7,7 @@ A port or connection that cannot be used raises ``BusError`` with its one-line r
 from __future__ import annotations
 
 import sys
+from typing import TextIO
 
 from .. import registry
 from ..api import BusConfig, Scans
@@ -16,7 +17,11 @@ from .tools import UsageError
 
 
 async def scan_command(
-    config: Config, bus: BusConfig, targets: str | None, driver_name: str | None = None
+    config: Config,
+    bus: BusConfig,
+    targets: str | None,
+    driver_name: str | None = None,
+    out: TextIO | None = None,
 ) -> list[str]:
     """What ``edge-agent scan`` does with ``bus``: its driver's scan of ``targets``; with
     ``driver_name``, that driver's (on a bus without devices yet: the protocol to try, with its
@@ -24,7 +29,7 @@ async def scan_command(
     name, driver = _scanner(config, bus, driver_name)
     bus = bus.line_defaulted(registry.line_defaults(registry.load_driver(name)))
     try:
-        return await driver.scan(bus, config.devices_on(bus.name), targets, sys.stdout)
+        return await driver.scan(bus, config.devices_on(bus.name), targets, out or sys.stdout)
     except ValueError as exc:
         raise UsageError(f"bus {bus.name}: {exc}") from None
 

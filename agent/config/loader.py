@@ -29,8 +29,9 @@ from .mqtt_limits import (
     MAX_AGENT_ID,
     length_problem,
 )
+from .remote import load_remote
 from .sections import Problems, Section
-from .source import SourceFile, TomlSyntaxError, read_toml
+from .source import SourceFile, TomlSyntaxError, glob_match, parse_toml, read_toml
 from .types import AgentSection, BufferSection, Config
 from .web import load_web
 
@@ -43,7 +44,7 @@ class _HasName(Protocol):
 _Named = TypeVar("_Named", bound=_HasName)
 
 DEFAULT_INTERVAL = 10.0
-_TOP_LEVEL = ("agent", "buffer", "mqtt", "web", "bus", "device", "template")
+_TOP_LEVEL = ("agent", "buffer", "mqtt", "web", "remote", "bus", "device", "template")
 _INCLUDED_TOP_LEVEL = ("bus", "device", "template")
 #: The driver whose points a ``[[template]]`` holds when it names none: templates began as
 #: Modbus register maps, and a configuration written then must keep its meaning.
@@ -51,11 +52,17 @@ DEFAULT_TEMPLATE_DRIVER = "modbus"
 
 
 def load_config(
-    path: Path, environ: Mapping[str, str] | None = None
+    path: Path,
+    environ: Mapping[str, str] | None = None,
+    texts: Mapping[str, str] | None = None,
 ) -> tuple[Config, list[Problem]]:
-    """The validated configuration and its warnings; ``ConfigError`` lists every problem."""
+    """The validated configuration and its warnings; ``ConfigError`` lists every problem.
+
+    ``texts``: the files as they would be (name relative to ``path``'s folder → text), read
+    instead of the disk's — ``path``'s own name among them — and the only files includes match:
+    a configuration pushed over MQTT is checked where it will be written, before it is."""
     env = os.environ if environ is None else environ
-    loader = _Loader(path, env)
+    loader = _Loader(path, env, texts)
     config = loader.load()
     if config is None or loader.problems.errors:
         raise ConfigError(loader.problems.items)
@@ -72,9 +79,12 @@ def builtin_templates() -> list[TemplateConfig]:
 
 
 class _Loader:
-    def __init__(self, path: Path, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, path: Path, environ: Mapping[str, str], texts: Mapping[str, str] | None = None
+    ) -> None:
         self.path = path
         self.environ = environ
+        self.texts = texts
         self.problems = Problems()
         #: "device.NAME" → the file and line of the first table of that name.
         self._first_tables: dict[str, tuple[str, int]] = {}
@@ -95,6 +105,7 @@ class _Loader:
         buffer = self._buffer(root)
         mqtt = MqttTable(self._relative).load(self._table(root, "mqtt"), agent.id)
         web = load_web(self._table(root, "web"), self._relative)
+        remote = load_remote(self._table(root, "remote"))
         files = [root, *self._includes(agent)]
         buses = [b for f in files for b in self._buses(f)]
         user_templates = [t for f in files for t in self._templates(f, self._first_tables)]
@@ -106,12 +117,30 @@ class _Loader:
         # A user template of the same name replaces the shipped one: a technician's fixed copy.
         shipped = [t for found in self._shipped.values() for t in found]
         templates = ({t.name: t for t in shipped} | {t.name: t for t in user_templates}).values()
+        base = self.path.parent
+        texts = tuple((_relative_name(f.source.path, base), f.source.text) for f in files)
         return Config(
-            self.path, agent, buffer, mqtt, tuple(buses), tuple(devices), tuple(templates), web
+            self.path,
+            agent,
+            buffer,
+            mqtt,
+            tuple(buses),
+            tuple(devices),
+            tuple(templates),
+            web,
+            remote,
+            texts,
         )
 
-    def _read(self, path: Path) -> SourceFile | None:
+    def _read(self, path: Path, written: bool = True) -> SourceFile | None:
+        """The file ``path``; ``written``: one of the configuration's (the main file or an
+        include), read from ``texts`` when those are given; else one the agent ships."""
         try:
+            if written and self.texts is not None:
+                name = _relative_name(path, self.path.parent)
+                if name not in self.texts:
+                    raise FileNotFoundError(name)
+                return parse_toml(path, self.texts[name])
             return read_toml(path)
         except TomlSyntaxError as exc:
             self.problems.add(Problem(str(path), exc.line, "(syntax)", f"invalid TOML: {exc}"))
@@ -177,6 +206,8 @@ class _Loader:
             problem = 'an empty pattern matches nothing: write e.g. "conf.d/*.toml"'
         elif Path(pattern).is_absolute():
             problem = "is absolute: write the pattern relative to the config file's directory"
+        elif self.texts is not None:
+            return [base / name for name in sorted(self.texts) if glob_match(name, pattern)]
         else:
             try:
                 return sorted(base.glob(pattern))
@@ -271,7 +302,7 @@ class _Loader:
             return result
         first_tables: dict[str, tuple[str, int]] = {}  # a user's may replace one: apart
         for file in sorted(driver.templates_dir.glob("*.toml")):
-            source = self._read(file)
+            source = self._read(file, written=False)
             if source is not None:
                 root = Section(source, source.data, (), "", self.problems, self.environ)
                 result.extend(self._templates(root, first_tables, driver_name))
@@ -649,3 +680,11 @@ def _host_name() -> str:
     host = socket.gethostname().split(".")[0]
     cleaned = "".join(c if c.isalnum() or c in "_-" else "-" for c in host)
     return cleaned[:MAX_AGENT_ID] or "gateway"
+
+
+def _relative_name(path: Path, base: Path) -> str:
+    """``path`` as written relative to the main file's folder (as an include pattern sees it)."""
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:  # not below it (a symlinked folder): its whole path
+        return path.as_posix()

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from ..api.keys import Convert, suggest
 from ..errors import Problem
 from .source import IndexPath, SourceFile
-from .units import ESCAPED_BRACE, UnsetVariableError, substitute_env
+from .units import ESCAPED_BRACE, UnsetVariableError, environment_names, substitute_env
 
 T = TypeVar("T")
 
@@ -151,7 +151,7 @@ class Section:
         try:
             return convert(value)
         except (ValueError, TypeError) as exc:
-            self.problem(key, str(exc))
+            self.problem(key, self._unexpanded(str(exc), self.data[key]))
             return None
 
     def child(self, key: str, index: IndexPath, path: str, data: Mapping[str, Any]) -> Section:
@@ -183,6 +183,15 @@ class Section:
                     suggest(key, self._known) or f"; known keys: {', '.join(sorted(self._known))}"
                 )
                 self.problem(key, f"unknown key{hint}")
+
+    def _unexpanded(self, message: str, raw: Any) -> str:
+        """``message`` with what ``${…}`` expanded to shown as the reference written: an
+        environment variable's value may be a secret, and the technician wrote the name."""
+        for name in environment_names(str(raw)):
+            value = self.environ.get(name, "")
+            if value:
+                message = message.replace(value, f"${{{name}}}")
+        return message
 
     def _substituted(self, value: Any) -> Any:
         if isinstance(value, str):

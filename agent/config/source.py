@@ -7,6 +7,7 @@ text maps every table header and ``key =`` line to its index path, e.g.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import sys
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ class SourceFile:
     path: Path
     data: dict[str, Any]
     lines: dict[IndexPath, int] = field(default_factory=dict)
+    text: str = ""
 
     def line_of(self, index: IndexPath) -> int:
         """The line of ``index`` or of its nearest written parent (1 when none)."""
@@ -55,13 +57,17 @@ class TomlSyntaxError(ValueError):
 
 def read_toml(path: Path) -> SourceFile:
     """Parse ``path``; raises ``OSError`` when unreadable, ``TomlSyntaxError`` when invalid."""
-    text = path.read_text(encoding="utf-8")
+    return parse_toml(path, path.read_text(encoding="utf-8"))
+
+
+def parse_toml(path: Path, text: str) -> SourceFile:
+    """Parse ``text`` as the file ``path``; raises ``TomlSyntaxError`` when invalid."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = _TOML_LINE.search(str(exc))
         raise TomlSyntaxError(path, int(match[1]) if match else 1, str(exc)) from None
-    return SourceFile(path, data, _scan_lines(text))
+    return SourceFile(path, data, _scan_lines(text), text)
 
 
 def _split_key(key: str) -> list[str]:
@@ -109,3 +115,19 @@ def _scan_lines(text: str) -> dict[IndexPath, int]:
                 if rest.count(delimiter) % 2:
                     in_string = delimiter
     return lines
+
+
+def glob_match(name: str, pattern: str) -> bool:
+    """Whether the relative file ``name`` ("conf.d/a.toml") is one ``Path.glob(pattern)``
+    finds: ``*`` and ``?`` within a part, ``**`` any number of folders."""
+    return _parts_match(name.split("/"), pattern.split("/"))
+
+
+def _parts_match(names: list[str], patterns: list[str]) -> bool:
+    if not patterns:
+        return not names
+    if patterns[0] == "**":
+        return any(_parts_match(names[skip:], patterns[1:]) for skip in range(len(names) + 1))
+    if not names or not fnmatch.fnmatchcase(names[0], patterns[0]):
+        return False
+    return _parts_match(names[1:], patterns[1:])

@@ -47,6 +47,31 @@ class WebSection:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteSection:
+    """``[remote]``: what the fleet may do over MQTT beside commands (all off by default)."""
+
+    #: ``config/set`` and ``config/get``: a whole configuration pushed, checked, applied and
+    #: confirmed (or rolled back by itself).
+    config: bool = False
+    #: A push is rolled back unless the agent is back online with it within this.
+    confirm_within: float = 120.0
+    #: How old a push may be when it arrives (one queued while offline), unless it says.
+    push_ttl: float = 3600.0
+    #: The diagnostics answered on ``diag/reply``, each on its own.
+    read: bool = False
+    scan: bool = False
+    status: bool = False
+    frames: bool = False
+    log: bool = False
+
+    @property
+    def diagnostics(self) -> tuple[str, ...]:
+        """The names of the diagnostics turned on."""
+        names = ("read", "scan", "status", "frames", "log")
+        return tuple(name for name in names if getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True)
 class MqttSection:
     host: str = "localhost"
     port: int = 1883
@@ -100,6 +125,10 @@ class Config:
     devices: tuple[DeviceConfig, ...] = ()
     templates: tuple[TemplateConfig, ...] = ()
     web: WebSection = field(default_factory=WebSection)
+    remote: RemoteSection = field(default_factory=RemoteSection)
+    #: The files it was read from, each as (name relative to the main file's folder, text):
+    #: what ``config/get`` shows and the running configuration's hash is taken of.
+    files: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     def bus(self, name: str) -> BusConfig:
         return next(b for b in self.buses if b.name == name)

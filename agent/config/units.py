@@ -18,6 +18,15 @@ class UnsetVariableError(ValueError):
         self.name = name
 
 
+def environment_names(text: str) -> list[str]:
+    """The environment variables ``text`` names as ``${NAME}`` or ``${NAME:-default}``."""
+    names = []
+    for match in _ENV.finditer(text):
+        if match[0] != ESCAPED_BRACE:
+            names.append(match[1].partition(":-")[0])
+    return names
+
+
 def substitute_env(text: str, environ: Mapping[str, str]) -> str:
     """Replace every ``${NAME}`` with the environment variable (an unset one is an error), and
     ``${NAME:-default}`` with it or, when it is unset or empty, with ``default`` (as a shell does:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import registry
-from ..api import Driver, DriverContext, Writes
+from ..api import Driver, DriverContext, KeepsRaw, Writes
 from ..backoff import Backoff
 from ..clock import Clock
 from ..config import BusConfig, DeviceConfig, PointConfig
@@ -72,11 +72,12 @@ WEDGED_AFTER = 300.0
 
 @dataclass(eq=False)  # one write is not another with the same fields: compared by identity
 class _Write:
-    """A write waiting for its turn on the bus; ``result`` is the poll read back after it."""
+    """A write waiting for its turn on the bus; ``result`` is the poll read back after it.
+    Without a ``point``: a read asked for now (a remote ``diag/read``), with its raw values."""
 
     device: DeviceConfig
-    point: PointConfig
-    value: Value
+    point: PointConfig | None
+    value: Value | None
     result: asyncio.Future[Poll]
     #: Called just before the write is sent (its caller records that it is under way).
     on_start: Callable[[], None] | None = None
@@ -230,6 +231,18 @@ class BusPoller:
         if not self.connected:
             raise DeviceError(f"bus {self.bus.name} is not connected: the write was not made")
         job = _Write(device, point, value, asyncio.get_running_loop().create_future(), on_start)
+        return await self._queued(job, timeout)
+
+    async def read_now(self, device: DeviceConfig, timeout: float) -> Poll:
+        """One poll of ``device`` between two transactions, ahead of the polls waiting, with
+        the raw registers behind each value (where the driver keeps them). Raises as ``write``
+        does; the poll is not stored as a sample."""
+        if not self.connected:
+            raise DeviceError(f"bus {self.bus.name} is not connected: nothing was read")
+        job = _Write(device, None, None, asyncio.get_running_loop().create_future())
+        return await self._queued(job, timeout)
+
+    async def _queued(self, job: _Write, timeout: float) -> Poll:
         self._writes.append(job)
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(True)
@@ -314,11 +327,23 @@ class BusPoller:
         return True
 
     async def _write_and_read(self, driver: Driver, job: _Write) -> Poll:
+        if job.point is None or job.value is None:
+            return await self._read_raw(driver, job.device)
         if not isinstance(driver, Writes):
             raise DeviceError(f"device {job.device.name}: its driver cannot write")
         with self._calling():
             await driver.write(job.device, job.point, job.value)
             return await driver.read(job.device)
+
+    async def _read_raw(self, driver: Driver, device: DeviceConfig) -> Poll:
+        with self._calling():
+            if not isinstance(driver, KeepsRaw):
+                return await driver.read(device)
+            driver.keep_raw = True
+            try:
+                return await driver.read(device)
+            finally:
+                driver.keep_raw = False
 
     def _next_due(self, device: DeviceConfig, after: float | None = None) -> float:
         """Monotonic time of the device's next wall-aligned slot (after its backoff, if any).

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from .. import __version__
 from ..aio import cancel_and_wait
 from ..api import local_bus
+from ..cli.scan import scan_command
 from ..cli.tools import plan_lines
 from ..clock import Clock, ClockGuard
 from ..config import Config, load_config
+from ..config.secrets import known_secrets, scrubbed
 from ..errors import ConfigError
 from ..model import Value
 from ..poll.health import health_payload, status_snapshot
@@ -26,6 +29,9 @@ from ..poll.scheduler import BusPoller, Sink
 from ..registry import bus_driver, load_driver
 from ..store.buffer import open_buffer
 from ..uplink.commands import Commands, shown
+from ..uplink.diagnostics import REPLY_TOPIC as DIAG_REPLY
+from ..uplink.diagnostics import Diagnostics
+from ..uplink.remote import RemotePushes
 from ..uplink.telemetry import Uplink
 from .history import History
 from .lock import data_dir_lock
@@ -68,6 +74,16 @@ class Agent:
         self.uplink = Uplink(
             config, self.buffer, self.clock, self.guard, on_command=self._command_arrived
         )
+        #: Configuration pushed over MQTT (``config/set``), when ``[remote] config`` is on.
+        self.remote = RemotePushes(
+            lambda: self.config,
+            self._apply,
+            self._publish_scrubbed,
+            self.uplink.published,
+            self._trusted_now_ms,
+            restart_sections,
+            lambda: self.uplink.last_error,
+        )
         #: Commands being carried out, owned here: cancelled at stop.
         self._command_tasks: set[asyncio.Task[None]] = set()
         self.reports = {d.name: ReportFilter.for_device(d) for d in config.devices}
@@ -75,21 +91,72 @@ class Agent:
         self.history = History() if config.web.enabled else None
         #: The recent log lines, for the page: kept from the start (its first lines say most).
         self.recent = RecentLines()
-        self.pollers = build_pollers(config, self._store, self.clock)
+        self.pollers: list[BusPoller] = build_pollers(config, self._store, self.clock)
+        self.diagnostics = Diagnostics(self, self.recent.lines, self._trusted_now_ms, self._scan)
         self._started_mono = self.clock.monotonic()
         #: Each poller's task, owned here: started in ``run``, replaced on reload, cancelled at
         #: stop.
         self._poll_tasks: dict[BusPoller, asyncio.Task[None]] = {}
         self._reload_requested = asyncio.Event()
+        self._applying = asyncio.Lock()
         self._status = ""  # the STATUS= line last sent to systemd
 
     # --- commands
 
     def _command_arrived(self, topic: str, data: bytes) -> None:
-        busy = len(self._command_tasks) >= MAX_PENDING_COMMANDS
-        task = asyncio.create_task(self._answer(topic, data, busy), name="command")
+        """A message on a topic the agent subscribes to: ``cmd``, or what ``[remote]`` takes."""
+        subtopic = topic.removeprefix(self.uplink.topic + "/")
+        if subtopic in ("config/set", "config/get"):
+            work = self._remote_arrived(subtopic, data)
+        elif subtopic.startswith("diag/"):
+            work = self._diagnose(subtopic.removeprefix("diag/"), data)
+        else:
+            busy = len(self._command_tasks) >= MAX_PENDING_COMMANDS
+            work = self._answer(topic, data, busy)
+        task = asyncio.create_task(work, name=subtopic)
         self._command_tasks.add(task)
         task.add_done_callback(self._command_tasks.discard)
+
+    async def _diagnose(self, name: str, data: bytes) -> None:
+        try:
+            reply = await self.diagnostics.answer(name, data)
+            if reply is not None and not await self._publish_scrubbed(reply, DIAG_REPLY):
+                log.warning("diag/%s: the reply was not sent: the link is down", name)
+        except Exception:  # a bug costs one reply and a traceback here, never a stray error
+            log.exception("diag/%s: cannot be answered", name)
+
+    async def _publish_scrubbed(self, reply: dict[str, Any], subtopic: str) -> bool:
+        """A reply with every secret the configuration knows replaced, whatever put it there."""
+        return await self.uplink.publish_reply(
+            scrubbed(reply, known_secrets(self.config)), subtopic
+        )
+
+    async def _scan(
+        self, config: Config, bus: str, units: str | None
+    ) -> tuple[list[str], list[str]]:
+        """``edge-agent scan``'s work, with what it prints kept for the reply."""
+        out = io.StringIO()
+        found = await scan_command(config, config.bus(bus), units, out=out)
+        return found, out.getvalue().splitlines()
+
+    @contextlib.asynccontextmanager
+    async def paused(self, bus: str) -> AsyncIterator[None]:
+        """The poll loop of ``bus`` stopped (its port let go) while the block runs, then
+        started again, unless a reload replaced it meanwhile."""
+        pollers = [p for p in self.pollers if p.bus.name == bus]
+        await cancel_and_wait(*(t for p in pollers if (t := self._poll_tasks.pop(p, None))))
+        try:
+            yield
+        finally:
+            for poller in pollers:
+                if poller in self.pollers and poller not in self._poll_tasks:
+                    self._start(poller)
+
+    async def _remote_arrived(self, subtopic: str, data: bytes) -> None:
+        try:
+            await self.remote.arrived(subtopic, data)
+        except Exception:  # a bug costs one message and a traceback here, never a stray error
+            log.exception("%s: cannot be answered", subtopic)
 
     async def _answer(self, topic: str, data: bytes, busy: bool) -> None:
         commands = self.commands
@@ -132,9 +199,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then stop polling, commit the buffer and go offline."""
-        with data_dir_lock(self.config.agent.data_dir), contextlib.ExitStack() as kept:
-            if self.config.web.enabled:
-                kept.enter_context(self.recent)
+        with data_dir_lock(self.config.agent.data_dir), self.recent:
             await self._run(stop)
 
     async def _run(self, stop: asyncio.Event) -> None:
@@ -147,6 +212,7 @@ class Agent:
             asyncio.create_task(self._report_health(), name="health"),
             asyncio.create_task(self._supervise(), name="watchdog"),
             asyncio.create_task(self._reload_when_asked(), name="reload"),
+            asyncio.create_task(self.remote.run(), name="remote config"),
         ]
         uplink = asyncio.create_task(self.uplink.run(), name="uplink")
         for line in plan_lines(self.config):
@@ -215,18 +281,25 @@ class Agent:
         for warning in warnings:
             log.warning("reload: %s", warning)
         await self._apply(new)
+        self.remote.reloaded(new)  # the site's file wins over a push waiting to be confirmed
         return True
 
     async def _apply(self, new: Config) -> None:
+        """Apply ``new`` (a reload, or a push): one at a time, as both can come together."""
+        async with self._applying:
+            await self._apply_now(new)
+
+    async def _apply_now(self, new: Config) -> None:
         old = self.config
-        kept = [s for s in ("agent", "buffer", "mqtt", "web") if getattr(old, s) != getattr(new, s)]
+        kept = restart_sections(old, new)
         if kept:
             log.warning(
                 "reload: [%s] changed: that takes a restart (systemctl restart edge-agent); "
-                "buses and devices are reloaded now",
+                "the rest is applied now",
                 "], [".join(kept),
             )
-            new = replace(new, agent=old.agent, buffer=old.buffer, mqtt=old.mqtt, web=old.web)
+            agent = replace(old.agent, include=new.agent.include)
+            new = replace(new, agent=agent, buffer=old.buffer, web=old.web)
         current = {p.owner: p for p in self.pollers}
         wanted = build_pollers(new, self._store, self.clock)
         same = {f.owner for f in wanted if f.owner in current and current[f.owner].same_work(f)}
@@ -310,7 +383,9 @@ class Agent:
             "pid": os.getpid(),
             "config": str(self.config.source),
         }
-        return status_snapshot(self.pollers, self.buffer, link, about, self.clock.wall_ms())
+        snapshot = status_snapshot(self.pollers, self.buffer, link, about, self.clock.wall_ms())
+        snapshot["config"] = self.remote.health()
+        return snapshot
 
     def _page_sources(self) -> Sources:
         def device(name: str) -> dict[str, Any] | None:
@@ -350,6 +425,7 @@ class Agent:
                     self.clock.wall_ms(),
                     self.commands.counts,
                 )
+                payload["config"] = self.remote.health()
             except Exception:  # a health report is not worth stopping the agent for
                 log.exception("health: cannot build the report")
                 continue
@@ -364,6 +440,15 @@ class Agent:
             await asyncio.sleep(self.config.buffer.flush_interval / 4)
             self.buffer.flush()
             flush_suppressed()  # "N similar messages suppressed" without waiting for a next line
+
+
+def restart_sections(old: Config, new: Config) -> list[str]:
+    """The sections that changed and that a reload cannot apply (the data dir, the buffer, the
+    page's server): [mqtt] reconnects, buses and devices restart their poll loops."""
+    changed = [s for s in ("buffer", "web") if getattr(old, s) != getattr(new, s)]
+    if replace(old.agent, include=()) != replace(new.agent, include=()):
+        changed.insert(0, "agent")
+    return changed
 
 
 def build_pollers(config: Config, sink: Sink, clock: Clock) -> list[BusPoller]:

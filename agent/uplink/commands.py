@@ -23,7 +23,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ from ..api import DriverContext, Writes, local_bus
 from ..api.keys import suggest
 from ..config import Config, DeviceConfig, PointConfig
 from ..errors import DeviceError
+from ..files import write_atomically
 from ..model import Poll, Value
 from ..poll.scheduler import BusPoller
 
@@ -440,18 +440,10 @@ class CommandRecord:
             "record_lost": self._lost,
             "commands": [_entry_json(ident, e) for ident, e in self._entries.items()],
         }
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             text = json.dumps(state, separators=(",", ":"))  # ASCII: lone surrogates escaped
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with open(fd, "w", encoding="ascii") as file:
-                os.fchmod(fd, 0o600)  # a leftover temporary file keeps its old mode otherwise
-                file.write(text)
-                file.flush()
-                os.fsync(fd)
-            tmp.replace(self.path)
-            _sync_directory(self.path.parent)
+            write_atomically(self.path, text, 0o600, encoding="ascii")
         except (OSError, ValueError, TypeError) as exc:
             self._complain(
                 f"commands: cannot write {self.path} ({exc}); remembering the commands carried "
@@ -470,20 +462,6 @@ def _entry_json(ident: Ident, entry: _Remembered) -> dict[str, Any]:
     if entry.reply is None:
         return {"id": ident, "ts": entry.ts, "under_way": True}
     return {"id": ident, "ts": entry.ts, "reply": entry.reply}
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make the rename itself durable (not every file system can sync a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _read_record(path: Path) -> tuple[int | None, bool, list[tuple[Ident, int, Reply]]]:

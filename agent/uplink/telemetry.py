@@ -26,6 +26,7 @@ from ..aio import cancel_and_wait, wait_event
 from ..backoff import Backoff
 from ..clock import Clock, ClockGuard
 from ..config import Config, MqttSection
+from ..config.push import config_hash
 from ..model import Sample
 from ..store.buffer import Buffer
 from .link import (
@@ -99,7 +100,12 @@ def meta_payload(
         }
         if missing and missing.get(d.name):
             devices[d.name]["missing"] = list(missing[d.name])
-    return {"agent": config.agent.id, "version": __version__, "devices": devices}
+    return {
+        "agent": config.agent.id,
+        "version": __version__,
+        "config_hash": config_hash(config.files),
+        "devices": devices,
+    }
 
 
 class Uplink:
@@ -119,13 +125,11 @@ class Uplink:
         self.missing: dict[str, tuple[str, ...]] = {}
         #: Receives each message on ``cmd`` (topic, payload); None: ``cmd`` is not subscribed.
         self.on_command = on_command
-        self.mqtt: MqttSection = config.mqtt
         self.buffer = buffer
         self.clock = clock or Clock()
         self.guard = guard or ClockGuard(self.clock)
-        self.topic = f"{self.mqtt.topic_prefix}/{config.agent.id}"
-        self.encoder = TelemetryEncoder(config.agent.id, self.mqtt.compression)
-        self.v5 = self.mqtt.protocol == "5"
+        self._rng = rng or random.Random()
+        self._use(config.mqtt)
         self.connected = False
         self._client_online: Client | None = None
         self.connects = 0  # successful connections; more than one means reconnects
@@ -135,13 +139,7 @@ class Uplink:
         self.last_error = ""  # why the link last failed, for `edge-agent status`
         #: What the broker said in its last CONNACK that we honour (for `status`).
         self.broker_limits: dict[str, int] = {}
-        self._rng = rng or random.Random()
-        self._backoff = Backoff(initial=1.0, maximum=self.mqtt.reconnect_max, rng=self._rng)
         self._refusals: dict[str, str] = {}  # subtopic: the refusal said once, until accepted
-        # never a quick retry of what was just refused: at least half the current wait
-        self._refused_wait = Backoff(
-            REFUSED_RETRY, self.mqtt.reconnect_max, rng=self._rng, least=0.5
-        )
         self._packet_limit: int | None = None  # the broker's Maximum Packet Size (CONNACK)
         self._learnt_limit: int | None = None  # the size at which the broker drops us
         self._refit = False  # the link went at a message too large: back at once, smaller
@@ -150,10 +148,28 @@ class Uplink:
         self._dropped_at: dict[str, int] = {}  # subtopic: the size the link went at
         self._alias = False  # the broker takes a topic alias for telemetry on this connection
         self._alias_set = False  # ... and it has been set up on this connection
-        self._client_id = self.mqtt.client_id
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        #: Set by ``stop`` and by new [mqtt] settings: ends every wait between connections.
+        self._interrupted = asyncio.Event()
+        #: [mqtt] settings a reload brought, taken at the next connection (None: none new).
+        self._new_settings: MqttSection | None = None
+        self._settings_changed = asyncio.Event()
+        #: Set once ``meta`` of the current configuration is published: the broker has the
+        #: agent back with it (a pushed configuration is confirmed so).
+        self.published = asyncio.Event()
         self._started = self.clock.wall_ms()
+
+    def _use(self, mqtt: MqttSection) -> None:
+        """Take these [mqtt] settings, and what is derived from them (between connections)."""
+        self.mqtt = mqtt
+        self.topic = f"{mqtt.topic_prefix}/{self.config.agent.id}"
+        self.encoder = TelemetryEncoder(self.config.agent.id, mqtt.compression)
+        self.v5 = mqtt.protocol == "5"
+        self._client_id = mqtt.client_id
+        self._backoff = Backoff(initial=1.0, maximum=mqtt.reconnect_max, rng=self._rng)
+        # never a quick retry of what was just refused: at least half the current wait
+        self._refused_wait = Backoff(REFUSED_RETRY, mqtt.reconnect_max, rng=self._rng, least=0.5)
 
     def wake(self) -> None:
         """New samples are in the buffer."""
@@ -177,12 +193,16 @@ class Uplink:
         reported: set[str] = set()
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
+            self._take_new_settings()
             began = loop.time()
             failure = await self._session(reported)
             if failure is None:
                 return
             if self._stopping.is_set():
                 break
+            if failure == "reconfigured" or self._settings_changed.is_set():
+                reported.clear()  # new settings, new reasons
+                continue
             stable = failure == "lost" and loop.time() - began >= STABLE_SESSION
             if stable:
                 self._backoff.reset()  # only now: a broker that drops us at once is not well
@@ -191,20 +211,31 @@ class Uplink:
             if self._refit:  # not the broker's trouble: ours, mended
                 self._refit = False
             elif failure == "away" or stable:
-                await self._until_reachable(self._stopping)
+                await self._until_reachable(self._interrupted)
             elif failure == "closed" and not await reachable(self.mqtt.host, self.mqtt.port):
-                await self._until_reachable(self._stopping)  # the broker went under our CONNECT
+                await self._until_reachable(self._interrupted)  # the broker went under CONNECT
             else:  # refused, busy, dropped at once: the broker needs time, or a person
-                await wait_event(self._stopping, self._backoff.next_delay())
-            if not self._stopping.is_set():
-                await wait_event(self._stopping, self._rng.uniform(0, self.mqtt.reconnect_window))
+                await wait_event(self._interrupted, self._backoff.next_delay())
+            if not self._interrupted.is_set():
+                window = self._rng.uniform(0, self.mqtt.reconnect_window)
+                await wait_event(self._interrupted, window)
         if self.connects:  # stopped while the link was down: its retained status says online
             await self._goodbye()
 
+    def _take_new_settings(self) -> None:
+        """Between connections: the [mqtt] settings a reload brought, if any."""
+        if not self._stopping.is_set():
+            self._interrupted.clear()
+        self._settings_changed.clear()
+        if self._new_settings is not None:
+            self._use(self._new_settings)
+            self._new_settings = None
+            self._forget_size_limits()
+
     async def _session(self, reported: set[str]) -> str | None:
         """One connection, until it fails or the agent stops: None after a clean stop, else how
-        it failed: "away" (nothing answered), "closed" (the connection went before CONNACK),
-        "lost" (after going online), "refused"."""
+        it ended: "reconfigured" (left cleanly for new settings), "away" (nothing answered),
+        "closed" (the connection went before CONNACK), "lost" (after going online), "refused"."""
         accepted = False  # the broker took our CONNECT: what fails next is not connecting
         try:
             async with self._client() as client:
@@ -213,6 +244,9 @@ class Uplink:
                 await self._online(client)
                 await self._until_stopped_or_lost(client)
                 await self._offline(client)
+                if not self._stopping.is_set():
+                    log.info("mqtt %s: leaving for the new [mqtt] settings", self.mqtt.url)
+                    return "reconfigured"
                 return None
         except aiomqtt.MqttError as exc:
             return self._failed(exc, accepted, reported)
@@ -224,14 +258,17 @@ class Uplink:
         is being sent (an idle gateway): that ends the session too, not only a failed send."""
         receiver = asyncio.create_task(self._receive(client), name="mqtt receive")
         sender = asyncio.create_task(self._send_until_stopped(client), name="mqtt send")
+        moved = asyncio.create_task(self._settings_changed.wait(), name="mqtt settings")
         try:
-            await asyncio.wait([receiver, sender], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([receiver, sender, moved], return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not sender.done():
                 await cancel_and_wait(sender)
-            await cancel_and_wait(receiver)
+            await cancel_and_wait(receiver, moved)
         if sender.done() and not sender.cancelled():
             sender.result()  # its failure is the session's
+        elif self._settings_changed.is_set():
+            self.buffer.release()  # what was in flight goes out again on the new link
         else:
             raise aiomqtt.MqttError(client.lost_reason())
 
@@ -305,6 +342,7 @@ class Uplink:
     async def stop(self) -> None:
         """Ask ``run`` to send what is due, publish ``offline`` and disconnect cleanly."""
         self._stopping.set()
+        self._interrupted.set()
         self._wake.set()
 
     def _client(self) -> Client:
@@ -373,7 +411,7 @@ class Uplink:
         ]
         if self.on_command is not None:
             waits.append(self._subscribe(client))
-        await asyncio.gather(*waits)
+        _, meta_published, *_ = await asyncio.gather(*waits)
         log.info(
             "mqtt %s: connected as %s (MQTT %s)",
             self.mqtt.url,
@@ -383,21 +421,38 @@ class Uplink:
         self.connects += 1
         self.connected = True
         self._client_online = client
+        if meta_published:
+            self.published.set()
+
+    def subscriptions(self, config: Config | None = None) -> list[str]:
+        """The subtopics messages come to the agent on: ``cmd``, and what ``[remote]`` turns
+        on (``config/set``, ``config/get``, ``diag/NAME``)."""
+        remote = (config or self.config).remote
+        topics = ["cmd"] if self.on_command is not None else []
+        if self.on_command is not None and remote.config:
+            topics += ["config/set", "config/get"]
+        if self.on_command is not None:
+            topics += [f"diag/{name}" for name in remote.diagnostics]
+        return topics
 
     async def _subscribe(self, client: Client) -> bool:
-        topic = f"{self.topic}/cmd"
-        granted = await client.subscribe(topic, qos=1)
+        topics = [f"{self.topic}/{subtopic}" for subtopic in self.subscriptions()]
+        granted = await client.subscribe([(t, 1) for t in topics])
         codes = [getattr(code, "value", code) for code in granted or ()]
-        if any(isinstance(code, int) and code >= FIRST_REFUSAL for code in codes):
-            said = f"subscription refused: {granted}"
+        refused = [
+            f"{topic} ({code})"
+            for topic, code, value in zip(topics, granted or (), codes, strict=False)
+            if isinstance(value, int) and value >= FIRST_REFUSAL
+        ]
+        if refused:
+            said = f"subscription refused: {refused}"
             if self._refusals.get("cmd") != said:
                 self._refusals["cmd"] = said
                 log.error(
-                    "mqtt %s: the broker refused our subscription to %s (%s): no command can "
-                    "reach this gateway; check that its access rules let this client read it",
+                    "mqtt %s: the broker refused our subscription to %s: nothing sent there "
+                    "can reach this gateway; check that its access rules let this client read it",
                     self.mqtt.url,
-                    topic,
-                    ", ".join(str(c) for c in granted),
+                    ", ".join(refused),
                 )
             return False
         self._refusals.pop("cmd", None)
@@ -458,22 +513,29 @@ class Uplink:
         properties.PayloadFormatIndicator = 1  # UTF-8: JSON
         return properties
 
-    async def publish_reply(self, reply: dict[str, Any]) -> bool:
-        """Answer a command on ``cmd/reply`` (QoS 1); False when the link is down. A reply the
-        broker refuses is said by the link itself."""
+    async def publish_reply(self, reply: dict[str, Any], subtopic: str = "cmd/reply") -> bool:
+        """Answer a command on ``cmd/reply`` (or another reply topic; QoS 1); False when the
+        link is down or the broker refused it (which the link says itself)."""
         client = self._client_online
         if client is None or not self.connected:
             return False
         try:
-            await self._publish_other(client, "cmd/reply", to_json_bytes(reply), qos=1)
+            return await self._publish_other(client, subtopic, to_json_bytes(reply), qos=1)
         except aiomqtt.MqttError:
             return False
-        return True
 
     async def reconfigure(self, config: Config) -> None:
-        """Devices and points changed (a reload): ``meta`` says so now if the link is up, else
-        at the next connection. The MQTT settings themselves are the ones started with."""
-        self.config = replace(config, mqtt=self.mqtt)
+        """A reload: ``meta`` says what changed now if the link is up, else at the next
+        connection. New [mqtt] settings (or subscriptions) take a new connection: the current
+        one ends cleanly (``offline`` said) and the next uses them."""
+        relink = config.mqtt != self.mqtt or self.subscriptions(config) != self.subscriptions()
+        self.config = config
+        self.published.clear()
+        if relink:
+            self._new_settings = config.mqtt
+            self._settings_changed.set()
+            self._interrupted.set()
+            return
         await self._republish_meta()
 
     async def points_missing(self, missing: Mapping[str, tuple[str, ...]]) -> None:
@@ -490,7 +552,8 @@ class Uplink:
             return
         try:
             meta = to_json_bytes(meta_payload(self.config, self.missing))
-            await self._publish_other(client, "meta", meta, qos=1, retain=True)
+            if await self._publish_other(client, "meta", meta, qos=1, retain=True):
+                self.published.set()
         except aiomqtt.MqttError as exc:  # the link's own loop notices and reconnects
             log.debug("mqtt: meta not republished: %s", exc)
 

@@ -419,7 +419,7 @@ def test_hostile_payloads_never_stop_the_agent(
     async def scenario() -> None:
         agent = Agent(config)
 
-        async def publish_reply(reply: dict[str, Any]) -> bool:
+        async def publish_reply(reply: dict[str, Any], subtopic: str = "cmd/reply") -> bool:
             # what the uplink sends must be sendable: it encodes strictly (ensure_ascii=False)
             json.dumps(reply, ensure_ascii=False).encode()
             replies.append(reply)

@@ -303,3 +303,21 @@ def test_a_broker_host_the_resolver_cannot_take_is_refused_by_check(
 ) -> None:
     text = BASE.replace("mqtt://127.0.0.1:1883", f"mqtt://{host}:1883") + DEVICE
     assert "has a host name that is not valid" in only_error(tmp_path, text)
+
+
+def test_remote_is_off_by_default_and_its_limits_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    base = '[agent]\nid = "gw"\ndata_dir = "data"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
+    path.write_text(base)
+    config, _ = load_config(path, environ={})
+    assert not config.remote.config
+    assert config.remote.diagnostics == ()
+    path.write_text(base + '[remote]\nconfig = true\nconfirm_within = "5s"\nlogs = true\n')
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, environ={})
+    said = str(refused.value)
+    assert "remote.confirm_within: 5s: write between 10s" in said
+    assert 'remote.logs: unknown key (did you mean "log"?)' in said
+    path.write_text(base + '[remote]\nconfig = true\nconfirm_within = "30s"\nlog = true\n')
+    config, _ = load_config(path, environ={})
+    assert (config.remote.confirm_within, config.remote.diagnostics) == (30.0, ("log",))

@@ -75,6 +75,9 @@ CASES = {
     "variable holding the password in the URL": Case(
         'url = "mqtt://gw:${MQTT_PW}@127.0.0.1:1883"', "mqtt.url", env={"MQTT_PW": SECRET}
     ),
+    "a variable's value that another key cannot take": Case(
+        'keepalive = "${MQTT_PW}"', "mqtt.keepalive", env={"MQTT_PW": SECRET}
+    ),
     "password too long": Case(f'username = "gw"\npassword = "{SECRET * 4000}"', "mqtt.password"),
     "password not a string": Case(f'username = "gw"\npassword = ["{SECRET}"]', "mqtt.password"),
     "password under a misspelt key": Case(

@@ -210,15 +210,19 @@ def test_settings_that_need_a_restart_are_said_and_kept(
 
     async def scenario() -> Agent:
         agent = Agent(config)
-        path.write_text(SITE.format(url="mqtt://127.0.0.1:2", more=""))
+        text = SITE.format(url="mqtt://127.0.0.1:2", more='[buffer]\nmax_size = "1MB"\n')
+        path.write_text(text.replace('data_dir = "data"', 'data_dir = "data"\nlog_level = "debug"'))
         assert await agent.reload()
         return agent
 
     agent = run(scenario())
-    assert agent.config.mqtt == config.mqtt
+    assert agent.config.buffer == config.buffer
+    assert agent.config.agent == config.agent
+    assert agent.config.mqtt.port == 2  # [mqtt] is applied: the link reconnects
+    assert agent.uplink.config.mqtt.port == 2
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
-        "reload: [mqtt] changed: that takes a restart (systemctl restart edge-agent); "
-        "buses and devices are reloaded now"
+        "reload: [agent], [buffer] changed: that takes a restart (systemctl restart "
+        "edge-agent); the rest is applied now"
     ]
 
 
