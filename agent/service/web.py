@@ -178,24 +178,36 @@ class WebServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._clients) >= self.section.max_clients:
-            busy = answer(503, {"error": "too many clients: close another page"})
-            await _send(reader, writer, busy, head_only=False)
-            return
-        self._clients.add(task)
         try:
-            peer = writer.get_extra_info("peername")
-            client = str(peer[0]) if isinstance(peer, tuple) else "?"
+            if len(self._clients) >= self.section.max_clients:
+                busy = answer(503, {"error": "too many clients: close another page"})
+                await _send(reader, writer, busy, head_only=False)
+                return
+            self._clients.add(task)
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # The server stops: the connection goes with it. Not raised on: asyncio's streams
+            # (3.11, 3.12) log a cancelled connection task as an error with its traceback.
+            writer.close()
+        finally:
+            self._clients.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else "?"
+        try:
             request = await self._read(reader, client)
             if isinstance(request, Response):
                 response, head_only = request, False
             else:
                 response, head_only = await self._respond(request), request.method == "HEAD"
-            if response.status == 401:
-                response.headers["WWW-Authenticate"] = 'Basic realm="edge-agent", charset="UTF-8"'
-            await _send(reader, writer, response, head_only)
-        finally:
-            self._clients.discard(task)
+        except Exception:  # a bug reading a request costs its answer, never the server
+            log.exception("web: cannot read a request from %s", client)
+            response = answer(500, {"error": "internal error: see the agent's log"})
+            head_only = False
+        if response.status == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="edge-agent", charset="UTF-8"'
+        await _send(reader, writer, response, head_only)
 
     async def _read(self, reader: asyncio.StreamReader, client: str) -> Request | Response:
         """The request, or the answer to one that cannot be read."""
@@ -216,7 +228,10 @@ class WebServer:
             name, _, value = line.partition(":")
             if name:
                 headers[name.strip().lower()] = value.strip()
-        path = urlsplit(parts[1]).path
+        try:
+            path = urlsplit(parts[1]).path
+        except ValueError:  # "//[": an IPv6 host never closed
+            return answer(400, {"error": "not an HTTP request line"})
         segments = [unquote(s) for s in path.split("/")[1:]]
         request = Request(parts[0], segments, headers, client)
         if not self._authorised(headers):  # before the body: a stranger's is never read
@@ -322,12 +337,14 @@ def _point_written(segments: list[str]) -> tuple[str, str] | None:
 
 async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes | Response:
     length = headers.get("content-length", "")
-    if not length.isdigit():
+    if not (length.isascii() and length.isdigit()):  # "²" is a digit to isdigit(), not to int()
         return answer(411, {"error": "a write needs its Content-Length"})
-    if int(length) > MAX_BODY:
+    digits = length.lstrip("0")
+    # int() takes at most 4300 digits; a length of more than a few is too long anyway
+    if len(digits) > len(str(MAX_BODY)) or int(digits or "0") > MAX_BODY:
         return answer(413, {"error": f"a write is at most {MAX_BODY} bytes"})
     try:
-        return await asyncio.wait_for(reader.readexactly(int(length)), READ_TIMEOUT)
+        return await asyncio.wait_for(reader.readexactly(int(digits or "0")), READ_TIMEOUT)
     except (asyncio.IncompleteReadError, ConnectionError):
         return answer(400, {"error": "the request ended before its body did"})
     except asyncio.TimeoutError:
@@ -348,16 +365,23 @@ def _same_origin(headers: dict[str, str]) -> str:
         return f"it came from another site ({site})"
     origin = headers.get("origin")
     host = headers.get("host", "")
-    if origin is not None and urlsplit(origin).netloc != host:
+    if origin is not None and _netloc(origin) != host:
         return f"it came from another origin ({origin[:80]})"
     return ""
+
+
+def _netloc(url: str) -> str | None:
+    try:
+        return urlsplit(url).netloc
+    except ValueError:  # "http://[": not a URL, so no origin of ours
+        return None
 
 
 def _written_value(body: bytes) -> Value | Response:
     """The value in ``{"value": ...}``, or the answer saying what is wrong with the body."""
     try:
         payload = json.loads(body.decode("utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json reads
         return answer(400, {"error": 'the body is not JSON: send {"value": ...}'})
     value = payload.get("value") if isinstance(payload, dict) else None
     if not isinstance(value, bool | int | float | str):

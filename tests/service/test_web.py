@@ -267,12 +267,15 @@ def test_a_write_goes_through_the_commands_checks_only_when_allowed_and_from_the
         {"X-Edge-Agent": ""},
         {"Origin": "http://evil.example"},
         {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null"},
+        {"Origin": "http://["},  # not even a URL
     ):
         status, body = post(port, url, good, {**me, **forged})
         assert status == 403, forged
         assert body["error"].startswith("write refused: "), body
     assert post(port, url, b"x" * 5000, me) == (413, {"error": "a write is at most 4096 bytes"})
     assert post(port, url, b"{not json", me)[0] == 400
+    assert post(port, url, b"[" * 3000, me)[0] == 400  # nested deeper than json's recursion
     assert post(port, url, b'{"value": [1]}', me)[0] == 400
     # the command's checks, said as a command's reply says them
     assert post(port, url, b'{"value": 150}', me) == (
@@ -354,3 +357,33 @@ def test_the_page_its_history_and_its_log_are_served(
     texts = [line["text"] for line in log["lines"]]
     assert any(t.startswith("running: 1 device(s)") for t in texts), texts
     assert get(port, "/api/devices/pump/history")[0] == 404
+
+
+def test_a_malformed_request_is_answered_and_costs_no_traceback(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], tmp_path: Path
+) -> None:
+    port, _ = started(edge_agent, modbus_bus, tmp_path)
+    write = b"POST /api/devices/tank/points/level HTTP/1.1\r\n"
+    for request, status in (
+        (b"GET //[/ HTTP/1.1\r\n\r\n", b"400"),  # urlsplit: "Invalid IPv6 URL"
+        (b"GET http://[::1/api/status HTTP/1.1\r\n\r\n", b"400"),
+        (write + "Content-Length: \u00b2\r\n\r\nab".encode("latin-1"), b"411"),  # isdigit()
+        (write + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n", b"413"),  # 4300 digits
+        (write + b"Content-Length: 0000000000012\r\n\r\n" + b'{"value": 1}', b"403"),
+    ):
+        assert raw(port, request).startswith(b"HTTP/1.1 " + status + b" "), request[:60]
+    assert get(port, "/api/status")[0] == 200
+    assert "Traceback" not in edge_agent.log
+    assert "Unhandled exception" not in edge_agent.log
+
+
+def test_the_agent_stops_quietly_with_a_request_half_sent(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], tmp_path: Path
+) -> None:
+    port, _ = started(edge_agent, modbus_bus, tmp_path)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+        slow.sendall(b"GET /api/status HTTP/1.1\r\n")
+        # accepted in order: once a later request is answered, the slow one is being read
+        assert get(port, "/api/status")[0] == 200
+        assert edge_agent.term() == 0
+    assert "Traceback" not in edge_agent.log, edge_agent.log
