@@ -213,3 +213,84 @@ def test_a_write_needs_the_password_and_a_confirmation_and_is_read_back(
     edge_agent.wait_log(r"web write from 127\.0\.0\.1: tank\.setpoint set: read back 55")
     assert edge_agent.status()["link"]["commands"] == {"ok": 1, "refused": 1}
     assert SECRET not in edge_agent.log
+
+
+LONG = "north_field_pump_station_tank_level_03"
+
+
+def test_what_devices_say_is_text_and_a_text_point_takes_digits(
+    edge_agent: AgentRunner,
+    modbus_bus: Callable[..., ModbusBus],
+    browser: Browser,
+    tmp_path: Path,
+    artefacts: Path,
+) -> None:
+    secret = tmp_path / "web.pw"
+    secret.write_text(SECRET + "\n")
+    bus = modbus_bus("tcp")
+    markup = "<img src=x onerror=window.pwned=1>"
+    tank = bus.add(
+        3,
+        points=[
+            ModbusPoint("level", address=0, unit=markup),
+            ModbusPoint("tag", address=1, type="string", length=8, writable=True),
+        ],
+    )
+    tank.set("level", 42)
+    tank.set("tag", "<i>x</i>")
+    port = free_port()
+    site = WEB_SITE.replace('name = "tank"', f'name = "{LONG}"').replace(
+        "  address = 0\n", f"  address = 0\n  unit = {json.dumps(markup)}\n"
+    )
+    site += '  [[device.point]]\n  name = "tag"\n  address = 1\n  type = "string"\n'
+    site += "  length = 8\n  writable = true\n"
+    edge_agent.start(
+        site,
+        buses={"plc": bus},
+        overrides={
+            "web": {
+                "enabled": True,
+                "listen": f"127.0.0.1:{port}",
+                "password_file": str(secret),
+                "allow_writes": True,
+            }
+        },
+    )
+    edge_agent.wait_sample(LONG, "tag", "<i>x</i>")
+    url = f"http://127.0.0.1:{port}/"
+    page = browser.page(headers=basic(SECRET))
+    page.open(url + f"#/device/{LONG}")
+    wait_text(page, 'td[data-point="tag"]', "<i>x</i>")
+    wait_text(page, 'figure[data-plot="level"] figcaption', markup)
+    assert page.evaluate("document.querySelectorAll('#view img, #view i').length") == 0
+    assert page.evaluate("window.pwned") is None
+
+    # a text point takes what is typed as text, digits too
+    page.evaluate("document.getElementById('write-point').value = 'tag'")
+    page.evaluate("document.getElementById('write-value').value = '0042'")
+    page.evaluate("document.getElementById('write-ask').click()")
+    page.evaluate("document.getElementById('write-confirm').click()")
+    wait_text(page, "#write-result", "read back 0042")
+    assert tank.get("tag") == "0042"
+
+    # a phone shows a long name without the page scrolling sideways
+    phone = browser.page(width=390, height=844, mobile=True, headers=basic(SECRET))
+    phone.open(url + f"#/device/{LONG}")
+    wait_text(phone, 'td[data-point="tag"]', "0042")
+    phone.evaluate("document.getElementById('write-value').value = 'a-long-tag'")
+    phone.evaluate("document.getElementById('write-ask').click()")  # the confirmation's button
+    phone.screenshot(artefacts / "device-phone.png")
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390 + 1
+    assert page.errors() == phone.errors() == []
+
+
+def test_an_address_it_cannot_decode_still_shows_the_page(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], browser: Browser
+) -> None:
+    url, _, _ = site(edge_agent, modbus_bus)
+    page = browser.page()
+    page.open(url + "#/device/100%")  # typed by hand: '%' and no escape after it
+    wait_text(page, "#freshness", "no device '100%'")
+    page.open(url + "#/")
+    page.wait_for("document.querySelectorAll('#devices tr[data-device]').length === 2")
+    assert page.errors() == []

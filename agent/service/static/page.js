@@ -96,7 +96,12 @@ async function getJSON(url) {
 }
 
 function routeNow() {
-  const hash = decodeURIComponent(location.hash.replace(/^#/, ""));
+  let hash = location.hash.replace(/^#/, "");
+  try {
+    hash = decodeURIComponent(hash);
+  } catch (_) {
+    // typed by hand ("#/device/100%"): taken as it is, not an error that stops the page
+  }
   if (hash.startsWith("/device/")) return { page: "device", name: hash.slice("/device/".length) };
   if (hash === "/log") return { page: "log" };
   return { page: "overview" };
@@ -328,16 +333,22 @@ function writePanel(device) {
   confirm.addEventListener("click", async () => {
     asking(false);
     result.textContent = "Writing…";
-    result.textContent = await write(device.name, select.value, input.value);
+    const point = writable.find((p) => p.name === select.value);
+    result.textContent = await write(device.name, select.value, input.value, point && point.type);
   });
   writeForm = form;
   return form;
 }
 
-async function write(device, point, text) {
-  let value = text.trim();
-  if (/^(true|false)$/.test(value)) value = value === "true";
-  else if (value !== "" && !Number.isNaN(Number(value))) value = Number(value);
+// What is typed is a number or true/false, but for a text point (its type "string"), which
+// takes it as typed: "0042" stays "0042".
+async function write(device, point, text, type) {
+  let value = text;
+  if (type !== "string") {
+    value = text.trim();
+    if (/^(true|false)$/.test(value)) value = value === "true";
+    else if (value !== "" && !Number.isNaN(Number(value))) value = Number(value);
+  }
   const url = `/api/devices/${encodeURIComponent(device)}/points/${encodeURIComponent(point)}`;
   try {
     const response = await fetch(url, {
