@@ -10,7 +10,8 @@ at most ``MAX_HEAD`` bytes and a body of at most ``MAX_BODY``, read within ``REA
 (431, 413, 408), one request per connection, and an answer a browser that stops reading cannot
 hold for longer than ``WRITE_TIMEOUT``: a slow or gone client costs its own task, never a poll
 or the uplink. With a password, every request needs it (HTTP Basic, any user name; 401
-without); the password is never logged. A write needs ``allow_writes`` (403 without) and a
+without); the password is never logged. Without one, a request must name the server by its
+address (``_by_address``: no DNS rebinding). A write needs ``allow_writes`` (403 without) and a
 request no other site can make a browser send (``_same_origin``).
 """
 
@@ -20,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -234,8 +236,9 @@ class WebServer:
             return answer(400, {"error": "not an HTTP request line"})
         segments = [unquote(s) for s in path.split("/")[1:]]
         request = Request(parts[0], segments, headers, client)
-        if not self._authorised(headers):  # before the body: a stranger's is never read
-            return answer(401, {"error": "this page needs its password"})
+        refused = self._refused(headers)  # before the body: a stranger's is never read
+        if refused is not None:
+            return refused
         if request.method == "POST" and _point_written(segments) is not None:
             body = await _body(reader, headers)
             if isinstance(body, Response):
@@ -312,6 +315,22 @@ class WebServer:
             self._assets[name] = (resources.files(__package__) / "static" / name).read_bytes()
         return Response(200, self._assets[name], content_type)
 
+    def _refused(self, headers: dict[str, str]) -> Response | None:
+        """The answer to a request not served to its sender (401, 403), or None."""
+        if not self._authorised(headers):
+            return answer(401, {"error": "this page needs its password"})
+        if self.section.password is None and not _by_address(headers.get("host")):
+            host, port = self.section.host, self.section.port
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            return answer(
+                403,
+                {
+                    "error": f"this page is reached by its address (http://{where}/), "
+                    "not a name: without a password, a name could be another site's"
+                },
+            )
+        return None
+
     def _authorised(self, headers: dict[str, str]) -> bool:
         password = self.section.password
         if password is None:
@@ -325,6 +344,25 @@ class WebServer:
             return False
         given = decoded.partition(":")[2]
         return hmac.compare_digest(given.encode(), password.encode())
+
+
+def _by_address(host: str | None) -> bool:
+    """Whether a request's ``Host`` is an IP address or ``localhost`` (or absent: no browser).
+    Without a password, that is what stops DNS rebinding: another site's name, pointed at
+    127.0.0.1 once its page is loaded, would make this page its own, to read from any tab."""
+    if host is None:
+        return True
+    try:
+        name = urlsplit(f"//{host}").hostname or ""
+    except ValueError:
+        return False
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _point_written(segments: list[str]) -> tuple[str, str] | None:

@@ -153,6 +153,14 @@ def test_the_api_serves_what_status_shows(
     status, missing, _ = get(port, "/api/devices/pump")
     assert (status, missing) == (404, {"error": "no device 'pump'", "devices": ["tank"]})
     assert get(port, "/nothing")[0] == 404
+    # without a password, by its address only: a name could be another site's, rebound to
+    # 127.0.0.1 (DNS rebinding) so that its page reads this one as its own
+    for host in ("localhost", f"localhost:{port}", f"[::1]:{port}", f"127.0.0.1:{port}"):
+        assert get(port, "/api/status", {"Host": host})[0] == 200, host
+    for host in (f"rebind.example:{port}", "rebind.example", f"127.0.0.1.nip.io:{port}"):
+        status, body, _ = get(port, "/api/status", {"Host": host})
+        assert status == 403, host
+        assert body["error"].startswith("this page is reached by its address"), body
 
 
 def test_with_a_password_every_request_needs_it_and_it_is_never_logged(
@@ -167,6 +175,7 @@ def test_with_a_password_every_request_needs_it_and_it_is_never_logged(
     assert get(port, "/api/status", basic("wrong"))[0] == 401
     assert get(port, "/api/status", {"Authorization": "Basic !!!"})[0] == 401
     assert get(port, "/api/status", basic(SECRET))[0] == 200
+    assert get(port, "/api/status", {**basic(SECRET), "Host": "gateway.local:8080"})[0] == 200
     assert SECRET not in edge_agent.log
 
 
