@@ -6,8 +6,11 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import socket
+import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +20,7 @@ import pytest
 
 from agent.config import load_config
 from agent.errors import ConfigError
+from agent.service.logs import RecentLines
 from agent.testkit.modbus import ModbusBus
 from agent.testkit.net import free_port
 from agent.testkit.runner import AgentRunner
@@ -396,3 +400,29 @@ def test_the_agent_stops_quietly_with_a_request_half_sent(
         assert get(port, "/api/status")[0] == 200
         assert edge_agent.term() == 0
     assert "Traceback" not in edge_agent.log, edge_agent.log
+
+
+def test_the_recent_log_is_read_while_another_thread_logs() -> None:
+    """gpiozero's and paho's threads log too: the page's read of the lines must not see the
+    ring change under it (``deque mutated during iteration``, a 500 for the overview)."""
+    recent = RecentLines()
+    record = logging.LogRecord("pin", logging.INFO, __file__, 1, "edge %d", (1,), None)
+    for _ in range(200):  # full: each read walks the whole ring
+        recent.handle(record)
+    done = threading.Event()
+
+    def flood() -> None:
+        while not done.is_set():
+            recent.handle(record)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns often: a race shows within a few reads
+    thread = threading.Thread(target=flood, name="pin")
+    thread.start()
+    try:
+        for _ in range(5000):
+            assert len(recent.lines()) == 200
+    finally:
+        done.set()
+        thread.join(timeout=10)
+        sys.setswitchinterval(switch)
