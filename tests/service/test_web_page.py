@@ -294,3 +294,42 @@ def test_an_address_it_cannot_decode_still_shows_the_page(
     page.open(url + "#/")
     page.wait_for("document.querySelectorAll('#devices tr[data-device]').length === 2")
     assert page.errors() == []
+
+
+def test_a_late_answer_for_the_page_left_is_not_drawn(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], browser: Browser
+) -> None:
+    url, _, _ = site(edge_agent, modbus_bus)
+    page = browser.page()
+    page.open(url + "#/device/tank")
+    wait_text(page, 'td[data-point="level"]', "42")
+    # The page's fetches, counted until their JSON is read and the code after it has run; the
+    # device's own held back until let go; and what #view shows each time it changes.
+    page.evaluate(
+        """(() => {
+        window.pending = 0; window.held = []; window.hold = true; window.drawn = [];
+        const real = window.fetch;
+        window.fetch = (url, options) => {
+            window.pending += 1;
+            const done = (response) => {
+                const json = response.json.bind(response);
+                response.json = () => json().finally(() => setTimeout(() => { window.pending -= 1; }));
+                return response;
+            };
+            if (window.hold && url === '/api/devices/tank') {
+                return new Promise((resolve) => window.held.push(() => resolve(real(url, options).then(done))));
+            }
+            return real(url, options).then(done);
+        };
+        new MutationObserver(() => window.drawn.push(document.querySelector('#view h1')?.textContent))
+            .observe(document.getElementById('view'), { childList: true });
+    })()"""
+    )
+    page.wait_for("window.held.length === 1")  # the device's next poll, waiting
+    page.evaluate("location.hash = '#/log'")
+    wait_text(page, "#log", "running: 2 device(s)")
+    page.evaluate("window.hold = false; window.drawn = []; window.held.forEach((go) => go())")
+    page.wait_for("window.pending === 0")  # the device's answer read, and all it led to done
+    assert text_of(page, "#view h1") == "Recent log"
+    assert "tank" not in page.evaluate("window.drawn"), page.evaluate("window.drawn")
+    assert page.errors() == []

@@ -222,8 +222,9 @@ function logList(lines) {
     `${clock(line.ts)} ${line.level.toUpperCase()} ${line.text}\n`)));
 }
 
-async function overview() {
+async function overview(key) {
   const [status, log] = await Promise.all([getJSON("/api/status"), getJSON("/api/log")]);
+  if (shown !== key) return null; // the technician went elsewhere meanwhile
   const now = status.now;
   const devices = status.devices || {};
   const states = Object.values(devices).map((d) => d.state);
@@ -242,8 +243,9 @@ async function overview() {
   return status;
 }
 
-async function logPage() {
+async function logPage(key) {
   const log = await getJSON("/api/log");
+  if (shown !== key) return null;
   show(el("h1", {}, "Recent log"), el("p", { class: "muted" }, "Newest last; the agent keeps the last lines in memory only."),
     logList(log.lines));
   return null;
@@ -365,7 +367,7 @@ async function write(device, point, text, type) {
   }
 }
 
-async function devicePage(name) {
+async function devicePage(name, key) {
   const base = `/api/devices/${encodeURIComponent(name)}`;
   const device = await getJSON(base);
   const now = device.now;
@@ -373,6 +375,7 @@ async function devicePage(name) {
     const fetched = await getJSON(`${base}/history`);
     history = { name, at: now, points: fetched.points, window: fetched.window_ms };
   }
+  if (shown !== key) return null; // drawn, it would replace the page now shown (its form too)
   const units = Object.fromEntries(device.points.map((p) => [p.name, p.unit]));
   const plots = Object.entries(history.points).map(([point, pairs]) => {
     const latest = device.points.find((p) => p.name === point);
@@ -422,9 +425,9 @@ async function tick() {
   shown = key;
   try {
     let status = null;
-    if (route.page === "device") status = await devicePage(route.name);
-    else if (route.page === "log") status = await logPage();
-    else status = await overview();
+    if (route.page === "device") status = await devicePage(route.name, key);
+    else if (route.page === "log") status = await logPage(key);
+    else status = await overview(key);
     if (shown === key) fresh(status);
   } catch (error) {
     if (shown === key) stale(error);
