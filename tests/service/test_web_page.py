@@ -165,6 +165,7 @@ def test_the_page_follows_the_slaves_and_shows_a_dead_ones_frames(
     # the agent gone: the page says what it shows is old
     edge_agent.stop()
     page.wait_for("document.getElementById('freshness').classList.contains('stale')")
+    assert page.errors() == phone.errors() == []  # the page's script never failed
 
 
 def test_a_write_needs_the_password_and_a_confirmation_and_is_read_back(
@@ -213,6 +214,7 @@ def test_a_write_needs_the_password_and_a_confirmation_and_is_read_back(
     edge_agent.wait_log(r"web write from 127\.0\.0\.1: tank\.setpoint set: read back 55")
     assert edge_agent.status()["link"]["commands"] == {"ok": 1, "refused": 1}
     assert SECRET not in edge_agent.log
+    assert page.errors() == []
 
 
 LONG = "north_field_pump_station_tank_level_03"
