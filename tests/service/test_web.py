@@ -87,6 +87,10 @@ def problems(tmp_path: Path, web: str, files: dict[str, str] | None = None) -> l
             "web.password_file: cannot read none.txt: No such file or directory",
         ),
         (
+            "[web]\nmax_clients = 1\n",
+            "web.max_clients: 1 is too few: a page loads its style and script at once; at least 2",
+        ),
+        (
             '[web]\npassword_file = "empty.txt"\n',
             "web.password_file: empty.txt is empty: write the page's password in it",
         ),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.config.web import MIN_CLIENTS
 from agent.testkit.browser import Browser, Page
 from agent.testkit.modbus import ModbusBus, SimSlave
 from agent.testkit.net import free_port
@@ -335,3 +336,23 @@ def test_a_late_answer_for_the_page_left_is_not_drawn(
     assert text_of(page, "#view h1") == "Recent log"
     assert "tank" not in page.evaluate("window.drawn"), page.evaluate("window.drawn")
     assert page.errors() == []
+
+
+def test_the_fewest_clients_allowed_serve_a_page_whole(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], browser: Browser
+) -> None:
+    """At ``max_clients = 1``, the page's style or script was refused (503): it never drew."""
+    url, _, _ = site(edge_agent, modbus_bus, max_clients=MIN_CLIENTS)
+    page = browser.page()
+    page.open(url)
+    page.evaluate(
+        """(() => { window.busy = 0; const real = window.fetch;
+        window.fetch = (...args) => real(...args).then((r) => { if (r.status === 503) window.busy += 1; return r; });
+        })()"""
+    )
+    stamp = "document.getElementById('freshness').textContent"
+    for _ in range(5):  # five redraws of the overview, each of them whole
+        before = page.evaluate(stamp)
+        page.wait_for(f"{stamp} !== {json.dumps(before)}")
+    assert page.evaluate("window.busy") == 0
+    assert "live" in text_of(page, "#freshness")
