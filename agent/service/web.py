@@ -118,10 +118,10 @@ class Response:
 
 
 def answer(status: int, body: Any) -> Response:
-    """A JSON answer; what is not a finite number is ``null`` (JSON has no NaN)."""
-    return Response(
-        status, json.dumps(_finite(body), ensure_ascii=False, separators=(",", ":")).encode()
-    )
+    """A JSON answer; what is not a finite number is ``null`` (JSON has no NaN), and a lone
+    surrogate (a file name's byte that is not UTF-8, through os.fsdecode) its JSON escape."""
+    text = json.dumps(_finite(body), ensure_ascii=False, separators=(",", ":"))
+    return Response(status, text.encode("utf-8", "backslashreplace"))
 
 
 def _finite(value: Any) -> Any:

@@ -7,6 +7,7 @@ import base64
 import http.client
 import json
 import logging
+import os
 import socket
 import sys
 import textwrap
@@ -21,6 +22,7 @@ import pytest
 from agent.config import load_config
 from agent.errors import ConfigError
 from agent.service.logs import RecentLines
+from agent.service.web import answer
 from agent.testkit.modbus import ModbusBus
 from agent.testkit.net import free_port
 from agent.testkit.runner import AgentRunner
@@ -430,3 +432,16 @@ def test_the_recent_log_is_read_while_another_thread_logs() -> None:
         done.set()
         thread.join(timeout=10)
         sys.setswitchinterval(switch)
+
+
+def test_a_logged_file_name_that_is_not_utf8_leaves_the_log_served() -> None:
+    """A name from the file system can hold a byte UTF-8 cannot read (a lone surrogate, from
+    os.fsdecode): the answer carries it escaped, as the status socket does, not a 500 for
+    /api/log and the overview until 200 lines later."""
+    recent = RecentLines()
+    name = os.fsdecode(b"/var/lib/edge-agent/\xff")
+    recent.handle(
+        logging.LogRecord("buffer", logging.INFO, __file__, 1, "cannot open %s", (name,), None)
+    )
+    response = answer(200, {"lines": recent.lines()})
+    assert json.loads(response.body)["lines"][0]["text"] == f"cannot open {name}"
