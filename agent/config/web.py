@@ -18,6 +18,8 @@ from .types import WebSection
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 MAX_CLIENTS = 64
+#: A page loads its style and its script at once: with one connection, one of them is refused.
+MIN_CLIENTS = 2
 
 
 def load_web(s: Section, relative: Callable[[str], Path]) -> WebSection:
@@ -27,7 +29,7 @@ def load_web(s: Section, relative: Callable[[str], Path]) -> WebSection:
     listen = s.take("listen", conv.text, DEFAULT_LISTEN) or DEFAULT_LISTEN
     password_file = s.take("password_file", conv.text, None)
     allow_writes = bool(s.take("allow_writes", conv.boolean, False))
-    max_clients = s.take("max_clients", conv.in_range(1, MAX_CLIENTS), d.max_clients)
+    max_clients = s.take("max_clients", _clients, d.max_clients)
     address = _listen(listen)
     if address is None:
         s.problem("listen", f'{conv.shown(listen)} is not HOST:PORT: write e.g. "{DEFAULT_LISTEN}"')
@@ -45,6 +47,16 @@ def load_web(s: Section, relative: Callable[[str], Path]) -> WebSection:
     return WebSection(
         enabled, address[0], address[1], password, allow_writes, max_clients or d.max_clients
     )
+
+
+def _clients(value: object) -> int:
+    result = conv.in_range(1, MAX_CLIENTS)(value)
+    if result < MIN_CLIENTS:
+        raise ValueError(
+            f"{result} is too few: a page loads its style and script at once; "
+            f"at least {MIN_CLIENTS}"
+        )
+    return result
 
 
 def _listen(text: str) -> tuple[str, int] | None:

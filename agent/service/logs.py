@@ -335,4 +335,9 @@ class RecentLines(logging.Handler):
 
     def lines(self) -> list[dict[str, object]]:
         """Oldest first: each line's time (ms), level and text."""
-        return [{"ts": ts, "level": level, "text": text} for ts, level, text in self._lines]
+        self.acquire()  # emit's lock, held by handle(): other threads log too (gpiozero, paho)
+        try:
+            kept = list(self._lines)
+        finally:
+            self.release()
+        return [{"ts": ts, "level": level, "text": text} for ts, level, text in kept]

@@ -10,7 +10,8 @@ at most ``MAX_HEAD`` bytes and a body of at most ``MAX_BODY``, read within ``REA
 (431, 413, 408), one request per connection, and an answer a browser that stops reading cannot
 hold for longer than ``WRITE_TIMEOUT``: a slow or gone client costs its own task, never a poll
 or the uplink. With a password, every request needs it (HTTP Basic, any user name; 401
-without); the password is never logged. A write needs ``allow_writes`` (403 without) and a
+without); the password is never logged. Without one, a request must name the server by its
+address (``_by_address``: no DNS rebinding). A write needs ``allow_writes`` (403 without) and a
 request no other site can make a browser send (``_same_origin``).
 """
 
@@ -20,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -116,10 +118,10 @@ class Response:
 
 
 def answer(status: int, body: Any) -> Response:
-    """A JSON answer; what is not a finite number is ``null`` (JSON has no NaN)."""
-    return Response(
-        status, json.dumps(_finite(body), ensure_ascii=False, separators=(",", ":")).encode()
-    )
+    """A JSON answer; what is not a finite number is ``null`` (JSON has no NaN), and a lone
+    surrogate (a file name's byte that is not UTF-8, through os.fsdecode) its JSON escape."""
+    text = json.dumps(_finite(body), ensure_ascii=False, separators=(",", ":"))
+    return Response(status, text.encode("utf-8", "backslashreplace"))
 
 
 def _finite(value: Any) -> Any:
@@ -178,24 +180,36 @@ class WebServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._clients) >= self.section.max_clients:
-            busy = answer(503, {"error": "too many clients: close another page"})
-            await _send(reader, writer, busy, head_only=False)
-            return
-        self._clients.add(task)
         try:
-            peer = writer.get_extra_info("peername")
-            client = str(peer[0]) if isinstance(peer, tuple) else "?"
+            if len(self._clients) >= self.section.max_clients:
+                busy = answer(503, {"error": "too many clients: close another page"})
+                await _send(reader, writer, busy, head_only=False)
+                return
+            self._clients.add(task)
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # The server stops: the connection goes with it. Not raised on: asyncio's streams
+            # (3.11, 3.12) log a cancelled connection task as an error with its traceback.
+            writer.close()
+        finally:
+            self._clients.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else "?"
+        try:
             request = await self._read(reader, client)
             if isinstance(request, Response):
                 response, head_only = request, False
             else:
                 response, head_only = await self._respond(request), request.method == "HEAD"
-            if response.status == 401:
-                response.headers["WWW-Authenticate"] = 'Basic realm="edge-agent", charset="UTF-8"'
-            await _send(reader, writer, response, head_only)
-        finally:
-            self._clients.discard(task)
+        except Exception:  # a bug reading a request costs its answer, never the server
+            log.exception("web: cannot read a request from %s", client)
+            response = answer(500, {"error": "internal error: see the agent's log"})
+            head_only = False
+        if response.status == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="edge-agent", charset="UTF-8"'
+        await _send(reader, writer, response, head_only)
 
     async def _read(self, reader: asyncio.StreamReader, client: str) -> Request | Response:
         """The request, or the answer to one that cannot be read."""
@@ -216,11 +230,15 @@ class WebServer:
             name, _, value = line.partition(":")
             if name:
                 headers[name.strip().lower()] = value.strip()
-        path = urlsplit(parts[1]).path
+        try:
+            path = urlsplit(parts[1]).path
+        except ValueError:  # "//[": an IPv6 host never closed
+            return answer(400, {"error": "not an HTTP request line"})
         segments = [unquote(s) for s in path.split("/")[1:]]
         request = Request(parts[0], segments, headers, client)
-        if not self._authorised(headers):  # before the body: a stranger's is never read
-            return answer(401, {"error": "this page needs its password"})
+        refused = self._refused(headers)  # before the body: a stranger's is never read
+        if refused is not None:
+            return refused
         if request.method == "POST" and _point_written(segments) is not None:
             body = await _body(reader, headers)
             if isinstance(body, Response):
@@ -297,6 +315,22 @@ class WebServer:
             self._assets[name] = (resources.files(__package__) / "static" / name).read_bytes()
         return Response(200, self._assets[name], content_type)
 
+    def _refused(self, headers: dict[str, str]) -> Response | None:
+        """The answer to a request not served to its sender (401, 403), or None."""
+        if not self._authorised(headers):
+            return answer(401, {"error": "this page needs its password"})
+        if self.section.password is None and not _by_address(headers.get("host")):
+            host, port = self.section.host, self.section.port
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            return answer(
+                403,
+                {
+                    "error": f"this page is reached by its address (http://{where}/), "
+                    "not a name: without a password, a name could be another site's"
+                },
+            )
+        return None
+
     def _authorised(self, headers: dict[str, str]) -> bool:
         password = self.section.password
         if password is None:
@@ -312,6 +346,25 @@ class WebServer:
         return hmac.compare_digest(given.encode(), password.encode())
 
 
+def _by_address(host: str | None) -> bool:
+    """Whether a request's ``Host`` is an IP address or ``localhost`` (or absent: no browser).
+    Without a password, that is what stops DNS rebinding: another site's name, pointed at
+    127.0.0.1 once its page is loaded, would make this page its own, to read from any tab."""
+    if host is None:
+        return True
+    try:
+        name = urlsplit(f"//{host}").hostname or ""
+    except ValueError:
+        return False
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _point_written(segments: list[str]) -> tuple[str, str] | None:
     """The device and point a write's path names, if it is one."""
     match segments:
@@ -322,12 +375,14 @@ def _point_written(segments: list[str]) -> tuple[str, str] | None:
 
 async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes | Response:
     length = headers.get("content-length", "")
-    if not length.isdigit():
+    if not (length.isascii() and length.isdigit()):  # "²" is a digit to isdigit(), not to int()
         return answer(411, {"error": "a write needs its Content-Length"})
-    if int(length) > MAX_BODY:
+    digits = length.lstrip("0")
+    # int() takes at most 4300 digits; a length of more than a few is too long anyway
+    if len(digits) > len(str(MAX_BODY)) or int(digits or "0") > MAX_BODY:
         return answer(413, {"error": f"a write is at most {MAX_BODY} bytes"})
     try:
-        return await asyncio.wait_for(reader.readexactly(int(length)), READ_TIMEOUT)
+        return await asyncio.wait_for(reader.readexactly(int(digits or "0")), READ_TIMEOUT)
     except (asyncio.IncompleteReadError, ConnectionError):
         return answer(400, {"error": "the request ended before its body did"})
     except asyncio.TimeoutError:
@@ -348,16 +403,23 @@ def _same_origin(headers: dict[str, str]) -> str:
         return f"it came from another site ({site})"
     origin = headers.get("origin")
     host = headers.get("host", "")
-    if origin is not None and urlsplit(origin).netloc != host:
+    if origin is not None and _netloc(origin) != host:
         return f"it came from another origin ({origin[:80]})"
     return ""
+
+
+def _netloc(url: str) -> str | None:
+    try:
+        return urlsplit(url).netloc
+    except ValueError:  # "http://[": not a URL, so no origin of ours
+        return None
 
 
 def _written_value(body: bytes) -> Value | Response:
     """The value in ``{"value": ...}``, or the answer saying what is wrong with the body."""
     try:
         payload = json.loads(body.decode("utf-8"))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json reads
         return answer(400, {"error": 'the body is not JSON: send {"value": ...}'})
     value = payload.get("value") if isinstance(payload, dict) else None
     if not isinstance(value, bool | int | float | str):

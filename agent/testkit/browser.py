@@ -50,6 +50,8 @@ class Browser:
         self._process: subprocess.Popen[bytes] | None = None
         self._to_browser: int | None = None
         self._replies: dict[int, dict[str, Any]] = {}
+        #: Each tab's uncaught exceptions and console errors, by its session.
+        self._errors: dict[str, list[str]] = {}
         self._arrived = threading.Condition()
         self._next_id = 0
         self._reader: threading.Thread | None = None
@@ -143,6 +145,9 @@ class Browser:
                         with self._arrived:
                             self._replies[data["id"]] = data
                             self._arrived.notify_all()
+                    elif (error := _page_error(data)) is not None:
+                        with self._arrived:
+                            self._errors.setdefault(data.get("sessionId", ""), []).append(error)
         with self._arrived:
             self._closed = True
             self._arrived.notify_all()
@@ -178,6 +183,11 @@ class Browser:
         result: dict[str, Any] = reply.get("result", {})
         return result
 
+    def errors(self, session: str) -> list[str]:
+        """The uncaught exceptions and console errors of the tab of ``session`` so far."""
+        with self._arrived:
+            return list(self._errors.get(session, []))
+
     def page(
         self,
         width: int = 1280,
@@ -197,9 +207,22 @@ class Browser:
             {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
         )
         page.call("Network.enable")
+        page.call("Runtime.enable")  # its exceptions and console errors: see Page.errors
         if headers:
             page.call("Network.setExtraHTTPHeaders", {"headers": headers})
         return page
+
+
+def _page_error(event: dict[str, Any]) -> str | None:
+    """What went wrong in a tab, from a protocol event: an uncaught exception or a console
+    error; None for any other event."""
+    params = event.get("params", {})
+    if event.get("method") == "Runtime.exceptionThrown":
+        details = params.get("exceptionDetails", {})
+        return str(details.get("exception", {}).get("description") or details.get("text"))
+    if event.get("method") == "Runtime.consoleAPICalled" and params.get("type") == "error":
+        return " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
+    return None
 
 
 class Page:
@@ -213,6 +236,10 @@ class Page:
         self, method: str, params: dict[str, Any] | None = None, timeout: float = CALL_TIMEOUT
     ) -> dict[str, Any]:
         return self.browser.call(method, params, self.session, timeout)
+
+    def errors(self) -> list[str]:
+        """The tab's uncaught exceptions and console errors so far."""
+        return self.browser.errors(self.session)
 
     def open(self, url: str) -> None:
         result = self.call("Page.navigate", {"url": url})

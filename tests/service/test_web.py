@@ -6,8 +6,12 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
+import os
 import socket
+import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +21,8 @@ import pytest
 
 from agent.config import load_config
 from agent.errors import ConfigError
+from agent.service.logs import RecentLines
+from agent.service.web import answer
 from agent.testkit.modbus import ModbusBus
 from agent.testkit.net import free_port
 from agent.testkit.runner import AgentRunner
@@ -81,6 +87,10 @@ def problems(tmp_path: Path, web: str, files: dict[str, str] | None = None) -> l
         (
             '[web]\npassword_file = "none.txt"\n',
             "web.password_file: cannot read none.txt: No such file or directory",
+        ),
+        (
+            "[web]\nmax_clients = 1\n",
+            "web.max_clients: 1 is too few: a page loads its style and script at once; at least 2",
         ),
         (
             '[web]\npassword_file = "empty.txt"\n',
@@ -153,6 +163,14 @@ def test_the_api_serves_what_status_shows(
     status, missing, _ = get(port, "/api/devices/pump")
     assert (status, missing) == (404, {"error": "no device 'pump'", "devices": ["tank"]})
     assert get(port, "/nothing")[0] == 404
+    # without a password, by its address only: a name could be another site's, rebound to
+    # 127.0.0.1 (DNS rebinding) so that its page reads this one as its own
+    for host in ("localhost", f"localhost:{port}", f"[::1]:{port}", f"127.0.0.1:{port}"):
+        assert get(port, "/api/status", {"Host": host})[0] == 200, host
+    for host in (f"rebind.example:{port}", "rebind.example", f"127.0.0.1.nip.io:{port}"):
+        status, body, _ = get(port, "/api/status", {"Host": host})
+        assert status == 403, host
+        assert body["error"].startswith("this page is reached by its address"), body
 
 
 def test_with_a_password_every_request_needs_it_and_it_is_never_logged(
@@ -167,6 +185,7 @@ def test_with_a_password_every_request_needs_it_and_it_is_never_logged(
     assert get(port, "/api/status", basic("wrong"))[0] == 401
     assert get(port, "/api/status", {"Authorization": "Basic !!!"})[0] == 401
     assert get(port, "/api/status", basic(SECRET))[0] == 200
+    assert get(port, "/api/status", {**basic(SECRET), "Host": "gateway.local:8080"})[0] == 200
     assert SECRET not in edge_agent.log
 
 
@@ -267,12 +286,15 @@ def test_a_write_goes_through_the_commands_checks_only_when_allowed_and_from_the
         {"X-Edge-Agent": ""},
         {"Origin": "http://evil.example"},
         {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null"},
+        {"Origin": "http://["},  # not even a URL
     ):
         status, body = post(port, url, good, {**me, **forged})
         assert status == 403, forged
         assert body["error"].startswith("write refused: "), body
     assert post(port, url, b"x" * 5000, me) == (413, {"error": "a write is at most 4096 bytes"})
     assert post(port, url, b"{not json", me)[0] == 400
+    assert post(port, url, b"[" * 3000, me)[0] == 400  # nested deeper than json's recursion
     assert post(port, url, b'{"value": [1]}', me)[0] == 400
     # the command's checks, said as a command's reply says them
     assert post(port, url, b'{"value": 150}', me) == (
@@ -354,3 +376,72 @@ def test_the_page_its_history_and_its_log_are_served(
     texts = [line["text"] for line in log["lines"]]
     assert any(t.startswith("running: 1 device(s)") for t in texts), texts
     assert get(port, "/api/devices/pump/history")[0] == 404
+
+
+def test_a_malformed_request_is_answered_and_costs_no_traceback(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], tmp_path: Path
+) -> None:
+    port, _ = started(edge_agent, modbus_bus, tmp_path)
+    write = b"POST /api/devices/tank/points/level HTTP/1.1\r\n"
+    for request, status in (
+        (b"GET //[/ HTTP/1.1\r\n\r\n", b"400"),  # urlsplit: "Invalid IPv6 URL"
+        (b"GET http://[::1/api/status HTTP/1.1\r\n\r\n", b"400"),
+        (write + "Content-Length: \u00b2\r\n\r\nab".encode("latin-1"), b"411"),  # isdigit()
+        (write + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n", b"413"),  # 4300 digits
+        (write + b"Content-Length: 0000000000012\r\n\r\n" + b'{"value": 1}', b"403"),
+    ):
+        assert raw(port, request).startswith(b"HTTP/1.1 " + status + b" "), request[:60]
+    assert get(port, "/api/status")[0] == 200
+    assert "Traceback" not in edge_agent.log
+    assert "Unhandled exception" not in edge_agent.log
+
+
+def test_the_agent_stops_quietly_with_a_request_half_sent(
+    edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], tmp_path: Path
+) -> None:
+    port, _ = started(edge_agent, modbus_bus, tmp_path)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+        slow.sendall(b"GET /api/status HTTP/1.1\r\n")
+        # accepted in order: once a later request is answered, the slow one is being read
+        assert get(port, "/api/status")[0] == 200
+        assert edge_agent.term() == 0
+    assert "Traceback" not in edge_agent.log, edge_agent.log
+
+
+def test_the_recent_log_is_read_while_another_thread_logs() -> None:
+    """gpiozero's and paho's threads log too: the page's read of the lines must not see the
+    ring change under it (``deque mutated during iteration``, a 500 for the overview)."""
+    recent = RecentLines()
+    record = logging.LogRecord("pin", logging.INFO, __file__, 1, "edge %d", (1,), None)
+    for _ in range(200):  # full: each read walks the whole ring
+        recent.handle(record)
+    done = threading.Event()
+
+    def flood() -> None:
+        while not done.is_set():
+            recent.handle(record)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns often: a race shows within a few reads
+    thread = threading.Thread(target=flood, name="pin")
+    thread.start()
+    try:
+        for _ in range(5000):
+            assert len(recent.lines()) == 200
+    finally:
+        done.set()
+        thread.join(timeout=10)
+        sys.setswitchinterval(switch)
+
+
+def test_a_logged_file_name_that_is_not_utf8_leaves_the_log_served() -> None:
+    """A name from the file system can hold a byte UTF-8 cannot read (a lone surrogate, from
+    os.fsdecode): the answer carries it escaped, as the status socket does, not a 500 for
+    /api/log and the overview until 200 lines later."""
+    recent = RecentLines()
+    name = os.fsdecode(b"/var/lib/edge-agent/\xff")
+    recent.handle(
+        logging.LogRecord("buffer", logging.INFO, __file__, 1, "cannot open %s", (name,), None)
+    )
+    response = answer(200, {"lines": recent.lines()})
+    assert json.loads(response.body)["lines"][0]["text"] == f"cannot open {name}"

@@ -96,7 +96,12 @@ async function getJSON(url) {
 }
 
 function routeNow() {
-  const hash = decodeURIComponent(location.hash.replace(/^#/, ""));
+  let hash = location.hash.replace(/^#/, "");
+  try {
+    hash = decodeURIComponent(hash);
+  } catch (_) {
+    // typed by hand ("#/device/100%"): taken as it is, not an error that stops the page
+  }
   if (hash.startsWith("/device/")) return { page: "device", name: hash.slice("/device/".length) };
   if (hash === "/log") return { page: "log" };
   return { page: "overview" };
@@ -217,8 +222,9 @@ function logList(lines) {
     `${clock(line.ts)} ${line.level.toUpperCase()} ${line.text}\n`)));
 }
 
-async function overview() {
+async function overview(key) {
   const [status, log] = await Promise.all([getJSON("/api/status"), getJSON("/api/log")]);
+  if (shown !== key) return null; // the technician went elsewhere meanwhile
   const now = status.now;
   const devices = status.devices || {};
   const states = Object.values(devices).map((d) => d.state);
@@ -237,8 +243,9 @@ async function overview() {
   return status;
 }
 
-async function logPage() {
+async function logPage(key) {
   const log = await getJSON("/api/log");
+  if (shown !== key) return null;
   show(el("h1", {}, "Recent log"), el("p", { class: "muted" }, "Newest last; the agent keeps the last lines in memory only."),
     logList(log.lines));
   return null;
@@ -328,16 +335,22 @@ function writePanel(device) {
   confirm.addEventListener("click", async () => {
     asking(false);
     result.textContent = "Writing…";
-    result.textContent = await write(device.name, select.value, input.value);
+    const point = writable.find((p) => p.name === select.value);
+    result.textContent = await write(device.name, select.value, input.value, point && point.type);
   });
   writeForm = form;
   return form;
 }
 
-async function write(device, point, text) {
-  let value = text.trim();
-  if (/^(true|false)$/.test(value)) value = value === "true";
-  else if (value !== "" && !Number.isNaN(Number(value))) value = Number(value);
+// What is typed is a number or true/false, but for a text point (its type "string"), which
+// takes it as typed: "0042" stays "0042".
+async function write(device, point, text, type) {
+  let value = text;
+  if (type !== "string") {
+    value = text.trim();
+    if (/^(true|false)$/.test(value)) value = value === "true";
+    else if (value !== "" && !Number.isNaN(Number(value))) value = Number(value);
+  }
   const url = `/api/devices/${encodeURIComponent(device)}/points/${encodeURIComponent(point)}`;
   try {
     const response = await fetch(url, {
@@ -354,7 +367,7 @@ async function write(device, point, text) {
   }
 }
 
-async function devicePage(name) {
+async function devicePage(name, key) {
   const base = `/api/devices/${encodeURIComponent(name)}`;
   const device = await getJSON(base);
   const now = device.now;
@@ -362,6 +375,7 @@ async function devicePage(name) {
     const fetched = await getJSON(`${base}/history`);
     history = { name, at: now, points: fetched.points, window: fetched.window_ms };
   }
+  if (shown !== key) return null; // drawn, it would replace the page now shown (its form too)
   const units = Object.fromEntries(device.points.map((p) => [p.name, p.unit]));
   const plots = Object.entries(history.points).map(([point, pairs]) => {
     const latest = device.points.find((p) => p.name === point);
@@ -411,9 +425,9 @@ async function tick() {
   shown = key;
   try {
     let status = null;
-    if (route.page === "device") status = await devicePage(route.name);
-    else if (route.page === "log") status = await logPage();
-    else status = await overview();
+    if (route.page === "device") status = await devicePage(route.name, key);
+    else if (route.page === "log") status = await logPage(key);
+    else status = await overview(key);
     if (shown === key) fresh(status);
   } catch (error) {
     if (shown === key) stale(error);
