@@ -209,8 +209,8 @@ class _Loader:
         elif self.texts is not None:
             return [base / name for name in sorted(self.texts) if glob_match(name, pattern)]
         else:
-            try:
-                return sorted(base.glob(pattern))
+            try:  # never a hidden file: a push's journal, an editor's swap file
+                return sorted(p for p in base.glob(pattern) if not _hidden(p, base))
             except ValueError as exc:  # "**" inside a name
                 problem = str(exc)
         self.problems.at("agent.include", f"{conv.shown(pattern)}: {problem}")
@@ -688,3 +688,8 @@ def _relative_name(path: Path, base: Path) -> str:
         return path.relative_to(base).as_posix()
     except ValueError:  # not below it (a symlinked folder): its whole path
         return path.as_posix()
+
+
+def _hidden(path: Path, base: Path) -> bool:
+    """Whether a part of ``path`` below ``base`` starts with a dot."""
+    return any(part.startswith(".") for part in path.relative_to(base).parts)

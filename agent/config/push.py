@@ -88,6 +88,17 @@ def file_problem(name: str) -> str | None:
     return None
 
 
+def previous_path(config: Path) -> Path:
+    """Where the files a confirmed push replaced are kept (one JSON file, hidden)."""
+    return config.with_name(f".{config.name}.previous.json")
+
+
+def keep_previous(config: Path, journal: Journal) -> None:
+    """Keep what a confirmed push replaced, for a person to go back to."""
+    kept = {"id": journal.id, "hash": journal.old_hash, "files": journal.previous}
+    write_atomically(previous_path(config), json.dumps(kept, indent=1), mode=0o600)
+
+
 def journal_path(config: Path) -> Path:
     """Beside the main file, hidden, and not a ``.toml`` file that an include could match."""
     return config.with_name(f".{config.name}.push.json")

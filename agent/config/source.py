@@ -120,7 +120,10 @@ def _scan_lines(text: str) -> dict[IndexPath, int]:
 def glob_match(name: str, pattern: str) -> bool:
     """Whether the relative file ``name`` ("conf.d/a.toml") is one ``Path.glob(pattern)``
     finds: ``*`` and ``?`` within a part, ``**`` any number of folders."""
-    return _parts_match(name.split("/"), pattern.split("/"))
+    parts = name.split("/")
+    if any(part.startswith(".") for part in parts):  # as the disk's includes: never hidden
+        return False
+    return _parts_match(parts, pattern.split("/"))
 
 
 def _parts_match(names: list[str], patterns: list[str]) -> bool:

@@ -30,6 +30,7 @@ from ..config.push import (
     config_hash,
     file_problem,
     finish_interrupted,
+    keep_previous,
     on_disk,
     read_journal,
     redacted,
@@ -378,6 +379,7 @@ class RemotePushes:
         if self._superseded.is_set() or on_disk(path, journal.files) != journal.files:
             self._give_up(journal, path)
         elif self._published.is_set():
+            keep_previous(path, journal)
             remove_journal(path)
             log.info(
                 "config push %s: confirmed: online with %s",

@@ -33,6 +33,7 @@ from agent.errors import ConfigError
 from agent.uplink.remote import PushRefused, parse_push
 
 FILES = 40
+MINIMAL = '[agent]\nid = "gw"\ndata_dir = "data"\n'
 
 # The child writes a push of FILES files (the agent's own code path) over and over, each round
 # from one whole set to the other; the test kills it at a random moment.
@@ -138,16 +139,22 @@ def test_what_a_pushed_file_may_be_called(name: str, problem: str | None) -> Non
         ("a.toml", "**/*.toml", True),
         ("conf.d/a.toml", "conf.d/?.toml", True),
         ("conf.d/ab.toml", "conf.d/?.toml", False),
+        (".site.toml.push.json", "*", False),  # never a hidden file: the push's own journal
+        ("conf.d/.pumps.toml", "conf.d/*.toml", False),
     ],
 )
 def test_includes_match_pushed_names_as_they_match_files(
     tmp_path: Path, name: str, pattern: str, matches: bool
 ) -> None:
     assert glob_match(name, pattern) is matches
+    main = MINIMAL.replace("[agent]", f"[agent]\ninclude = [{pattern!r}]")
+    pushed = dict(load_config(tmp_path / "site.toml", texts={"site.toml": main, name: ""})[0].files)
+    assert (name in pushed) is matches  # a push's includes
     (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / name).write_text("")
-    on_disk = [p.relative_to(tmp_path).as_posix() for p in tmp_path.glob(pattern) if p.is_file()]
-    assert (name in on_disk) is matches  # the same answer as Path.glob
+    (tmp_path / "site.toml").write_text(main)
+    included = dict(load_config(tmp_path / "site.toml", environ={})[0].files)
+    assert (name in included) is matches  # what the disk's includes take, too
 
 
 def test_a_push_is_checked_where_it_will_be_written_not_where_it_is_read(

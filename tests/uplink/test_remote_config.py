@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.config.push import Journal, config_hash, journal_path, write_journal
+from agent.config.push import Journal, config_hash, journal_path, previous_path, write_journal
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
@@ -148,6 +148,13 @@ def test_a_valid_push_is_applied_confirmed_and_its_hash_is_in_meta(
     assert (tmp_path / "conf.d" / "pumps.toml").read_text() == device("pump")
     assert not (tmp_path / "conf.d" / "well.toml").exists()
     assert not journal_path(config).exists()
+    kept = json.loads(previous_path(config).read_text())  # what it replaced, for a person
+    assert kept["files"] == {
+        "site.toml": config.read_text(),
+        "conf.d/well.toml": device("well"),
+        "conf.d/pumps.toml": None,
+        "conf.d/tank.toml": None,
+    }
     log = agent.output()
     assert "config push p1: applied (sha256:" in log
     assert "config push p1: confirmed" in log
