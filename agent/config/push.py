@@ -16,7 +16,7 @@ import json
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,9 @@ else:  # pragma: no cover - Python 3.10 gateways
 #: A pushed configuration is a few kB; these bound what a hostile or broken push can cost.
 MAX_FILES = 64
 MAX_BYTES = 512 * 1024
+#: An agent that starts this often with a push unconfirmed (it crashes with it, and systemd
+#: restarts it) rolls it back before it reads the configuration: no crash loop.
+MAX_STARTS = 3
 #: The phases of a push in the journal.
 APPLYING, CONFIRMING, ROLLING_BACK = "applying", "confirming", "rolling back"
 
@@ -120,7 +123,19 @@ class Journal:
     new_hash: str
     #: The reply a rollback owes the fleet, kept until it is in the agent's record.
     reply: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: ``edge-agent run`` started with it unconfirmed: beyond ``MAX_STARTS``, rolled back.
+    starts: int = 0
+
+    def roll_back(self, why: str) -> None:
+        """From now on a rollback: its reply made (kept in the journal until delivered)."""
+        self.phase = ROLLING_BACK
+        self.reply = {
+            "id": self.id,
+            "ok": False,
+            "state": "rolled_back",
+            "error": why,
+            "hash": self.old_hash,
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -132,7 +147,7 @@ class Journal:
             "old_hash": self.old_hash,
             "new_hash": self.new_hash,
             "reply": self.reply,
-            **self.extra,
+            "starts": self.starts,
         }
 
 
@@ -157,6 +172,7 @@ def read_journal(config: Path) -> Journal | None:
             data["old_hash"],
             data["new_hash"],
             data.get("reply"),
+            int(data.get("starts", 0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: not the journal of a pushed configuration ({exc})") from None
@@ -221,11 +237,22 @@ def finish_interrupted(config: Path) -> str | None:
     if journal.phase == APPLYING:
         write_files(config, journal.files)
         journal.phase = CONFIRMING
+        journal.starts = 1
         write_journal(config, journal)
         return (
             f"config push {journal.id}: its files were being written when the agent stopped: "
             "written whole now; it is confirmed once the agent is back online with it"
         )
+    if journal.phase == CONFIRMING:
+        journal.starts += 1
+        if journal.starts <= MAX_STARTS:
+            write_journal(config, journal)
+            return None
+        why = f"the agent started {MAX_STARTS} times with it and never got online: rolled back"
+        journal.roll_back(why)
+        write_journal(config, journal)
+        write_files(config, journal.previous)
+        return f"config push {journal.id}: {why}"
     if journal.phase == ROLLING_BACK:
         write_files(config, journal.previous)
         return (

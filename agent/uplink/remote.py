@@ -402,8 +402,7 @@ class RemotePushes:
     async def _roll_back(self, journal: Journal, path: Path, within: float) -> None:
         error = self._link_error() or "no answer from the broker"
         why = f"not back online with it within {within:g}s ({error}): rolled back"
-        journal.reply = _reply(journal.id, "rolled_back", error=why, hash=journal.old_hash)
-        journal.phase = ROLLING_BACK
+        journal.roll_back(why)
         write_journal(path, journal)
         write_files(path, journal.previous)
         log.error(

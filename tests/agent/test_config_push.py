@@ -18,6 +18,7 @@ import pytest
 from agent.config import load_config
 from agent.config.push import (
     CONFIRMING,
+    MAX_STARTS,
     Journal,
     config_hash,
     file_problem,
@@ -269,3 +270,24 @@ def test_a_push_takes_its_own_ttl_else_the_configured_one() -> None:
     assert push.texts("site.toml") == {"site.toml": "x", "c/a.toml": "y"}
     with pytest.raises(PushRefused, match="is the main file"):
         parse_push(json.dumps({**base, "files": {"site.toml": "y"}}).encode(), 1).texts("site.toml")
+
+
+def test_an_agent_that_keeps_starting_with_a_push_unconfirmed_rolls_it_back(
+    tmp_path: Path,
+) -> None:
+    """No crash loop: a push the agent dies with (systemd restarts it) is confirmed within
+    its window or rolled back by the ``MAX_STARTS``-th start after it, before the config is
+    read, whatever makes the agent die."""
+    config = tmp_path / "site.toml"
+    config.write_text("# new\n")
+    journal = Journal("p", CONFIRMING, {"site.toml": "# new\n"}, {"site.toml": "# old\n"}, "a", "b")
+    journal_path(config).write_text(json.dumps(journal.to_json()))
+    said = [finish_interrupted(config) for _ in range(MAX_STARTS + 1)]
+    assert said[:MAX_STARTS] == [None] * MAX_STARTS
+    assert f"started {MAX_STARTS} times" in str(said[-1])
+    assert config.read_text() == "# old\n"
+    left = read_journal(config)
+    assert left is not None
+    assert left.phase == "rolling back"
+    assert left.reply is not None
+    assert left.reply["state"] == "rolled_back"

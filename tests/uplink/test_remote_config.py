@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from agent.config.push import Journal, config_hash, journal_path, previous_path, write_journal
+from agent.config.push import (
+    MAX_STARTS,
+    Journal,
+    config_hash,
+    journal_path,
+    previous_path,
+    write_journal,
+)
 from agent.testkit import run
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
@@ -395,12 +402,13 @@ def test_config_get_and_every_reply_keep_the_secrets(tmp_path: Path, broker: Bro
         assert secret not in said, said[said.find(secret) - 300 :][:400]
 
 
-@pytest.mark.parametrize("phase", ["applying", "rolling back"])
+@pytest.mark.parametrize("phase", ["applying", "rolling back", "confirming"])
 def test_run_finishes_an_interrupted_write_before_reading_the_config(
     tmp_path: Path, broker: Broker, phase: str
 ) -> None:
     """The journal a kill -9 left: ``edge-agent run`` writes the whole new configuration (or the
-    whole previous one) before it reads any of it."""
+    whole previous one) before it reads any of it; a push the agent has started with too often
+    without getting online (it crashes with it) is rolled back before it is read."""
     config = site(tmp_path, broker)
     original = config.read_text()
     new = original + device("new")
@@ -411,18 +419,33 @@ def test_run_finishes_an_interrupted_write_before_reading_the_config(
         {"site.toml": original, "conf.d/well.toml": device("well")},
         config_hash([("site.toml", original), ("conf.d/well.toml", device("well"))]),
         config_hash([("site.toml", new)]),
+        starts=MAX_STARTS,
     )
     write_journal(config, journal)
-    if phase == "rolling back":
+    if phase != "applying":
         config.write_text(new)  # half: the main file new, the include already gone
         (tmp_path / "conf.d" / "well.toml").unlink()
-    agent = started(config)
-    assert agent.stop() == 0
+
+    async def scenario() -> None:
+        async with Subscriber(broker.host, broker.port, "rc/gw/config/reply") as sub:
+            agent.start()
+            if phase == "confirming":
+                reply = await reply_of(sub, "p15")
+                assert reply["state"] == "rolled_back"
+                assert f"started {MAX_STARTS} times" in reply["error"]
+            await asyncio.to_thread(agent.wait_notified, "READY=1")
+
+    agent = AgentProcess(config)
+    try:
+        run(scenario(), timeout=40)
+    finally:
+        assert agent.stop() == 0
     if phase == "applying":
         assert config.read_text() == new
         assert not (tmp_path / "conf.d" / "well.toml").exists()
     else:
         assert config.read_text() == original
         assert (tmp_path / "conf.d" / "well.toml").read_text() == device("well")
+        assert not journal_path(config).exists()
     assert "config push p15" in agent.output()
     assert "Traceback" not in agent.output()
