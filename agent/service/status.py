@@ -267,6 +267,8 @@ def format_status(status: Mapping[str, Any]) -> list[str]:
     now_ms = now if isinstance(now, int) else int(time.time() * 1000)
     lines: list[str] = []
     lines += _agent_lines(status.get("agent") or {}, now_ms)
+    if pushed := status.get("config"):
+        lines.append(_more(_config_text(pushed)))
     if link := status.get("link"):
         lines += _link_lines(link)
     if buffer := status.get("buffer"):
@@ -298,6 +300,15 @@ def _agent_lines(agent: Mapping[str, Any], now_ms: int) -> list[str]:
     if agent.get("config"):
         lines.append(_more(f"config {agent['config']}"))
     return lines
+
+
+def _config_text(config: Mapping[str, Any]) -> str:
+    """The running configuration's hash (``meta``'s), and the last push and how it ended."""
+    text = f"config hash {str(config.get('hash', '?'))[:19]}…"
+    push = config.get("push")
+    if isinstance(push, Mapping):
+        text += f", last push {push.get('id')}: {str(push.get('state', '?')).replace('_', ' ')}"
+    return text
 
 
 def _link_lines(link: Mapping[str, Any]) -> list[str]:

@@ -45,6 +45,10 @@ FULL: dict[str, Any] = {
         "pid": 1234,
         "config": "/etc/edge-agent/config.toml",
     },
+    "config": {
+        "hash": "sha256:9c0f3a1b2c3d4e5f6a7b8c9d",
+        "push": {"id": "push-17", "state": "rolled_back", "at": NOW},
+    },
     "link": {
         "state": "disconnected",
         "broker": "mqtts://broker.example:8883",
@@ -452,6 +456,7 @@ def test_the_full_view() -> None:
         "agent    pumphouse-1 (edge-agent 0.1.0, pid 1234)",
         f"         started {started}, up 3 d 4 h",
         "         config /etc/edge-agent/config.toml",
+        "         config hash sha256:9c0f3a1b2c3d…, last push push-17: rolled back",
         "link     DISCONNECTED from mqtts://broker.example:8883; 2 reconnects, 12,345 readings sent",
         "         last error: connection refused",
         "buffer   120 samples waiting, oldest 3 min ago; 1.2 MB on disk; 0 dropped",
