@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent.config.push import Journal, config_hash, journal_path, previous_path, write_journal
-from agent.testkit import run
+from agent.testkit import run, until
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.net import free_port
@@ -426,3 +426,34 @@ def test_run_finishes_an_interrupted_write_before_reading_the_config(
         assert (tmp_path / "conf.d" / "well.toml").read_text() == device("well")
     assert "config push p15" in agent.output()
     assert "Traceback" not in agent.output()
+
+
+def test_a_reload_that_puts_back_the_running_mqtt_settings_before_they_were_left_wins(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """New [mqtt] settings are taken at the next connection. A second reload (a technician's
+    SIGHUP, a rollback) that brings back the settings in use before the first was taken must
+    cancel the pending ones, not leave the link to go to them (a gateway lost for good)."""
+    from dataclasses import replace
+
+    from agent.store.buffer import Buffer
+    from agent.uplink.telemetry import Uplink
+    from tests.uplink.rig import config_for
+
+    async def body() -> None:
+        good = config_for(tmp_path, broker.url)
+        bad = replace(good, mqtt=replace(good.mqtt, port=free_port()))
+        with Buffer(tmp_path / "buffer.sqlite", 10**6, 1.0) as buffer:
+            up = Uplink(good, buffer, on_command=lambda t, p: None)
+            task = asyncio.create_task(up.run())
+            try:
+                await asyncio.wait_for(up.published.wait(), 10)
+                await up.reconfigure(bad)  # taken at the next connection...
+                await up.reconfigure(good)  # ...but put back before that
+                await until(lambda: up.connects >= 2 and up.published.is_set(), 10, "back")
+                assert up.mqtt.port == broker.port
+            finally:
+                await up.stop()
+                await asyncio.wait_for(task, 15)
+
+    run(body(), timeout=40)
