@@ -171,6 +171,12 @@ class RemotePushes:
         """A message on ``config/set`` or ``config/get``."""
         if subtopic == "config/get":
             await self._answer_get(data)
+        elif self.current is not None and _id_of(data) == self.current:
+            # a copy of the push under way: its one reply is the outcome, sent when it ends
+            log.info(
+                "config push %s: repeated while under way: answered when it ends",
+                shown(str(self.current)),
+            )
         elif self.current is not None:
             await self._refuse_now(data, f"busy: push {shown(str(self.current))} is under way")
         elif self._queue.qsize() >= WAITING:

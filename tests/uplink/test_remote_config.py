@@ -457,3 +457,45 @@ def test_a_reload_that_puts_back_the_running_mqtt_settings_before_they_were_left
                 await asyncio.wait_for(task, 15)
 
     run(body(), timeout=40)
+
+
+def test_a_copy_of_the_push_being_confirmed_is_not_answered_refused(tmp_path: Path) -> None:
+    """A copy of a push (QoS 1 again, a fleet tool sending it once more) that arrives while
+    that push waits for its confirmation gets no "busy" refusal under the push's own id: a
+    fleet tool takes the first reply with its id as the outcome. Its one reply is the real one.
+    """
+    (tmp_path / "broker").mkdir()
+    # the new prefix's meta is refused (an ACL): the agent is online, but never confirms
+    broker = Broker(tmp_path / "broker", deny_patterns=["rc2/gw/meta"])
+    broker.start()
+    try:
+        config = site(tmp_path, broker)
+        original = config.read_text()
+        agent = started(config)
+
+        async def scenario() -> None:
+            async with Subscriber(broker.host, broker.port, "#") as sub:
+                await sub.wait_samples(1, "gateway")
+                moved = push("p20", original.replace('topic_prefix = "rc"', 'topic_prefix = "rc2"'))
+                await sub.client.publish("rc/gw/config/set", moved, qos=1)
+                await sub.wait_for(lambda m: any(t == "rc2/gw/status" for t, _, _ in m))
+                await sub.client.publish("rc2/gw/config/set", moved, qos=1)  # the copy
+                await sub.client.publish("rc2/gw/config/get", b'{"id": "g20"}', qos=1)
+                await sub.wait_for(lambda m: any(t == "rc2/gw/config/reply" for t, _, _ in m))
+                def mine() -> list[dict[str, Any]]:
+                    return [
+                        p
+                        for t, p, _ in sub.messages
+                        if t.endswith("/config/reply") and p.get("id") == "p20"
+                    ]
+
+                await sub.wait_for(lambda _: any(r["state"] == "rolled_back" for r in mine()), 40)
+                assert [r["state"] for r in mine()] == ["rolled_back"], mine()
+
+        try:
+            run(scenario(), timeout=90)
+        finally:
+            assert agent.stop() == 0
+        assert config.read_text() == original
+    finally:
+        broker.stop()
