@@ -482,6 +482,7 @@ def test_a_copy_of_the_push_being_confirmed_is_not_answered_refused(tmp_path: Pa
                 await sub.client.publish("rc2/gw/config/set", moved, qos=1)  # the copy
                 await sub.client.publish("rc2/gw/config/get", b'{"id": "g20"}', qos=1)
                 await sub.wait_for(lambda m: any(t == "rc2/gw/config/reply" for t, _, _ in m))
+
                 def mine() -> list[dict[str, Any]]:
                     return [
                         p
