@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
+from ..config.loader import included_on_disk
 from ..config.push import (
     APPLYING,
     CONFIRMING,
@@ -329,6 +330,13 @@ class RemotePushes:
             problems = tuple(str(p) for p in exc.problems if not p.warning)
             why = f"the configuration has {len(problems)} problem(s)"
             raise PushRefused(why, problems) from None
+        stray = _not_carried(path, new, push.texts(path.name), dict(running.files))
+        if stray:
+            raise PushRefused(
+                f"its includes match {', '.join(map(shown, stray[:5]))} on disk, which the push "
+                "neither carries nor removes: the push is the whole configuration; add them to "
+                '"files" or narrow [agent] include'
+            )
         if running.remote.config and not new.remote.config and not push.remote_off:
             raise PushRefused(
                 "it turns [remote] config off, which would end remote configuration of this "
@@ -459,6 +467,21 @@ class RemotePushes:
         except ValueError as exc:
             log.error("remote: %s: remove it once the configuration is right", exc)
             return None
+
+
+def _not_carried(
+    path: Path, new: Config, texts: Mapping[str, str], running: Mapping[str, str]
+) -> list[str]:
+    """The files on disk that ``new``'s includes match, once written, beyond those checked:
+    neither pushed nor removed by the push (a running one the push lacks is removed)."""
+    base = path.parent
+    found: set[str] = set()
+    for pattern in new.agent.include:
+        try:
+            found.update(p.relative_to(base).as_posix() for p in included_on_disk(base, pattern))
+        except ValueError:  # a pattern the check refused already
+            continue
+    return sorted(found - set(texts) - set(running))
 
 
 def parse_push(data: bytes, default_ttl: float) -> Push:

@@ -500,3 +500,37 @@ def test_a_copy_of_the_push_being_confirmed_is_not_answered_refused(tmp_path: Pa
         assert config.read_text() == original
     finally:
         broker.stop()
+
+
+def test_a_push_whose_includes_match_files_it_does_not_carry_is_refused(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """The push is the whole configuration and was checked as such: a file on disk that its
+    include patterns match but that it does not carry (nor removes) would be read with it
+    once written, unchecked. Here that file is not even TOML: the pushed configuration would
+    not load (the agent would not start again), so it must not be written at all."""
+    config = site(tmp_path, broker)
+    original = config.read_text()
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "stale.toml").write_text("[[device]\n")  # not part of the running one
+    agent = started(config)
+
+    async def scenario() -> None:
+        async with Subscriber(broker.host, broker.port, "rc/gw/#") as sub:
+            await sub.wait_samples(1, "gateway")
+            wider = original.replace('["conf.d/*.toml"]', '["conf.d/*.toml", "extra/*.toml"]')
+            files = {"conf.d/well.toml": device("well")}
+            await sub.client.publish("rc/gw/config/set", push("p21", wider, files), qos=1)
+            reply = await reply_of(sub, "p21")
+            assert reply["state"] == "refused", reply
+            assert "extra/stale.toml" in reply["error"], reply
+            count = len(sub.samples("well"))
+            await sub.wait_samples(count + 2, "well")  # still running the configuration
+
+    try:
+        run(scenario(), timeout=60)
+    finally:
+        assert agent.stop() == 0
+    assert config.read_text() == original
+    assert not journal_path(config).exists()
+    assert "Traceback" not in agent.output()
