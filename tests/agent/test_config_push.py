@@ -269,3 +269,22 @@ def test_a_push_takes_its_own_ttl_else_the_configured_one() -> None:
     assert push.texts("site.toml") == {"site.toml": "x", "c/a.toml": "y"}
     with pytest.raises(PushRefused, match="is the main file"):
         parse_push(json.dumps({**base, "files": {"site.toml": "y"}}).encode(), 1).texts("site.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('password = """pw1"""\n', "pw1"),
+        ("password = '''it's\"pw2'''\n", "it's\"pw2"),
+        ('password = """\nline-one\nline-two\n"""\n', "line-one\nline-two\n"),
+        ("'password' = 'pw3'\n", "pw3"),
+        ('[mqtt]\n"pass" = 1\n"password" = "pw4"\n', "pw4"),
+    ],
+    ids=["multi-line basic", "multi-line literal", "over lines", "literal key", "quoted key"],
+)
+def test_redaction_hides_every_way_toml_writes_a_string(text: str, value: str) -> None:
+    shown = redacted(text)
+    assert "pw" not in shown, shown
+    assert "line-" not in shown, shown
+    assert "<redacted>" in shown
+    assert value in secret_values(text)
