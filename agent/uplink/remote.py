@@ -147,9 +147,14 @@ class RemotePushes:
         now_ms: Callable[[], int | None],
         restarts: Restarts,
         link_error: Callable[[], str] = lambda: "",
+        turn: asyncio.Lock | None = None,
     ) -> None:
         self._config = config
+        #: Applies a configuration; called holding ``turn``.
         self._apply = apply
+        #: Held by whatever reads the files and applies them (a reload too): a push is checked,
+        #: written and applied in one turn, so that no reload reads its files half-way.
+        self._turn = turn or asyncio.Lock()
         self._publish = publish
         #: Set by the link once ``meta`` of the current configuration is on the broker.
         self._published = published
@@ -276,6 +281,13 @@ class RemotePushes:
             )
             await self._publish(self.record.done[ident], REPLY_TOPIC)
             return
+        async with self._turn:
+            journal = await self._check_and_apply(ident, data)
+        if journal is not None:
+            await self._confirm(journal)
+
+    async def _check_and_apply(self, ident: Ident, data: bytes) -> Journal | None:
+        """Check the push and write and apply it; its journal, None when it ends here."""
         config = self._config()
         try:
             push = parse_push(data, config.remote.push_ttl)
@@ -288,12 +300,12 @@ class RemotePushes:
             reply = _reply(ident, "refused", error=str(exc), problems=list(exc.problems))
             # its own secrets too: a problem must not quote a password the push carried
             self._answer(scrubbed(reply, known_secrets(config, _pushed_texts(data))))
-            return
+            return None
         old_hash, new_hash = config_hash(config.files), config_hash(new.files)
         if old_hash == new_hash:
             self._answer(_reply(ident, "unchanged", ok=True, hash=new_hash))
-            return
-        await self._write_and_apply(push, config, old_hash, new_hash)
+            return None
+        return await self._write_and_apply(push, config, old_hash, new_hash)
 
     def _check_age(self, push: Push) -> None:
         now = self._now_ms()
@@ -352,7 +364,7 @@ class RemotePushes:
 
     async def _write_and_apply(
         self, push: Push, running: Config, old_hash: str, new_hash: str
-    ) -> None:
+    ) -> Journal:
         path = running.source
         self.current = push.id  # one at a time: another push is refused until this one ends
         texts = push.texts(path.name)
@@ -369,7 +381,7 @@ class RemotePushes:
         )
         self.record.last = {"id": push.id, "state": "confirming", "at": self._now_ms()}
         await self._load_and_apply(path)
-        await self._confirm(journal)
+        return journal
 
     async def _load_and_apply(self, path: Path) -> None:
         self._superseded.clear()
@@ -418,15 +430,16 @@ class RemotePushes:
         why = f"not back online with it within {within:g}s ({error}): rolled back"
         journal.reply = _reply(journal.id, "rolled_back", error=why, hash=journal.old_hash)
         journal.phase = ROLLING_BACK
-        write_journal(path, journal)
-        write_files(path, journal.previous)
-        log.error(
-            "config push %s: %s to the previous configuration (%s)",
-            shown(str(journal.id)),
-            why,
-            journal.old_hash,
-        )
-        await self._finish_rollback(journal, path)
+        async with self._turn:
+            write_journal(path, journal)
+            write_files(path, journal.previous)
+            log.error(
+                "config push %s: %s to the previous configuration (%s)",
+                shown(str(journal.id)),
+                why,
+                journal.old_hash,
+            )
+            await self._finish_rollback(journal, path)
 
     async def _finish_rollback(self, journal: Journal, path: Path, apply: bool = True) -> None:
         if apply:
@@ -443,9 +456,10 @@ class RemotePushes:
         if journal is None:
             return
         if journal.phase == APPLYING:  # not through ``edge-agent run`` (which finishes it)
-            said = finish_interrupted(path)
-            log.warning("%s", said)
-            await self._load_and_apply(path)
+            async with self._turn:
+                said = finish_interrupted(path)
+                log.warning("%s", said)
+                await self._load_and_apply(path)
             journal.phase = CONFIRMING
         if journal.phase == ROLLING_BACK:
             await self._finish_rollback(journal, path, apply=False)

@@ -534,3 +534,55 @@ def test_a_push_whose_includes_match_files_it_does_not_carry_is_refused(
     assert config.read_text() == original
     assert not journal_path(config).exists()
     assert "Traceback" not in agent.output()
+
+
+def test_a_push_that_comes_during_a_reload_is_not_taken_for_the_technicians_file(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """A reload (SIGHUP: logrotate, a technician, a config tool) still applying when a push is
+    written read the files before the push wrote them. It must not pass for a technician's file
+    that supersedes the push: the push would run unconfirmed, with no rollback if it cuts the
+    link. Reloads and the writing of a push take turns."""
+    from agent.config import load_config
+    from agent.service.app import Agent
+
+    config_path = site(tmp_path, broker)
+    original = config_path.read_text()
+
+    async def body() -> None:
+        config, _ = load_config(config_path, environ={})
+        agent = Agent(config)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            async with Subscriber(broker.host, broker.port, "rc/gw/#") as sub:
+                await sub.wait_samples(1, "well")
+                reconfigure = agent.uplink.reconfigure
+                entered, release = asyncio.Event(), asyncio.Event()
+
+                async def slow_reconfigure(new: Any) -> None:  # a meta's PUBACK that takes long
+                    if not release.is_set():
+                        entered.set()
+                        await release.wait()
+                    await reconfigure(new)
+
+                agent.uplink.reconfigure = slow_reconfigure  # type: ignore[method-assign,assignment]
+                agent.request_reload()  # the file as it is: nothing changed on site
+                await asyncio.wait_for(entered.wait(), 10)
+                await sub.client.publish(
+                    "rc/gw/config/set", push("p22", original + device("new")), qos=1
+                )
+                lock = agent._applying  # noqa: SLF001
+                waiting = lambda: bool(getattr(lock, "_waiters", None))  # noqa: E731
+                await until(waiting, 10, "the push waits its turn (or was written)")
+                release.set()
+                reply = await reply_of(sub, "p22")
+                assert reply["state"] == "confirmed", reply
+                await sub.wait_samples(1, "new")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+
+    run(body(), timeout=60)
+    assert config_path.read_text() == original + device("new")
+    assert not journal_path(config_path).exists()
