@@ -209,8 +209,8 @@ class _Loader:
         elif self.texts is not None:
             return [base / name for name in sorted(self.texts) if glob_match(name, pattern)]
         else:
-            try:  # never a hidden file: a push's journal, an editor's swap file
-                return sorted(p for p in base.glob(pattern) if not _hidden(p, base))
+            try:
+                return included_on_disk(base, pattern)
             except ValueError as exc:  # "**" inside a name
                 problem = str(exc)
         self.problems.at("agent.include", f"{conv.shown(pattern)}: {problem}")
@@ -688,6 +688,12 @@ def _relative_name(path: Path, base: Path) -> str:
         return path.relative_to(base).as_posix()
     except ValueError:  # not below it (a symlinked folder): its whole path
         return path.as_posix()
+
+
+def included_on_disk(base: Path, pattern: str) -> list[Path]:
+    """The files below ``base`` an include ``pattern`` matches on disk: never a hidden one (a
+    push's journal, an editor's swap file). ``ValueError`` for a pattern pathlib refuses."""
+    return sorted(p for p in base.glob(pattern) if not _hidden(p, base))
 
 
 def _hidden(path: Path, base: Path) -> bool:

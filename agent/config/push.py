@@ -42,9 +42,11 @@ Previous = Mapping[str, str | None]
 
 _SECRET_VALUE = re.compile(
     # a key naming a secret, but not a file holding one (password_file is a path)
-    r"""(?P<key>\b[\w-]*(?:password|passwd|secret|token)(?![\w-]*_file\b)[\w-]*"?\s*=\s*)"""
-    r"""(?P<value>"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^\s,}#]+)""",
-    re.IGNORECASE,
+    r"""(?P<key>\b[\w-]*(?:password|passwd|secret|token)(?![\w-]*_file\b)[\w-]*["']?\s*=\s*)"""
+    # multi-line strings first: their opening quotes would pass for an empty string
+    r"""(?P<value>"{3}(?:[^\\]|\\.)*?"{3,5}|'{3}.*?'{3,5}"""
+    r"""|"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^\s,}#]+)""",
+    re.IGNORECASE | re.DOTALL,
 )
 
 

@@ -75,14 +75,17 @@ class Agent:
             config, self.buffer, self.clock, self.guard, on_command=self._command_arrived
         )
         #: Configuration pushed over MQTT (``config/set``), when ``[remote] config`` is on.
+        #: Held while the files are read and applied (a reload, a push): one at a time.
+        self._applying = asyncio.Lock()
         self.remote = RemotePushes(
             lambda: self.config,
-            self._apply,
+            self._apply_now,
             self._publish_scrubbed,
             self.uplink.published,
             self._trusted_now_ms,
             restart_sections,
             lambda: self.uplink.last_error,
+            turn=self._applying,
         )
         #: Commands being carried out, owned here: cancelled at stop.
         self._command_tasks: set[asyncio.Task[None]] = set()
@@ -98,7 +101,6 @@ class Agent:
         #: stop.
         self._poll_tasks: dict[BusPoller, asyncio.Task[None]] = {}
         self._reload_requested = asyncio.Event()
-        self._applying = asyncio.Lock()
         self._status = ""  # the STATUS= line last sent to systemd
 
     # --- commands
@@ -270,26 +272,27 @@ class Agent:
         """Read the configuration file again and apply it; False (the old one kept) when it is
         invalid. Only the buses and devices that changed are restarted: the buffer, the MQTT
         session and every other poll loop go on."""
-        path = self.config.source
-        try:
-            new, warnings = load_config(path)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("reload: %s", problem)
-            log.error("reload: %s is invalid; still running the configuration loaded before", path)
-            return False
-        for warning in warnings:
-            log.warning("reload: %s", warning)
-        await self._apply(new)
-        self.remote.reloaded(new)  # the site's file wins over a push waiting to be confirmed
+        # One turn from reading the files to applying them: a push is not written meanwhile (what
+        # was read before it would pass for a technician's file that supersedes it).
+        async with self._applying:
+            path = self.config.source
+            try:
+                new, warnings = load_config(path)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    log.error("reload: %s", problem)
+                log.error(
+                    "reload: %s is invalid; still running the configuration loaded before", path
+                )
+                return False
+            for warning in warnings:
+                log.warning("reload: %s", warning)
+            await self._apply_now(new)
+            self.remote.reloaded(new)  # the site's file wins over a push waiting to be confirmed
         return True
 
-    async def _apply(self, new: Config) -> None:
-        """Apply ``new`` (a reload, or a push): one at a time, as both can come together."""
-        async with self._applying:
-            await self._apply_now(new)
-
     async def _apply_now(self, new: Config) -> None:
+        """Apply ``new`` (a reload, or a push), holding ``_applying``: one at a time."""
         old = self.config
         kept = restart_sections(old, new)
         if kept:

@@ -60,6 +60,8 @@ class Diagnostics:
         self._now_ms = now_ms
         #: ``edge-agent scan``'s work: (config, bus name, units) → the lines it printed.
         self._scan = scan
+        #: The buses being scanned now.
+        self._scanning: set[str] = set()
 
     async def answer(self, name: str, data: bytes) -> Reply | None:
         """The reply to a request on ``diag/NAME``; None when it has no id to reply to."""
@@ -148,8 +150,14 @@ class Diagnostics:
                 f"bus {bus} has devices being polled ({', '.join(polled)}): a scan would "
                 'collide with their requests; send "pause": true to stop them for its duration'
             )
-        async with self._host.paused(bus):
-            found, printed = await self._scan(config, bus, units)
+        if bus in self._scanning:  # two scans on one line would garble each other
+            raise DiagnosticRefused(f"bus {bus}: a scan is under way already")
+        self._scanning.add(bus)
+        try:
+            async with self._host.paused(bus):
+                found, printed = await self._scan(config, bus, units)
+        finally:
+            self._scanning.discard(bus)
         return {"bus": bus, "found": found, "output": printed, "paused": polled}
 
     def _check_age(self, request: Mapping[str, Any]) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, load_config
+from ..config.loader import included_on_disk
 from ..config.push import (
     APPLYING,
     CONFIRMING,
@@ -146,9 +147,14 @@ class RemotePushes:
         now_ms: Callable[[], int | None],
         restarts: Restarts,
         link_error: Callable[[], str] = lambda: "",
+        turn: asyncio.Lock | None = None,
     ) -> None:
         self._config = config
+        #: Applies a configuration; called holding ``turn``.
         self._apply = apply
+        #: Held by whatever reads the files and applies them (a reload too): a push is checked,
+        #: written and applied in one turn, so that no reload reads its files half-way.
+        self._turn = turn or asyncio.Lock()
         self._publish = publish
         #: Set by the link once ``meta`` of the current configuration is on the broker.
         self._published = published
@@ -161,6 +167,8 @@ class RemotePushes:
         #: The push being applied or confirmed (at most one).
         self.current: Ident | None = None
         self._superseded = asyncio.Event()
+        #: Why the push just written could not be applied (it is then rolled back at once).
+        self._unapplied: str | None = None
         self._owed = asyncio.Event()
         if self.record.outbox:
             self._owed.set()
@@ -171,6 +179,12 @@ class RemotePushes:
         """A message on ``config/set`` or ``config/get``."""
         if subtopic == "config/get":
             await self._answer_get(data)
+        elif self.current is not None and _id_of(data) == self.current:
+            # a copy of the push under way: its one reply is the outcome, sent when it ends
+            log.info(
+                "config push %s: repeated while under way: answered when it ends",
+                shown(str(self.current)),
+            )
         elif self.current is not None:
             await self._refuse_now(data, f"busy: push {shown(str(self.current))} is under way")
         elif self._queue.qsize() >= WAITING:
@@ -269,6 +283,17 @@ class RemotePushes:
             )
             await self._publish(self.record.done[ident], REPLY_TOPIC)
             return
+        async with self._turn:
+            journal = await self._check_and_apply(ident, data)
+        if journal is None:
+            return
+        if self._unapplied is not None:  # written, but it would not apply: not waited for
+            await self._roll_back(journal, self._config().source, self._unapplied)
+            return
+        await self._confirm(journal)
+
+    async def _check_and_apply(self, ident: Ident, data: bytes) -> Journal | None:
+        """Check the push and write and apply it; its journal, None when it ends here."""
         config = self._config()
         try:
             push = parse_push(data, config.remote.push_ttl)
@@ -281,12 +306,12 @@ class RemotePushes:
             reply = _reply(ident, "refused", error=str(exc), problems=list(exc.problems))
             # its own secrets too: a problem must not quote a password the push carried
             self._answer(scrubbed(reply, known_secrets(config, _pushed_texts(data))))
-            return
+            return None
         old_hash, new_hash = config_hash(config.files), config_hash(new.files)
         if old_hash == new_hash:
             self._answer(_reply(ident, "unchanged", ok=True, hash=new_hash))
-            return
-        await self._write_and_apply(push, config, old_hash, new_hash)
+            return None
+        return await self._write_and_apply(push, config, old_hash, new_hash)
 
     def _check_age(self, push: Push) -> None:
         now = self._now_ms()
@@ -323,6 +348,13 @@ class RemotePushes:
             problems = tuple(str(p) for p in exc.problems if not p.warning)
             why = f"the configuration has {len(problems)} problem(s)"
             raise PushRefused(why, problems) from None
+        stray = _not_carried(path, new, push.texts(path.name), dict(running.files))
+        if stray:
+            raise PushRefused(
+                f"its includes match {', '.join(map(shown, stray[:5]))} on disk, which the push "
+                "neither carries nor removes: the push is the whole configuration; add them to "
+                '"files" or narrow [agent] include'
+            )
         if running.remote.config and not new.remote.config and not push.remote_off:
             raise PushRefused(
                 "it turns [remote] config off, which would end remote configuration of this "
@@ -338,7 +370,7 @@ class RemotePushes:
 
     async def _write_and_apply(
         self, push: Push, running: Config, old_hash: str, new_hash: str
-    ) -> None:
+    ) -> Journal:
         path = running.source
         self.current = push.id  # one at a time: another push is refused until this one ends
         texts = push.texts(path.name)
@@ -354,8 +386,13 @@ class RemotePushes:
             running.remote.confirm_within,
         )
         self.record.last = {"id": push.id, "state": "confirming", "at": self._now_ms()}
-        await self._load_and_apply(path)
-        await self._confirm(journal)
+        self._unapplied = None
+        try:
+            await self._load_and_apply(path)
+        except Exception as exc:  # a file changed under it, a bug: the files are rolled back
+            log.exception("config push %s: could not be applied", shown(str(push.id)))
+            self._unapplied = f"it could not be applied ({type(exc).__name__}: {exc}): rolled back"
+        return journal
 
     async def _load_and_apply(self, path: Path) -> None:
         self._superseded.clear()
@@ -380,7 +417,6 @@ class RemotePushes:
             self._give_up(journal, path)
         elif self._published.is_set():
             keep_previous(path, journal)
-            remove_journal(path)
             log.info(
                 "config push %s: confirmed: online with %s",
                 shown(str(journal.id)),
@@ -389,29 +425,31 @@ class RemotePushes:
             reply = _reply(
                 journal.id, "confirmed", ok=True, hash=journal.new_hash, previous=journal.old_hash
             )
-            self._answer(reply)
+            self._answer(reply)  # recorded before the journal goes: a power cut loses neither
+            remove_journal(path)
         else:
-            await self._roll_back(journal, path, within)
+            error = self._link_error() or "no answer from the broker"
+            why = f"not back online with it within {within:g}s ({error}): rolled back"
+            await self._roll_back(journal, path, why)
 
     def _give_up(self, journal: Journal, path: Path) -> None:
-        remove_journal(path)
         why = "the configuration file was changed on site meanwhile: the site's file stands"
         log.warning("config push %s: given up: %s", shown(str(journal.id)), why)
         self._answer(_reply(journal.id, "superseded", error=why))
+        remove_journal(path)
 
-    async def _roll_back(self, journal: Journal, path: Path, within: float) -> None:
-        error = self._link_error() or "no answer from the broker"
-        why = f"not back online with it within {within:g}s ({error}): rolled back"
+    async def _roll_back(self, journal: Journal, path: Path, why: str) -> None:
         journal.roll_back(why)
-        write_journal(path, journal)
-        write_files(path, journal.previous)
-        log.error(
-            "config push %s: %s to the previous configuration (%s)",
-            shown(str(journal.id)),
-            why,
-            journal.old_hash,
-        )
-        await self._finish_rollback(journal, path)
+        async with self._turn:
+            write_journal(path, journal)
+            write_files(path, journal.previous)
+            log.error(
+                "config push %s: %s to the previous configuration (%s)",
+                shown(str(journal.id)),
+                why,
+                journal.old_hash,
+            )
+            await self._finish_rollback(journal, path)
 
     async def _finish_rollback(self, journal: Journal, path: Path, apply: bool = True) -> None:
         if apply:
@@ -428,12 +466,16 @@ class RemotePushes:
         if journal is None:
             return
         if journal.phase == APPLYING:  # not through ``edge-agent run`` (which finishes it)
-            said = finish_interrupted(path)
-            log.warning("%s", said)
-            await self._load_and_apply(path)
+            async with self._turn:
+                said = finish_interrupted(path)
+                log.warning("%s", said)
+                await self._load_and_apply(path)
             journal.phase = CONFIRMING
         if journal.phase == ROLLING_BACK:
             await self._finish_rollback(journal, path, apply=False)
+            return
+        if journal.id in self.record.done:  # answered just before a stop: only the journal left
+            remove_journal(path)
             return
         if config_hash(self._config().files) != journal.new_hash:
             self._give_up(journal, path)
@@ -452,6 +494,21 @@ class RemotePushes:
         except ValueError as exc:
             log.error("remote: %s: remove it once the configuration is right", exc)
             return None
+
+
+def _not_carried(
+    path: Path, new: Config, texts: Mapping[str, str], running: Mapping[str, str]
+) -> list[str]:
+    """The files on disk that ``new``'s includes match, once written, beyond those checked:
+    neither pushed nor removed by the push (a running one the push lacks is removed)."""
+    base = path.parent
+    found: set[str] = set()
+    for pattern in new.agent.include:
+        try:
+            found.update(p.relative_to(base).as_posix() for p in included_on_disk(base, pattern))
+        except ValueError:  # a pattern the check refused already
+            continue
+    return sorted(found - set(texts) - set(running))
 
 
 def parse_push(data: bytes, default_ttl: float) -> Push:

@@ -528,7 +528,10 @@ class Uplink:
         """A reload: ``meta`` says what changed now if the link is up, else at the next
         connection. New [mqtt] settings (or subscriptions) take a new connection: the current
         one ends cleanly (``offline`` said) and the next uses them."""
-        relink = config.mqtt != self.mqtt or self.subscriptions(config) != self.subscriptions()
+        # Against the settings the next connection would use: new ones a reload brought and
+        # the link has not taken yet are replaced (or cancelled) by these, never kept.
+        pending = self._new_settings if self._new_settings is not None else self.mqtt
+        relink = config.mqtt != pending or self.subscriptions(config) != self.subscriptions()
         self.config = config
         self.published.clear()
         if relink:
@@ -548,8 +551,8 @@ class Uplink:
 
     async def _republish_meta(self) -> None:
         client = self._client_online
-        if client is None:
-            return
+        if client is None or self._settings_changed.is_set():
+            return  # the link is leaving for new settings: ``meta`` is said on the new one
         try:
             meta = to_json_bytes(meta_payload(self.config, self.missing))
             if await self._publish_other(client, "meta", meta, qos=1, retain=True):

@@ -11,11 +11,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
+from agent.config import Config, load_config
 from agent.config.push import (
     CONFIRMING,
     MAX_STARTS,
@@ -31,6 +32,7 @@ from agent.config.push import (
 from agent.config.secrets import REDACTED, known_secrets, scrubbed
 from agent.config.source import glob_match
 from agent.errors import ConfigError
+from agent.testkit import until
 from agent.uplink.remote import PushRefused, parse_push
 
 FILES = 40
@@ -291,3 +293,76 @@ def test_an_agent_that_keeps_starting_with_a_push_unconfirmed_rolls_it_back(
     assert left.phase == "rolling back"
     assert left.reply is not None
     assert left.reply["state"] == "rolled_back"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ('password = """pw1"""\n', "pw1"),
+        ("password = '''it's\"pw2'''\n", "it's\"pw2"),
+        ('password = """\nline-one\nline-two\n"""\n', "line-one\nline-two\n"),
+        ("'password' = 'pw3'\n", "pw3"),
+        ('[mqtt]\n"pass" = 1\n"password" = "pw4"\n', "pw4"),
+    ],
+    ids=["multi-line basic", "multi-line literal", "over lines", "literal key", "quoted key"],
+)
+def test_redaction_hides_every_way_toml_writes_a_string(text: str, value: str) -> None:
+    shown = redacted(text)
+    assert "pw" not in shown, shown
+    assert "line-" not in shown, shown
+    assert "<redacted>" in shown
+    assert value in secret_values(text)
+
+
+def test_a_push_written_but_that_cannot_be_applied_is_rolled_back_at_once(
+    tmp_path: Path,
+) -> None:
+    """Whatever makes applying fail once the files are written (a file changed under it, a
+    bug), the push is rolled back then and there, its reply says why, and no journal is left
+    to refuse every later push."""
+    import asyncio
+
+    from agent.service.app import restart_sections
+    from agent.testkit import run
+    from agent.uplink.remote import RemotePushes
+
+    config_path = tmp_path / "site.toml"
+    main = MINIMAL + '[remote]\nconfig = true\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
+    config_path.write_text(main)
+    running = [load_config(config_path, environ={})[0]]
+    replies: list[dict[str, object]] = []
+    applied: list[str] = []
+
+    async def apply(new: Config) -> None:
+        applied.append(dict(new.files)["site.toml"])
+        if len(applied) == 1:
+            raise RuntimeError("the driver could not be loaded")
+
+    async def publish(reply: dict[str, object], topic: str) -> bool:
+        replies.append(reply)
+        return True
+
+    async def scenario() -> None:
+        published = asyncio.Event()
+        published.set()
+        pushes = RemotePushes(
+            lambda: running[0], apply, publish, published, lambda: int(time.time() * 1000),
+            restart_sections,
+        )  # fmt: skip
+        task = asyncio.create_task(pushes.run())
+        pushed = main + "# a change\n"
+        payload = {"id": "p", "ts": int(time.time() * 1000), "config": pushed}
+        await pushes.arrived("config/set", json.dumps(payload).encode())
+        await until(lambda: replies, 10, "the reply")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario(), timeout=20)
+    [reply] = replies
+    assert reply["state"] == "rolled_back"
+    assert "could not be applied (RuntimeError: the driver could not be loaded)" in str(
+        reply["error"]
+    )
+    assert applied == [main + "# a change\n", main]  # the push, then the previous files
+    assert config_path.read_text() == main
+    assert not journal_path(config_path).exists()

@@ -188,6 +188,17 @@ def test_a_scan_is_refused_while_the_bus_is_polled_unless_it_pauses_it(
         assert len(scanned["result"]["found"]) == 1, scanned  # unit 1 answers, unit 2 is silent
         count = len(sub.samples("pump"))
         await sub.wait_samples(count + 2, "pump")  # polling resumed after the scan
+        # two at once on one line: the second is refused, not interleaved with the first
+        request = {"bus": "plc", "units": "1-5", "ts": now, "pause": True}
+        for ident in ("twin-1", "twin-2"):
+            await sub.client.publish("dg/gw/diag/scan", json.dumps({"id": ident, **request}))
+        await sub.wait_for(
+            lambda _: {"twin-1", "twin-2"} <= {r["id"] for r in sub.payloads("diag/reply")}
+        )
+        twins = {r["id"]: r for r in sub.payloads("diag/reply") if r["id"].startswith("twin")}
+        assert sorted(r["ok"] for r in twins.values()) == [False, True], twins
+        refused = next(r for r in twins.values() if not r["ok"])
+        assert "a scan is under way already" in refused["error"]
 
     run(with_agent(tmp_path, broker, slave, ALL, scenario), timeout=90)
 

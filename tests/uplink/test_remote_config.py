@@ -22,7 +22,7 @@ from agent.config.push import (
     previous_path,
     write_journal,
 )
-from agent.testkit import run
+from agent.testkit import run, until
 from agent.testkit.broker import Broker
 from agent.testkit.mqtt import Subscriber
 from agent.testkit.net import free_port
@@ -449,3 +449,163 @@ def test_run_finishes_an_interrupted_write_before_reading_the_config(
         assert not journal_path(config).exists()
     assert "config push p15" in agent.output()
     assert "Traceback" not in agent.output()
+
+
+def test_a_reload_that_puts_back_the_running_mqtt_settings_before_they_were_left_wins(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """New [mqtt] settings are taken at the next connection. A second reload (a technician's
+    SIGHUP, a rollback) that brings back the settings in use before the first was taken must
+    cancel the pending ones, not leave the link to go to them (a gateway lost for good)."""
+    from dataclasses import replace
+
+    from agent.store.buffer import Buffer
+    from agent.uplink.telemetry import Uplink
+    from tests.uplink.rig import config_for
+
+    async def body() -> None:
+        good = config_for(tmp_path, broker.url)
+        bad = replace(good, mqtt=replace(good.mqtt, port=free_port()))
+        with Buffer(tmp_path / "buffer.sqlite", 10**6, 1.0) as buffer:
+            up = Uplink(good, buffer, on_command=lambda t, p: None)
+            task = asyncio.create_task(up.run())
+            try:
+                await asyncio.wait_for(up.published.wait(), 10)
+                await up.reconfigure(bad)  # taken at the next connection...
+                await up.reconfigure(good)  # ...but put back before that
+                await until(lambda: up.connects >= 2 and up.published.is_set(), 10, "back")
+                assert up.mqtt.port == broker.port
+            finally:
+                await up.stop()
+                await asyncio.wait_for(task, 15)
+
+    run(body(), timeout=40)
+
+
+def test_a_copy_of_the_push_being_confirmed_is_not_answered_refused(tmp_path: Path) -> None:
+    """A copy of a push (QoS 1 again, a fleet tool sending it once more) that arrives while
+    that push waits for its confirmation gets no "busy" refusal under the push's own id: a
+    fleet tool takes the first reply with its id as the outcome. Its one reply is the real one.
+    """
+    (tmp_path / "broker").mkdir()
+    # the new prefix's meta is refused (an ACL): the agent is online, but never confirms
+    broker = Broker(tmp_path / "broker", deny_patterns=["rc2/gw/meta"])
+    broker.start()
+    try:
+        config = site(tmp_path, broker)
+        original = config.read_text()
+        agent = started(config)
+
+        async def scenario() -> None:
+            async with Subscriber(broker.host, broker.port, "#") as sub:
+                await sub.wait_samples(1, "gateway")
+                moved = push("p20", original.replace('topic_prefix = "rc"', 'topic_prefix = "rc2"'))
+                await sub.client.publish("rc/gw/config/set", moved, qos=1)
+                await sub.wait_for(lambda m: any(t == "rc2/gw/status" for t, _, _ in m))
+                await sub.client.publish("rc2/gw/config/set", moved, qos=1)  # the copy
+                await sub.client.publish("rc2/gw/config/get", b'{"id": "g20"}', qos=1)
+                await sub.wait_for(lambda m: any(t == "rc2/gw/config/reply" for t, _, _ in m))
+
+                def mine() -> list[dict[str, Any]]:
+                    return [
+                        p
+                        for t, p, _ in sub.messages
+                        if t.endswith("/config/reply") and p.get("id") == "p20"
+                    ]
+
+                await sub.wait_for(lambda _: any(r["state"] == "rolled_back" for r in mine()), 40)
+                assert [r["state"] for r in mine()] == ["rolled_back"], mine()
+
+        try:
+            run(scenario(), timeout=90)
+        finally:
+            assert agent.stop() == 0
+        assert config.read_text() == original
+    finally:
+        broker.stop()
+
+
+def test_a_push_whose_includes_match_files_it_does_not_carry_is_refused(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """The push is the whole configuration and was checked as such: a file on disk that its
+    include patterns match but that it does not carry (nor removes) would be read with it
+    once written, unchecked. Here that file is not even TOML: the pushed configuration would
+    not load (the agent would not start again), so it must not be written at all."""
+    config = site(tmp_path, broker)
+    original = config.read_text()
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "stale.toml").write_text("[[device]\n")  # not part of the running one
+    agent = started(config)
+
+    async def scenario() -> None:
+        async with Subscriber(broker.host, broker.port, "rc/gw/#") as sub:
+            await sub.wait_samples(1, "gateway")
+            wider = original.replace('["conf.d/*.toml"]', '["conf.d/*.toml", "extra/*.toml"]')
+            files = {"conf.d/well.toml": device("well")}
+            await sub.client.publish("rc/gw/config/set", push("p21", wider, files), qos=1)
+            reply = await reply_of(sub, "p21")
+            assert reply["state"] == "refused", reply
+            assert "extra/stale.toml" in reply["error"], reply
+            count = len(sub.samples("well"))
+            await sub.wait_samples(count + 2, "well")  # still running the configuration
+
+    try:
+        run(scenario(), timeout=60)
+    finally:
+        assert agent.stop() == 0
+    assert config.read_text() == original
+    assert not journal_path(config).exists()
+    assert "Traceback" not in agent.output()
+
+
+def test_a_push_that_comes_during_a_reload_is_not_taken_for_the_technicians_file(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """A reload (SIGHUP: logrotate, a technician, a config tool) still applying when a push is
+    written read the files before the push wrote them. It must not pass for a technician's file
+    that supersedes the push: the push would run unconfirmed, with no rollback if it cuts the
+    link. Reloads and the writing of a push take turns."""
+    from agent.config import load_config
+    from agent.service.app import Agent
+
+    config_path = site(tmp_path, broker)
+    original = config_path.read_text()
+
+    async def body() -> None:
+        config, _ = load_config(config_path, environ={})
+        agent = Agent(config)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            async with Subscriber(broker.host, broker.port, "rc/gw/#") as sub:
+                await sub.wait_samples(1, "well")
+                reconfigure = agent.uplink.reconfigure
+                entered, release = asyncio.Event(), asyncio.Event()
+
+                async def slow_reconfigure(new: Any) -> None:  # a meta's PUBACK that takes long
+                    if not release.is_set():
+                        entered.set()
+                        await release.wait()
+                    await reconfigure(new)
+
+                agent.uplink.reconfigure = slow_reconfigure  # type: ignore[method-assign,assignment]
+                agent.request_reload()  # the file as it is: nothing changed on site
+                await asyncio.wait_for(entered.wait(), 10)
+                await sub.client.publish(
+                    "rc/gw/config/set", push("p22", original + device("new")), qos=1
+                )
+                lock = agent._applying  # noqa: SLF001
+                waiting = lambda: bool(getattr(lock, "_waiters", None))  # noqa: E731
+                await until(waiting, 10, "the push waits its turn (or was written)")
+                release.set()
+                reply = await reply_of(sub, "p22")
+                assert reply["state"] == "confirmed", reply
+                await sub.wait_samples(1, "new")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+
+    run(body(), timeout=60)
+    assert config_path.read_text() == original + device("new")
+    assert not journal_path(config_path).exists()
