@@ -336,6 +336,12 @@ class RemotePushes:
                 f"cannot write {path.parent}: let the agent write its configuration's folder "
                 "(docs/remote.md, 'Running it under systemd')"
             )
+        outside = [n for n in push.files if not _below(path.parent, path.parent / n)]
+        if outside:
+            raise PushRefused(
+                f'"files": {shown(outside[0])} leads out of {path.parent} through a symbolic '
+                "link: a push writes only below the configuration's folder"
+            )
         written = dict(running.files)
         if on_disk(path, written) != written:
             raise PushRefused(
@@ -553,6 +559,11 @@ def _texts(payload: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
     if sum(len(t.encode("utf-8", "surrogatepass")) for t in [main, *files.values()]) > MAX_BYTES:
         raise PushRefused(f"the files are larger than {MAX_BYTES} bytes in all")
     return main, dict(files)
+
+
+def _below(folder: Path, file: Path) -> bool:
+    """Whether ``file``'s folder, with every symbolic link followed, is ``folder`` or below."""
+    return file.parent.resolve().is_relative_to(folder.resolve())
 
 
 def _pushed_texts(data: bytes) -> list[str]:

@@ -366,3 +366,54 @@ def test_a_push_written_but_that_cannot_be_applied_is_rolled_back_at_once(
     assert applied == [main + "# a change\n", main]  # the push, then the previous files
     assert config_path.read_text() == main
     assert not journal_path(config_path).exists()
+
+
+def test_a_push_never_writes_through_a_symbolic_link_out_of_the_folder(tmp_path: Path) -> None:
+    import asyncio
+
+    from agent.service.app import restart_sections
+    from agent.testkit import run
+    from agent.uplink.remote import RemotePushes
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "conf.d").symlink_to(elsewhere)
+    config_path = site / "site.toml"
+    main = MINIMAL + '[remote]\nconfig = true\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
+    config_path.write_text(main)
+    config = load_config(config_path, environ={})[0]
+    replies: list[dict[str, object]] = []
+
+    async def publish(reply: dict[str, object], topic: str) -> bool:
+        replies.append(reply)
+        return True
+
+    async def nothing(new: Config) -> None:
+        raise AssertionError("not to be applied")
+
+    async def scenario() -> None:
+        published = asyncio.Event()
+        published.set()  # online: replies go out
+        pushes = RemotePushes(
+            lambda: config, nothing, publish, published, lambda: int(time.time() * 1000),
+            restart_sections,
+        )  # fmt: skip
+        task = asyncio.create_task(pushes.run())
+        payload = {
+            "id": "p",
+            "ts": int(time.time() * 1000),
+            "config": main.replace("[agent]", '[agent]\ninclude = ["conf.d/*.toml"]'),
+            "files": {"conf.d/x.toml": ""},
+        }
+        await pushes.arrived("config/set", json.dumps(payload).encode())
+        await until(lambda: replies, 10, "the reply")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(scenario(), timeout=20)
+    [reply] = replies
+    assert reply["state"] == "refused"
+    assert "through a symbolic link" in str(reply["error"])
+    assert list(elsewhere.iterdir()) == []
