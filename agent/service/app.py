@@ -77,6 +77,8 @@ class Agent:
         #: Configuration pushed over MQTT (``config/set``), when ``[remote] config`` is on.
         #: Held while the files are read and applied (a reload, a push): one at a time.
         self._applying = asyncio.Lock()
+        #: Buses whose polling a remote scan has paused.
+        self._paused: set[str] = set()
         self.remote = RemotePushes(
             lambda: self.config,
             self._apply_now,
@@ -144,14 +146,17 @@ class Agent:
     @contextlib.asynccontextmanager
     async def paused(self, bus: str) -> AsyncIterator[None]:
         """The poll loop of ``bus`` stopped (its port let go) while the block runs, then
-        started again, unless a reload replaced it meanwhile."""
+        started again: the one the configuration has then (a reload meanwhile may have
+        replaced it, or given the bus its first devices; it waits too)."""
+        self._paused.add(bus)
         pollers = [p for p in self.pollers if p.bus.name == bus]
         await cancel_and_wait(*(t for p in pollers if (t := self._poll_tasks.pop(p, None))))
         try:
             yield
         finally:
-            for poller in pollers:
-                if poller in self.pollers and poller not in self._poll_tasks:
+            self._paused.discard(bus)
+            for poller in self.pollers:
+                if poller.bus.name == bus and poller not in self._poll_tasks:
                     self._start(poller)
 
     async def _remote_arrived(self, subtopic: str, data: bytes) -> None:
@@ -252,6 +257,8 @@ class Agent:
             task.result()  # re-raise what ended it
 
     def _start(self, poller: BusPoller) -> None:
+        if poller.bus.name in self._paused:  # a scan holds the line: started after it
+            return
         self._poll_tasks[poller] = asyncio.create_task(poller.run(), name=f"bus {poller.bus.name}")
 
     # --- reload

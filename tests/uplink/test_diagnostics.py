@@ -212,3 +212,38 @@ def test_a_diagnostic_that_is_off_is_not_even_heard(tmp_path: Path, broker: Brok
 
     agent = run(with_agent(tmp_path, broker, slave, "status = true", scenario), timeout=60)
     assert agent.uplink.subscriptions() == ["cmd", "diag/status"]
+
+
+def test_a_reload_during_a_paused_scan_starts_no_polling_on_that_bus_until_it_ends(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """A reload that changes the paused bus's devices (here: its poll interval) starts their
+    poll loop only once the scan has let go of the line."""
+    slave = SimulatedSlave(1, (LEVEL, FLOW))
+
+    async def scenario() -> None:
+        async with ModbusSimulator([slave]) as sim:
+            path = site(tmp_path, broker, sim.port, "scan = true")
+            config, _ = load_config(path, environ={})
+            agent = Agent(config)
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            try:
+                async with Subscriber(broker.host, broker.port, "dg/gw/telemetry") as sub:
+                    await sub.wait_samples(1, "pump")
+                    async with agent.paused("plc"):
+                        path.write_text(path.read_text().replace('"300ms"', '"200ms"'))
+                        assert await agent.reload()
+                        before = slave.requests
+                        count = len(sub.samples("pump"))
+                        # a poll of the new loop would take well under a second
+                        await asyncio.sleep(1.0)
+                        assert slave.requests == before
+                        assert len(sub.samples("pump")) == count
+                    await sub.wait_samples(count + 2, "pump")  # and then it polls
+            finally:
+                stop.set()
+                await asyncio.wait_for(task, 20)
+                await cancel_and_wait(task)
+
+    run(scenario(), timeout=60)
