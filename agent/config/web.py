@@ -19,7 +19,7 @@ from .types import WebSection
 DEFAULT_LISTEN = "127.0.0.1:8080"
 MAX_CLIENTS = 64
 #: A page loads its style and its script at once: with one connection, one of them is refused.
-MIN_CLIENTS = 2
+MIN_CLIENTS = 4
 
 
 def load_web(s: Section, relative: Callable[[str], Path]) -> WebSection:
@@ -53,8 +53,8 @@ def _clients(value: object) -> int:
     result = conv.in_range(1, MAX_CLIENTS)(value)
     if result < MIN_CLIENTS:
         raise ValueError(
-            f"{result} is too few: a page loads its style and script at once; "
-            f"at least {MIN_CLIENTS}"
+            f"{result} is too few: a page loads its style and script, then asks two answers, "
+            f"at once; at least {MIN_CLIENTS}"
         )
     return result
 

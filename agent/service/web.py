@@ -134,6 +134,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
+#: A connection that has sent nothing for this long gives way to a new one when all places are
+#: taken (a browser opens connections ahead of its requests); one that began a request keeps it.
+IDLE_GRACE = 1.0
+
 class WebServer:
     """Serves ``[web]`` while entered; a port it cannot listen on is one logged line, and the
     agent runs on without its page."""
@@ -143,6 +147,9 @@ class WebServer:
         self.sources = sources
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        #: The connections that have sent nothing yet, oldest first: a browser opens some
+        #: ahead of its requests (preconnect), and they must not hold every place.
+        self._idle: dict[asyncio.Task[None], float] = {}
         self._assets: dict[str, bytes] = {}
 
     async def __aenter__(self) -> WebServer:
@@ -182,10 +189,13 @@ class WebServer:
         assert task is not None
         try:
             if len(self._clients) >= self.section.max_clients:
+                self._let_an_idle_one_go()
+            if len(self._clients) >= self.section.max_clients:
                 busy = answer(503, {"error": "too many clients: close another page"})
                 await _send(reader, writer, busy, head_only=False)
                 return
             self._clients.add(task)
+            self._idle[task] = asyncio.get_running_loop().time()
             await self._serve(reader, writer)
         except asyncio.CancelledError:
             # The server stops: the connection goes with it. Not raised on: asyncio's streams
@@ -193,6 +203,19 @@ class WebServer:
             writer.close()
         finally:
             self._clients.discard(task)
+            self._idle.pop(task, None)
+
+    def _let_an_idle_one_go(self) -> None:
+        """Close the connection that has asked nothing for longest, if one has for over
+        ``IDLE_GRACE``: a browser's preconnect gives way to a request."""
+        if not self._idle:
+            return
+        oldest, since = next(iter(self._idle.items()))
+        if asyncio.get_running_loop().time() - since < IDLE_GRACE:
+            return
+        del self._idle[oldest]
+        oldest.cancel()
+        self._clients.discard(oldest)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -211,10 +234,24 @@ class WebServer:
             response.headers["WWW-Authenticate"] = 'Basic realm="edge-agent", charset="UTF-8"'
         await _send(reader, writer, response, head_only)
 
+    async def _head(self, reader: asyncio.StreamReader) -> bytes:
+        """The request's head, within ``READ_TIMEOUT`` in all; from its first byte on, the
+        connection is no longer one that gives way to another."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + READ_TIMEOUT
+        first = await asyncio.wait_for(reader.read(1), READ_TIMEOUT)
+        if not first:
+            raise asyncio.IncompleteReadError(b"", None)
+        task = asyncio.current_task()
+        if task is not None:
+            self._idle.pop(task, None)
+        rest = reader.readuntil(b"\r\n\r\n")
+        return first + await asyncio.wait_for(rest, max(0.0, deadline - loop.time()))
+
     async def _read(self, reader: asyncio.StreamReader, client: str) -> Request | Response:
         """The request, or the answer to one that cannot be read."""
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+            head = await self._head(reader)
         except asyncio.LimitOverrunError:
             return answer(431, {"error": f"the request head is longer than {MAX_HEAD} bytes"})
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -341,7 +341,9 @@ def test_a_late_answer_for_the_page_left_is_not_drawn(
 def test_the_fewest_clients_allowed_serve_a_page_whole(
     edge_agent: AgentRunner, modbus_bus: Callable[..., ModbusBus], browser: Browser
 ) -> None:
-    """At ``max_clients = 1``, the page's style or script was refused (503): it never drew."""
+    """At ``max_clients = 1``, the page's style or script was refused (503): it never drew; at
+    2, under load, the first overview's two answers could wait on the browser's own
+    connections beyond 15 s."""
     url, _, _ = site(edge_agent, modbus_bus, max_clients=MIN_CLIENTS)
     page = browser.page()
     page.open(url)
