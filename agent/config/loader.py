@@ -32,6 +32,7 @@ from .mqtt_limits import (
 from .remote import load_remote
 from .sections import Problems, Section
 from .source import SourceFile, TomlSyntaxError, glob_match, parse_toml, read_toml
+from .sparkplug import load_sparkplug
 from .types import AgentSection, BufferSection, Config
 from .web import load_web
 
@@ -44,7 +45,7 @@ class _HasName(Protocol):
 _Named = TypeVar("_Named", bound=_HasName)
 
 DEFAULT_INTERVAL = 10.0
-_TOP_LEVEL = ("agent", "buffer", "mqtt", "web", "remote", "bus", "device", "template")
+_TOP_LEVEL = ("agent", "buffer", "mqtt", "web", "remote", "sparkplug", "bus", "device", "template")
 _INCLUDED_TOP_LEVEL = ("bus", "device", "template")
 #: The driver whose points a ``[[template]]`` holds when it names none: templates began as
 #: Modbus register maps, and a configuration written then must keep its meaning.
@@ -106,6 +107,14 @@ class _Loader:
         mqtt = MqttTable(self._relative).load(self._table(root, "mqtt"), agent.id)
         web = load_web(self._table(root, "web"), self._relative)
         remote = load_remote(self._table(root, "remote"))
+        sparkplug = load_sparkplug(self._table(root, "sparkplug"), agent.id)
+        if sparkplug.enabled and (remote.config or remote.diagnostics):
+            root.problem(
+                "remote",
+                "is served by the JSON topics only: with [sparkplug] enabled nothing takes "
+                "config/set or diag/*",
+                warning=True,
+            )
         files = [root, *self._includes(agent)]
         buses = [b for f in files for b in self._buses(f)]
         user_templates = [t for f in files for t in self._templates(f, self._first_tables)]
@@ -129,6 +138,7 @@ class _Loader:
             tuple(templates),
             web,
             remote,
+            sparkplug,
             texts,
         )
 

@@ -72,6 +72,18 @@ class RemoteSection:
 
 
 @dataclass(frozen=True, slots=True)
+class SparkplugSection:
+    """``[sparkplug]``: the agent as a Sparkplug B edge node instead of the JSON topics."""
+
+    enabled: bool = False
+    group_id: str = ""
+    #: The edge node's id: ``agent.id`` unless written.
+    edge_node_id: str = ""
+    #: The primary host whose STATE gates publishing; None: publish whenever connected.
+    primary_host_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MqttSection:
     host: str = "localhost"
     port: int = 1883
@@ -126,6 +138,7 @@ class Config:
     templates: tuple[TemplateConfig, ...] = ()
     web: WebSection = field(default_factory=WebSection)
     remote: RemoteSection = field(default_factory=RemoteSection)
+    sparkplug: SparkplugSection = field(default_factory=SparkplugSection)
     #: The files it was read from, each as (name relative to the main file's folder, text):
     #: what ``config/get`` shows and the running configuration's hash is taken of.
     files: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)

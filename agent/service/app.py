@@ -32,6 +32,7 @@ from ..uplink.commands import Commands, shown
 from ..uplink.diagnostics import REPLY_TOPIC as DIAG_REPLY
 from ..uplink.diagnostics import Diagnostics
 from ..uplink.remote import RemotePushes
+from ..uplink.sparkplug.link import SparkplugUplink
 from ..uplink.telemetry import Uplink
 from .history import History
 from .lock import data_dir_lock
@@ -71,9 +72,21 @@ class Agent:
             self._trusted_now_ms,
             data_dir=config.agent.data_dir,
         )
-        self.uplink = Uplink(
-            config, self.buffer, self.clock, self.guard, on_command=self._command_arrived
-        )
+        self.uplink: Uplink
+        if config.sparkplug.enabled:
+            self.uplink = SparkplugUplink(
+                config,
+                self.buffer,
+                self.clock,
+                self.guard,
+                current=self._current_values,
+                failing=self._failing_devices,
+                write=self._sparkplug_write,
+            )
+        else:
+            self.uplink = Uplink(
+                config, self.buffer, self.clock, self.guard, on_command=self._command_arrived
+            )
         #: Configuration pushed over MQTT (``config/set``), when ``[remote] config`` is on.
         #: Held while the files are read and applied (a reload, a push): one at a time.
         self._applying = asyncio.Lock()
@@ -175,6 +188,22 @@ class Agent:
                 )
         except Exception:  # a bug costs one reply and a traceback here, never a stray task error
             log.exception("cmd on %s: cannot be answered", topic)
+
+    def _current_values(self, device: str) -> Mapping[str, Value]:
+        """The device's latest readings (a Sparkplug DBIRTH carries them)."""
+        for poller in self.pollers:
+            health = poller.health.get(device)
+            if health is not None:
+                return health.last_values
+        return {}
+
+    def _failing_devices(self) -> set[str]:
+        return {name for p in self.pollers for name, h in p.health.items() if h.failing}
+
+    async def _sparkplug_write(
+        self, device: str, point: str, value: Value, sent_ms: int | None
+    ) -> dict[str, Any]:
+        return await self.commands.write_direct(device, point, value, "sparkplug DCMD", sent_ms)
 
     def _trusted_now_ms(self) -> int | None:
         """The wall clock in ms, None while it cannot be trusted."""
@@ -309,7 +338,7 @@ class Agent:
                 "], [".join(kept),
             )
             agent = replace(old.agent, include=new.agent.include)
-            new = replace(new, agent=agent, buffer=old.buffer, web=old.web)
+            new = replace(new, agent=agent, buffer=old.buffer, web=old.web, sparkplug=old.sparkplug)
         current = {p.owner: p for p in self.pollers}
         wanted = build_pollers(new, self._store, self.clock)
         same = {f.owner for f in wanted if f.owner in current and current[f.owner].same_work(f)}
@@ -355,6 +384,7 @@ class Agent:
             if status != self._status:
                 self._status = status
                 notify(f"STATUS={status}")
+            self.uplink.wake()  # a Sparkplug link tells devices that started failing (DDEATH)
             stuck = {p.bus.name for p in self.pollers if p.stuck_for() > 0}
             for name in sorted(stuck - wedged):
                 log.error(
@@ -455,7 +485,7 @@ class Agent:
 def restart_sections(old: Config, new: Config) -> list[str]:
     """The sections that changed and that a reload cannot apply (the data dir, the buffer, the
     page's server): [mqtt] reconnects, buses and devices restart their poll loops."""
-    changed = [s for s in ("buffer", "web") if getattr(old, s) != getattr(new, s)]
+    changed = [s for s in ("buffer", "web", "sparkplug") if getattr(old, s) != getattr(new, s)]
     if replace(old.agent, include=()) != replace(new.agent, include=()):
         changed.insert(0, "agent")
     return changed

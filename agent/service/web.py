@@ -138,6 +138,7 @@ def _finite(value: Any) -> Any:
 #: taken (a browser opens connections ahead of its requests); one that began a request keeps it.
 IDLE_GRACE = 1.0
 
+
 class WebServer:
     """Serves ``[web]`` while entered; a port it cannot listen on is one logged line, and the
     agent runs on without its page."""

@@ -631,10 +631,24 @@ class Commands:
         """A write asked for on the technician's page by ``client`` (its address): the checks of
         a command but its age (the page asks now, on the gateway itself), then the same write,
         log lines and counts. Not remembered: it has no id that a copy could carry."""
-        what = f"web write from {client}"
+        return await self.write_direct(device_name, point_name, value, f"web write from {client}")
+
+    async def write_direct(
+        self,
+        device_name: str,
+        point_name: str,
+        value: Value,
+        what: str,
+        sent_ms: int | None = None,
+    ) -> Reply:
+        """A write that is not a ``cmd`` (the page's, a Sparkplug DCMD's), said as ``what``: the
+        checks of a command, its age only when ``sent_ms`` says when it was sent, then the same
+        write, log lines and counts. Not remembered: it has no id that a copy could carry."""
         try:
             device, point = find_target(self._config(), device_name, point_name)
             value = checked_value(point, value)
+            if sent_ms is not None:
+                self._check_age(sent_ms)
         except CommandRefused as exc:
             self.counts["refused"] += 1
             log.warning("%s: refused: %s", what, exc)

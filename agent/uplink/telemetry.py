@@ -346,18 +346,17 @@ class Uplink:
         self._wake.set()
 
     def _client(self) -> Client:
-        will = aiomqtt.Will(
-            f"{self.topic}/status", to_json_bytes({"state": "offline"}), qos=1, retain=True
-        )
+        will = self._will()
         library_log, self._library_errors = library_logger(self.mqtt.client_id)
         self._library_errors.last = None  # what this attempt, not an earlier one, ran into
         v5: dict[str, Any] = {}
         if self.v5:
             connect = connect_properties()
-            connect.SessionExpiryInterval = round(self.mqtt.session_expiry)
+            expiry = self._session_expiry()
+            connect.SessionExpiryInterval = round(expiry)
             # A session kept by the broker holds our `cmd` subscription and what came for us
             # while we were away; none kept (expiry 0): a new one each time.
-            clean = self.mqtt.session_expiry == 0
+            clean = expiry == 0
             v5 = {"properties": connect, "clean_start": clean}
         return Client(
             self.mqtt.host,
@@ -375,6 +374,15 @@ class Uplink:
             protocol=aiomqtt.ProtocolVersion.V5 if self.v5 else aiomqtt.ProtocolVersion.V311,
             **v5,
         )
+
+    def _will(self) -> aiomqtt.Will:
+        """What the broker publishes for us when the link goes without a goodbye."""
+        return aiomqtt.Will(
+            f"{self.topic}/status", to_json_bytes({"state": "offline"}), qos=1, retain=True
+        )
+
+    def _session_expiry(self) -> float:
+        return self.mqtt.session_expiry
 
     def _adopt(self, client: Client) -> None:
         """Honour what the broker said in CONNACK: its in-flight window, its largest packet,
@@ -626,6 +634,7 @@ class Uplink:
         pace = min(self.mqtt.batch_interval, self.buffer.commit_age / 3)
         while True:
             self._wake.clear()  # before taking: a sample added while we publish wakes a round
+            await self._between_rounds(client)
             live = self.buffer.take_live(self.mqtt.batch_max)
             if live:
                 if not await self._send(client, live, backlog=False):
@@ -646,6 +655,9 @@ class Uplink:
             pause = last_sent + pace - loop.time()
             if pause > 0:
                 await wait_event(self._stopping, pause)
+
+    async def _between_rounds(self, client: Client) -> None:
+        """Before each round of sending (a mode's own messages go here)."""
 
     async def _held_back(self) -> bool:
         """Samples were held back (refused, or their form not stored): they are tried again

@@ -321,3 +321,23 @@ def test_remote_is_off_by_default_and_its_limits_are_checked(tmp_path: Path) -> 
     path.write_text(base + '[remote]\nconfig = true\nconfirm_within = "30s"\nlog = true\n')
     config, _ = load_config(path, environ={})
     assert (config.remote.confirm_within, config.remote.diagnostics) == (30.0, ("log",))
+
+
+def test_sparkplug_needs_a_group_and_names_its_node_after_the_agent(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    base = '[agent]\nid = "gw-7"\ndata_dir = "data"\n[mqtt]\nurl = "mqtt://127.0.0.1:1"\n'
+    path.write_text(base + "[sparkplug]\nenabled = true\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, environ={})
+    assert "sparkplug.group_id: is required with [sparkplug] enabled" in str(refused.value)
+    path.write_text(base + '[sparkplug]\nenabled = true\ngroup_id = "a/b"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, environ={})
+    assert "sparkplug.group_id:" in str(refused.value)
+    path.write_text(base + '[sparkplug]\nenabled = true\ngroup_id = "farm"\n')
+    config, warnings = load_config(path, environ={})
+    assert (config.sparkplug.edge_node_id, config.sparkplug.primary_host_id) == ("gw-7", None)
+    assert warnings == []
+    path.write_text(base + '[sparkplug]\nenabled = true\ngroup_id = "farm"\n[remote]\nlog = true\n')
+    _, warnings = load_config(path, environ={})
+    assert [w.path for w in warnings] == ["remote"]

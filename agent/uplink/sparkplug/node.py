@@ -154,6 +154,10 @@ class EdgeNode:
     def born(self, device: str) -> bool:
         return device in self._born
 
+    def names_of(self, device: str) -> dict[int, str]:
+        """The device's points by the alias its birth gives them (a DCMD may name either)."""
+        return {p.alias: p.point.name for p in self._points.values() if p.device == device}
+
     def device_birth(self, device: str, values: Mapping[str, Value], now_ms: int) -> bytes:
         """DBIRTH: every point with its name, alias, datatype, unit and current value (null when
         it has none yet)."""
