@@ -134,9 +134,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
-#: A connection that has sent nothing for this long gives way to a new one when all places are
-#: taken (a browser opens connections ahead of its requests); one that began a request keeps it.
-IDLE_GRACE = 1.0
+#: Connections that have sent nothing yet (a browser opens some ahead of its requests) are
+#: kept apart from ``max_clients``, at most this many times it; each for ``READ_TIMEOUT``.
+SILENT_PER_CLIENT = 4
 
 
 class WebServer:
@@ -148,9 +148,9 @@ class WebServer:
         self.sources = sources
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
-        #: The connections that have sent nothing yet, oldest first: a browser opens some
-        #: ahead of its requests (preconnect), and they must not hold every place.
-        self._idle: dict[asyncio.Task[None], float] = {}
+        #: The connections that have sent nothing yet: a browser opens some ahead of its
+        #: requests (preconnect); they take no place until their request begins.
+        self._silent: set[asyncio.Task[None]] = set()
         self._assets: dict[str, bytes] = {}
 
     async def __aenter__(self) -> WebServer:
@@ -177,9 +177,10 @@ class WebServer:
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        for task in list(self._clients):
+        tasks = [*self._clients, *self._silent]
+        for task in tasks:
             task.cancel()
-        for task in list(self._clients):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if server is not None:
@@ -189,40 +190,44 @@ class WebServer:
         task = asyncio.current_task()
         assert task is not None
         try:
-            if len(self._clients) >= self.section.max_clients:
-                self._let_an_idle_one_go()
+            first = await self._first_byte(task, reader)
+            if not first:  # silent until it went, or one too many that asks nothing
+                writer.close()
+                return
             if len(self._clients) >= self.section.max_clients:
                 busy = answer(503, {"error": "too many clients: close another page"})
                 await _send(reader, writer, busy, head_only=False)
                 return
             self._clients.add(task)
-            self._idle[task] = asyncio.get_running_loop().time()
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, first)
         except asyncio.CancelledError:
             # The server stops: the connection goes with it. Not raised on: asyncio's streams
             # (3.11, 3.12) log a cancelled connection task as an error with its traceback.
             writer.close()
         finally:
             self._clients.discard(task)
-            self._idle.pop(task, None)
+            self._silent.discard(task)
 
-    def _let_an_idle_one_go(self) -> None:
-        """Close the connection that has asked nothing for longest, if one has for over
-        ``IDLE_GRACE``: a browser's preconnect gives way to a request."""
-        if not self._idle:
-            return
-        oldest, since = next(iter(self._idle.items()))
-        if asyncio.get_running_loop().time() - since < IDLE_GRACE:
-            return
-        del self._idle[oldest]
-        oldest.cancel()
-        self._clients.discard(oldest)
+    async def _first_byte(self, task: asyncio.Task[None], reader: asyncio.StreamReader) -> bytes:
+        """The request's first byte, b"" when none came within ``READ_TIMEOUT`` (or there are
+        too many silent connections already): until then the connection takes no place."""
+        if len(self._silent) >= SILENT_PER_CLIENT * self.section.max_clients:
+            return b""
+        self._silent.add(task)
+        try:
+            return await asyncio.wait_for(reader.read(1), READ_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError):
+            return b""
+        finally:
+            self._silent.discard(task)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes
+    ) -> None:
         peer = writer.get_extra_info("peername")
         client = str(peer[0]) if isinstance(peer, tuple) else "?"
         try:
-            request = await self._read(reader, client)
+            request = await self._read(reader, client, first)
             if isinstance(request, Response):
                 response, head_only = request, False
             else:
@@ -235,24 +240,13 @@ class WebServer:
             response.headers["WWW-Authenticate"] = 'Basic realm="edge-agent", charset="UTF-8"'
         await _send(reader, writer, response, head_only)
 
-    async def _head(self, reader: asyncio.StreamReader) -> bytes:
-        """The request's head, within ``READ_TIMEOUT`` in all; from its first byte on, the
-        connection is no longer one that gives way to another."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + READ_TIMEOUT
-        first = await asyncio.wait_for(reader.read(1), READ_TIMEOUT)
-        if not first:
-            raise asyncio.IncompleteReadError(b"", None)
-        task = asyncio.current_task()
-        if task is not None:
-            self._idle.pop(task, None)
-        rest = reader.readuntil(b"\r\n\r\n")
-        return first + await asyncio.wait_for(rest, max(0.0, deadline - loop.time()))
-
-    async def _read(self, reader: asyncio.StreamReader, client: str) -> Request | Response:
-        """The request, or the answer to one that cannot be read."""
+    async def _read(
+        self, reader: asyncio.StreamReader, client: str, first: bytes
+    ) -> Request | Response:
+        """The request (``first``: its first byte, read already), or the answer to one that
+        cannot be read."""
         try:
-            head = await self._head(reader)
+            head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
         except asyncio.LimitOverrunError:
             return answer(431, {"error": f"the request head is longer than {MAX_HEAD} bytes"})
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -242,9 +242,16 @@ class Page:
         return self.browser.errors(self.session)
 
     def open(self, url: str) -> None:
+        """Go to ``url`` and wait until its document has loaded: ``Page.navigate`` answers
+        when loading begins, and a page asked about before then is still the old one (or has
+        no body yet)."""
         result = self.call("Page.navigate", {"url": url})
         if result.get("errorText"):
             raise BrowserError(f"cannot open {url}: {result['errorText']}")
+        target = json.dumps(url)
+        self.wait_for(
+            f"location.href === new URL({target}).href && document.readyState === 'complete'"
+        )
 
     def evaluate(self, expression: str, timeout: float = CALL_TIMEOUT) -> Any:
         """The value of a JavaScript expression in the page (a promise is awaited)."""

@@ -206,7 +206,9 @@ def test_a_sample_sent_unsynced_and_sent_again_after_ntp_is_sent_the_same(
         link.replies_held = True
         first, seen = agent.uplink.sent, len(rig.samples)
         await until(lambda: len(rig.samples) > seen, 15, "an unacknowledged copy")
-        assert agent.uplink.sent == first  # it reached the broker, unacknowledged
+        # it reached the broker, unacknowledged (an acknowledgement already under way when the
+        # replies were held may still have come in: one, never more)
+        assert agent.uplink.sent <= first + 1
         clock.step("right again")  # NTP answers
         await until(lambda: agent.guard.trusted(clock.wall_ms(), clock.monotonic()), 5, "NTP")
         link.cut()

@@ -208,7 +208,7 @@ def test_requests_are_bounded_and_read_only(
     assert raw(port, huge).startswith(b"HTTP/1.1 431 ")
     assert raw(port, b"POST /api/status HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405 ")
     assert raw(port, b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
-    # connections that have asked nothing (a browser's preconnects) give way to a request
+    # connections that have asked nothing (a browser's preconnects) take no place
     silent = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(MIN_CLIENTS)]
     try:
         deadline = time.monotonic() + 10
