@@ -124,10 +124,11 @@ def parse(data: bytes) -> tuple[Ident | None, Command | CommandRefused]:
     return ident, Command(ident, payload["device"], payload["point"], value, payload["ts"])
 
 
-def _id_of(data: bytes) -> Ident | None:
-    """The payload's id, if it has a usable one, whatever else is wrong with it."""
+def payload_id(data: bytes, limit: int = MAX_PAYLOAD) -> Ident | None:
+    """The payload's id, if it has a usable one, whatever else is wrong with it (a command's,
+    a configuration push's: payloads over ``limit`` bytes are not read)."""
     try:
-        return command_id(_json_loads(data)) if len(data) <= MAX_PAYLOAD else None
+        return command_id(_json_loads(data)) if len(data) <= limit else None
     except Exception:  # not JSON: no id
         return None
 
@@ -541,7 +542,7 @@ class Commands:
         try:
             return await self._handle(data, topic)
         except Exception as exc:
-            ident = _id_of(data)
+            ident = payload_id(data)
             self.counts["failed"] += 1
             log.exception("cmd %s on %s: internal error", shown(str(ident)), topic)
             return None if ident is None else internal_error(ident, exc)

@@ -42,7 +42,7 @@ from ..config.push import (
 from ..config.secrets import known_secrets, scrubbed
 from ..errors import ConfigError
 from ..files import write_atomically
-from .commands import TS_LIMIT, Ident, Reply, command_id, shown
+from .commands import TS_LIMIT, Ident, Reply, command_id, payload_id, shown
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ REMEMBERED = 100
 RECORD_FILE = "remote.json"
 #: How often a reply owed is tried again while the link is down.
 RETRY_EVERY = 1.0
+#: A push's payload at most: its files, and the JSON around them.
+MAX_PUSH = MAX_BYTES + 64 * 1024
 #: Pushes that arrived together (a session's queue) checked in turn; more are refused.
 WAITING = 8
 #: A push's own ttl is at most this (a month).
@@ -519,7 +521,7 @@ def _not_carried(
 
 def parse_push(data: bytes, default_ttl: float) -> Push:
     """The push in a ``config/set`` payload, or ``PushRefused`` saying what is wrong."""
-    if len(data) > MAX_BYTES + 64 * 1024:
+    if len(data) > MAX_PUSH:
         raise PushRefused(f"{len(data)} bytes: a push is at most {MAX_BYTES} bytes of files")
     try:
         payload = json.loads(data)
@@ -580,10 +582,7 @@ def _pushed_texts(data: bytes) -> list[str]:
 
 
 def _id_of(data: bytes) -> Ident | None:
-    try:
-        return command_id(json.loads(data)) if len(data) <= MAX_BYTES + 64 * 1024 else None
-    except (ValueError, RecursionError):
-        return None
+    return payload_id(data, MAX_PUSH)
 
 
 def _reply(ident: Ident, state: str, ok: bool = False, **more: Any) -> Reply:

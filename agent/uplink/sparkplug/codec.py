@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import NamedTuple
 
 PropertyValue = bool | int | float | str | None
 MetricValue = bool | int | float | str | bytes | None
@@ -67,10 +68,25 @@ _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 _P_TIMESTAMP, _P_METRICS, _P_SEQ = 1, 2, 3
 _M_NAME, _M_ALIAS, _M_TIMESTAMP, _M_DATATYPE = 1, 2, 3, 4
 _M_HISTORICAL, _M_TRANSIENT, _M_NULL, _M_PROPERTIES = 5, 6, 7, 9
-_M_INT, _M_LONG, _M_FLOAT, _M_DOUBLE, _M_BOOL, _M_STRING, _M_BYTES = 10, 11, 12, 13, 14, 15, 16
 _S_KEYS, _S_VALUES = 1, 2
-_V_TYPE, _V_NULL, _V_INT, _V_LONG, _V_FLOAT, _V_DOUBLE, _V_BOOL, _V_STRING = 1, 2, 3, 4, 5, 6, 7, 8
+_V_TYPE, _V_NULL = 1, 2
 _U64 = (1 << 64) - 1
+
+
+class _ValueFields(NamedTuple):
+    """Where a metric, or a property, holds its value: one field per kind (the ``oneof``)."""
+
+    int_value: int
+    long_value: int
+    float_value: int
+    double_value: int
+    boolean_value: int
+    string_value: int
+    bytes_value: int | None
+
+
+_METRIC_VALUE = _ValueFields(10, 11, 12, 13, 14, 15, 16)
+_PROPERTY_VALUE = _ValueFields(3, 4, 5, 6, 7, 8, None)  # a property holds no bytes
 
 
 @dataclass
@@ -131,38 +147,41 @@ def _encode_metric(metric: Metric) -> bytes:
     if metric.properties:
         _bytes_field(out, _M_PROPERTIES, _encode_properties(metric.properties))
     if metric.value is not None:
-        _encode_value(out, DataType(metric.datatype or 0), metric.value)
+        _encode_value(out, _METRIC_VALUE, DataType(metric.datatype or 0), metric.value)
     return bytes(out)
 
 
-def _encode_value(out: bytearray, datatype: DataType, value: MetricValue) -> None:
+def _encode_value(
+    out: bytearray, fields: _ValueFields, datatype: DataType, value: MetricValue
+) -> None:
+    """``value`` in the field of ``fields`` that ``datatype`` takes; refused when it cannot."""
     if datatype in INTEGERS:
         bits, _ = INTEGERS[datatype]
         # Signed values below 64 bits as 32-bit two's complement in the uint32 field, as Tahu
         # writes them; a decoder sign-extends from the datatype's own width.
         width = 64 if bits == 64 else 32
         number = _integer(value, datatype) & ((1 << width) - 1)
-        _varint_field(out, _M_LONG if bits == 64 else _M_INT, number)
+        _varint_field(out, fields.long_value if bits == 64 else fields.int_value, number)
     elif datatype == DataType.FLOAT:
-        _key(out, _M_FLOAT, _FIXED32)
+        _key(out, fields.float_value, _FIXED32)
         out += struct.pack("<f", _real(value, datatype))
     elif datatype == DataType.DOUBLE:
-        _key(out, _M_DOUBLE, _FIXED64)
+        _key(out, fields.double_value, _FIXED64)
         out += struct.pack("<d", _real(value, datatype))
     elif datatype == DataType.BOOLEAN:
         if not isinstance(value, bool):
             raise SparkplugError(f"a Boolean metric takes true or false, not {value!r}")
-        _varint_field(out, _M_BOOL, int(value))
+        _varint_field(out, fields.boolean_value, int(value))
     elif datatype in TEXTS:
         if not isinstance(value, str):
             raise SparkplugError(f"a {datatype.name} metric takes a string, not {value!r}")
-        _bytes_field(out, _M_STRING, value.encode())
-    elif datatype in BLOBS:
+        _bytes_field(out, fields.string_value, value.encode())
+    elif datatype in BLOBS and fields.bytes_value is not None:
         if not isinstance(value, bytes):
             raise SparkplugError(f"a {datatype.name} metric takes bytes, not {value!r}")
-        _bytes_field(out, _M_BYTES, value)
+        _bytes_field(out, fields.bytes_value, value)
     else:
-        raise SparkplugError(f"no value of datatype {int(datatype)} can be sent")
+        raise SparkplugError(f"no value of datatype {int(datatype)} can be sent there")
 
 
 def _integer(value: MetricValue, datatype: DataType) -> int:
@@ -195,23 +214,8 @@ def _encode_property(datatype: DataType, value: PropertyValue) -> bytes:
     _varint_field(out, _V_TYPE, int(datatype))
     if value is None:
         _varint_field(out, _V_NULL, 1)
-    elif datatype in INTEGERS:
-        bits, _ = INTEGERS[datatype]
-        width = 64 if bits == 64 else 32
-        number = _integer(value, datatype) & ((1 << width) - 1)
-        _varint_field(out, _V_LONG if bits == 64 else _V_INT, number)
-    elif datatype == DataType.FLOAT:
-        _key(out, _V_FLOAT, _FIXED32)
-        out += struct.pack("<f", _real(value, datatype))
-    elif datatype == DataType.DOUBLE:
-        _key(out, _V_DOUBLE, _FIXED64)
-        out += struct.pack("<d", _real(value, datatype))
-    elif datatype == DataType.BOOLEAN and isinstance(value, bool):
-        _varint_field(out, _V_BOOL, int(value))
-    elif datatype in TEXTS and isinstance(value, str):
-        _bytes_field(out, _V_STRING, value.encode())
     else:
-        raise SparkplugError(f"a property of datatype {int(datatype)} cannot hold {value!r}")
+        _encode_value(out, _PROPERTY_VALUE, datatype, value)
     return bytes(out)
 
 
@@ -276,29 +280,39 @@ def _decode_metric(data: bytes) -> Metric:
             is_null = bool(_as_int(value, wire, "metric.is_null"))
         elif number == _M_PROPERTIES:
             metric.properties = _decode_properties(_as_bytes(value, wire, "metric.properties"))
-        elif _M_INT <= number <= _M_BYTES:
+        elif number in _METRIC_VALUE:
             raw = (number, wire, value)
     if raw is not None and not is_null:
-        metric.value = _decoded_value(metric.datatype, *raw)
+        metric.value = _decoded_value(_METRIC_VALUE, metric.datatype, *raw, "metric value")
     return metric
 
 
-def _decoded_value(datatype: int | None, number: int, wire: int, value: int | bytes) -> MetricValue:
-    known = datatype is not None and datatype in DataType._value2member_map_
-    kind = DataType(datatype) if known and datatype is not None else DataType.UNKNOWN
-    if number in (_M_INT, _M_LONG):
-        integer = _as_int(value, wire, "metric value")
+def _decoded_value(
+    fields: _ValueFields,
+    datatype: int | None,
+    number: int,
+    wire: int,
+    value: int | bytes,
+    what: str,
+) -> MetricValue:
+    """The value held in field ``number`` of ``fields``, an integer sign-extended as its
+    ``datatype`` says."""
+    if number in (fields.int_value, fields.long_value):
+        integer = _as_int(value, wire, what)
+        kind = DataType.UNKNOWN
+        if datatype is not None and datatype in DataType._value2member_map_:
+            kind = DataType(datatype)
         bits, signed = INTEGERS.get(kind, (64, False))
         return _signed(integer, bits) if signed else integer
-    if number == _M_BOOL:
-        return bool(_as_int(value, wire, "metric value"))
-    if number == _M_FLOAT:
-        return float(struct.unpack("<f", _as_fixed(value, wire, _FIXED32, "metric value"))[0])
-    if number == _M_DOUBLE:
-        return float(struct.unpack("<d", _as_fixed(value, wire, _FIXED64, "metric value"))[0])
-    if number == _M_STRING:
-        return _text(_as_bytes(value, wire, "metric value"), "metric value")
-    return _as_bytes(value, wire, "metric value")
+    if number == fields.boolean_value:
+        return bool(_as_int(value, wire, what))
+    if number == fields.float_value:
+        return float(struct.unpack("<f", _as_fixed(value, wire, _FIXED32, what))[0])
+    if number == fields.double_value:
+        return float(struct.unpack("<d", _as_fixed(value, wire, _FIXED64, what))[0])
+    if number == fields.string_value:
+        return _text(_as_bytes(value, wire, what), what)
+    return _as_bytes(value, wire, what)
 
 
 def _decode_properties(data: bytes) -> dict[str, tuple[int, PropertyValue]]:
@@ -315,28 +329,20 @@ def _decode_properties(data: bytes) -> dict[str, tuple[int, PropertyValue]]:
 
 
 def _decode_property(data: bytes) -> tuple[int, PropertyValue]:
-    datatype, result, is_null = 0, None, False
-    found: PropertyValue = None
+    datatype, is_null = 0, False
+    raw: tuple[int, int, int | bytes] | None = None
     for number, wire, value in _fields(data, "property"):
         if number == _V_TYPE:
             datatype = _as_int(value, wire, "property.type")
         elif number == _V_NULL:
             is_null = bool(_as_int(value, wire, "property.is_null"))
-        elif number in (_V_INT, _V_LONG):
-            found = _as_int(value, wire, "property value")
-        elif number == _V_FLOAT:
-            found = struct.unpack("<f", _as_fixed(value, wire, _FIXED32, "property value"))[0]
-        elif number == _V_DOUBLE:
-            found = struct.unpack("<d", _as_fixed(value, wire, _FIXED64, "property value"))[0]
-        elif number == _V_BOOL:
-            found = bool(_as_int(value, wire, "property value"))
-        elif number == _V_STRING:
-            found = _text(_as_bytes(value, wire, "property value"), "property value")
-    if isinstance(found, int) and not isinstance(found, bool) and datatype in INTEGERS:
-        bits, signed = INTEGERS[DataType(datatype)]
-        found = _signed(found, bits) if signed else found
-    result = None if is_null else found
-    return datatype, result
+        elif number in _PROPERTY_VALUE and number != _PROPERTY_VALUE.bytes_value:
+            raw = (number, wire, value)
+    if raw is None or is_null:
+        return datatype, None
+    found = _decoded_value(_PROPERTY_VALUE, datatype, *raw, "property value")
+    assert not isinstance(found, bytes)  # a property holds no bytes: not taken above
+    return datatype, found
 
 
 def _signed(value: int, bits: int) -> int:

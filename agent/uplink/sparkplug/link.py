@@ -32,12 +32,13 @@ import aiomqtt
 
 from ...clock import Clock, ClockGuard
 from ...config import Config
+from ...config.types import SparkplugSection
 from ...model import Sample, Value
 from ...store.buffer import Buffer
 from ..link import Client
 from ..telemetry import Uplink
 from .codec import Payload, SparkplugError, decode
-from .node import NAMESPACE, REBIRTH, EdgeNode, next_bdseq
+from .node import NAMESPACE, REBIRTH, EdgeNode, next_bdseq, topic
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,11 @@ class SparkplugUplink(Uplink):
         self._writes: set[asyncio.Task[None]] = set()
 
     @property
-    def spb(self) -> Any:
+    def spb(self) -> SparkplugSection:
         return self.config.sparkplug
 
     def _topic(self, kind: str, device: str | None = None) -> str:
-        base = f"{NAMESPACE}/{self.spb.group_id}/{kind}/{self.spb.edge_node_id}"
-        return base if device is None else f"{base}/{device}"
+        return topic(self.spb.group_id, kind, self.spb.edge_node_id, device)
 
     # --- the connection
 
@@ -97,8 +97,10 @@ class SparkplugUplink(Uplink):
 
     def subscriptions(self, config: Config | None = None) -> list[str]:
         spb = (config or self.config).sparkplug
-        node = f"{NAMESPACE}/{spb.group_id}/NCMD/{spb.edge_node_id}"
-        topics = [node, f"{NAMESPACE}/{spb.group_id}/DCMD/{spb.edge_node_id}/+"]
+        topics = [
+            topic(spb.group_id, "NCMD", spb.edge_node_id),
+            topic(spb.group_id, "DCMD", spb.edge_node_id, "+"),
+        ]
         if spb.primary_host_id is not None:
             topics.append(f"{NAMESPACE}/STATE/{spb.primary_host_id}")
         return topics
@@ -193,7 +195,7 @@ class SparkplugUplink(Uplink):
             payload = node.device_data(sample.device, sample.ts, sample.values, historical)
             await client.publish(self._topic("DDATA", sample.device), payload, qos=0)
         # The barrier: an UNSUBACK comes after the broker read everything sent before it.
-        await client.unsubscribe(f"{NAMESPACE}/{self.spb.group_id}/BARRIER/{self.spb.edge_node_id}")
+        await client.unsubscribe(self._topic("BARRIER"))
         self.buffer.acknowledge(stamped)
         self.sent += len(stamped)
         return len(stamped) == len(samples)
@@ -242,7 +244,7 @@ class SparkplugUplink(Uplink):
         raise ValueError("NCMD names no metric this node takes (Node Control/Rebirth)")
 
     def _device_command(self, device: str, payload: Payload) -> None:
-        names = self._names(device)
+        names = self._node.names_of(device) if self._node is not None else {}
         for metric in payload.metrics:
             name = metric.name or names.get(metric.alias or 0)
             if name is None:
@@ -251,12 +253,6 @@ class SparkplugUplink(Uplink):
                 raise ValueError(f"DCMD for {device}.{name}: no value a point takes")
             sent = metric.timestamp or payload.timestamp
             self._spawn_write(device, name, metric.value, sent)
-
-    def _names(self, device: str) -> dict[int, str]:
-        node = self._node
-        if node is None:
-            return {}
-        return node.names_of(device)
 
     def _spawn_write(self, device: str, point: str, value: Value, sent: int | None) -> None:
         task = asyncio.get_running_loop().create_task(self._carry_out(device, point, value, sent))

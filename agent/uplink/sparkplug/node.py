@@ -44,6 +44,12 @@ POINT_DATATYPES = {
 }
 
 
+def topic(group_id: str, kind: str, edge_node_id: str, device: str | None = None) -> str:
+    """``spBv1.0/{group}/{kind}/{node}[/{device}]``."""
+    base = f"{NAMESPACE}/{group_id}/{kind}/{edge_node_id}"
+    return base if device is None else f"{base}/{device}"
+
+
 def datatype_of(point: PointConfig) -> DataType:
     """The metric datatype of ``point``'s readings."""
     kind = POINT_DATATYPES.get(point.value_type, DataType.DOUBLE)
@@ -123,8 +129,7 @@ class EdgeNode:
         self._born: set[str] = set()
 
     def topic(self, kind: str, device: str | None = None) -> str:
-        base = f"{NAMESPACE}/{self.group_id}/{kind}/{self.edge_node_id}"
-        return base if device is None else f"{base}/{device}"
+        return topic(self.group_id, kind, self.edge_node_id, device)
 
     def _next_seq(self) -> int:
         seq = self._seq
