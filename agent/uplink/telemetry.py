@@ -154,7 +154,10 @@ class Uplink:
         self._interrupted = asyncio.Event()
         #: [mqtt] settings a reload brought, taken at the next connection (None: none new).
         self._new_settings: MqttSection | None = None
-        self._settings_changed = asyncio.Event()
+        #: Set to end the current connection cleanly and open the next one at once (new
+        #: [mqtt] settings, or a mode's own reason); ``_leaving_for`` says why, for the log.
+        self._leaving = asyncio.Event()
+        self._leaving_for = ""
         #: Set once ``meta`` of the current configuration is published: the broker has the
         #: agent back with it (a pushed configuration is confirmed so).
         self.published = asyncio.Event()
@@ -200,7 +203,7 @@ class Uplink:
                 return
             if self._stopping.is_set():
                 break
-            if failure == "reconfigured" or self._settings_changed.is_set():
+            if failure == "left" or self._leaving.is_set():
                 reported.clear()  # new settings, new reasons
                 continue
             stable = failure == "lost" and loop.time() - began >= STABLE_SESSION
@@ -226,7 +229,7 @@ class Uplink:
         """Between connections: the [mqtt] settings a reload brought, if any."""
         if not self._stopping.is_set():
             self._interrupted.clear()
-        self._settings_changed.clear()
+        self._leaving.clear()
         if self._new_settings is not None:
             self._use(self._new_settings)
             self._new_settings = None
@@ -234,7 +237,7 @@ class Uplink:
 
     async def _session(self, reported: set[str]) -> str | None:
         """One connection, until it fails or the agent stops: None after a clean stop, else how
-        it ended: "reconfigured" (left cleanly for new settings), "away" (nothing answered),
+        it ended: "left" (cleanly, see ``_leave``), "away" (nothing answered),
         "closed" (the connection went before CONNACK), "lost" (after going online), "refused"."""
         accepted = False  # the broker took our CONNECT: what fails next is not connecting
         try:
@@ -245,8 +248,8 @@ class Uplink:
                 await self._until_stopped_or_lost(client)
                 await self._offline(client)
                 if not self._stopping.is_set():
-                    log.info("mqtt %s: leaving for the new [mqtt] settings", self.mqtt.url)
-                    return "reconfigured"
+                    log.info("mqtt %s: leaving %s", self.mqtt.url, self._leaving_for)
+                    return "left"
                 return None
         except aiomqtt.MqttError as exc:
             return self._failed(exc, accepted, reported)
@@ -258,7 +261,7 @@ class Uplink:
         is being sent (an idle gateway): that ends the session too, not only a failed send."""
         receiver = asyncio.create_task(self._receive(client), name="mqtt receive")
         sender = asyncio.create_task(self._send_until_stopped(client), name="mqtt send")
-        moved = asyncio.create_task(self._settings_changed.wait(), name="mqtt settings")
+        moved = asyncio.create_task(self._leaving.wait(), name="mqtt leaving")
         try:
             await asyncio.wait([receiver, sender, moved], return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -267,7 +270,7 @@ class Uplink:
             await cancel_and_wait(receiver, moved)
         if sender.done() and not sender.cancelled():
             sender.result()  # its failure is the session's
-        elif self._settings_changed.is_set():
+        elif self._leaving.is_set():
             self.buffer.release()  # what was in flight goes out again on the new link
         else:
             raise aiomqtt.MqttError(client.lost_reason())
@@ -544,10 +547,15 @@ class Uplink:
         self.published.clear()
         if relink:
             self._new_settings = config.mqtt
-            self._settings_changed.set()
-            self._interrupted.set()
+            self._leave("for the new [mqtt] settings")
             return
         await self._republish_meta()
+
+    def _leave(self, why: str) -> None:
+        """End the current connection cleanly (its goodbye said) and open the next at once."""
+        self._leaving_for = why
+        self._leaving.set()
+        self._interrupted.set()
 
     async def points_missing(self, missing: Mapping[str, tuple[str, ...]]) -> None:
         """The points each device's unit lacks, as its polls found them: ``meta`` says so, now
@@ -559,7 +567,7 @@ class Uplink:
 
     async def _republish_meta(self) -> None:
         client = self._client_online
-        if client is None or self._settings_changed.is_set():
+        if client is None or self._leaving.is_set():
             return  # the link is leaving for new settings: ``meta`` is said on the new one
         try:
             meta = to_json_bytes(meta_payload(self.config, self.missing))

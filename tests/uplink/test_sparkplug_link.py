@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import textwrap
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from agent.config import load_config
 from agent.service.app import Agent
 from agent.testkit import run, until
 from agent.testkit.broker import Broker
+from agent.uplink.sparkplug.link import parse_state
 from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 from tests.uplink.test_goodbye_commands import Gate
@@ -364,31 +366,76 @@ def test_dcmd_writes_through_the_commands_checks_and_answers_with_ddata(
     run(with_agent(tmp_path, broker, slave, "", body), timeout=60)
 
 
-def test_nothing_is_published_until_the_primary_host_is_online(
-    tmp_path: Path, broker: Broker
+STATE = "spBv1.0/STATE/scada"
+
+
+def state(online: bool, at: int) -> bytes:
+    return json.dumps({"online": online, "timestamp": at}).encode()
+
+
+def test_the_primary_hosts_state_gates_the_session_and_its_going_offline_ends_it(
+    tmp_path: Path, broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Sparkplug 3.0 with a primary host: no birth until its STATE says online (a malformed
+    STATE or an older one is ignored); its offline during a session brings NDEATH and a new
+    connection that waits; its return a birth with the next bdSeq, and the readings taken
+    meanwhile follow as historical metrics, none missing."""
+    caplog.set_level(logging.INFO, logger="agent.uplink.sparkplug")
     slave = SimulatedSlave(1, POINTS)
+    taken: list[int] = []
+
+    def said(text: str) -> int:
+        return sum(text in r.getMessage() for r in caplog.records)
 
     async def body(host: Host, agent: Agent) -> None:
-        await until(lambda: agent.uplink.connected, 20, "the agent on the broker")
-        # connected, subscribed to STATE: no birth yet
-        await asyncio.sleep(1.0)
-        assert host.seen == []
-        await host.client.publish("spBv1.0/STATE/scada", b"not json", retain=True)
-        online = json.dumps({"online": True, "timestamp": int(time.time() * 1000)})
-        await host.client.publish("spBv1.0/STATE/scada", online, qos=1, retain=True)
-        await host.wait_for(lambda: host.of("DDATA"))
-        offline = json.dumps({"online": False, "timestamp": int(time.time() * 1000)})
-        await host.client.publish("spBv1.0/STATE/scada", offline, qos=1, retain=True)
-        await asyncio.sleep(0.5)
-        count = len(host.of("DDATA"))
-        await asyncio.sleep(1.0)
-        assert len(host.of("DDATA")) <= count + 1  # at most one already under way
-        await host.client.publish("spBv1.0/STATE/scada", online, qos=1, retain=True)
-        await host.wait_for(lambda: len(host.of("NBIRTH")) == 2)
-        await host.wait_for(lambda: len(host.of("DDATA")) > count + 1)
+        add = agent.buffer.add
 
-    run(with_agent(tmp_path, broker, slave, 'primary_host_id = "scada"', body), timeout=60)
+        def recorded(device: str, ts: int, *args: Any, **kwargs: Any) -> None:
+            taken.append(ts)
+            add(device, ts, *args, **kwargs)
+
+        agent.buffer.add = recorded  # type: ignore[method-assign]
+        await until(lambda: agent.uplink.connected, 20, "the agent on the broker")
+        began = int(time.time() * 1000)
+        await host.client.publish(STATE, b"not json", qos=1)
+        await host.client.publish(STATE, b'{"online": true}', qos=1)  # no timestamp
+        await until(lambda: said("ignored") >= 2, 10, "both malformed STATEs ignored")
+        await until(lambda: len(taken) >= 2, 10, "readings taken while the host is away")
+        assert host.seen == []  # the agent read them and waited: nothing was born
+
+        await host.client.publish(STATE, state(True, began), qos=1, retain=True)
+        await host.wait_for(lambda: host.of("DDATA"))
+        # A replaced host session's will, delivered late: older than the online, ignored.
+        await host.client.publish(STATE, state(False, began - 1000), qos=1)
+        await until(lambda: said("older than the last one"), 10, "the late will ignored")
+        count = len(host.of("DDATA"))
+        await host.wait_for(lambda: len(host.of("DDATA")) > count)  # still publishing
+        assert not host.of("NDEATH")
+
+        # The host goes: NDEATH at once, and a new connection that waits for it.
+        await host.client.publish(STATE, state(False, began + 1), qos=1, retain=True)
+        await host.wait_for(lambda: host.of("NDEATH"))
+        await until(lambda: agent.uplink.connects == 2, 20, "the agent connected again")
+        await host.client.publish(STATE, state(True, began), qos=1)  # older than the offline
+        await until(lambda: said("older than the last one") >= 2, 10, "the old online ignored")
+        away = len(taken)
+        await until(lambda: len(taken) >= away + 3, 10, "readings while the host is away")
+        assert len(host.of("NBIRTH")) == 1
+
+        await host.client.publish(STATE, state(True, began + 2), qos=1, retain=True)
+        await host.wait_for(lambda: len(host.of("NBIRTH")) == 2)
+        mark = len(taken)
+        await host.wait_for(lambda: set(taken[:mark]) <= set(host.values()), 30)
+        births = [s.payload for s in host.of("NBIRTH")]
+        bdseqs = [next(m.long_value for m in b.metrics if m.name == "bdSeq") for b in births]
+        assert bdseqs[1] == (bdseqs[0] + 1) % 256  # one new CONNECT, one more
+        born = births[1].timestamp
+        later = [m for s in host.of("DDATA") if s.seen_after_rebirth for m in s.payload.metrics]
+        assert any(m.is_historical for m in later)
+        for m in later:
+            assert m.is_historical == (m.timestamp < born), (m.timestamp, born)
+
+    run(with_agent(tmp_path, broker, slave, 'primary_host_id = "scada"', body), timeout=90)
 
 
 def test_a_device_that_starts_failing_gets_ddeath_and_dbirth_when_it_answers_again(
@@ -406,3 +453,34 @@ def test_a_device_that_starts_failing_gets_ddeath_and_dbirth_when_it_answers_aga
         await host.wait_for(lambda: len(host.of("DDATA")) > count)
 
     run(with_agent(tmp_path, broker, slave, "", body), timeout=90)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xff\xfe",
+        b"ONLINE",  # Sparkplug 2.2's plain-text STATE
+        b"[true, 1]",
+        b'{"online": "true", "timestamp": 1}',
+        b'{"online": 1, "timestamp": 1}',
+        b'{"online": true, "timestamp": "1700000000000"}',
+        b'{"online": true, "timestamp": true}',
+        b'{"online": true, "timestamp": NaN}',
+        b'{"online": false, "timestamp": Infinity}',
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+)
+def test_a_state_that_is_not_the_specifications_json_is_refused_with_a_reason(
+    payload: bytes,
+) -> None:
+    with pytest.raises(ValueError, match="STATE"):
+        parse_state(payload)
+
+
+def test_a_state_gives_whether_the_host_is_online_and_when() -> None:
+    assert parse_state(state(True, 1_700_000_000_000)) == (True, 1_700_000_000_000)
+    assert parse_state(b'{"online": false, "timestamp": 1.5e12, "bdSeq": 3}') == (
+        False,
+        1_500_000_000_000,
+    )

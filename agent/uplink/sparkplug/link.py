@@ -8,7 +8,9 @@ goes over it is Sparkplug's:
   reading as DDATA (QoS 0) by alias, with its own time; readings taken before this session's
   birth go as historical metrics, in order, never taken for the current value by a host;
 - with ``primary_host_id``: nothing is published until that host's STATE says online; when it
-  goes offline, publishing stops (readings stay buffered) and a rebirth follows its return;
+  says offline during a session, the node publishes NDEATH, disconnects and connects again to
+  wait for the host (readings stay buffered), born again when it is back. A STATE older than
+  the last one taken (a host's will delivered after its next birth) is ignored;
 - NCMD ``Node Control/Rebirth`` births everything again; DCMD writes a point through the
   commands' checks and answers with a DDATA of the value read back;
 - a device that starts failing gets a DDEATH, one that answers again a DBIRTH.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -69,6 +72,11 @@ class SparkplugUplink(Uplink):
         self._born_at = 0
         self._rebirth = False
         self._host_online = config.sparkplug.primary_host_id is None
+        #: The timestamp of the last STATE taken: an older one (the will of a host session
+        #: that has since been replaced) says nothing of the host now.
+        self._state_at: int | None = None
+        #: NBIRTH was published on this connection: the primary host going offline ends it.
+        self._in_session = False
         #: Writes a DCMD asked for, owned here: cancelled at stop.
         self._writes: set[asyncio.Task[None]] = set()
 
@@ -107,6 +115,7 @@ class SparkplugUplink(Uplink):
 
     async def _online(self, client: Client) -> None:
         self._host_online = self.spb.primary_host_id is None
+        self._in_session = False
         granted = await client.subscribe([(t, 1) for t in self.subscriptions()])
         log.debug("sparkplug: subscribed: %s", granted)
         if self._host_online:
@@ -134,6 +143,7 @@ class SparkplugUplink(Uplink):
         now = self.clock.wall_ms()
         self._born_at = now
         self._rebirth = False
+        self._in_session = True
         await client.publish(self._topic("NBIRTH"), self._node.birth(now), qos=0)
         failing = self._failing()
         for device in self.config.devices:
@@ -216,17 +226,32 @@ class SparkplugUplink(Uplink):
             log.warning("sparkplug: %s: ignored: %s", topic, exc)
 
     def _state(self, data: bytes) -> None:
-        try:
-            state = json.loads(data)
-        except ValueError:
-            raise ValueError("STATE is not the specification's JSON") from None
-        online = state.get("online") if isinstance(state, dict) else None
-        if not isinstance(online, bool):
-            raise ValueError('STATE has no "online": true or false')
-        if online and not self._host_online:
-            log.info("sparkplug: primary host %s is online: births", self.spb.primary_host_id)
-            self._rebirth = True
-        elif not online and self._host_online:
+        """The primary host's STATE (Sparkplug 3.0, 5.4 and 5.5): births when it is online,
+        NDEATH and a new connection when it goes offline during a session."""
+        online, at = parse_state(data)
+        if self._state_at is not None and at < self._state_at:
+            log.info(
+                "sparkplug: a STATE of primary host %s older than the last one (%d < %d): "
+                "ignored, it is of a session the host has since replaced",
+                self.spb.primary_host_id,
+                at,
+                self._state_at,
+            )
+            return
+        self._state_at = at
+        if online:
+            if not self._host_online:
+                log.info("sparkplug: primary host %s is online: births", self.spb.primary_host_id)
+                self._rebirth = True
+        elif self._in_session:
+            log.warning(
+                "sparkplug: primary host %s went offline: NDEATH, and a new connection that "
+                "waits for it; readings are held until it is back",
+                self.spb.primary_host_id,
+            )
+            self._in_session = False
+            self._leave("as the primary host went offline")
+        elif self._host_online:
             log.warning(
                 "sparkplug: primary host %s is offline: readings are held until it is back",
                 self.spb.primary_host_id,
@@ -288,3 +313,20 @@ class SparkplugUplink(Uplink):
         """Devices or points changed: a rebirth says so to the host."""
         self._rebirth = True
         self._wake.set()
+
+
+def parse_state(data: bytes) -> tuple[bool, int]:
+    """A STATE payload, ``{"online": true|false, "timestamp": <ms>}``, as (online, timestamp);
+    ValueError, saying what is wrong, for anything else."""
+    try:
+        state = json.loads(data)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested beyond reading
+        raise ValueError("STATE is not the specification's JSON") from None
+    if not isinstance(state, dict):
+        raise ValueError('STATE is not a JSON object with "online" and "timestamp"')
+    online, at = state.get("online"), state.get("timestamp")
+    if not isinstance(online, bool):
+        raise ValueError('STATE has no "online": true or false')
+    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+        raise ValueError('STATE has no "timestamp" (milliseconds since the epoch)')
+    return online, int(at)
