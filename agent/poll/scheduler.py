@@ -49,6 +49,9 @@ class DeviceHealth:
     overruns: int = 0
     last_error: str = ""
     failing: bool = False
+    #: Failing wholly: its last poll read nothing (not only some points failed). A Sparkplug
+    #: node says so of the device with DDEATH.
+    unreachable: bool = False
     #: Points the device does not have (it refuses them as such), as its last poll said.
     missing: tuple[str, ...] = ()
     #: Polls in a row that read nothing; from BACKOFF_AFTER on the device is polled less often.
@@ -384,7 +387,7 @@ class BusPoller:
         health.consecutive_failures, health.retry_at, health.backoff = 0, 0.0, 0.0
         health.missing = poll.missing
         if poll.errors:
-            self._failed(device.name, "; ".join(poll.errors))
+            self._failed(device.name, "; ".join(poll.errors), read_some=bool(poll.values))
         else:
             self._recovered(device.name)
         if poll.values:
@@ -412,8 +415,9 @@ class BusPoller:
                 MAX_DEVICE_BACKOFF,
             )
 
-    def _failed(self, name: str, error: str) -> None:
+    def _failed(self, name: str, error: str, read_some: bool = False) -> None:
         health = self.health[name]
+        health.unreachable = not read_some
         health.errors += 1
         health.last_error = error
         if not health.failing:
@@ -423,6 +427,7 @@ class BusPoller:
 
     def _recovered(self, name: str) -> None:
         health = self.health[name]
+        health.unreachable = False
         if health.failing:
             health.failing = False
             log.info("device %s: answering again", name)

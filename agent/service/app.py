@@ -80,7 +80,7 @@ class Agent:
                 self.clock,
                 self.guard,
                 current=self._current_values,
-                failing=self._failing_devices,
+                unreachable=self._unreachable_devices,
                 write=self._sparkplug_write,
             )
         else:
@@ -197,8 +197,9 @@ class Agent:
                 return health.last_values
         return {}
 
-    def _failing_devices(self) -> set[str]:
-        return {name for p in self.pollers for name, h in p.health.items() if h.failing}
+    def _unreachable_devices(self) -> set[str]:
+        """Devices whose last poll read nothing (a Sparkplug DDEATH)."""
+        return {name for p in self.pollers for name, h in p.health.items() if h.unreachable}
 
     async def _sparkplug_write(
         self, device: str, point: str, value: Value, sent_ms: int | None

@@ -111,6 +111,10 @@ def meta_payload(
 class Uplink:
     """Sends the buffer's samples to the broker, oldest first, one acknowledged batch at a time."""
 
+    #: After an outage, live batches alternate with the backlog's: current readings go out at
+    #: once. False: the backlog goes first, everything in the order it was read.
+    live_first = True
+
     def __init__(
         self,
         config: Config,
@@ -643,6 +647,10 @@ class Uplink:
         while True:
             self._wake.clear()  # before taking: a sample added while we publish wakes a round
             await self._between_rounds(client)
+            if not self.live_first and (backlog := self.buffer.take_backlog(self.mqtt.batch_max)):
+                if await self._send(client, backlog, backlog=True) or await self._held_back():
+                    continue
+                return
             live = self.buffer.take_live(self.mqtt.batch_max)
             if live:
                 if not await self._send(client, live, backlog=False):

@@ -868,8 +868,8 @@ def test_the_scheduler_says_it_once_and_retries(
 
         third = asyncio.Event()
 
-        def _failed(self, name: str, error: str) -> None:
-            super()._failed(name, error)
+        def _failed(self, name: str, error: str, read_some: bool = False) -> None:
+            super()._failed(name, error, read_some)
             if self.health[name].errors >= 3:
                 self.third.set()
 

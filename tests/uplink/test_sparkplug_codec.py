@@ -271,10 +271,47 @@ def _set_reference_property(entry: Any, datatype: DataType, value: Any) -> None:
 def test_negative_small_integers_are_32_bit_twos_complement_as_tahu_writes_them() -> None:
     encoded = encode(Payload(metrics=[Metric(datatype=DataType.INT8, value=-1)]))
     assert ReferencePayload.FromString(encoded).metrics[0].int_value == 2**32 - 1
-    # and an 8-bit form from another encoder reads the same
+    # and the 64-bit form (protobuf's for a negative int32) reads the same
     other = ReferencePayload()
-    other.metrics.add(datatype=DataType.INT8, int_value=0xFF)
-    assert decode(other.SerializeToString()).metrics[0].value == -1
+    other.metrics.add(datatype=DataType.INT16, long_value=2**64 - 5)
+    assert decode(other.SerializeToString()).metrics[0].value == -5
+
+
+@pytest.mark.parametrize(
+    ("datatype", "wire"),
+    [
+        (DataType.INT16, 40000),  # above Int16: not -25536
+        (DataType.INT16, 65541),  # 0x1_0005: not 5, its high bits dropped
+        (DataType.INT8, 300),
+        (DataType.INT8, 0xFF),  # an 8-bit form, or 255 by mistake: not taken for -1
+        (DataType.INT32, 2**40),
+        (DataType.UINT8, 256),
+        (DataType.UINT32, 2**32),
+    ],
+)
+def test_an_integer_its_datatype_cannot_hold_is_refused_never_cut_to_another(
+    datatype: DataType, wire: int
+) -> None:
+    """A host's DCMD value beyond the metric's datatype would, cut to its width, write another
+    number than the one sent: it is refused."""
+    command = ReferencePayload(timestamp=1)
+    if wire < 2**32:
+        command.metrics.add(name="setpoint", datatype=int(datatype), int_value=wire)
+    else:
+        command.metrics.add(name="setpoint", datatype=int(datatype), long_value=wire)
+    with pytest.raises(SparkplugError, match=r"not a|does not fit"):
+        decode(command.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [(DataType.FLOAT, 1e39), (DataType.DOUBLE, 10**400), (DataType.STRING, "\ud800")],
+)
+def test_encode_refuses_with_its_own_error_only(datatype: DataType, value: Any) -> None:
+    with pytest.raises(SparkplugError):
+        encode(Payload(metrics=[Metric(name="x", datatype=int(datatype), value=value)]))
+    with pytest.raises(SparkplugError):
+        encode(Payload(metrics=[Metric(name="x", datatype=99, value=1)]))
 
 
 @pytest.mark.parametrize(

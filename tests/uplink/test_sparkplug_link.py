@@ -215,11 +215,14 @@ async def with_agent(
     more: str,
     body: Any,
     url: str | None = None,
+    edit: str | None = None,
 ) -> Agent:
     async with ModbusSimulator([slave]) as sim:
         path = site(tmp_path, broker, sim.port, more)
         if url is not None:
             path.write_text(path.read_text().replace(broker.url, url))
+        if edit is not None:  # in place of the batch settings
+            path.write_text(path.read_text().replace('batch_interval = "100ms"', edit))
         config, _ = load_config(path, environ={})
         agent = Agent(config)
         stop = asyncio.Event()
@@ -234,6 +237,17 @@ async def with_agent(
             await host.wait_for(lambda: host.of("NDEATH"))  # a clean stop says so
             host.check_rules()
     return agent
+
+
+def record_readings(agent: Agent, taken: list[int]) -> None:
+    """Append to ``taken`` the time of every reading that becomes a sample from now on."""
+    add = agent.buffer.add
+
+    def recorded(device: str, ts: int, *args: Any, **kwargs: Any) -> None:
+        taken.append(ts)
+        add(device, ts, *args, **kwargs)
+
+    agent.buffer.add = recorded  # type: ignore[method-assign]
 
 
 def slave_with_values() -> SimulatedSlave:
@@ -289,13 +303,7 @@ def test_a_link_outage_loses_nothing_and_sends_it_as_historical_after_the_rebirt
     gate = Gate((broker.host, broker.port))
 
     async def body(host: Host, agent: Agent) -> None:
-        add = agent.buffer.add
-
-        def recorded(device: str, ts: int, *args: Any, **kwargs: Any) -> None:
-            taken.append(ts)  # every reading that became a sample
-            add(device, ts, *args, **kwargs)
-
-        agent.buffer.add = recorded  # type: ignore[method-assign]
+        record_readings(agent, taken)
         await host.wait_for(lambda: len(host.of("DDATA")) >= 2)
         await gate.close()
         await host.wait_for(lambda: host.of("NDEATH"), 30)  # the will: the broker saw it go
@@ -388,13 +396,7 @@ def test_the_primary_hosts_state_gates_the_session_and_its_going_offline_ends_it
         return sum(text in r.getMessage() for r in caplog.records)
 
     async def body(host: Host, agent: Agent) -> None:
-        add = agent.buffer.add
-
-        def recorded(device: str, ts: int, *args: Any, **kwargs: Any) -> None:
-            taken.append(ts)
-            add(device, ts, *args, **kwargs)
-
-        agent.buffer.add = recorded  # type: ignore[method-assign]
+        record_readings(agent, taken)
         await until(lambda: agent.uplink.connected, 20, "the agent on the broker")
         began = int(time.time() * 1000)
         await host.client.publish(STATE, b"not json", qos=1)
@@ -453,6 +455,67 @@ def test_a_device_that_starts_failing_gets_ddeath_and_dbirth_when_it_answers_aga
         await host.wait_for(lambda: len(host.of("DDATA")) > count)
 
     run(with_agent(tmp_path, broker, slave, "", body), timeout=90)
+
+
+def test_a_device_of_which_only_some_points_fail_keeps_its_session(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Its coils refused (illegal function) while its registers read: each poll has values and
+    an error. The device is failing for ``status``, but for the host it answers: no DDEATH,
+    no DBIRTH again, its DDATA go on."""
+    slave = SimulatedSlave(1, POINTS)
+
+    async def body(host: Host, agent: Agent) -> None:
+        await host.wait_for(lambda: host.of("DDATA"))
+        slave.unsupported = {1}  # read coils: "running" fails, the registers still read
+        await until(lambda: agent.pollers[0].health["pump"].failing, 10, "the coils refused")
+        count = len(host.of("DDATA"))
+        await host.wait_for(lambda: len(host.of("DDATA")) >= count + 10)  # 10 polls later
+        assert (len(host.of("DDEATH")), len(host.of("DBIRTH"))) == (0, 1)
+        slave.dead = True  # now it reads nothing: the host is told
+        await host.wait_for(lambda: host.of("DDEATH"), 30)
+
+    run(with_agent(tmp_path, broker, slave, "", body), timeout=90)
+
+
+def test_history_after_an_outage_arrives_oldest_first_and_whole(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Small batches (``batch_max = 3``) after an outage: the backlog on disk and the readings
+    still in memory are sent in the order they were read, none missing."""
+    slave = SimulatedSlave(1, POINTS)
+    gate = Gate((broker.host, broker.port))
+    taken: list[int] = []
+
+    async def body(host: Host, agent: Agent) -> None:
+        record_readings(agent, taken)
+        await host.wait_for(lambda: len(host.of("DDATA")) >= 2)
+        await gate.close()
+        await host.wait_for(lambda: host.of("NDEATH"), 30)
+        away = len(taken)
+        await until(lambda: len(taken) >= away + 15, 20, "readings, most flushed to disk")
+        await gate.open()
+        await host.wait_for(lambda: len(host.of("NBIRTH")) == 2, 30)
+        mark = len(taken)
+        await host.wait_for(lambda: set(taken[:mark]) <= set(host.values()), 30)
+        later = [
+            m.timestamp
+            for s in host.of("DDATA")
+            if s.seen_after_rebirth
+            for m in s.payload.metrics[:1]
+        ]
+        assert len(later) > 15
+        assert later == sorted(later), later
+
+    async def scenario() -> None:
+        await gate.open()
+        try:
+            small = 'batch_interval = "100ms"\nbatch_max = 3'
+            await with_agent(tmp_path, broker, slave, "", body, url=gate_url(gate), edit=small)
+        finally:
+            await gate.close()
+
+    run(scenario(), timeout=120)
 
 
 @pytest.mark.parametrize(

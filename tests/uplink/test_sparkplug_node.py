@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 
 from agent.api.config import DeviceConfig, PointConfig
+from agent.uplink.sparkplug import node as node_module
 from agent.uplink.sparkplug.codec import DataType, decode
 from agent.uplink.sparkplug.node import (
     BDSEQ,
     BDSEQ_FILE,
     REBIRTH,
+    BdSeq,
     EdgeNode,
     datatype_of,
     metric_value,
-    next_bdseq,
 )
 
 NOW = 1_765_000_000_000
@@ -140,6 +141,15 @@ def test_a_points_datatype_follows_its_type_and_scaling(
         (DataType.FLOAT, math.inf, None),
         (DataType.BOOLEAN, 1, None),
         (DataType.STRING, 12, "12"),
+        # beyond the datatype: null, never another number or a refusal of the whole message
+        (DataType.INT16, 40000, None),
+        (DataType.UINT16, -1, None),
+        (DataType.UINT64, 2**64, None),
+        (DataType.INT64, 10**400, None),
+        (DataType.DOUBLE, 10**400, None),
+        (DataType.FLOAT, 1e39, None),
+        (DataType.FLOAT, 1e38, 1e38),
+        (DataType.DOUBLE, math.inf, math.inf),
     ],
 )
 def test_a_reading_its_datatype_cannot_carry_is_sent_as_null_not_a_crash(
@@ -148,12 +158,49 @@ def test_a_reading_its_datatype_cannot_carry_is_sent_as_null_not_a_crash(
     assert metric_value(datatype, value) == sent  # type: ignore[arg-type]
 
 
+def test_a_reading_beyond_its_datatype_goes_in_ddata_as_null() -> None:
+    """A garbled line of 400 digits from a serial sensor (``type = "int"``: Int64), or 40000
+    in an Int16: the DDATA is sent, with that metric null."""
+    meter = DeviceConfig(
+        "meter",
+        "",
+        "serial_line",
+        1.0,
+        points=(point("count", type="int"), point("n", type="int16")),
+    )
+    edge = EdgeNode("farm", "gw", [meter], 0)
+    edge.birth(NOW)
+    edge.device_birth("meter", {}, NOW)
+    sent = decode(edge.device_data("meter", NOW, {"count": 10**400, "n": 40000}))
+    assert [m.value for m in sent.metrics] == [None, None]
+    assert decode(edge.device_data("meter", NOW, {"count": -(2**63)})).metrics[0].value == -(2**63)
+
+
 def test_bdseq_goes_on_across_restarts_and_wraps(tmp_path: Path) -> None:
-    assert [next_bdseq(tmp_path) for _ in range(3)] == [0, 1, 2]
+    counter = BdSeq(tmp_path)
+    assert [counter.next() for _ in range(3)] == [0, 1, 2]
+    assert BdSeq(tmp_path).next() == 3  # a restart goes on
     (tmp_path / BDSEQ_FILE).write_text('{"bdseq": 255}')
-    assert next_bdseq(tmp_path) == 0
-    (tmp_path / BDSEQ_FILE).write_text("damaged")
-    assert next_bdseq(tmp_path) == 0
+    assert BdSeq(tmp_path).next() == 0
+    for damaged in ("damaged", '{"bdseq": 9000}', '{"bdseq": -4}', "[]"):
+        (tmp_path / BDSEQ_FILE).write_text(damaged)
+        assert BdSeq(tmp_path).next() == 0
+
+
+def test_bdseq_still_goes_up_when_the_data_dir_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A card remounted read-only: every new connection still gets the next bdSeq (a host
+    could not tell a late NDEATH of the last session from the current one), said once."""
+    (tmp_path / BDSEQ_FILE).write_text('{"bdseq": 41}')
+
+    def refuse(path: Path, text: str) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(node_module, "write_atomically", refuse)
+    counter = BdSeq(tmp_path)
+    assert [counter.next() for _ in range(3)] == [42, 43, 44]
+    assert sum("cannot keep bdSeq" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_the_official_runtime_reads_a_device_birth() -> None:

@@ -117,7 +117,17 @@ class Payload:
 
 
 def encode(payload: Payload) -> bytes:
-    """The payload's bytes, as the specification's ``Payload`` message."""
+    """The payload's bytes, as the specification's ``Payload`` message; ``SparkplugError``
+    when a value cannot be sent as its metric's datatype."""
+    try:
+        return _encode_payload(payload)
+    except SparkplugError:
+        raise
+    except (OverflowError, UnicodeError, ValueError) as exc:  # a float32 out of range, a lone
+        raise SparkplugError(f"cannot be encoded: {exc}") from None  # surrogate, a datatype
+
+
+def _encode_payload(payload: Payload) -> bytes:
     out = bytearray()
     if payload.timestamp is not None:
         _varint_field(out, _P_TIMESTAMP, payload.timestamp)
@@ -302,8 +312,7 @@ def _decoded_value(
         kind = DataType.UNKNOWN
         if datatype is not None and datatype in DataType._value2member_map_:
             kind = DataType(datatype)
-        bits, signed = INTEGERS.get(kind, (64, False))
-        return _signed(integer, bits) if signed else integer
+        return integer_from_wire(integer, kind) if kind in INTEGERS else integer
     if number == fields.boolean_value:
         return bool(_as_int(value, wire, what))
     if number == fields.float_value:
@@ -345,9 +354,23 @@ def _decode_property(data: bytes) -> tuple[int, PropertyValue]:
     return datatype, found
 
 
-def _signed(value: int, bits: int) -> int:
-    value &= (1 << bits) - 1
-    return value - (1 << bits) if value >> (bits - 1) else value
+def integer_from_wire(raw: int, datatype: DataType) -> int:
+    """The integer an int or long field holding ``raw`` carries as ``datatype``: a negative
+    number below 64 bits is its two's complement in 32 bits (as Tahu writes it) or 64 bits
+    (as protobuf writes an int32). Anything else (a value wider than the datatype, high bits
+    that are not a sign extension) is refused, never cut to another number."""
+    bits, signed = INTEGERS[datatype]
+    if not signed:
+        if raw >> bits:
+            raise SparkplugError(f"{raw} does not fit a {datatype.name}")
+        return raw
+    half = 1 << (bits - 1)
+    if raw < half:
+        return raw
+    for width in (32, 64) if bits <= 32 else (64,):
+        if (1 << width) - half <= raw < 1 << width:
+            return raw - (1 << width)
+    raise SparkplugError(f"{raw} is not a {datatype.name} (a value beyond it, or not its sign)")
 
 
 def _fields(data: bytes, what: str) -> list[tuple[int, int, int | bytes]]:

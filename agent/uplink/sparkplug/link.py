@@ -13,7 +13,8 @@ goes over it is Sparkplug's:
   the last one taken (a host's will delivered after its next birth) is ignored;
 - NCMD ``Node Control/Rebirth`` births everything again; DCMD writes a point through the
   commands' checks and answers with a DDATA of the value read back;
-- a device that starts failing gets a DDEATH, one that answers again a DBIRTH.
+- a device whose polls read nothing gets a DDEATH, and a DBIRTH when it answers again (one
+  of which only some points fail stays born).
 
 QoS 0 gives no acknowledgement. A reading leaves the buffer only once a later round trip with
 the broker (an UNSUBACK) proves the broker took the packets before it: TCP keeps order and a
@@ -40,10 +41,16 @@ from ...model import Sample, Value
 from ...store.buffer import Buffer
 from ..link import Client
 from ..telemetry import Uplink
-from .codec import Payload, SparkplugError, decode
-from .node import NAMESPACE, REBIRTH, EdgeNode, next_bdseq, topic
+from .codec import INTEGERS, Metric, Payload, SparkplugError, decode, integer_from_wire
+from .node import NAMESPACE, REBIRTH, BdSeq, EdgeNode, topic
 
 log = logging.getLogger(__name__)
+
+#: An NCMD or DCMD larger than this is refused unread (a host's command holds a few metrics).
+MAX_COMMAND_BYTES = 16 * 1024
+#: The most metrics (writes) one DCMD may hold, and the most writes carried out at once.
+MAX_DCMD_METRICS = 32
+MAX_WRITES_PENDING = 64
 
 #: A write asked by DCMD: (device, point, value, when it was sent or None) → the command reply.
 Write = Callable[[str, str, Value, int | None], Awaitable[dict[str, Any]]]
@@ -52,6 +59,10 @@ Write = Callable[[str, str, Value, int | None], Awaitable[dict[str, Any]]]
 class SparkplugUplink(Uplink):
     """``Uplink`` speaking Sparkplug B: see the module's docstring."""
 
+    #: After an outage, the backlog goes before what is live: history oldest first (the
+    #: DBIRTH already carries each point's current value).
+    live_first = False
+
     def __init__(
         self,
         config: Config,
@@ -59,16 +70,18 @@ class SparkplugUplink(Uplink):
         clock: Clock | None = None,
         guard: ClockGuard | None = None,
         current: Callable[[str], Mapping[str, Value]] = lambda device: {},
-        failing: Callable[[], set[str]] = set,
+        unreachable: Callable[[], set[str]] = set,
         write: Write | None = None,
     ) -> None:
         super().__init__(config, buffer, clock, guard, on_command=self._arrived)
         #: A device's latest readings (its DBIRTH carries them).
         self._current = current
-        #: The devices failing now (they get a DDEATH).
-        self._failing = failing
+        #: The devices whose last poll read nothing (they get a DDEATH); one of which only
+        #: some points fail keeps its session.
+        self._unreachable = unreachable
         self._write = write
         self._node: EdgeNode | None = None
+        self._bdseq = BdSeq(config.agent.data_dir)
         self._born_at = 0
         self._rebirth = False
         self._host_online = config.sparkplug.primary_host_id is None
@@ -79,6 +92,8 @@ class SparkplugUplink(Uplink):
         self._in_session = False
         #: Writes a DCMD asked for, owned here: cancelled at stop.
         self._writes: set[asyncio.Task[None]] = set()
+        #: Devices no longer configured whose buffered readings were dropped: said once.
+        self._gone_said: set[str] = set()
 
     @property
     def spb(self) -> SparkplugSection:
@@ -95,7 +110,7 @@ class SparkplugUplink(Uplink):
             self.spb.group_id,
             self.spb.edge_node_id,
             self.config.devices,
-            next_bdseq(self.config.agent.data_dir),
+            self._bdseq.next(),
         )
         death = self._node.death(self.clock.wall_ms())
         return aiomqtt.Will(self._topic("NDEATH"), death, qos=1, retain=False)
@@ -134,20 +149,26 @@ class SparkplugUplink(Uplink):
         self._client_online = client
 
     async def _births(self, client: Client) -> None:
-        """NBIRTH, then a DBIRTH for every device that is not failing (QoS 0); the devices and
-        aliases of the configuration now, the bdSeq of this connection."""
+        """NBIRTH, then a DBIRTH for every device that answers (QoS 0); the devices and
+        aliases of the configuration now, the bdSeq of this connection. A device a reload
+        removed gets its DDEATH first, in the session that knew it."""
         assert self._node is not None
+        old = self._node
+        configured = {d.name for d in self.config.devices}
+        for name in sorted(old.born_devices() - configured):
+            death = old.device_death(name, self.clock.wall_ms())
+            await client.publish(self._topic("DDEATH", name), death, qos=0)
         self._node = EdgeNode(
-            self.spb.group_id, self.spb.edge_node_id, self.config.devices, self._node.bdseq
+            self.spb.group_id, self.spb.edge_node_id, self.config.devices, old.bdseq
         )
         now = self.clock.wall_ms()
         self._born_at = now
         self._rebirth = False
         self._in_session = True
         await client.publish(self._topic("NBIRTH"), self._node.birth(now), qos=0)
-        failing = self._failing()
+        unreachable = self._unreachable()
         for device in self.config.devices:
-            if device.name not in failing:
+            if device.name not in unreachable:
                 await self._device_birth(client, device.name)
         self.published.set()
 
@@ -170,45 +191,81 @@ class SparkplugUplink(Uplink):
     # --- sending
 
     async def _between_rounds(self, client: Client) -> None:
-        """A rebirth asked for, devices that started or stopped failing, a host's STATE."""
+        """A rebirth asked for, devices that became unreachable, a host's STATE."""
         node = self._node
         if node is None or not self._host_online:
             return
         if self._rebirth:
             await self._births(client)
             return
-        failing = self._failing()
+        unreachable = self._unreachable()
         for device in self.config.devices:
-            if device.name in failing and node.born(device.name):
+            if device.name in unreachable and node.born(device.name):
                 payload = node.device_death(device.name, self.clock.wall_ms())
                 await client.publish(self._topic("DDEATH", device.name), payload, qos=0)
 
     async def _send(self, client: Client, samples: list[Sample], backlog: bool) -> bool:
-        """Each reading as DDATA; acknowledged once the broker has taken the packets."""
+        """Each reading as DDATA; acknowledged once the broker has taken the packets. A
+        rebirth asked for meanwhile stops the DDATA at once (the rest goes after the births)."""
         node = self._node
         if node is None or not self._host_online:  # held: STATE says the host is away
             self.buffer.release()
             await self._wake.wait()
             return True
-        if self._rebirth:  # the host came (back) since this round began: births first
+        if self._rebirth:  # asked for since this round began: births first
             await self._births(client)
             node = self._node
             assert node is not None
         stamped = self._final_forms(samples)
+        sent: list[Sample] = []
+        unplaced: list[Sample] = []
         for sample in stamped:
-            if sample.device not in {d.name for d in self.config.devices}:
-                continue  # a device a reload removed: no birth to place it
+            if self._rebirth:
+                break
+            payload = self._data_of(node, sample)
+            if payload is None:
+                unplaced.append(sample)
+                continue
             if not node.born(sample.device):
                 await self._device_birth(client, sample.device)
-            # Taken before this session's birth: history, never a host's current value.
-            historical = sample.ts < self._born_at
-            payload = node.device_data(sample.device, sample.ts, sample.values, historical)
             await client.publish(self._topic("DDATA", sample.device), payload, qos=0)
+            sent.append(sample)
         # The barrier: an UNSUBACK comes after the broker read everything sent before it.
         await client.unsubscribe(self._topic("BARRIER"))
-        self.buffer.acknowledge(stamped)
-        self.sent += len(stamped)
+        self.buffer.acknowledge(sent)
+        self.sent += len(sent)
+        if unplaced:
+            self._drop_unplaced(unplaced)
+        if len(sent) + len(unplaced) < len(stamped):  # stopped for a rebirth: the rest again
+            self.buffer.release()
+            return True
         return len(stamped) == len(samples)
+
+    def _data_of(self, node: EdgeNode, sample: Sample) -> bytes | None:
+        """The DDATA of one reading, historical if taken before this session's birth; None
+        for a device this node has no birth for (a reload removed it)."""
+        if not node.knows(sample.device):
+            return None
+        # Taken before this session's birth: history, never a host's current value.
+        historical = sample.ts < self._born_at
+        try:
+            return node.device_data(sample.device, sample.ts, sample.values, historical)
+        except SparkplugError as exc:  # never expected: each value is made to fit first
+            log.error("sparkplug: a reading of %s sent as nulls: %s", sample.device, exc)
+            nulls = dict.fromkeys(sample.values)
+            return node.device_data(sample.device, sample.ts, nulls, historical)
+
+    def _drop_unplaced(self, samples: list[Sample]) -> None:
+        """Readings no birth can place (their device is no longer configured): they leave
+        the buffer, counted as dropped, said once per device."""
+        self.buffer.discard(samples)
+        for device in sorted({s.device for s in samples} - self._gone_said):
+            self._gone_said.add(device)
+            log.warning(
+                "sparkplug: device %s is not in the configuration any more: its readings "
+                "still buffered are dropped (no birth can place them; counted in dropped)",
+                device,
+            )
 
     # --- what the host sends
 
@@ -218,10 +275,13 @@ class SparkplugUplink(Uplink):
         try:
             if len(parts) == 3 and parts[1] == "STATE":
                 self._state(data)
-            elif len(parts) >= 4 and parts[2] == "NCMD":
-                self._node_command(decode(data))
-            elif len(parts) == 5 and parts[2] == "DCMD" and self._write is not None:
-                self._device_command(parts[4], decode(data))
+            elif len(parts) >= 4 and parts[2] in ("NCMD", "DCMD"):
+                if len(data) > MAX_COMMAND_BYTES:  # refused unread: a host sends a few metrics
+                    raise ValueError(f"{len(data)} bytes, more than {MAX_COMMAND_BYTES}")
+                if parts[2] == "NCMD":
+                    self._node_command(decode(data))
+                elif len(parts) == 5 and self._write is not None:
+                    self._device_command(parts[4], decode(data))
         except (SparkplugError, ValueError) as exc:
             log.warning("sparkplug: %s: ignored: %s", topic, exc)
 
@@ -269,15 +329,48 @@ class SparkplugUplink(Uplink):
         raise ValueError("NCMD names no metric this node takes (Node Control/Rebirth)")
 
     def _device_command(self, device: str, payload: Payload) -> None:
-        names = self._node.names_of(device) if self._node is not None else {}
-        for metric in payload.metrics:
-            name = metric.name or names.get(metric.alias or 0)
-            if name is None:
-                raise ValueError(f"DCMD for {device}: metric alias {metric.alias} is unknown")
-            if metric.value is None or isinstance(metric.value, bytes):
-                raise ValueError(f"DCMD for {device}.{name}: no value a point takes")
-            sent = metric.timestamp or payload.timestamp
-            self._spawn_write(device, name, metric.value, sent)
+        """Each metric of a DCMD is a write, checked against its birth: its datatype, if the
+        host gives one, must be the birth's, and an integer is read as the birth's datatype."""
+        node = self._node
+        if node is None or not node.knows(device):
+            raise ValueError(f"DCMD for {device}: no such device on this node")
+        if len(payload.metrics) > MAX_DCMD_METRICS:
+            raise ValueError(
+                f"DCMD for {device}: {len(payload.metrics)} metrics, more than "
+                f"{MAX_DCMD_METRICS} in one command"
+            )
+        writes = [
+            self._write_of(node, device, metric, payload.timestamp) for metric in payload.metrics
+        ]
+        if len(self._writes) + len(writes) > MAX_WRITES_PENDING:
+            raise ValueError(
+                f"DCMD for {device}: {len(self._writes)} writes are still being "
+                "carried out; send it again once they are answered"
+            )
+        for name, value, sent in writes:
+            self._spawn_write(device, name, value, sent)
+
+    def _write_of(
+        self, node: EdgeNode, device: str, metric: Metric, sent: int | None
+    ) -> tuple[str, Value, int | None]:
+        names = node.names_of(device)
+        name = metric.name or names.get(metric.alias or 0)
+        if name is None:
+            raise ValueError(f"DCMD for {device}: metric alias {metric.alias} is unknown")
+        datatype = node.datatype(device, name)
+        if datatype is None:
+            raise ValueError(f"DCMD for {device}: it has no metric {name}")
+        if metric.datatype is not None and metric.datatype != datatype:
+            raise ValueError(
+                f"DCMD for {device}.{name}: datatype {metric.datatype}, but its birth says "
+                f"{int(datatype)} ({datatype.name})"
+            )
+        value = metric.value
+        if value is None or isinstance(value, bytes):
+            raise ValueError(f"DCMD for {device}.{name}: no value a point takes")
+        if metric.datatype is None and datatype in INTEGERS and type(value) is int:
+            value = integer_from_wire(value, datatype)  # sent without its datatype: the birth's
+        return name, value, metric.timestamp or sent
 
     def _spawn_write(self, device: str, point: str, value: Value, sent: int | None) -> None:
         task = asyncio.get_running_loop().create_task(self._carry_out(device, point, value, sent))
@@ -290,6 +383,8 @@ class SparkplugUplink(Uplink):
         node, client = self._node, self._client_online
         if not reply.get("ok") or node is None or client is None or not node.born(device):
             return  # refused or failed: logged by the commands; the host keeps its value
+        if self._rebirth:
+            return  # the births about to go carry the value read back
         payload = node.device_data(device, self.clock.wall_ms(), {point: reply["value"]})
         try:
             await client.publish(self._topic("DDATA", device), payload, qos=0)

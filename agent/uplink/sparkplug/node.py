@@ -21,6 +21,9 @@ from .codec import BLOBS, INTEGERS, TEXTS, DataType, Metric, Payload, encode
 
 log = logging.getLogger(__name__)
 
+#: The largest finite float32: a Float metric beyond it goes as null.
+FLOAT32_MAX = 3.4028234663852886e38
+
 NAMESPACE = "spBv1.0"
 BDSEQ = "bdSeq"
 REBIRTH = "Node Control/Rebirth"
@@ -41,6 +44,7 @@ POINT_DATATYPES = {
     "float32": DataType.FLOAT,
     "float64": DataType.DOUBLE,
     "string": DataType.STRING,
+    "int": DataType.INT64,  # a whole number read from text (serial sensors)
 }
 
 
@@ -65,15 +69,17 @@ def metric_value(datatype: DataType, value: Value | None) -> Value | None:
     if value is None:
         return None
     if datatype in INTEGERS:
-        if isinstance(value, bool):
-            return int(value)
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        return value if isinstance(value, int) else None
+        return _whole(datatype, value)
     if datatype in (DataType.FLOAT, DataType.DOUBLE):
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None
-        return float(value) if math.isfinite(value) or datatype == DataType.DOUBLE else None
+        try:
+            real = float(value)
+        except OverflowError:  # an integer beyond any float
+            return None
+        if datatype == DataType.FLOAT and (not math.isfinite(real) or abs(real) > FLOAT32_MAX):
+            return None
+        return real
     if datatype == DataType.BOOLEAN:
         return value if isinstance(value, bool) else None
     if datatype in TEXTS:
@@ -82,20 +88,54 @@ def metric_value(datatype: DataType, value: Value | None) -> Value | None:
     return None
 
 
-def next_bdseq(data_dir: Path) -> int:
-    """The bdSeq of this run's first connection: one past the last one used (0-255), kept."""
-    path = data_dir / BDSEQ_FILE
-    try:
-        last = int(json.loads(path.read_text())["bdseq"])
-    except (OSError, ValueError, KeyError, TypeError):
-        last = -1
-    bdseq = (last + 1) % 256
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, json.dumps({"bdseq": bdseq}))
-    except OSError as exc:
-        log.warning("sparkplug: cannot keep bdSeq in %s (%s): a restart may repeat it", path, exc)
-    return bdseq
+def _whole(datatype: DataType, value: Value) -> int | None:
+    """``value`` as an integer of ``datatype``, None when it is not whole or does not fit."""
+    if isinstance(value, bool) or (isinstance(value, float) and value.is_integer()):
+        number = int(value)
+    elif isinstance(value, int):
+        number = value
+    else:
+        return None
+    bits, signed = INTEGERS[datatype]
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    return number if low <= number <= high else None
+
+
+class BdSeq:
+    """The bdSeq of each new MQTT CONNECT: one past the last one used, 0-255, wrapping.
+    Counted in memory, so that a data dir that cannot be written (a card remounted read-only,
+    a full disk) never repeats one within a run; kept in ``BDSEQ_FILE`` so that a restart does
+    not repeat the one a host still holds the NDEATH of."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._path = data_dir / BDSEQ_FILE
+        self._last: int | None = None
+        self._unkept = False  # said once that it cannot be kept, until it can again
+
+    def next(self) -> int:
+        if self._last is None:
+            self._last = self._kept()
+        self._last = (self._last + 1) % 256
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self._path, json.dumps({"bdseq": self._last}))
+            self._unkept = False
+        except OSError as exc:
+            if not self._unkept:
+                self._unkept = True
+                log.warning(
+                    "sparkplug: cannot keep bdSeq in %s (%s): a restart may repeat it",
+                    self._path,
+                    exc,
+                )
+        return self._last
+
+    def _kept(self) -> int:
+        try:
+            last = int(json.loads(self._path.read_text())["bdseq"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
+        return last if 0 <= last <= 255 else -1
 
 
 @dataclass(frozen=True)
@@ -126,6 +166,7 @@ class EdgeNode:
                     device.name, point, datatype_of(point), alias
                 )
                 alias += 1
+        self._devices = {device.name for device in devices}
         self._born: set[str] = set()
 
     def topic(self, kind: str, device: str | None = None) -> str:
@@ -159,6 +200,18 @@ class EdgeNode:
     def born(self, device: str) -> bool:
         return device in self._born
 
+    def born_devices(self) -> set[str]:
+        return set(self._born)
+
+    def knows(self, device: str) -> bool:
+        """The device is in this node's configuration (it can be born)."""
+        return device in self._devices
+
+    def datatype(self, device: str, name: str) -> DataType | None:
+        """The datatype the device's birth gives its metric ``name``."""
+        known = self._points.get((device, name))
+        return None if known is None else known.datatype
+
     def names_of(self, device: str) -> dict[int, str]:
         """The device's points by the alias its birth gives them (a DCMD may name either)."""
         return {p.alias: p.point.name for p in self._points.values() if p.device == device}
@@ -182,7 +235,7 @@ class EdgeNode:
         return encode(Payload(timestamp=now_ms, metrics=metrics, seq=self._next_seq()))
 
     def device_data(
-        self, device: str, ts: int, values: Mapping[str, Value], historical: bool = False
+        self, device: str, ts: int, values: Mapping[str, Value | None], historical: bool = False
     ) -> bytes:
         """DDATA of one reading: each value by its alias, stamped with the reading's time;
         ``historical``: read while the link was down (a host must not take it for now)."""
