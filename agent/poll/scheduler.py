@@ -193,9 +193,11 @@ class BusPoller:
                 for name in self.health:
                     self._failed(name, str(exc))
                 await asyncio.sleep(backoff.next_delay())
-            except Exception:  # a bug in a driver must not stop the other buses, nor crash-loop
+            except Exception as exc:  # a driver's bug must not stop the other buses, nor loop
                 log.exception("bus %s: unexpected error; restarting its polling", self.bus.name)
                 self.connected = False
+                for name in self.health:  # nothing was read: they are failing, not ok
+                    self._failed(name, f"the driver failed: {exc!r}")
                 await asyncio.sleep(backoff.next_delay())
 
     async def _poll(self, driver: Driver) -> None:

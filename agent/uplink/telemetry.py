@@ -162,6 +162,7 @@ class Uplink:
         #: [mqtt] settings, or a mode's own reason); ``_leaving_for`` says why, for the log.
         self._leaving = asyncio.Event()
         self._leaving_for = ""
+        self._leaving_spread = False
         #: Set once ``meta`` of the current configuration is published: the broker has the
         #: agent back with it (a pushed configuration is confirmed so).
         self.published = asyncio.Event()
@@ -209,6 +210,7 @@ class Uplink:
                 break
             if failure == "left" or self._leaving.is_set():
                 reported.clear()  # new settings, new reasons
+                await self._spread_if_asked()
                 continue
             stable = failure == "lost" and loop.time() - began >= STABLE_SESSION
             if stable:
@@ -229,11 +231,18 @@ class Uplink:
         if self.connects:  # stopped while the link was down: its retained status says online
             await self._goodbye()
 
+    async def _spread_if_asked(self) -> None:
+        """After a leave every agent of a fleet made at the same moment: a random wait within
+        ``reconnect_window``, so that they do not all connect again at once."""
+        if self._leaving_spread:
+            await wait_event(self._stopping, self._rng.uniform(0, self.mqtt.reconnect_window))
+
     def _take_new_settings(self) -> None:
         """Between connections: the [mqtt] settings a reload brought, if any."""
         if not self._stopping.is_set():
             self._interrupted.clear()
         self._leaving.clear()
+        self._leaving_spread = False
         if self._new_settings is not None:
             self._use(self._new_settings)
             self._new_settings = None
@@ -481,15 +490,22 @@ class Uplink:
         self.connected = False
 
     async def _receive(self, client: Client) -> None:
-        """Hand each message on ``cmd`` to ``on_command``, until the link goes."""
+        """Hand each message on ``cmd`` to ``on_command`` (those ``_accepts``), until the link
+        goes."""
         try:
             async for message in client.messages:
                 payload = message.payload
                 data = payload if isinstance(payload, bytes) else str(payload).encode()
+                if not self._accepts(str(message.topic), bool(message.retain)):
+                    continue
                 if self.on_command is not None:
                     self.on_command(str(message.topic), data)
         except aiomqtt.MqttError:  # the link is gone: the sending side notices and reconnects
             return
+
+    def _accepts(self, topic: str, retained: bool) -> bool:
+        """Whether a message that came is handed on (a mode may refuse retained ones)."""
+        return True
 
     # --- messages other than telemetry
 
@@ -555,9 +571,12 @@ class Uplink:
             return
         await self._republish_meta()
 
-    def _leave(self, why: str) -> None:
-        """End the current connection cleanly (its goodbye said) and open the next at once."""
+    def _leave(self, why: str, spread: bool = False) -> None:
+        """End the current connection cleanly (its goodbye said) and open the next at once;
+        ``spread``: after a random wait within ``reconnect_window``, for a reason every agent
+        of a fleet sees at the same moment."""
         self._leaving_for = why
+        self._leaving_spread = spread
         self._leaving.set()
         self._interrupted.set()
 
@@ -647,10 +666,11 @@ class Uplink:
         while True:
             self._wake.clear()  # before taking: a sample added while we publish wakes a round
             await self._between_rounds(client)
-            if not self.live_first and (backlog := self.buffer.take_backlog(self.mqtt.batch_max)):
-                if await self._send(client, backlog, backlog=True) or await self._held_back():
-                    continue
+            first = await self._oldest_first(client)
+            if first is None:
                 return
+            if first:
+                continue
             live = self.buffer.take_live(self.mqtt.batch_max)
             if live:
                 if not await self._send(client, live, backlog=False):
@@ -671,6 +691,19 @@ class Uplink:
             pause = last_sent + pace - loop.time()
             if pause > 0:
                 await wait_event(self._stopping, pause)
+
+    async def _oldest_first(self, client: Client) -> bool | None:
+        """With ``live_first`` off, a backlog batch before anything live: True when one was
+        sent; False when there is none, or it was held back (what is live then still goes,
+        never starved behind it); None when the agent stops."""
+        if self.live_first:
+            return False
+        backlog = self.buffer.take_backlog(self.mqtt.batch_max)
+        if not backlog:
+            return False
+        if await self._send(client, backlog, backlog=True):
+            return True
+        return False if await self._held_back() else None
 
     async def _between_rounds(self, client: Client) -> None:
         """Before each round of sending (a mode's own messages go here)."""

@@ -17,7 +17,7 @@ from agent.config import BusConfig, DeviceConfig, PointConfig
 from agent.errors import DeviceError
 from agent.model import Poll, Value
 from agent.poll.scheduler import BusPoller, next_slot
-from agent.testkit import run
+from agent.testkit import run, until
 
 BUS = BusConfig("plc", "modbus-tcp", host="127.0.0.1")
 
@@ -189,3 +189,57 @@ def test_a_driver_bug_is_logged_and_polling_goes_on(caplog: pytest.LogCaptureFix
     crashes = [r for r in caplog.records if "restarting its polling" in r.getMessage()]
     assert len(crashes) == 1
     assert crashes[0].exc_info is not None
+
+
+class BuggyDriver(FakeDriver):
+    """Every read raises what is neither a BusError nor a DeviceError: a driver's bug."""
+
+    async def read(self, device: DeviceConfig) -> Poll:
+        raise KeyError("a bug")
+
+
+def test_a_device_whose_driver_fails_unexpectedly_is_failing_and_unreachable() -> None:
+    """The bus's polling restarts; meanwhile its devices read nothing: failing in ``status``,
+    unreachable for a Sparkplug host (DDEATH), never "ok"."""
+
+    async def scenario() -> None:
+        poller = BusPoller(BUS, [device("pump", 0.05)], BuggyDriver, lambda *a: None)
+        task = asyncio.create_task(poller.run())
+        try:
+            await until(lambda: poller.health["pump"].failing, 10, "the device failing")
+        finally:
+            await cancel_and_wait(task)
+        health = poller.health["pump"]
+        assert (health.state, health.unreachable) == ("failing", True)
+        assert "a bug" in health.last_error
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("poll", "unreachable"),
+    [(Poll({}, errors=("e",)), True), (Poll({"v": 1}, errors=("e",)), False)],
+)
+def test_a_poll_that_reads_nothing_is_unreachable_and_one_that_reads_some_is_not(
+    poll: Poll, unreachable: bool
+) -> None:
+    """Both are failing (``status``); only the one that read nothing is unreachable (a
+    Sparkplug DDEATH): the other still sends what it read."""
+
+    class Once(FakeDriver):
+        async def read(self, device: DeviceConfig) -> Poll:
+            if type(self).reads:
+                await asyncio.Event().wait()  # one poll only: the state it left is looked at
+            type(self).reads.append(device.name)
+            return poll
+
+    async def scenario() -> None:
+        poller = BusPoller(BUS, [device("pump", 0.05)], Once, lambda *a: None)
+        task = asyncio.create_task(poller.run())
+        try:
+            await until(lambda: poller.health["pump"].failing, 10, "the poll with errors")
+        finally:
+            await cancel_and_wait(task)
+        assert poller.health["pump"].unreachable is unreachable
+
+    run(scenario())

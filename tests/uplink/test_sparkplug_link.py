@@ -267,6 +267,38 @@ def slave_with_values() -> SimulatedSlave:
     return slave
 
 
+def gate_url(gate: Gate) -> str:
+    return f"mqtt://127.0.0.1:{gate.port}"
+
+
+async def behind_gate(
+    tmp_path: Path,
+    broker: Broker,
+    slave: SimulatedSlave,
+    body: Any,
+    edit: str | None = None,
+) -> None:
+    """``with_agent`` with the agent's link through a gate: ``body(host, agent, gate)``."""
+    gate = Gate((broker.host, broker.port))
+
+    async def gated(host: Host, agent: Agent) -> None:
+        await body(host, agent, gate)
+
+    await gate.open()
+    try:
+        await with_agent(tmp_path, broker, slave, "", gated, url=gate_url(gate), edit=edit)
+    finally:
+        await gate.close()
+
+
+async def cut(host: Host, gate: Gate, taken: list[int], readings: int) -> None:
+    """Cut the agent's link, see its will, and let ``readings`` more readings be taken."""
+    await gate.close()
+    await host.wait_for(lambda: host.of("NDEATH"), 30)
+    away = len(taken)
+    await until(lambda: len(taken) >= away + readings, 20, "readings while the link is down")
+
+
 def test_births_and_data_follow_the_rules_and_every_datatype_decodes(
     tmp_path: Path, broker: Broker
 ) -> None:
@@ -300,15 +332,11 @@ def test_a_link_outage_loses_nothing_and_sends_it_as_historical_after_the_rebirt
     every reading taken meanwhile arrives, as historical metrics; none is missing."""
     slave = SimulatedSlave(1, POINTS)
     taken: list[int] = []
-    gate = Gate((broker.host, broker.port))
 
-    async def body(host: Host, agent: Agent) -> None:
+    async def body(host: Host, agent: Agent, gate: Gate) -> None:
         record_readings(agent, taken)
         await host.wait_for(lambda: len(host.of("DDATA")) >= 2)
-        await gate.close()
-        await host.wait_for(lambda: host.of("NDEATH"), 30)  # the will: the broker saw it go
-        count = len(taken)
-        await until(lambda: len(taken) >= count + 5, 10, "readings while the link is down")
+        await cut(host, gate, taken, 5)  # the will: the broker saw it go
         await gate.open()
         await host.wait_for(lambda: len(host.of("NBIRTH")) == 2, 30)
         mark = len(taken)
@@ -323,18 +351,7 @@ def test_a_link_outage_loses_nothing_and_sends_it_as_historical_after_the_rebirt
         for m in later:
             assert m.is_historical == (m.timestamp < born), (m.timestamp, born)
 
-    async def scenario() -> None:
-        await gate.open()
-        try:
-            await with_agent(tmp_path, broker, slave, "", body, url=gate_url(gate))
-        finally:
-            await gate.close()
-
-    run(scenario(), timeout=120)
-
-
-def gate_url(gate: Gate) -> str:
-    return f"mqtt://127.0.0.1:{gate.port}"
+    run(behind_gate(tmp_path, broker, slave, body), timeout=120)
 
 
 def test_dcmd_writes_through_the_commands_checks_and_answers_with_ddata(
@@ -375,6 +392,7 @@ def test_dcmd_writes_through_the_commands_checks_and_answers_with_ddata(
 
 
 STATE = "spBv1.0/STATE/scada"
+DCMD = "spBv1.0/farm/DCMD/gw-17/pump"
 
 
 def state(online: bool, at: int) -> bytes:
@@ -453,6 +471,8 @@ def test_a_device_that_starts_failing_gets_ddeath_and_dbirth_when_it_answers_aga
         await host.wait_for(lambda: len(host.of("DBIRTH")) == 2, 30)
         count = len(host.of("DDATA"))
         await host.wait_for(lambda: len(host.of("DDATA")) > count)
+        # born again in the same session, on the same connection
+        assert (agent.uplink.connects, len(host.of("NBIRTH"))) == (1, 1)
 
     run(with_agent(tmp_path, broker, slave, "", body), timeout=90)
 
@@ -484,16 +504,12 @@ def test_history_after_an_outage_arrives_oldest_first_and_whole(
     """Small batches (``batch_max = 3``) after an outage: the backlog on disk and the readings
     still in memory are sent in the order they were read, none missing."""
     slave = SimulatedSlave(1, POINTS)
-    gate = Gate((broker.host, broker.port))
     taken: list[int] = []
 
-    async def body(host: Host, agent: Agent) -> None:
+    async def body(host: Host, agent: Agent, gate: Gate) -> None:
         record_readings(agent, taken)
         await host.wait_for(lambda: len(host.of("DDATA")) >= 2)
-        await gate.close()
-        await host.wait_for(lambda: host.of("NDEATH"), 30)
-        away = len(taken)
-        await until(lambda: len(taken) >= away + 15, 20, "readings, most flushed to disk")
+        await cut(host, gate, taken, 15)  # most of them flushed to disk
         await gate.open()
         await host.wait_for(lambda: len(host.of("NBIRTH")) == 2, 30)
         mark = len(taken)
@@ -507,15 +523,63 @@ def test_history_after_an_outage_arrives_oldest_first_and_whole(
         assert len(later) > 15
         assert later == sorted(later), later
 
-    async def scenario() -> None:
-        await gate.open()
-        try:
-            small = 'batch_interval = "100ms"\nbatch_max = 3'
-            await with_agent(tmp_path, broker, slave, "", body, url=gate_url(gate), edit=small)
-        finally:
-            await gate.close()
+    small = 'batch_interval = "100ms"\nbatch_max = 3'
+    run(behind_gate(tmp_path, broker, slave, body, edit=small), timeout=120)
 
-    run(scenario(), timeout=120)
+
+def test_history_of_a_device_that_died_during_the_outage_is_delivered_then_its_ddeath(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """The link goes; the device reads a while, then stops answering; the link comes back
+    while it is dead. Its readings go (born for them, historical), then its DDEATH; the link
+    stays up."""
+    slave = SimulatedSlave(1, POINTS)
+    taken: list[int] = []
+
+    async def body(host: Host, agent: Agent, gate: Gate) -> None:
+        record_readings(agent, taken)
+        await host.wait_for(lambda: len(host.of("DDATA")) >= 2)
+        await cut(host, gate, taken, 5)
+        slave.dead = True
+        await until(lambda: agent.pollers[0].health["pump"].unreachable, 10, "the slave dead")
+        await gate.open()
+        await host.wait_for(lambda: set(taken) <= set(host.values()), 30)
+        await host.wait_for(lambda: host.of("DDEATH"), 30)
+        assert agent.uplink.connects == 2  # one reconnection, none for the dead device
+        last_data = max(i for i, s in enumerate(host.seen) if s.kind == "DDATA")
+        assert host.seen[-1].kind == "DDEATH"
+        assert last_data < len(host.seen) - 1
+
+    run(behind_gate(tmp_path, broker, slave, body), timeout=120)
+
+
+def test_a_retained_dcmd_is_not_carried_out_again_at_the_next_connection(
+    tmp_path: Path, broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A DCMD published retained (a host must not): carried out as it comes, then handed over
+    again by the broker at every new connection. There it is ignored, said once."""
+    caplog.set_level(logging.WARNING, logger="agent.uplink.sparkplug")
+    slave = slave_with_values()
+
+    async def body(host: Host, agent: Agent, gate: Gate) -> None:
+        await host.wait_for(lambda: host.of("DBIRTH"))
+        command = ReferencePayload()
+        command.metrics.add(name="setpoint", datatype=6, int_value=75)
+        await host.client.publish(DCMD, command.SerializeToString(), qos=1, retain=True)
+        await until(lambda: slave.value("setpoint") == 75, 10, "the DCMD written")
+        slave.set_value("setpoint", 10)  # set at the panel since
+        await gate.close()
+        await host.wait_for(lambda: host.of("NDEATH"), 30)
+        await gate.open()
+        await until(
+            lambda: any("a retained command" in r.getMessage() for r in caplog.records),
+            30,
+            "the retained DCMD handed over again, and ignored",
+        )
+        await host.wait_for(lambda: len(host.of("NBIRTH")) == 2, 30)
+        assert slave.value("setpoint") == 10
+
+    run(behind_gate(tmp_path, broker, slave, body), timeout=120)
 
 
 @pytest.mark.parametrize(
@@ -547,3 +611,7 @@ def test_a_state_gives_whether_the_host_is_online_and_when() -> None:
         False,
         1_500_000_000_000,
     )
+    # compared as sent: an offline half a millisecond older is older
+    _, online = parse_state(b'{"online": true, "timestamp": 1700000000000.9}')
+    _, offline = parse_state(b'{"online": false, "timestamp": 1700000000000.4}')
+    assert offline < online

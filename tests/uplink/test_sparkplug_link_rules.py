@@ -16,6 +16,7 @@ import pytest
 
 from agent.config import load_config
 from agent.model import Sample
+from agent.testkit import until
 from agent.uplink.sparkplug.link import MAX_WRITES_PENDING, SparkplugUplink
 
 pytest.importorskip("google.protobuf")
@@ -24,6 +25,7 @@ from tests.uplink.test_sparkplug_codec import ReferencePayload
 
 class RecordingBuffer:
     def __init__(self) -> None:
+        self.on_disk = 0
         self.acknowledged: list[int] = []
         self.discarded: list[int] = []
         self.released = 0
@@ -168,6 +170,12 @@ def dcmd(*metrics: dict[str, Any], timestamp: int | None = None) -> bytes:
         ({"name": "delta", "datatype": 1, "int_value": 5}, []),  # Int8: neither
         ({"name": "nothing", "datatype": 2, "int_value": 5}, []),
         ({"alias": 99, "int_value": 5}, []),
+        # a value in another field than its datatype's: never rounded or parsed into one
+        ({"name": "delta", "datatype": 2, "double_value": 1.5}, []),
+        ({"name": "delta", "datatype": 2, "float_value": 40000.0}, []),
+        ({"name": "delta", "datatype": 2, "string_value": "7"}, []),
+        ({"name": "delta", "datatype": 2, "boolean_value": True}, []),
+        ({"name": "delta", "double_value": 3.0}, []),  # no datatype: still the birth's Int16
     ],
 )
 def test_a_dcmd_is_read_by_its_metrics_birth_and_never_as_another_number(
@@ -177,6 +185,7 @@ def test_a_dcmd_is_read_by_its_metrics_birth_and_never_as_another_number(
 
     async def scenario() -> None:
         link = linked(tmp_path, write=refusing(asked))
+        await link._births(Recorder())  # type: ignore[arg-type]
         link._arrived("spBv1.0/farm/DCMD/gw-17/pump", dcmd(metric))
         await asyncio.gather(*link._writes)
 
@@ -204,6 +213,7 @@ def test_a_command_beyond_the_bounds_is_refused_before_any_write(
 
     async def scenario() -> None:
         link = linked(tmp_path, write=refusing(asked))
+        await link._births(Recorder())  # type: ignore[arg-type]
         link._arrived(f"spBv1.0/farm/{topic}", payload)
         await asyncio.gather(*link._writes)
 
@@ -225,6 +235,7 @@ def test_writes_in_flight_are_bounded(tmp_path: Path, caplog: pytest.LogCaptureF
             return {"ok": False}
 
         link = linked(tmp_path, write=write)
+        await link._births(Recorder())  # type: ignore[arg-type]
         for _ in range(MAX_WRITES_PENDING // 32 + 1):
             link._arrived(
                 "spBv1.0/farm/DCMD/gw-17/pump", dcmd(*[{"alias": 2, "int_value": 1}] * 32)
@@ -259,3 +270,92 @@ def test_a_device_a_reload_removed_is_dead_for_the_host_and_its_readings_are_cou
     ]  # fmt: skip
     assert (buffer.discarded, buffer.acknowledged) == ([1, 2, 3], [1])
     assert sum("well is not in the configuration" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_dcmd_outside_a_session_or_to_a_device_not_born_is_refused(tmp_path: Path) -> None:
+    asked: list[Any] = []
+
+    async def scenario() -> None:
+        link = linked(tmp_path, write=refusing(asked))
+        command = dcmd({"alias": 2, "int_value": 1})
+        link._arrived("spBv1.0/farm/DCMD/gw-17/pump", command)  # no birth yet
+        link._unreachable = lambda: {"pump"}
+        await link._births(Recorder())  # type: ignore[arg-type]
+        link._arrived("spBv1.0/farm/DCMD/gw-17/pump", command)  # born: not the device
+        await asyncio.gather(*link._writes)
+
+    asyncio.run(scenario())
+    assert asked == []
+
+
+def test_retained_commands_are_dropped_and_a_retained_state_is_taken(tmp_path: Path) -> None:
+    link = linked(tmp_path)
+    assert not link._accepts("spBv1.0/farm/DCMD/gw-17/pump", retained=True)
+    assert not link._accepts("spBv1.0/farm/NCMD/gw-17", retained=True)
+    assert link._accepts("spBv1.0/farm/DCMD/gw-17/pump", retained=False)
+    assert link._accepts("spBv1.0/STATE/scada", retained=True)
+
+
+def test_a_device_not_born_is_born_by_its_reading_and_its_ddeath_waits_for_the_history(
+    tmp_path: Path,
+) -> None:
+    """A device that died during an outage: left out of the births, born for its readings of
+    the backlog (their DBIRTH carries its last known values), its DDEATH once the backlog on
+    disk is sent; never an exception out of the sending."""
+
+    async def scenario() -> list[str]:
+        link = linked(tmp_path)
+        buffer: RecordingBuffer = link.buffer  # type: ignore[assignment]
+        client = Recorder()
+        link._unreachable = lambda: {"pump"}
+        await link._births(client)  # type: ignore[arg-type]
+        buffer.on_disk = 2
+        await link._send(client, readings(2), backlog=True)  # type: ignore[arg-type]
+        await link._between_rounds(client)  # type: ignore[arg-type]  # history still on disk
+        buffer.on_disk = 0
+        await link._between_rounds(client)  # type: ignore[arg-type]
+        return client.kinds()
+
+    assert asyncio.run(scenario()) == [
+        "NBIRTH", "DBIRTH/pump", "DDATA/pump", "DDATA/pump", "DDEATH/pump",
+    ]  # fmt: skip
+
+
+def test_live_readings_are_not_starved_behind_a_backlog_that_is_held_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backlog goes first, but a backlog batch the disk cannot re-stamp (full) is held
+    back: what is live in memory still goes."""
+    import sqlite3
+
+    import agent.store.buffer as buffer_module
+    from agent.store.buffer import Buffer
+
+    async def scenario() -> list[str]:
+        link = linked(tmp_path)
+        buffer = Buffer(tmp_path / "buffer.sqlite", 10_000_000, 60.0).open()
+        link.buffer = buffer
+        now = int(time.time() * 1000)
+        for i in range(3):  # read before the clock could be trusted: re-stamped when sent
+            buffer.add("pump", now - 10_000 + i, {"speed": i}, mono=1.0 + i, boot="old-boot")
+        buffer.flush(force=True)  # on disk: the backlog
+        for i in range(3):
+            buffer.add("pump", now + i, {"speed": 100 + i})  # live, in memory
+
+        def full(*_: Any) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(buffer_module, "_write_forms", full)
+        client = Recorder()
+        await link._births(client)  # type: ignore[arg-type]
+        task = asyncio.create_task(link._send_until_stopped(client))  # type: ignore[arg-type]
+        try:
+            await until(lambda: client.kinds().count("DDATA/pump") >= 3, 30, "the live three")
+        finally:
+            link._stopping.set()
+            link._wake.set()
+            await asyncio.wait_for(task, 30)
+            buffer.close()
+        return client.kinds()
+
+    assert asyncio.run(scenario()).count("DDATA/pump") == 3

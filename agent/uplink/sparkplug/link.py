@@ -41,7 +41,15 @@ from ...model import Sample, Value
 from ...store.buffer import Buffer
 from ..link import Client
 from ..telemetry import Uplink
-from .codec import INTEGERS, Metric, Payload, SparkplugError, decode, integer_from_wire
+from .codec import (
+    INTEGERS,
+    DataType,
+    Metric,
+    Payload,
+    SparkplugError,
+    decode,
+    integer_from_wire,
+)
 from .node import NAMESPACE, REBIRTH, BdSeq, EdgeNode, topic
 
 log = logging.getLogger(__name__)
@@ -87,13 +95,15 @@ class SparkplugUplink(Uplink):
         self._host_online = config.sparkplug.primary_host_id is None
         #: The timestamp of the last STATE taken: an older one (the will of a host session
         #: that has since been replaced) says nothing of the host now.
-        self._state_at: int | None = None
+        self._state_at: float | None = None
         #: NBIRTH was published on this connection: the primary host going offline ends it.
         self._in_session = False
         #: Writes a DCMD asked for, owned here: cancelled at stop.
         self._writes: set[asyncio.Task[None]] = set()
         #: Devices no longer configured whose buffered readings were dropped: said once.
         self._gone_said: set[str] = set()
+        #: Command topics a retained message came on: said once.
+        self._retained_said: set[str] = set()
 
     @property
     def spb(self) -> SparkplugSection:
@@ -198,6 +208,10 @@ class SparkplugUplink(Uplink):
         if self._rebirth:
             await self._births(client)
             return
+        if self.buffer.on_disk:
+            # History is being sent: a device that went meanwhile is born for its readings
+            # (their DBIRTH is its last known values); its DDEATH follows once they are sent.
+            return
         unreachable = self._unreachable()
         for device in self.config.devices:
             if device.name in unreachable and node.born(device.name):
@@ -222,12 +236,12 @@ class SparkplugUplink(Uplink):
         for sample in stamped:
             if self._rebirth:
                 break
-            payload = self._data_of(node, sample)
-            if payload is None:
+            if not node.knows(sample.device):
                 unplaced.append(sample)
                 continue
-            if not node.born(sample.device):
+            if not node.born(sample.device):  # it answers again, or its history is sent
                 await self._device_birth(client, sample.device)
+            payload = self._data_of(node, sample)
             await client.publish(self._topic("DDATA", sample.device), payload, qos=0)
             sent.append(sample)
         # The barrier: an UNSUBACK comes after the broker read everything sent before it.
@@ -241,11 +255,9 @@ class SparkplugUplink(Uplink):
             return True
         return len(stamped) == len(samples)
 
-    def _data_of(self, node: EdgeNode, sample: Sample) -> bytes | None:
-        """The DDATA of one reading, historical if taken before this session's birth; None
-        for a device this node has no birth for (a reload removed it)."""
-        if not node.knows(sample.device):
-            return None
+    def _data_of(self, node: EdgeNode, sample: Sample) -> bytes:
+        """The DDATA of one reading of a born device, historical if taken before this
+        session's birth."""
         # Taken before this session's birth: history, never a host's current value.
         historical = sample.ts < self._born_at
         try:
@@ -269,6 +281,20 @@ class SparkplugUplink(Uplink):
 
     # --- what the host sends
 
+    def _accepts(self, topic: str, retained: bool) -> bool:
+        """A retained NCMD or DCMD (a host must never retain one) would be carried out again
+        at every new connection: dropped, said once per topic. A retained STATE is the rule."""
+        if not retained or "/STATE/" in topic:
+            return True
+        if topic not in self._retained_said:
+            self._retained_said.add(topic)
+            log.warning(
+                "sparkplug: %s: a retained command, ignored (a host publishes NCMD and DCMD "
+                "unretained; clear it with an empty retained message)",
+                topic,
+            )
+        return False
+
     def _arrived(self, topic: str, data: bytes) -> None:
         """A message on NCMD, DCMD or STATE; malformed ones are one line and ignored."""
         parts = topic.split("/")
@@ -291,7 +317,7 @@ class SparkplugUplink(Uplink):
         online, at = parse_state(data)
         if self._state_at is not None and at < self._state_at:
             log.info(
-                "sparkplug: a STATE of primary host %s older than the last one (%d < %d): "
+                "sparkplug: a STATE of primary host %s older than the last one (%s < %s): "
                 "ignored, it is of a session the host has since replaced",
                 self.spb.primary_host_id,
                 at,
@@ -310,7 +336,7 @@ class SparkplugUplink(Uplink):
                 self.spb.primary_host_id,
             )
             self._in_session = False
-            self._leave("as the primary host went offline")
+            self._leave("as the primary host went offline", spread=True)
         elif self._host_online:
             log.warning(
                 "sparkplug: primary host %s is offline: readings are held until it is back",
@@ -334,6 +360,8 @@ class SparkplugUplink(Uplink):
         node = self._node
         if node is None or not node.knows(device):
             raise ValueError(f"DCMD for {device}: no such device on this node")
+        if not self._in_session or not node.born(device):
+            raise ValueError(f"DCMD for {device}: it is not born in a session now")
         if len(payload.metrics) > MAX_DCMD_METRICS:
             raise ValueError(
                 f"DCMD for {device}: {len(payload.metrics)} metrics, more than "
@@ -366,10 +394,13 @@ class SparkplugUplink(Uplink):
                 f"{int(datatype)} ({datatype.name})"
             )
         value = metric.value
-        if value is None or isinstance(value, bytes):
-            raise ValueError(f"DCMD for {device}.{name}: no value a point takes")
-        if metric.datatype is None and datatype in INTEGERS and type(value) is int:
-            value = integer_from_wire(value, datatype)  # sent without its datatype: the birth's
+        if value is None or isinstance(value, bytes) or not _holds(datatype, value):
+            raise ValueError(
+                f"DCMD for {device}.{name}: {value!r} is not a value of its datatype "
+                f"{datatype.name}"
+            )
+        if metric.datatype is None and datatype in INTEGERS:
+            value = integer_from_wire(int(value), datatype)  # sent without its datatype
         return name, value, metric.timestamp or sent
 
     def _spawn_write(self, device: str, point: str, value: Value, sent: int | None) -> None:
@@ -410,7 +441,7 @@ class SparkplugUplink(Uplink):
         self._wake.set()
 
 
-def parse_state(data: bytes) -> tuple[bool, int]:
+def parse_state(data: bytes) -> tuple[bool, float]:
     """A STATE payload, ``{"online": true|false, "timestamp": <ms>}``, as (online, timestamp);
     ValueError, saying what is wrong, for anything else."""
     try:
@@ -424,4 +455,16 @@ def parse_state(data: bytes) -> tuple[bool, int]:
         raise ValueError('STATE has no "online": true or false')
     if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
         raise ValueError('STATE has no "timestamp" (milliseconds since the epoch)')
-    return online, int(at)
+    return online, at
+
+
+def _holds(datatype: DataType, value: Value) -> bool:
+    """``value`` came in the field ``datatype`` is carried in (an Int16 as an integer, not a
+    1.5 or a string)."""
+    if datatype in INTEGERS:
+        return type(value) is int
+    if datatype in (DataType.FLOAT, DataType.DOUBLE):
+        return type(value) is float
+    if datatype == DataType.BOOLEAN:
+        return type(value) is bool
+    return isinstance(value, str)
