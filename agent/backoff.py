@@ -23,7 +23,8 @@ class Backoff:
         self._rng = rng or random.Random()
 
     def next_delay(self) -> float:
-        cap = min(self.maximum, self.initial * 2**self.attempts)
+        # the exponent bounded: past it the cap is the maximum anyway, and 2.0 ** 1024 overflows
+        cap = min(self.maximum, self.initial * 2 ** min(self.attempts, 64))
         self.attempts += 1
         return self._rng.uniform(self.least * cap, cap)
 

@@ -124,6 +124,8 @@ class BusPoller:
         self.sink = sink
         self.clock = clock or Clock()
         self.health = {d.name: DeviceHealth() for d in devices}
+        #: The device whose read is under way (a driver's bug is that device's failure).
+        self._polling: str | None = None
         self.connected = False
         self.driver_instance: Driver | None = None
         #: Monotonic time the driver call under way (connecting or polling) began; None
@@ -196,8 +198,9 @@ class BusPoller:
             except Exception as exc:  # a driver's bug must not stop the other buses, nor loop
                 log.exception("bus %s: unexpected error; restarting its polling", self.bus.name)
                 self.connected = False
-                for name in self.health:  # nothing was read: they are failing, not ok
-                    self._failed(name, f"the driver failed: {exc!r}")
+                if self._polling is not None:  # the device it failed on read nothing: failing
+                    self._failed(self._polling, f"the driver failed: {exc!r}")
+                    self._polling = None
                 await asyncio.sleep(backoff.next_delay())
 
     async def _poll(self, driver: Driver) -> None:
@@ -378,13 +381,16 @@ class BusPoller:
 
     async def _poll_device(self, driver: Driver, device: DeviceConfig) -> None:
         ts, mono = self.clock.wall_ms(), self.clock.monotonic()
+        self._polling = device.name  # still set if the read raises a driver's bug
         try:
             with self._calling():
                 poll = await driver.read(device)
         except DeviceError as exc:
+            self._polling = None
             self._failed(device.name, str(exc))
             self._back_off(device)
             return
+        self._polling = None
         health = self.health[device.name]
         health.consecutive_failures, health.retry_at, health.backoff = 0, 0.0, 0.0
         health.missing = poll.missing
@@ -406,7 +412,8 @@ class BusPoller:
         beyond = health.consecutive_failures - BACKOFF_AFTER
         if beyond < 0:
             return
-        health.backoff = min(MAX_DEVICE_BACKOFF, device.interval * 2 ** (beyond + 1))
+        # the exponent bounded: a device dead for days must not overflow the float
+        health.backoff = min(MAX_DEVICE_BACKOFF, device.interval * 2 ** min(beyond + 1, 64))
         health.retry_at = self.clock.monotonic() + health.backoff
         if beyond == 0:
             log.warning(

@@ -189,13 +189,14 @@ class Agent:
         except Exception:  # a bug costs one reply and a traceback here, never a stray task error
             log.exception("cmd on %s: cannot be answered", topic)
 
-    def _current_values(self, device: str) -> Mapping[str, Value]:
-        """The device's latest readings (a Sparkplug DBIRTH carries them)."""
+    def _current_values(self, device: str) -> tuple[Mapping[str, Value], int | None]:
+        """The device's latest readings and when the last of them was read (a Sparkplug
+        DBIRTH carries them)."""
         for poller in self.pollers:
             health = poller.health.get(device)
             if health is not None:
-                return health.last_values
-        return {}
+                return health.last_values, health.last_good
+        return {}, None
 
     def _unreachable_devices(self) -> set[str]:
         """Devices whose last poll read nothing (a Sparkplug DDEATH)."""

@@ -312,11 +312,6 @@ class Buffer:
         return self._ledger.next_id
 
     @property
-    def on_disk(self) -> int:
-        """Samples on disk and not yet acknowledged: a backlog being sent."""
-        return self._on_disk
-
-    @property
     def depth(self) -> int:
         """Samples stored and not yet acknowledged."""
         return len(self._memory) + self._on_disk + len(self._pending)

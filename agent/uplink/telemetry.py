@@ -234,8 +234,8 @@ class Uplink:
     async def _spread_if_asked(self) -> None:
         """After a leave every agent of a fleet made at the same moment: a random wait within
         ``reconnect_window``, so that they do not all connect again at once."""
-        if self._leaving_spread:
-            await wait_event(self._stopping, self._rng.uniform(0, self.mqtt.reconnect_window))
+        if self._leaving_spread:  # a stop or new [mqtt] settings end the wait
+            await wait_event(self._interrupted, self._rng.uniform(0, self.mqtt.reconnect_window))
 
     def _take_new_settings(self) -> None:
         """Between connections: the [mqtt] settings a reload brought, if any."""
@@ -567,6 +567,7 @@ class Uplink:
         self.published.clear()
         if relink:
             self._new_settings = config.mqtt
+            self._interrupted.set()  # and the waits between connections end
             self._leave("for the new [mqtt] settings")
             return
         await self._republish_meta()
@@ -578,7 +579,6 @@ class Uplink:
         self._leaving_for = why
         self._leaving_spread = spread
         self._leaving.set()
-        self._interrupted.set()
 
     async def points_missing(self, missing: Mapping[str, tuple[str, ...]]) -> None:
         """The points each device's unit lacks, as its polls found them: ``meta`` says so, now
@@ -678,7 +678,7 @@ class Uplink:
                         continue
                     return
                 last_sent = loop.time()
-            backlog = self.buffer.take_backlog(self.mqtt.batch_max)
+            backlog = self._backlog_beside_live()
             if backlog and not await self._send(client, backlog, backlog=True):
                 if await self._held_back():
                     continue
@@ -691,6 +691,11 @@ class Uplink:
             pause = last_sent + pace - loop.time()
             if pause > 0:
                 await wait_event(self._stopping, pause)
+
+    def _backlog_beside_live(self) -> list[Sample]:
+        """The backlog batch of a round, after its live one; none with ``live_first`` off (the
+        round began with it: sent, or held back, not taken twice)."""
+        return self.buffer.take_backlog(self.mqtt.batch_max) if self.live_first else []
 
     async def _oldest_first(self, client: Client) -> bool | None:
         """With ``live_first`` off, a backlog batch before anything live: True when one was

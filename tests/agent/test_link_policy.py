@@ -74,6 +74,13 @@ def test_a_refusal_is_never_retried_at_once_and_its_wait_doubles() -> None:
     assert backoff.next_delay() <= 5
 
 
+def test_a_backoff_after_thousands_of_attempts_stays_at_its_maximum() -> None:
+    """Days of a refusing broker, a full disk, a dead bus: 2.0 ** 1024 would overflow."""
+    backoff = Backoff(5.0, 60.0, rng=random.Random(1), least=0.5)
+    backoff.attempts = 5000
+    assert 30.0 <= backoff.next_delay() <= 60.0
+
+
 def test_a_dropped_link_keeps_the_reason_code_it_went_with() -> None:
     dropped = LinkDropped("Unexpected disconnection", PROTOCOL_ERROR)
     assert dropped.reason == 0x82

@@ -192,28 +192,41 @@ def test_a_driver_bug_is_logged_and_polling_goes_on(caplog: pytest.LogCaptureFix
 
 
 class BuggyDriver(FakeDriver):
-    """Every read raises what is neither a BusError nor a DeviceError: a driver's bug."""
+    """Reads of ``bad`` raise what is neither a BusError nor a DeviceError: a driver's bug."""
 
     async def read(self, device: DeviceConfig) -> Poll:
-        raise KeyError("a bug")
+        if device.name == "bad":
+            raise KeyError("a bug")
+        return await super().read(device)
 
 
-def test_a_device_whose_driver_fails_unexpectedly_is_failing_and_unreachable() -> None:
-    """The bus's polling restarts; meanwhile its devices read nothing: failing in ``status``,
-    unreachable for a Sparkplug host (DDEATH), never "ok"."""
+def test_a_device_its_driver_fails_on_unexpectedly_is_failing_and_unreachable() -> None:
+    """The bus's polling restarts; the device it failed on read nothing: failing in
+    ``status``, unreachable for a Sparkplug host (DDEATH), never "ok". The other device on
+    the bus, which reads, is not blamed."""
 
     async def scenario() -> None:
-        poller = BusPoller(BUS, [device("pump", 0.05)], BuggyDriver, lambda *a: None)
+        devices = [device("good", 0.05), device("bad", 0.05)]
+        poller = BusPoller(BUS, devices, BuggyDriver, lambda *a: None)
         task = asyncio.create_task(poller.run())
         try:
-            await until(lambda: poller.health["pump"].failing, 10, "the device failing")
+            await until(lambda: poller.health["bad"].failing, 10, "the device failing")
+            await until(lambda: poller.health["good"].ok >= 2, 10, "the other one read")
         finally:
             await cancel_and_wait(task)
-        health = poller.health["pump"]
-        assert (health.state, health.unreachable) == ("failing", True)
-        assert "a bug" in health.last_error
+        bad, good = poller.health["bad"], poller.health["good"]
+        assert (bad.state, bad.unreachable) == ("failing", True)
+        assert "a bug" in bad.last_error
+        assert (good.state, good.unreachable, good.errors) == ("ok", False, 0)
 
     run(scenario())
+
+
+def test_a_device_dead_for_days_backs_off_without_overflowing() -> None:
+    poller = BusPoller(BUS, [device("pump", 1.0)], FakeDriver, lambda *a: None)
+    poller.health["pump"].consecutive_failures = 5000  # days of a dead device
+    poller._back_off(device("pump", 1.0))  # noqa: SLF001 - the arithmetic alone
+    assert poller.health["pump"].backoff == 300.0
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from agent.config import load_config
 from agent.model import Sample
 from agent.testkit import until
-from agent.uplink.sparkplug.link import MAX_WRITES_PENDING, SparkplugUplink
+from agent.uplink.sparkplug.link import MAX_DDEATH_DELAY, MAX_WRITES_PENDING, SparkplugUplink
 
 pytest.importorskip("google.protobuf")
 from tests.uplink.test_sparkplug_codec import ReferencePayload
@@ -25,7 +26,6 @@ from tests.uplink.test_sparkplug_codec import ReferencePayload
 
 class RecordingBuffer:
     def __init__(self) -> None:
-        self.on_disk = 0
         self.acknowledged: list[int] = []
         self.discarded: list[int] = []
         self.released = 0
@@ -294,31 +294,55 @@ def test_retained_commands_are_dropped_and_a_retained_state_is_taken(tmp_path: P
     assert not link._accepts("spBv1.0/farm/NCMD/gw-17", retained=True)
     assert link._accepts("spBv1.0/farm/DCMD/gw-17/pump", retained=False)
     assert link._accepts("spBv1.0/STATE/scada", retained=True)
+    assert not link._accepts("spBv1.0/farm/DCMD/STATE/pump", retained=True)  # a node "STATE"
 
 
-def test_a_device_not_born_is_born_by_its_reading_and_its_ddeath_waits_for_the_history(
+def test_a_device_not_born_is_born_by_its_reading_and_killed_once_they_are_sent(
     tmp_path: Path,
 ) -> None:
-    """A device that died during an outage: left out of the births, born for its readings of
-    the backlog (their DBIRTH carries its last known values), its DDEATH once the backlog on
-    disk is sent; never an exception out of the sending."""
+    """A device that died during an outage: left out of the births, born for its readings
+    (its DBIRTH carries its last values, stamped when they were read), killed (DDEATH) once
+    its newest reading is sent, and not born again after: never an exception out of the
+    sending, never a DBIRTH/DDEATH per batch."""
+    history = readings(4)
+    last = history[-1].ts
 
-    async def scenario() -> list[str]:
+    async def scenario() -> tuple[list[str], list[Any]]:
         link = linked(tmp_path)
-        buffer: RecordingBuffer = link.buffer  # type: ignore[assignment]
+        link._current = lambda device: ({"speed": 4}, last)
         client = Recorder()
         link._unreachable = lambda: {"pump"}
         await link._births(client)  # type: ignore[arg-type]
-        buffer.on_disk = 2
-        await link._send(client, readings(2), backlog=True)  # type: ignore[arg-type]
-        await link._between_rounds(client)  # type: ignore[arg-type]  # history still on disk
-        buffer.on_disk = 0
+        for batch in (history[:2], history[2:]):
+            await link._send(client, batch, backlog=True)  # type: ignore[arg-type]
+            await link._between_rounds(client)  # type: ignore[arg-type]
+        await link._between_rounds(client)  # type: ignore[arg-type]
+        return client.kinds(), client.sent
+
+    kinds, sent = asyncio.run(scenario())
+    assert kinds == [
+        "NBIRTH", "DBIRTH/pump", "DDATA/pump", "DDATA/pump", "DDATA/pump", "DDATA/pump",
+        "DDEATH/pump",
+    ]  # fmt: skip
+    birth = ReferencePayload.FromString(sent[1][1])
+    assert {m.timestamp for m in birth.metrics} == {last}  # when its values were read
+
+
+def test_the_ddeath_of_a_device_whose_last_reading_never_goes_waits_a_bounded_time(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> list[str]:
+        link = linked(tmp_path)
+        link._current = lambda device: ({"speed": 4}, int(time.time() * 1000))  # never sent
+        client = Recorder()
+        await link._births(client)  # type: ignore[arg-type]
+        link._unreachable = lambda: {"pump"}
+        await link._between_rounds(client)  # type: ignore[arg-type]  # waits for it
+        link._dying_since["pump"] -= MAX_DDEATH_DELAY
         await link._between_rounds(client)  # type: ignore[arg-type]
         return client.kinds()
 
-    assert asyncio.run(scenario()) == [
-        "NBIRTH", "DBIRTH/pump", "DDATA/pump", "DDATA/pump", "DDEATH/pump",
-    ]  # fmt: skip
+    assert asyncio.run(scenario()) == ["NBIRTH", "DBIRTH/pump", "DDEATH/pump"]
 
 
 def test_live_readings_are_not_starved_behind_a_backlog_that_is_held_back(
@@ -359,3 +383,23 @@ def test_live_readings_are_not_starved_behind_a_backlog_that_is_held_back(
         return client.kinds()
 
     assert asyncio.run(scenario()).count("DDATA/pump") == 3
+
+
+def test_the_spread_wait_after_the_host_went_ends_at_new_settings_or_a_stop(
+    tmp_path: Path,
+) -> None:
+    """After the primary host's offline the next connection waits a random time within
+    ``reconnect_window`` (a whole site left at once); a reload's [mqtt] or a stop ends it."""
+
+    async def scenario() -> None:
+        link = linked(tmp_path)
+        link.mqtt = replace(link.mqtt, reconnect_window=3600.0)
+        link._leave("as the primary host went offline", spread=True)
+        waiting = asyncio.create_task(link._spread_if_asked())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        new = replace(link.config, mqtt=replace(link.config.mqtt, keepalive=7.0))
+        await link.reconfigure(new)
+        await asyncio.wait_for(waiting, 5)
+
+    asyncio.run(scenario())

@@ -60,6 +60,11 @@ MAX_COMMAND_BYTES = 16 * 1024
 MAX_DCMD_METRICS = 32
 MAX_WRITES_PENDING = 64
 
+#: The longest a device that stopped answering stays born for its readings not yet sent.
+MAX_DDEATH_DELAY = 600.0
+#: A device's latest readings, and when the last of them was read (ms; None: never).
+Latest = tuple[Mapping[str, Value], int | None]
+
 #: A write asked by DCMD: (device, point, value, when it was sent or None) → the command reply.
 Write = Callable[[str, str, Value, int | None], Awaitable[dict[str, Any]]]
 
@@ -77,13 +82,19 @@ class SparkplugUplink(Uplink):
         buffer: Buffer,
         clock: Clock | None = None,
         guard: ClockGuard | None = None,
-        current: Callable[[str], Mapping[str, Value]] = lambda device: {},
+        current: Callable[[str], Latest] = lambda device: ({}, None),
         unreachable: Callable[[], set[str]] = set,
         write: Write | None = None,
     ) -> None:
         super().__init__(config, buffer, clock, guard, on_command=self._arrived)
-        #: A device's latest readings (its DBIRTH carries them).
+        #: A device's latest readings and when they were read (its DBIRTH carries them).
         self._current = current
+        #: Per device, the time of the newest reading of it sent in this run: a device that
+        #: stops answering is killed (DDEATH) once what it read before is sent.
+        self._sent_until: dict[str, int] = {}
+        #: Devices unreachable and still born, since when (monotonic): their DDEATH waits for
+        #: their readings, MAX_DDEATH_DELAY at the most.
+        self._dying_since: dict[str, float] = {}
         #: The devices whose last poll read nothing (they get a DDEATH); one of which only
         #: some points fail keeps its session.
         self._unreachable = unreachable
@@ -184,7 +195,9 @@ class SparkplugUplink(Uplink):
 
     async def _device_birth(self, client: Client, device: str) -> None:
         assert self._node is not None
-        payload = self._node.device_birth(device, self._current(device), self.clock.wall_ms())
+        values, read_at = self._current(device)
+        now = self.clock.wall_ms()
+        payload = self._node.device_birth(device, values, now, read_at)
         await client.publish(self._topic("DBIRTH", device), payload, qos=0)
 
     async def _offline(self, client: Client) -> None:
@@ -208,15 +221,25 @@ class SparkplugUplink(Uplink):
         if self._rebirth:
             await self._births(client)
             return
-        if self.buffer.on_disk:
-            # History is being sent: a device that went meanwhile is born for its readings
-            # (their DBIRTH is its last known values); its DDEATH follows once they are sent.
-            return
         unreachable = self._unreachable()
+        for name in set(self._dying_since) - unreachable:
+            del self._dying_since[name]
         for device in self.config.devices:
             if device.name in unreachable and node.born(device.name):
+                if self._readings_unsent(device.name):
+                    continue  # born for them (a DBIRTH of its last values): they go first
+                self._dying_since.pop(device.name, None)
                 payload = node.device_death(device.name, self.clock.wall_ms())
                 await client.publish(self._topic("DDEATH", device.name), payload, qos=0)
+
+    def _readings_unsent(self, device: str) -> bool:
+        """The device's newest reading has not been sent yet, and its DDEATH has not waited
+        MAX_DDEATH_DELAY for it already."""
+        read_at = self._current(device)[1]
+        if read_at is None or self._sent_until.get(device, -1) >= read_at:
+            return False
+        now = self.clock.monotonic()
+        return now - self._dying_since.setdefault(device, now) < MAX_DDEATH_DELAY
 
     async def _send(self, client: Client, samples: list[Sample], backlog: bool) -> bool:
         """Each reading as DDATA; acknowledged once the broker has taken the packets. A
@@ -244,10 +267,14 @@ class SparkplugUplink(Uplink):
             payload = self._data_of(node, sample)
             await client.publish(self._topic("DDATA", sample.device), payload, qos=0)
             sent.append(sample)
+            self._sent_until[sample.device] = max(
+                sample.ts, self._sent_until.get(sample.device, sample.ts)
+            )
         # The barrier: an UNSUBACK comes after the broker read everything sent before it.
         await client.unsubscribe(self._topic("BARRIER"))
         self.buffer.acknowledge(sent)
         self.sent += len(sent)
+        self._refused_wait.reset()  # what was held back went: the next hold waits afresh
         if unplaced:
             self._drop_unplaced(unplaced)
         if len(sent) + len(unplaced) < len(stamped):  # stopped for a rebirth: the rest again
@@ -284,7 +311,7 @@ class SparkplugUplink(Uplink):
     def _accepts(self, topic: str, retained: bool) -> bool:
         """A retained NCMD or DCMD (a host must never retain one) would be carried out again
         at every new connection: dropped, said once per topic. A retained STATE is the rule."""
-        if not retained or "/STATE/" in topic:
+        if not retained or _is_state(topic):
             return True
         if topic not in self._retained_said:
             self._retained_said.add(topic)
@@ -299,7 +326,7 @@ class SparkplugUplink(Uplink):
         """A message on NCMD, DCMD or STATE; malformed ones are one line and ignored."""
         parts = topic.split("/")
         try:
-            if len(parts) == 3 and parts[1] == "STATE":
+            if _is_state(topic):
                 self._state(data)
             elif len(parts) >= 4 and parts[2] in ("NCMD", "DCMD"):
                 if len(data) > MAX_COMMAND_BYTES:  # refused unread: a host sends a few metrics
@@ -456,6 +483,12 @@ def parse_state(data: bytes) -> tuple[bool, float]:
     if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
         raise ValueError('STATE has no "timestamp" (milliseconds since the epoch)')
     return online, at
+
+
+def _is_state(topic: str) -> bool:
+    """``spBv1.0/STATE/{host}``, and no other topic (a node or device may be named STATE)."""
+    parts = topic.split("/")
+    return len(parts) == 3 and parts[1] == "STATE"
 
 
 def _holds(datatype: DataType, value: Value) -> bool:

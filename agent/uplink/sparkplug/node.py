@@ -216,14 +216,16 @@ class EdgeNode:
         """The device's points by the alias its birth gives them (a DCMD may name either)."""
         return {p.alias: p.point.name for p in self._points.values() if p.device == device}
 
-    def device_birth(self, device: str, values: Mapping[str, Value], now_ms: int) -> bytes:
+    def device_birth(
+        self, device: str, values: Mapping[str, Value], now_ms: int, read_at: int | None = None
+    ) -> bytes:
         """DBIRTH: every point with its name, alias, datatype, unit and current value (null when
-        it has none yet)."""
+        it has none yet), stamped ``read_at``, when they were read (now if not known)."""
         metrics = [
             Metric(
                 name=p.point.name,
                 alias=p.alias,
-                timestamp=now_ms,
+                timestamp=now_ms if read_at is None else read_at,
                 datatype=int(p.datatype),
                 value=metric_value(p.datatype, values.get(p.point.name)),
                 properties=_properties(p.point),
