@@ -267,12 +267,13 @@ class SparkplugUplink(Uplink):
             payload = self._data_of(node, sample)
             await client.publish(self._topic("DDATA", sample.device), payload, qos=0)
             sent.append(sample)
-            self._sent_until[sample.device] = max(
-                sample.ts, self._sent_until.get(sample.device, sample.ts)
-            )
         # The barrier: an UNSUBACK comes after the broker read everything sent before it.
         await client.unsubscribe(self._topic("BARRIER"))
         self.buffer.acknowledge(sent)
+        for sample in sent:  # only now: a link that dropped before the barrier sends them again
+            self._sent_until[sample.device] = max(
+                sample.ts, self._sent_until.get(sample.device, sample.ts)
+            )
         self.sent += len(sent)
         self._refused_wait.reset()  # what was held back went: the next hold waits afresh
         if unplaced:
