@@ -124,8 +124,6 @@ class BusPoller:
         self.sink = sink
         self.clock = clock or Clock()
         self.health = {d.name: DeviceHealth() for d in devices}
-        #: The device whose read is under way (a driver's bug is that device's failure).
-        self._polling: str | None = None
         self.connected = False
         self.driver_instance: Driver | None = None
         #: Monotonic time the driver call under way (connecting or polling) began; None
@@ -195,12 +193,9 @@ class BusPoller:
                 for name in self.health:
                     self._failed(name, str(exc))
                 await asyncio.sleep(backoff.next_delay())
-            except Exception as exc:  # a driver's bug must not stop the other buses, nor loop
+            except Exception:  # a bug in a driver must not stop the other buses, nor crash-loop
                 log.exception("bus %s: unexpected error; restarting its polling", self.bus.name)
                 self.connected = False
-                if self._polling is not None:  # the device it failed on read nothing: failing
-                    self._failed(self._polling, f"the driver failed: {exc!r}")
-                    self._polling = None
                 await asyncio.sleep(backoff.next_delay())
 
     async def _poll(self, driver: Driver) -> None:
@@ -381,16 +376,18 @@ class BusPoller:
 
     async def _poll_device(self, driver: Driver, device: DeviceConfig) -> None:
         ts, mono = self.clock.wall_ms(), self.clock.monotonic()
-        self._polling = device.name  # still set if the read raises a driver's bug
         try:
             with self._calling():
                 poll = await driver.read(device)
         except DeviceError as exc:
-            self._polling = None
             self._failed(device.name, str(exc))
             self._back_off(device)
             return
-        self._polling = None
+        except BusError:
+            raise  # the bus's: its loop says so of every device
+        except Exception as exc:  # a driver's bug: this device read nothing; the bus restarts
+            self._failed(device.name, f"the driver failed: {exc!r}")
+            raise
         health = self.health[device.name]
         health.consecutive_failures, health.retry_at, health.backoff = 0, 0.0, 0.0
         health.missing = poll.missing

@@ -595,6 +595,8 @@ def test_a_retained_dcmd_is_not_carried_out_again_at_the_next_connection(
         b'{"online": true, "timestamp": true}',
         b'{"online": true, "timestamp": NaN}',
         b'{"online": false, "timestamp": Infinity}',
+        b'{"online": true, "timestamp": 1' + b"0" * 400 + b"}",  # beyond a uint64 (and a float)
+        b'{"online": true, "timestamp": -1}',
         b"[" * 100_000 + b"]" * 100_000,
     ],
 )

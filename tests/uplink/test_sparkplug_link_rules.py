@@ -391,15 +391,19 @@ def test_the_spread_wait_after_the_host_went_ends_at_new_settings_or_a_stop(
     """After the primary host's offline the next connection waits a random time within
     ``reconnect_window`` (a whole site left at once); a reload's [mqtt] or a stop ends it."""
 
-    async def scenario() -> None:
+    async def spread(end: str) -> None:
         link = linked(tmp_path)
         link.mqtt = replace(link.mqtt, reconnect_window=3600.0)
         link._leave("as the primary host went offline", spread=True)
         waiting = asyncio.create_task(link._spread_if_asked())
         await asyncio.sleep(0)
         assert not waiting.done()
-        new = replace(link.config, mqtt=replace(link.config.mqtt, keepalive=7.0))
-        await link.reconfigure(new)
+        if end == "reload":
+            new = replace(link.config, mqtt=replace(link.config.mqtt, keepalive=7.0))
+            await link.reconfigure(new)
+        else:
+            await link.stop()
         await asyncio.wait_for(waiting, 5)
 
-    asyncio.run(scenario())
+    asyncio.run(spread("reload"))
+    asyncio.run(spread("stop"))

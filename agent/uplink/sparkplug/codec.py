@@ -194,11 +194,16 @@ def _encode_value(
         raise SparkplugError(f"no value of datatype {int(datatype)} can be sent there")
 
 
-def _integer(value: MetricValue, datatype: DataType) -> int:
+def integer_range(datatype: DataType) -> tuple[int, int]:
+    """The lowest and highest value of an integer datatype."""
     bits, signed = INTEGERS[datatype]
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+
+
+def _integer(value: MetricValue, datatype: DataType) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SparkplugError(f"a {datatype.name} metric takes an integer, not {value!r}")
-    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    low, high = integer_range(datatype)
     if not low <= value <= high:
         raise SparkplugError(f"{value} does not fit a {datatype.name} metric ({low} to {high})")
     return value

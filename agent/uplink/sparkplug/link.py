@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -481,7 +480,9 @@ def parse_state(data: bytes) -> tuple[bool, float]:
     online, at = state.get("online"), state.get("timestamp")
     if not isinstance(online, bool):
         raise ValueError('STATE has no "online": true or false')
-    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+    # A Sparkplug timestamp is a uint64 of ms: NaN, infinities and a 400-digit number are
+    # not one (and one far in the future would make every later STATE "older").
+    if isinstance(at, bool) or not isinstance(at, int | float) or not 0 <= at < 2**64:
         raise ValueError('STATE has no "timestamp" (milliseconds since the epoch)')
     return online, at
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from ...api.config import DeviceConfig, PointConfig
 from ...files import write_atomically
 from ...model import Value
-from .codec import BLOBS, INTEGERS, TEXTS, DataType, Metric, Payload, encode
+from .codec import BLOBS, INTEGERS, TEXTS, DataType, Metric, Payload, encode, integer_range
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,7 @@ def _whole(datatype: DataType, value: Value) -> int | None:
         number = value
     else:
         return None
-    bits, signed = INTEGERS[datatype]
-    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    low, high = integer_range(datatype)
     return number if low <= number <= high else None
 
 
