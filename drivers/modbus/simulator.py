@@ -51,6 +51,7 @@ from pymodbus.simulator.simcore import SimCore
 from agent.api import DeviceConfig, Value
 
 from .codec import decode, encode, int_range
+from .frames import rtu_frame_size
 from .ports import serial_port_problem
 from .schema import BIT_TABLES, TABLES, ModbusPoint, Table, modbus_points
 
@@ -383,6 +384,9 @@ class _Connection(ServerRequestHandler):
         )
         self.owner = server
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._arrived: collections.deque[tuple[ModbusPDU, tuple[Any, ...] | None]] = (
+            collections.deque()
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         # asyncio closes the socket right after this returns, in the same callback.
@@ -390,10 +394,36 @@ class _Connection(ServerRequestHandler):
         if not self.closed.done():
             self.closed.set_result(None)
 
+    def callback_data(self, data: bytes, addr: tuple[Any, ...] | None = None) -> int:
+        """Take the requests in ``data``: each whole RTU frame on its own, as a slave on a line
+        tells frames apart by the silence between them (pymodbus's RTU framer takes a buffer for
+        one frame and drops a second request that arrived in the same read with the first)."""
+        if isinstance(self.framer, FramerSocket):
+            return self._take(data, addr)
+        used = 0
+        while used < len(data):
+            size = rtu_frame_size(data[used:], request=True)
+            if not size or len(data) - used <= size:
+                # The last frame, part of one (pymodbus waits for the rest), or no request at
+                # all (pymodbus hunts through it).
+                return used + self._take(data[used:], addr)
+            self._take(data[used : used + size], addr)
+            used += size
+        return used
+
+    def _take(self, data: bytes, addr: tuple[Any, ...] | None) -> int:
+        used: int = super().callback_data(data, addr)
+        if self.last_pdu is not None:  # pymodbus has just asked the loop for handle_later
+            self._arrived.append((self.last_pdu, self.last_addr))
+        return used
+
     def handle_later(self) -> None:
-        pdu, addr = self.last_pdu, self.last_addr
-        if pdu is None:
+        # The request of this call, kept when it arrived: a late answer's task, run before this
+        # call, sets last_pdu to its own request (to answer it), which would be answered twice
+        # and this one never.
+        if not self._arrived:
             return
+        pdu, addr = self._arrived.popleft()
         slave = self.owner.slaves.get(pdu.dev_id)
         delay = slave.slow if slave is not None and not slave.dead else 0.0
         self._in_task(self._answer(pdu, addr, delay), "modbus simulator answer")

@@ -27,6 +27,7 @@ from drivers.modbus.simulator import (
     ModbusSimulator,
     SimulatedSlave,
     UndefinedAddressError,
+    _Server,
     animate_slave,
     slaves_for_bus,
 )
@@ -422,6 +423,81 @@ async def garbled_answers(fault: str, seed: int, rtu: bool) -> list[bytes]:
         finally:
             writer.close()
         return answers(sim)
+
+
+def rtu_request(unit: int) -> bytes:
+    """An RTU frame reading one holding register of ``unit``."""
+    body = bytes([unit]) + READ_ONE[1:]
+    return body + FramerRTU.compute_CRC(body).to_bytes(2, "big")
+
+
+@pytest.mark.parametrize("cut", [None, 3, 8, 11], ids=["one-read", "cut-3", "cut-8", "cut-11"])
+def test_rtu_requests_that_arrive_in_one_read_are_each_answered(cut: int | None) -> None:
+    """A slave on a line tells frames apart by the silence between them; a master that sends
+    its next request at once after an answer can have both requests read in one go, or cut
+    anywhere (pymodbus's RTU framer alone takes a buffer for one frame and drops the second)."""
+
+    async def body() -> None:
+        async with ModbusSimulator(
+            [SimulatedSlave(1, POINTS), SimulatedSlave(2, POINTS)], rtu=True
+        ) as sim:
+            reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+            try:
+                both = rtu_request(1) + rtu_request(2)
+                parts = [both] if cut is None else [both[:cut], both[cut:]]
+                for part in parts:
+                    writer.write(part)
+                    await writer.drain()
+                    if len(parts) > 1:  # the first part read on its own before the rest comes
+                        await asyncio.wait_for(sim.received.wait(), timeout=1)
+                        sim.received.clear()
+                got = await asyncio.wait_for(reader.readexactly(14), timeout=1)
+            finally:
+                writer.close()
+        assert sorted((got[0], got[7])) == [1, 2]
+        assert all(rtu_crc_ok(answer) for answer in (got[:7], got[7:]))
+
+    run(body)
+
+
+def test_a_late_answer_that_falls_due_as_a_request_arrives_costs_neither() -> None:
+    """A slow slave's answer becomes due in the very loop turn in which the next request
+    arrives: each request is answered once (the late one's task once took the new request's
+    place, answered itself twice and the new request never)."""
+
+    async def body() -> None:
+        slow, quick = SimulatedSlave(2, POINTS), SimulatedSlave(1, POINTS)
+        async with ModbusSimulator([slow, quick]) as sim:
+            reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+            try:
+                writer.write(request_frame(6, rtu=False))  # answered: the connection is up
+                await asyncio.wait_for(reader.readexactly(11), timeout=1)
+                (connection,) = _connections(sim)
+                late = request_frame(7, rtu=False)[:6] + bytes([2]) + READ_ONE[1:]
+                _, pdu = connection.framer.handleFrame(late, 0, 0)
+                assert pdu is not None
+                # The late answer's task is queued first, then the new request's data arrives:
+                # the order in which asyncio runs a timer that fell due and a socket's data read
+                # in the same turn (no public way makes that turn happen on purpose).
+                late_answer = connection._answer(pdu, None, 0.0)  # noqa: SLF001
+                answering = asyncio.create_task(late_answer)
+                connection.data_received(request_frame(8, rtu=False))
+                got = await asyncio.wait_for(reader.readexactly(22), timeout=1)
+                await answering
+                with pytest.raises(asyncio.TimeoutError):  # and nothing more
+                    await asyncio.wait_for(reader.readexactly(1), timeout=0.2)
+            finally:
+                writer.close()
+        assert sorted((got[:2], got[11:13])) == [b"\x00\x07", b"\x00\x08"]
+
+    run(body)
+
+
+def _connections(sim: ModbusSimulator) -> list[Any]:
+    """The simulator's server-side connections."""
+    server = sim._server  # noqa: SLF001 (the server keeps them; the simulator has no use for them)
+    assert isinstance(server, _Server)
+    return list(server.connections)
 
 
 @pytest.mark.parametrize("rtu", [False, True], ids=["mbap", "rtu"])
