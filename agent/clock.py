@@ -10,10 +10,12 @@ offset between the two clocks is then known, within the same boot), and otherwis
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 from .model import Sample
 
@@ -29,13 +31,24 @@ _TIME_ERROR = 5
 
 def kernel_clock_synced() -> bool:
     """adjtimex(2) without changing anything: False while the kernel has no synchronised
-    time source (or where it cannot be asked)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        timex = ctypes.create_string_buffer(512)  # struct timex with modes 0: a read
-        return bool(libc.adjtimex(timex) not in (-1, _TIME_ERROR))
-    except (OSError, AttributeError):
+    time source (or where it cannot be asked). Asked for every sample's id: one system call."""
+    adjtimex = _adjtimex()
+    if adjtimex is None:
         return False
+    timex = ctypes.create_string_buffer(512)  # struct timex with modes 0: a read
+    return bool(adjtimex(timex) not in (-1, _TIME_ERROR))
+
+
+@functools.cache
+def _adjtimex() -> Callable[[ctypes.Array[ctypes.c_char]], int] | None:
+    """The C library's adjtimex, looked up once for the process, as an import is: finding the
+    library by name (``ctypes.util.find_library``) runs ``ldconfig``, a process, each time,
+    which cost most of the agent's CPU when it was done for every sample."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).adjtimex  # the libc the interpreter uses
+    except (OSError, AttributeError):
+        return None
+    return cast(Callable[[ctypes.Array[ctypes.c_char]], int], function)
 
 
 @dataclass(frozen=True)

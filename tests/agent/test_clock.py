@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.clock import RELEASE_MS, TOLERANCE_MS, Clock, ClockGuard
+import pytest
+
+from agent.clock import RELEASE_MS, TOLERANCE_MS, Clock, ClockGuard, kernel_clock_synced
 from agent.model import Sample
 
 BOOT_1970 = 5_000  # ms: a Pi without RTC, a few seconds after boot
@@ -71,3 +73,22 @@ def test_restamping_looks_at_the_clock_when_no_poll_has_seen_it_right() -> None:
     early = untrusted(guard, BOOT_1970, mono=5.0)
     clock.now[:] = [NOW / 1000, 65.0]  # NTP set the clock; the next poll has not run yet
     assert guard.restamp(early).ts == NOW - 60_000
+
+
+def test_asking_whether_the_kernel_clock_is_synced_starts_no_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It is asked for every sample's id. Finding libc by name ran ``ldconfig`` each time:
+    most of the agent's CPU, at every reading. Now one system call, and no process."""
+    import subprocess
+
+    started: list[object] = []
+
+    def refused(*args: object, **kwargs: object) -> None:
+        started.append(args)
+        raise OSError("no process may be started here")
+
+    monkeypatch.setattr(subprocess, "Popen", refused)
+    answers = {kernel_clock_synced() for _ in range(50)}
+    assert started == []
+    assert len(answers) == 1  # the same answer each time: the kernel's, not a failure's
