@@ -339,7 +339,9 @@ class Buffer:
         """Give the waiting samples their ids, oldest first; the last one numbered."""
         sample = None
         while self._pending:
-            sample_id = self._ledger.take(self._trusted_ms())
+            sample_id = self._ledger.take_reserved()
+            if sample_id is None:
+                sample_id = self._ledger.take_from_clock(self._trusted_ms())
             if sample_id is None:
                 break
             p = self._pending.popleft()

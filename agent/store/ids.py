@@ -203,11 +203,23 @@ class IdLedger:
     def take(self, trusted_ms: int | None) -> int | None:
         """The next id, or None when none can be handed out safely yet (the disk refuses to
         record a reservation and the clock cannot be trusted)."""
+        reserved = self.take_reserved()
+        return reserved if reserved is not None else self.take_from_clock(trusted_ms)
+
+    def take_reserved(self) -> int | None:
+        """The next id from the reservation on disk (extended when due), or None when the disk
+        refuses to record one: then ``take_from_clock``. (The clock is asked only then: asking
+        the kernel whether it is synchronised is a system call.)"""
         if self.next_id >= self._durable_until or self._due_for_extension():
             self._extend()
         if self.next_id < self._durable_until:
             self.from_clock = False
             return self._hand_out(self.next_id)
+        return None
+
+    def take_from_clock(self, trusted_ms: int | None) -> int | None:
+        """The next id from the clock, ``trusted_ms`` (None: it cannot be trusted), when no
+        reservation is durable; None when none can be handed out safely yet."""
         if trusted_ms is None:
             return None
         floor = trusted_ms * PER_MS

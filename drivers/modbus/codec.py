@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
@@ -86,14 +87,18 @@ def _shortest_float32(number: float) -> float:
     """The shortest decimal that is still the same float32.
 
     Widened to a double, a float32 shows digits it never had (231.2 becomes 231.1999969482422),
-    which cost bytes on a metered link and confuse people.
+    which cost bytes on a metered link and confuse people. (Run for every float32 read: the
+    formats are spelt out, not built per call.)
     """
-    exact = struct.pack(">f", number)
-    for digits in (6, 7, 8):
-        candidate = significant(number, digits)
-        if struct.pack(">f", candidate) == exact:
+    exact = _FLOAT32.pack(number)
+    for digits in (".6g", ".7g", ".8g"):
+        candidate = float(format(number, digits))
+        if candidate == number or _FLOAT32.pack(candidate) == exact:
             return candidate
-    return significant(number, 9)  # 9 digits always identify a float32
+    return float(format(number, ".9g"))  # 9 digits always identify a float32
+
+
+_FLOAT32 = struct.Struct(">f")
 
 
 #: Largest scale exponent taken as meant: SunSpec's range; beyond it a register holds garbage.
@@ -114,27 +119,136 @@ def _is_not_available(point: ModbusPoint, number: float) -> bool:
     return number in point.not_available
 
 
-def decode_request(
-    request_points: Sequence[ModbusPoint],
-    address: int,
-    raw: Sequence[int] | Sequence[bool],
-    errors: list[str],
-) -> dict[str, Value]:
-    """Each point decoded from its slice of a read that started at ``address``.
+class RequestDecoder:
+    """Each point of a read that started at ``address`` decoded from its slice of what the read
+    brought, as ``decode`` decodes it, compiled once per read: the numbers are unpacked with one
+    ``struct`` call per run of adjacent points that share a word order, from the registers as
+    bytes, instead of point by point. A point whose register says "not available" is left out;
+    one that cannot be decoded is left out with a message in ``errors``.
 
-    A point whose register says "not available" is left out; one that cannot be decoded is left
-    out with a message in ``errors``.
+    A word order is a choice of buffer and byte order: with the registers packed high byte first
+    (as on the wire), ``ABCD`` reads big-endian and ``DCBA`` little-endian; with each register's
+    two bytes swapped, ``BADC`` reads big-endian and ``CDAB`` little-endian. Bits, strings and
+    bit fields go through ``decode``, point by point.
     """
-    values: dict[str, Value] = {}
-    for point in request_points:
-        start = point.address - address
-        try:
-            values[point.name] = decode(point, raw[start : start + point.count])
-        except NotAvailable:
-            continue
-        except ValueError as exc:
-            errors.append(str(exc))
-    return values
+
+    def __init__(self, points: Sequence[ModbusPoint], address: int) -> None:
+        self.points = tuple(points)
+        self.address = address
+        self._count = max((p.address - address + p.count for p in points), default=0)
+        self._others = tuple(p for p in points if not _packable(p))
+        numbers = sorted((p for p in points if _packable(p)), key=lambda p: p.address)
+        self._runs: list[_Run] = []
+        run: list[ModbusPoint] = []
+        for point in numbers:
+            if run and (_layout(point) != _layout(run[0]) or point.address < _end(run[-1])):
+                self._runs.append(_Run.of(run, address))
+                run = []
+            run.append(point)
+        if run:
+            self._runs.append(_Run.of(run, address))
+        decoded = [p.name for r in self._runs for p in r.points] + [p.name for p in self._others]
+        #: whether the values come out in the points' order without a reordering
+        self._in_order = decoded == [p.name for p in points]
+        self._swapped = any(r.swapped for r in self._runs)
+        self._wire = struct.Struct(f">{self._count}H")
+        self._swap = struct.Struct(f"<{self._count}H")
+
+    def __call__(self, raw: Sequence[int] | Sequence[bool], errors: list[str]) -> dict[str, Value]:
+        if len(raw) != self._count or not self._runs:
+            return self._point_by_point(self.points, raw, errors)
+        wire = self._wire.pack(*raw)
+        swapped = self._swap.pack(*raw) if self._swapped else wire
+        values: dict[str, Value] = {}
+        for run in self._runs:
+            numbers = run.layout.unpack_from(swapped if run.swapped else wire)
+            for point, plain, number in zip(run.points, run.plain, numbers, strict=True):
+                if plain:
+                    values[point.name] = number
+                    continue
+                try:
+                    values[point.name] = _finished(point, number)
+                except NotAvailable:
+                    continue
+        values.update(self._point_by_point(self._others, raw, errors))
+        if self._in_order:
+            return values
+        return {p.name: values[p.name] for p in self.points if p.name in values}
+
+    def _point_by_point(
+        self,
+        points: Sequence[ModbusPoint],
+        raw: Sequence[int] | Sequence[bool],
+        errors: list[str],
+    ) -> dict[str, Value]:
+        values: dict[str, Value] = {}
+        for point in points:
+            start = point.address - self.address
+            try:
+                values[point.name] = decode(point, raw[start : start + point.count])
+            except NotAvailable:
+                continue
+            except ValueError as exc:
+                errors.append(str(exc))
+        return values
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Adjacent points of a read that one ``struct`` unpacks."""
+
+    swapped: bool  # from the registers with their bytes swapped
+    layout: struct.Struct
+    points: tuple[ModbusPoint, ...]
+    plain: tuple[bool, ...]  # per point: the number unpacked is the reading
+
+    @classmethod
+    def of(cls, points: Sequence[ModbusPoint], address: int) -> _Run:
+        swapped, endian = _layout(points[0])
+        layout, at = endian, address
+        for point in points:
+            layout += "x" * (2 * (point.address - at)) + _FORMATS[point.type][1]
+            at = _end(point)
+        plain = tuple(_plain(p) for p in points)
+        return cls(swapped, struct.Struct(layout), tuple(points), plain)
+
+
+def _packable(point: ModbusPoint) -> bool:
+    return point.table not in BIT_TABLES and point.type in _FORMATS
+
+
+def _layout(point: ModbusPoint) -> tuple[bool, str]:
+    """Which buffer a number is unpacked from (swapped or not), and its ``struct`` byte order."""
+    if point.count == 1:  # no second register to swap with: only the byte swap counts
+        return False, "<" if point.order in _BYTE_SWAPPED else ">"
+    word_swapped = point.order in _WORD_SWAPPED
+    return word_swapped != (point.order in _BYTE_SWAPPED), "<" if word_swapped else ">"
+
+
+def _end(point: ModbusPoint) -> int:
+    return point.address + point.count
+
+
+def _plain(point: ModbusPoint) -> bool:
+    """Whether a number unpacked for ``point`` is its reading as it is."""
+    return (
+        point.type not in _FLOAT_TYPES
+        and not point.not_available
+        and point.scale_exponent is None
+        and point.scale == 1
+        and point.offset == 0
+    )
+
+
+def _finished(point: ModbusPoint, number: int | float) -> Value:
+    """The reading of a number unpacked for ``point``, as ``decode`` makes it."""
+    if point.not_available and _is_not_available(point, number):
+        raise NotAvailable(f"point {point.name}: the device says not available ({number})")
+    if point.type == "float32":
+        number = _shortest_float32(number)
+    if point.scale_exponent is not None:
+        return number
+    return scaled(point, number)
 
 
 def apply_exponents(

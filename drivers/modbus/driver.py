@@ -7,8 +7,10 @@ One ``ModbusDriver`` owns one bus, and every device on it is a unit id behind it
   master of one line; RTU frames at the configured baud rate, parity, stop bits and byte size;
 * ``modbus-rtu-over-tcp``: RTU frames through a TCP connection (serial servers, cheap gateways).
 
-pymodbus's own retries and reconnects are switched off: the scheduler decides when to retry and
-reconnects by leaving and re-entering the driver. Transactions are paced: at least
+A ``modbus-tcp`` bus is spoken by ``mbap.MbapClient``, a lean asyncio protocol (pymodbus's
+client cost more per request than the rest of a poll); the RTU buses by pymodbus, whose own
+retries and reconnects are switched off. The scheduler decides when to retry and reconnects by
+leaving and re-entering the driver. Transactions are paced: at least
 ``bus.request_gap`` of silence between the end of one transaction and the start of the next on the
 bus, whatever device they belong to (slow slaves need it to turn their line driver around).
 
@@ -30,16 +32,17 @@ back during the request (``trace_packet``): nothing at all is a timeout, a frame
 length whose CRC does not match is ``crc``, a valid frame from another unit is ``wrong_unit``
 (never taken as the answer), anything else — too short, an unknown function code, a frame pymodbus
 cannot decode — is ``garbled``. On ``modbus-tcp`` an answer carrying another transaction id is
-dropped by pymodbus too; when the answer to our request then never comes, the request is
+dropped too; when the answer to our request then never comes, the request is
 ``out_of_step``: a fault of that device (a stale answer, or a slave or gateway that mislabels its
-answers), not of the connection, which pymodbus resynchronises at every request.
+answers), not of the connection, whose receive buffer starts empty at every request.
 
 What came back before the answer to the request under way (a late answer of another request, the
-tail of one that dripped in past its timeout) is skipped before pymodbus reads the buffer: it reads
-an RTU buffer as one frame and would drop ours with the late one, and it reads MBAP frames only
-from the start of its buffer. So one slave's late answers do not cost the next device its poll.
-A well-framed answer pymodbus cannot decode is dropped too (pymodbus would raise it out of its
-receive callback, where asyncio logs a traceback and closes the connection).
+tail of one that dripped in past its timeout) is skipped before the client reads the buffer:
+pymodbus reads an RTU buffer as one frame and would drop ours with the late one, and MBAP frames
+are read from the start of the buffer. So one slave's late answers do not cost the next device
+its poll. A well-framed RTU answer pymodbus cannot decode is dropped too (pymodbus would raise it
+out of its receive callback, where asyncio logs a traceback and closes the connection); on
+``modbus-tcp`` an answer to the request that makes no sense ends it at once, ``garbled``.
 
 Writes (``write``) go through the same machinery, one transaction each (two for a ``bit`` point:
 the register is read, the bit changed, the register written back), paced and counted like reads:
@@ -49,10 +52,10 @@ cannot be written to the point raises ``ValueError`` before anything is sent; an
 response or no usable answer raises ``DeviceError`` (after no answer the write may or may not
 have been made); a broken link ``BusError``.
 
-pymodbus closes a TCP connection itself after 4 unanswered requests in a row (``retries + 3``, its
-way of detecting a half-open link): polls of a dead unit that nothing else on the connection
-answers in between give ``DeviceError`` four times, then ``BusError``. A serial port is never
-closed for silence.
+A TCP connection is closed after 4 unanswered requests in a row (pymodbus's rule, ``retries +
+3``, kept by ``MbapClient``: its way of detecting a half-open link): polls of a dead unit that
+nothing else on the connection answers in between give ``DeviceError`` four times, then
+``BusError``. A serial port is never closed for silence.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ from agent.api import (
 from agent.api.serial import LineSettingsProblem
 
 from . import schema
-from .codec import apply_exponents, decode_request
+from .codec import apply_exponents
 from .frames import (
     FrameRing,
     inspect_mbap,
@@ -106,6 +109,7 @@ from .frames import (
     skip_stale_bytes,
     skip_to_rtu_frame,
 )
+from .mbap import MAX_NO_RESPONSES, Garbled, MbapClient, NoAnswer, read_request, write_request
 from .plan import DevicePlan, Request
 from .ports import port_problem_message, serial_port_problem
 from .schema import BIT_TABLES, ModbusPoint, Table, modbus_point, modbus_points, write_multiple
@@ -227,7 +231,7 @@ class _Exchange:
 class ModbusDriver:
     """A Modbus bus (TCP, RTU or RTU over TCP), polling the devices (unit ids) on it.
 
-    ``tolerate_silence`` keeps pymodbus from closing a TCP connection after a few unanswered
+    ``tolerate_silence`` keeps the client from closing a TCP connection after a few unanswered
     requests: for ``scan``, where silence is the expected answer of most unit ids.
     """
 
@@ -310,7 +314,7 @@ class ModbusDriver:
         self.context = context or DriverContext()
         self._settings_problem = LineSettingsProblem(bus)
         self.tolerate_silence = tolerate_silence
-        self._client: ModbusBaseClient | None = None
+        self._client: ModbusBaseClient | MbapClient | None = None
         self._plans: dict[str, DevicePlan] = {}
         self._sunspec = Layouts(self.context.state_dir, schema.merge_gap(bus))
         #: Put each point's raw registers in the Poll (for ``edge-agent read``).
@@ -320,6 +324,7 @@ class ModbusDriver:
             collections.Counter
         )
         self._rings: dict[str, FrameRing] = {}
+        self._sunspec_devices: dict[str, tuple[DeviceConfig, bool]] = {}
         self._exchange: _Exchange | None = None
         self._down: asyncio.Future[None] | None = None  # resolved when the link drops
         self._lock = asyncio.Lock()
@@ -328,6 +333,27 @@ class ModbusDriver:
     async def __aenter__(self) -> ModbusDriver:
         """Connect; raises ``BusError`` when the port or server cannot be opened or reached."""
         self._close()
+        if self.bus.type == "modbus-tcp":
+            self._client = await self._connect_mbap()
+        else:
+            self._client = await self._connect_pymodbus()
+        self._down = asyncio.get_running_loop().create_future()
+        return self
+
+    async def _connect_mbap(self) -> MbapClient:
+        silence = 1 << 30 if self.tolerate_silence else MAX_NO_RESPONSES
+        client = MbapClient(self._trace_packet, self._trace_connect, silence)
+        try:
+            await client.connect(self.bus.host, self.bus.port, self.bus.timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            client.close()
+            raise BusError(self._why_not_connected()) from exc
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    async def _connect_pymodbus(self) -> ModbusBaseClient:
         client = self._new_client()
         _drop_undecodable_answers(client)
         if self.tolerate_silence:
@@ -346,9 +372,7 @@ class ModbusDriver:
         if not connected:
             client.close()
             raise BusError(self._why_not_connected())
-        self._client = client
-        self._down = asyncio.get_running_loop().create_future()
-        return self
+        return client
 
     async def __aexit__(
         self,
@@ -363,7 +387,7 @@ class ModbusDriver:
         """The device's reads, kept per device (and in the state dir) so that what its slave
         refuses is learned once."""
         plan = self._plans.get(device.name)
-        if plan is None or plan.device != device:
+        if plan is None or (plan.device is not device and plan.device != device):
             state_dir = self.context.state_dir
             state = state_dir / f"{device.name}.modbus-plan.json" if state_dir else None
             plan = DevicePlan(device, self.bus, state, self.context.clock)
@@ -394,14 +418,23 @@ class ModbusDriver:
 
     async def read(self, device: DeviceConfig) -> Poll:
         """Poll ``device`` once; see the module docstring for how failures are reported."""
-        if not sunspec_points(device.points):
-            return await self._read(device, device, Layout((), ()))
+        if not self._discovers(device):
+            return await self._read(device, device, None)
         placed, layout = await self._discovered(device)
         try:
             return await self._read(device, placed, layout)
         except DeviceError:
             self._sunspec.forget(device)  # found again at the next poll: it may be another device
             raise
+
+    def _discovers(self, device: DeviceConfig) -> bool:
+        """Whether the device has SunSpec points, placed by discovery (asked at every poll:
+        kept per device configuration)."""
+        known = self._sunspec_devices.get(device.name)
+        if known is None or known[0] is not device:
+            known = (device, bool(sunspec_points(device.points)))
+            self._sunspec_devices[device.name] = known
+        return known[1]
 
     async def _discovered(self, device: DeviceConfig) -> tuple[DeviceConfig, Layout]:
         probe = ModbusPoint("sunspec")
@@ -426,9 +459,12 @@ class ModbusDriver:
         except Silent as exc:
             raise self._device_error(device, str(exc)) from None
 
-    async def _read(self, device: DeviceConfig, placed: DeviceConfig, layout: Layout) -> Poll:
+    async def _read(
+        self, device: DeviceConfig, placed: DeviceConfig, layout: Layout | None
+    ) -> Poll:
         """One poll of ``placed``: ``device`` with its SunSpec points placed as ``layout`` says
-        (which also says what the unit lacks, and the model ids that show its map unmoved)."""
+        (which also says what the unit lacks, and the model ids that show its map unmoved);
+        ``layout`` None for a device without SunSpec points."""
         values: dict[str, Value] = {}
         errors: list[str] = []
         raws: dict[str, tuple[int, ...]] = {}
@@ -455,28 +491,46 @@ class ModbusDriver:
                 if pending:
                     errors.append(f"device {device.name}: {len(pending)} more request(s) not sent")
                 break
-            values.update(decode_request(request.points, request.address, raw, errors))
+            values.update(request.decode(raw, errors))
             if self.keep_raw:
                 for point in request.points:
                     start = point.address - request.address
                     raws[point.name] = tuple(int(r) for r in raw[start : start + point.count])
         plan.after_poll()
-        moved = layout.moved(values)
-        if moved:
-            raise self._device_error(
-                device,
-                f"device {device.name} (unit {device.unit}): {moved}: its SunSpec map changed, "
-                "found again at the next poll",
-            )
-        values = apply_exponents(modbus_points(placed.points), values, errors)
-        values = readings(values, modbus_points(placed.points))
-        missing = layout.missing + tuple(n for n in plan.lacking if not n.startswith(INTERNAL))
+        values = self._published(device, placed, layout, values, errors)
+        missing = (layout.missing if layout is not None else ()) + tuple(
+            n for n in plan.lacking if not n.startswith(INTERNAL)
+        )
         if not values and (errors or not plan.requests):
             said = "; ".join(errors) or _lacks_all(device, missing, bool(plan.lacking))
             raise self._device_error(device, said)
         if errors:
             log.debug("device %s: partial poll: %s", device.name, "; ".join(errors))
         return Poll(values=values, errors=tuple(errors), raw=raws, missing=missing)
+
+    def _published(
+        self,
+        device: DeviceConfig,
+        placed: DeviceConfig,
+        layout: Layout | None,
+        values: dict[str, Value],
+        errors: list[str],
+    ) -> dict[str, Value]:
+        """What a poll publishes of the ``values`` it read: scaled by the points' scale factors,
+        without SunSpec's own (raises ``DeviceError`` when they show the unit's map moved)."""
+        moved = layout.moved(values) if layout is not None else None
+        if moved:
+            raise self._device_error(
+                device,
+                f"device {device.name} (unit {device.unit}): {moved}: its SunSpec map changed, "
+                "found again at the next poll",
+            )
+        scaled_by_others = self.plan(placed).scaled_by_others
+        if scaled_by_others:
+            values = apply_exponents(scaled_by_others, values, errors)
+        if layout is not None:  # its scale factors and unset strings are left out
+            values = readings(values, modbus_points(placed.points))
+        return values
 
     async def write(self, device: DeviceConfig, point: PointConfig, value: Value) -> None:
         """Set ``point`` of ``device`` to ``value`` (see ``encode_write`` and ``plan_write``).
@@ -567,15 +621,17 @@ class ModbusDriver:
     ) -> list[int] | list[bool]:
         client = self._connected_client()
         where = f"bus {self.bus.name}, {what}"
-        send = _sender(client, device, request)
         doing = "writing" if isinstance(request, Write) else "reading"
         try:
-            response = await self._transact(device, send)
+            response = await self._send(client, device, request)
+        except Garbled as exc:
+            raise _NoResponse(where, f"the answer makes no sense: {exc}", "garbled") from exc
         except ConnectionException as exc:
             raise BusError(self._lost(f"{exc}")) from exc
-        except ModbusIOException as exc:
+        except (ModbusIOException, NoAnswer) as exc:
             # pymodbus does not fail a pending request when the connection drops: the request
-            # times out, and only then do we see the connection is gone.
+            # times out, and only then do we see the connection is gone; either client closes
+            # the connection itself after too many unanswered requests (a half-open link).
             if not client.connected:
                 raise BusError(self._lost(f"no response while {doing} {what}")) from exc
             raise self._no_answer(where) from exc
@@ -592,16 +648,27 @@ class ModbusDriver:
             return _confirmed(where, request, response)
         return _payload(where, request, response)
 
+    async def _send(
+        self, client: ModbusBaseClient | MbapClient, device: DeviceConfig, request: Request | Write
+    ) -> ModbusPDU | None:
+        if isinstance(client, MbapClient):
+            send = _mbap_sender(client, device, request, self.bus.timeout)
+            return await self._transact(device, send)
+        return await self._transact(device, _sender(client, device, request), guard=True)
+
     async def _transact(
-        self, device: DeviceConfig, send: Callable[[], Awaitable[ModbusPDU]]
+        self,
+        device: DeviceConfig,
+        send: Callable[[], Awaitable[ModbusPDU | None]],
+        guard: bool = False,
     ) -> ModbusPDU | None:
         """One transaction, after ``request_gap`` of silence, watched by the trace hook; None
-        when the link dropped during it."""
+        when the link dropped during it. ``guard``: a pymodbus call, run as ``_guarded`` says."""
         async with self._lock:
             await self._pace()
             exchange = self._exchange = _Exchange(device, rtu=self.bus.type != "modbus-tcp")
             try:
-                return await _guarded(send(), self._down)
+                return await (_guarded(send(), self._down) if guard else send())
             finally:
                 exchange.done = True
                 self._last_end = asyncio.get_running_loop().time()
@@ -638,6 +705,7 @@ class ModbusDriver:
     # --- the connection ------------------------------------------------------------------------
 
     def _new_client(self) -> ModbusBaseClient:
+        """pymodbus's client for an RTU bus (on a serial port, or RTU frames over TCP)."""
         bus = self.bus
         common: dict[str, Any] = {
             "name": f"bus {bus.name}",
@@ -658,24 +726,26 @@ class ModbusDriver:
                 bytesize=bus.bytesize,
                 **common,
             )
-        framer = FramerType.RTU if bus.type == "modbus-rtu-over-tcp" else FramerType.SOCKET
-        return AsyncModbusTcpClient(bus.host, port=bus.port, framer=framer, **common)
+        return AsyncModbusTcpClient(bus.host, port=bus.port, framer=FramerType.RTU, **common)
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
-        """pymodbus's hook for every frame sent and every receive buffer: keep and inspect."""
+        """The client's hook for every frame sent and every receive buffer: keep and inspect."""
         exchange = self._exchange
         if exchange is None:
             return data
         try:
             # A late answer after its request ended still goes into that device's ring.
-            self._rings.setdefault(exchange.device.name, FrameRing()).add(sending, data)
+            ring = self._rings.get(exchange.device.name)
+            if ring is None:
+                ring = self._rings[exchange.device.name] = FrameRing()
+            ring.add(sending, data)
             if not exchange.done:
                 if sending:
                     exchange.sent(data)
                 else:
                     exchange.received(data)
                     return exchange.answer_part(data)
-        except Exception:  # an error here would break pymodbus's receive path
+        except Exception:  # an error here would break the client's receive path
             log.exception("bus %s: cannot inspect a frame", self.bus.name)
         return data
 
@@ -683,7 +753,7 @@ class ModbusDriver:
         if not connected and self._down is not None and not self._down.done():
             self._down.set_result(None)
 
-    def _connected_client(self) -> ModbusBaseClient:
+    def _connected_client(self) -> ModbusBaseClient | MbapClient:
         if self._client is None:
             raise BusError(self._lost("not connected"))
         if not self._client.connected:
@@ -801,6 +871,21 @@ def _reader(client: ModbusBaseClient, table: Table) -> _Call:
         "discrete": client.read_discrete_inputs,
     }
     return readers[table]
+
+
+def _mbap_sender(
+    client: MbapClient, device: DeviceConfig, request: Request | Write, timeout: float
+) -> Callable[[], Awaitable[ModbusPDU | None]]:
+    """What sends ``request`` to ``device`` over Modbus TCP when called (ValueError then, and
+    nothing sent, for a request beyond the protocol's limits)."""
+    if isinstance(request, Request):
+        function = FUNCTION_CODES[request.table]
+        return lambda: client.transact(
+            device.unit, read_request(function, request.address, request.count), timeout
+        )
+    return lambda: client.transact(
+        device.unit, write_request(request.function, request.address, request.values), timeout
+    )
 
 
 def _sender(

@@ -9,6 +9,7 @@ until the registers it lacks are isolated; the ``DevicePlan`` remembers what it 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from agent.api import BusConfig, Clock, DeviceConfig
 
+from .codec import RequestDecoder
 from .schema import (
     BIT_TABLES,
     TABLES,
@@ -57,6 +59,11 @@ class Request:
         """Whether the read spans addresses that none of its points covers."""
         covered = {a for p in self.points for a in range(p.address, p.address + p.count)}
         return len(covered) < self.count
+
+    @functools.cached_property
+    def decode(self) -> RequestDecoder:
+        """Decodes what the read brings into its points' values (compiled at its first use)."""
+        return RequestDecoder(self.points, self.address)
 
     def describe(self) -> str:
         """E.g. ``"holding 0-9 (10 registers): voltage, current"``."""
@@ -134,6 +141,8 @@ class DevicePlan:
         self.state = state
         self.clock = clock or Clock()
         self.points = {p.name: p for p in modbus_points(device.points)}
+        #: The points scaled by another point's value (``scale_exponent``: SunSpec's factors).
+        self.scaled_by_others = tuple(p for p in self.points.values() if p.scale_exponent)
         #: Points the device refuses (or whose scale comes from one it refuses), by name.
         self.lacking: dict[str, ModbusPoint] = {}
         #: Reads the unit refused: (table, first address, end).

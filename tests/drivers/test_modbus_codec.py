@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 from dataclasses import replace
@@ -11,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.model import Value
-from drivers.modbus.codec import apply_exponents, decode, encode, int_range
+from drivers.modbus.codec import (
+    NotAvailable,
+    RequestDecoder,
+    apply_exponents,
+    decode,
+    encode,
+    int_range,
+)
 from drivers.modbus.schema import ORDERS, ModbusPoint, PointType, WordOrder
 
 INT_TYPES: tuple[PointType, ...] = ("int16", "uint16", "int32", "uint32", "int64", "uint64")
@@ -275,3 +283,70 @@ def test_a_garbage_scale_factor_drops_the_value_with_an_error() -> None:
         "power": 123.4,
         "power_sf": -1,
     }
+
+
+# --- a read's decoder, compiled once --------------------------------------------------------
+
+READ_TYPES: tuple[PointType, ...] = (*INT_TYPES, "float32", "float64", "string", "bool")
+SENTINELS = {"int16": (-32768,), "uint16": (0xFFFF,), "float32": (math.nan,)}
+
+
+@st.composite
+def read_points(draw: st.DrawFn) -> tuple[int, list[ModbusPoint]]:
+    """The points of one read: any types and orders, scaled or not, with gaps, overlaps (two
+    points on one register) and "not available" values, in any order."""
+    start = draw(st.integers(0, 5))
+    points, at = [], start
+    for index in range(draw(st.integers(1, 8))):
+        type_ = draw(st.sampled_from(READ_TYPES))
+        options: dict[str, object] = {}
+        if type_ == "string":
+            options["length"] = draw(st.integers(1, 6))
+        if type_ == "bool" and draw(st.booleans()):
+            options["bit"] = draw(st.integers(0, 15))
+        if type_ not in ("string", "bool") and draw(st.booleans()):
+            options["scale"] = draw(st.sampled_from([0.1, 2, 1]))
+            options["offset"] = draw(st.sampled_from([0, 1.5]))
+        if type_ in SENTINELS and draw(st.booleans()):
+            options["not_available"] = SENTINELS[type_]
+        address = max(start, at + draw(st.integers(-1, 2)))
+        order = draw(st.sampled_from(ORDERS))
+        points.append(ModbusPoint(f"p{index}", address=address, type=type_, order=order, **options))  # type: ignore[arg-type]
+        at = max(at, address + points[-1].count)
+    return start, draw(st.permutations(points))
+
+
+def same_values(got: dict[str, Value], expected: dict[str, Value]) -> bool:
+    """Equal, in the same order and of the same types, a NaN equal to a NaN."""
+    if list(got) != list(expected):
+        return False
+    return all(
+        type(a) is type(b)
+        and (a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)))  # type: ignore[arg-type]
+        for a, b in zip(got.values(), expected.values(), strict=True)
+    )
+
+
+@settings(max_examples=400)
+@given(read=read_points(), data=st.data())
+def test_a_reads_decoder_decodes_as_decode_does_point_by_point(
+    read: tuple[int, list[ModbusPoint]], data: st.DataObject
+) -> None:
+    start, points = read
+    count = max(p.address + p.count for p in points) - start
+    register = st.sampled_from([0, 0xFFFF, 0x8000, 0x7FC0, 0x019A]) | st.integers(0, 0xFFFF)
+    raw = data.draw(st.lists(register, min_size=count, max_size=count))
+    expected: dict[str, Value] = {}
+    for p in points:
+        with contextlib.suppress(NotAvailable):
+            expected[p.name] = decode(p, raw[p.address - start : p.address - start + p.count])
+    errors: list[str] = []
+    assert same_values(RequestDecoder(points, start)(raw, errors), expected)
+    assert not errors
+
+
+def test_a_reads_decoder_given_too_few_registers_decodes_what_it_can() -> None:
+    points = [ModbusPoint("p", address=0), ModbusPoint("f", address=1, type="float32")]
+    errors: list[str] = []
+    assert RequestDecoder(points, 0)([7, 0x4348], errors) == {"p": 7}
+    assert errors == ["point f: expected 2 values, got 1"]

@@ -185,7 +185,7 @@ def test_a_dead_unit_raises_device_error_within_the_timeout() -> None:
     run(body)
 
 
-def test_pymodbus_drops_the_connection_after_four_unanswered_requests() -> None:
+def test_the_connection_is_dropped_after_four_unanswered_requests() -> None:
     async def body() -> None:
         lone = (ModbusPoint("status", table="holding", address=0, type="uint16"),)
         simulated = slave(points=lone)

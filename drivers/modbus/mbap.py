@@ -1,0 +1,240 @@
+"""Modbus TCP on one connection: MBAP frames (transaction id, protocol 0, length, unit) around
+the PDUs of the functions the driver uses, on a lean ``asyncio.Protocol``.
+
+pymodbus's client costs more per request than the rest of a poll together (its transaction
+manager awaits each answer with ``wait_for``, its decoder formats every answer for a debug line
+that is never shown, and the driver had to run each call in a task of its own because pymodbus
+can swallow a cancellation). Here a request is one write, one future and one timer. What pymodbus
+does that the driver relies on is kept: the ``trace_packet`` hook sees every frame sent and the
+whole receive buffer each time bytes arrive, and what it returns is what is read (the driver
+skips the tail of a late answer there); the receive buffer starts empty at each request; an
+answer carrying another transaction id or unit id is not taken; the connection is closed after
+``max_no_responses + 1`` requests in a row that got no answer (a half-open link).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable, Sequence
+
+from pymodbus.pdu import ModbusPDU
+
+#: The header of an MBAP frame: transaction id, protocol id (0), length (unit + PDU), unit.
+_HEADER = struct.Struct(">HHHB")
+#: Read functions (coils, discrete inputs, holding, input registers) and write functions.
+READS = frozenset({1, 2, 3, 4})
+WRITE_COIL, WRITE_REGISTER, WRITE_COILS, WRITE_REGISTERS = 5, 6, 15, 16
+#: The most each request may carry, as the protocol sets it.
+MAX_READ = {1: 2000, 2: 2000, 3: 125, 4: 125}
+MAX_WRITE_COILS, MAX_WRITE_REGISTERS = 1968, 123
+_ON = 0xFF00  # FC 5's value for a coil switched on
+#: Unanswered requests in a row a connection survives (pymodbus's retries + 3, retries 0).
+MAX_NO_RESPONSES = 3
+
+
+class Garbled(Exception):
+    """An answer to the request, framed right, whose PDU makes no sense."""
+
+
+def read_request(function: int, address: int, count: int) -> bytes:
+    """The PDU reading ``count`` registers or bits from ``address``; ValueError beyond the
+    protocol's limits (nothing is sent)."""
+    _check("address", address, 0, 0xFFFF)
+    _check("count", count, 1, MAX_READ[function])
+    return struct.pack(">BHH", function, address, count)
+
+
+def write_request(function: int, address: int, values: Sequence[int] | Sequence[bool]) -> bytes:
+    """The PDU writing ``values`` from ``address`` (FC 5, 6, 15 or 16)."""
+    _check("address", address, 0, 0xFFFF)
+    if function == WRITE_COIL:
+        return struct.pack(">BHH", function, address, _ON if values[0] else 0)
+    if function == WRITE_REGISTER:
+        _check("value", int(values[0]), 0, 0xFFFF)
+        return struct.pack(">BHH", function, address, int(values[0]))
+    if function == WRITE_COILS:
+        _check("count", len(values), 1, MAX_WRITE_COILS)
+        packed = bytearray((len(values) + 7) // 8)
+        for index, value in enumerate(values):
+            if value:
+                packed[index // 8] |= 1 << (index % 8)
+        return struct.pack(">BHHB", function, address, len(values), len(packed)) + packed
+    _check("count", len(values), 1, MAX_WRITE_REGISTERS)
+    registers = [int(v) for v in values]
+    for value in registers:
+        _check("value", value, 0, 0xFFFF)
+    head = struct.pack(">BHHB", function, address, len(registers), 2 * len(registers))
+    return head + struct.pack(f">{len(registers)}H", *registers)
+
+
+def _check(what: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{what} {value} is out of range {low}..{high}")
+
+
+def parse_answer(unit: int, tid: int, pdu: bytes) -> ModbusPDU:
+    """The answer ``pdu`` (function code first) as pymodbus's own responses carry it: registers
+    or bits of a read, address and value or count of a write, the code of an exception."""
+    if not pdu:
+        raise Garbled("an empty answer")
+    function = pdu[0]
+    answer = ModbusPDU(dev_id=unit, transaction_id=tid)
+    answer.function_code = function
+    if function & 0x80:
+        if len(pdu) != 2:
+            raise Garbled(f"an exception answer of {len(pdu)} bytes")
+        answer.exception_code = pdu[1]
+        return answer
+    if function in READS:
+        if len(pdu) < 2 or len(pdu) != 2 + pdu[1] or (function > 2 and pdu[1] % 2):
+            raise Garbled(f"an answer to function {function} of {len(pdu)} bytes")
+        data = pdu[2:]
+        if function > 2:
+            answer.registers = list(struct.unpack(f">{len(data) // 2}H", data))
+        else:
+            answer.bits = [bool(byte >> bit & 1) for byte in data for bit in range(8)]
+        return answer
+    if function in (WRITE_COIL, WRITE_REGISTER, WRITE_COILS, WRITE_REGISTERS):
+        if len(pdu) != 5:
+            raise Garbled(f"an answer to function {function} of {len(pdu)} bytes")
+        answer.address, value = struct.unpack_from(">HH", pdu, 1)
+        if function == WRITE_COIL:
+            answer.bits = [value == _ON]
+        elif function == WRITE_REGISTER:
+            answer.registers = [value]
+        else:
+            answer.count = value
+        return answer
+    return answer  # a function never asked for: the driver says so
+
+
+class NoAnswer(Exception):
+    """No answer to the request was taken within the timeout."""
+
+
+class MbapClient(asyncio.Protocol):
+    """One Modbus TCP connection, one transaction at a time (the caller serialises them).
+
+    ``trace_packet(sending, data)`` sees each frame sent and the whole receive buffer at each
+    arrival, and returns what of the buffer to read; ``trace_connect(False)`` is called once
+    when the connection is lost or closed for silence.
+    """
+
+    def __init__(
+        self,
+        trace_packet: Callable[[bool, bytes], bytes],
+        trace_connect: Callable[[bool], None],
+        max_no_responses: int = MAX_NO_RESPONSES,
+    ) -> None:
+        self._trace_packet = trace_packet
+        self._trace_connect = trace_connect
+        self.max_no_responses = max_no_responses
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._tid = 0
+        self._unit = -1  # of the request under way; -1: none
+        self._answer: asyncio.Future[ModbusPDU | None] | None = None
+        self._silent = 0  # requests in a row that got no answer
+
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None
+
+    async def connect(self, host: str, port: int, timeout: float) -> None:
+        """Open the connection; OSError or asyncio.TimeoutError when it cannot be in time."""
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(loop.create_connection(lambda: self, host, port), timeout)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._gone()
+
+    def close(self) -> None:
+        """Close the connection; a request under way ends as if it had dropped."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
+            self._end_request()
+
+    def _gone(self) -> None:
+        self._transport = None
+        self._end_request()
+        self._trace_connect(False)
+
+    def _end_request(self) -> None:
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_result(None)
+
+    async def transact(self, unit: int, pdu: bytes, timeout: float) -> ModbusPDU | None:
+        """Send ``pdu`` to ``unit``; its answer, or None when the connection went meanwhile.
+
+        ``NoAnswer`` when none was taken within ``timeout`` (the connection closed first when
+        that made too many in a row); ``Garbled`` when the answer makes no sense.
+        """
+        transport = self._transport
+        if transport is None:
+            return None
+        loop = asyncio.get_running_loop()
+        self._tid = self._tid % 65000 + 1
+        self._unit = unit
+        self._buffer = b""
+        answer: asyncio.Future[ModbusPDU | None] = loop.create_future()
+        self._answer = answer
+        frame = _HEADER.pack(self._tid, 0, len(pdu) + 1, unit) + pdu
+        transport.write(self._trace_packet(True, frame))
+        timer = loop.call_later(timeout, _expire, answer)
+        try:
+            result = await answer
+        except (NoAnswer, Garbled):
+            self._no_response()
+            raise
+        finally:
+            timer.cancel()
+            self._unit = -1
+        if result is not None:
+            self._silent = 0
+        return result
+
+    def _no_response(self) -> None:
+        self._silent += 1
+        if self._silent > self.max_no_responses + 1 and self._transport is not None:
+            self._transport.abort()
+            self._gone()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) > MAX_BUFFER:  # a flood: no answer is that long
+            self._buffer = b""
+            return
+        buffer = self._trace_packet(False, self._buffer)
+        answer = self._answer
+        if self._unit < 0 or answer is None or answer.done():
+            return  # between requests: a late answer, seen by the trace only
+        while len(buffer) >= _HEADER.size:
+            tid, protocol, length, unit = _HEADER.unpack_from(buffer)
+            end = 6 + length
+            if protocol or len(buffer) < end:
+                break  # no frame start (pymodbus waits here too), or the rest is on its way
+            frame, buffer = buffer[:end], buffer[end:]
+            if tid != self._tid or (self._unit and unit != self._unit):
+                continue  # not the answer to this request: the trace has noted why
+            try:
+                answer.set_result(parse_answer(unit, tid, frame[7:]))
+            except Garbled as exc:
+                answer.set_exception(exc)
+            break
+        self._buffer = buffer
+
+
+#: The most bytes kept while waiting for an answer (an MBAP frame is at most 260).
+MAX_BUFFER = 1024
+
+
+def _expire(answer: asyncio.Future[ModbusPDU | None]) -> None:
+    if not answer.done():
+        answer.set_exception(NoAnswer())
