@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 #: A reading's value as it is sent: JSON number, boolean or string.
 Value = bool | int | float | str
+
+#: Compact JSON, as every payload and record of the agent is written (made once: ``json.dumps``
+#: with arguments builds an encoder at every call).
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,13 @@ class Sample:
     @property
     def unsynced(self) -> bool:
         return self.mono is not None
+
+    @functools.cached_property
+    def values_json(self) -> bytes:
+        """The values as compact JSON, UTF-8: encoded once for the journal, the disk and the
+        wire (the encoding is most of what a sample costs on its way)."""
+        values = self.values if type(self.values) is dict else dict(self.values)
+        return COMPACT_JSON.encode(values).encode()
 
     def to_json(self) -> dict[str, object]:
         payload: dict[str, object] = {

@@ -35,7 +35,6 @@ naming the file and the fix.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -1088,7 +1087,7 @@ def _stored_values(row: StoredRow) -> tuple[object, ...]:
 
 def _row(sample: Sample) -> tuple[object, ...]:
     """A sample as the columns it is stored in, with its checksum."""
-    vals = json.dumps(sample.values, separators=(",", ":"), ensure_ascii=False).encode()
+    vals = sample.values_json
     device = sample.device.encode()
     boot = sample.boot.encode() if sample.boot is not None else None
     crc = row_crc(StoredRow(sample.id, device, sample.ts, vals, sample.mono, boot, None))

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model import Sample
+from ..model import COMPACT_JSON, Sample
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +213,11 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _encode(sample: Sample) -> bytes:
-    row = [sample.id, sample.device, sample.ts, dict(sample.values), sample.mono, sample.boot]
-    return json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode()
+    """``[id, device, ts, values, mono, boot]`` as compact JSON, around the sample's values
+    encoded once (``Sample.values_json``)."""
+    head = COMPACT_JSON.encode([sample.id, sample.device, sample.ts])[:-1]
+    tail = COMPACT_JSON.encode([sample.mono, sample.boot])[1:]
+    return head.encode() + b"," + sample.values_json + b"," + tail.encode()
 
 
 def _replay(lines: Iterable[bytes]) -> Recovered:

@@ -21,9 +21,10 @@ caller's decision.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
@@ -162,12 +163,12 @@ class RequestDecoder:
         values: dict[str, Value] = {}
         for run in self._runs:
             numbers = run.layout.unpack_from(swapped if run.swapped else wire)
-            for point, plain, number in zip(run.points, run.plain, numbers, strict=True):
-                if plain:
-                    values[point.name] = number
+            for name, finish, number in zip(run.names, run.finish, numbers, strict=True):
+                if finish is None:
+                    values[name] = number
                     continue
                 try:
-                    values[point.name] = _finished(point, number)
+                    values[name] = finish(number)
                 except NotAvailable:
                     continue
         values.update(self._point_by_point(self._others, raw, errors))
@@ -200,7 +201,9 @@ class _Run:
     swapped: bool  # from the registers with their bytes swapped
     layout: struct.Struct
     points: tuple[ModbusPoint, ...]
-    plain: tuple[bool, ...]  # per point: the number unpacked is the reading
+    names: tuple[str, ...]
+    #: Per point, what makes its reading of the number unpacked; None: the number is it.
+    finish: tuple[Callable[[int | float], Value] | None, ...]
 
     @classmethod
     def of(cls, points: Sequence[ModbusPoint], address: int) -> _Run:
@@ -209,8 +212,9 @@ class _Run:
         for point in points:
             layout += "x" * (2 * (point.address - at)) + _FORMATS[point.type][1]
             at = _end(point)
-        plain = tuple(_plain(p) for p in points)
-        return cls(swapped, struct.Struct(layout), tuple(points), plain)
+        names = tuple(p.name for p in points)
+        finish = tuple(_finisher(p) for p in points)
+        return cls(swapped, struct.Struct(layout), tuple(points), names, finish)
 
 
 def _packable(point: ModbusPoint) -> bool:
@@ -229,15 +233,21 @@ def _end(point: ModbusPoint) -> int:
     return point.address + point.count
 
 
-def _plain(point: ModbusPoint) -> bool:
-    """Whether a number unpacked for ``point`` is its reading as it is."""
-    return (
-        point.type not in _FLOAT_TYPES
-        and not point.not_available
+def _finisher(point: ModbusPoint) -> Callable[[int | float], Value] | None:
+    """What makes the reading of a number unpacked for ``point``: None when it is the number
+    (an integer, unscaled), the float32's shortest digits for an unscaled float32, else all
+    that ``decode`` does after unpacking."""
+    unscaled = (
+        not point.not_available
         and point.scale_exponent is None
         and point.scale == 1
         and point.offset == 0
     )
+    if unscaled and point.type not in _FLOAT_TYPES:
+        return None
+    if unscaled and point.type == "float32":
+        return _shortest_float32
+    return functools.partial(_finished, point)
 
 
 def _finished(point: ModbusPoint, number: int | float) -> Value:

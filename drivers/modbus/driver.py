@@ -72,10 +72,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO, TypeVar
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import (
     ConnectionException,
     ModbusException,
@@ -83,6 +81,9 @@ from pymodbus.exceptions import (
 )
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
+
+if TYPE_CHECKING:
+    from pymodbus.client.base import ModbusBaseClient
 
 from agent.api import (
     BusConfig,
@@ -97,7 +98,6 @@ from agent.api import (
     Simulation,
     Value,
 )
-from agent.api.serial import LineSettingsProblem
 
 from . import schema
 from .codec import apply_exponents
@@ -312,7 +312,6 @@ class ModbusDriver:
     ) -> None:
         self.bus = bus
         self.context = context or DriverContext()
-        self._settings_problem = LineSettingsProblem(bus)
         self.tolerate_silence = tolerate_silence
         self._client: ModbusBaseClient | MbapClient | None = None
         self._plans: dict[str, DevicePlan] = {}
@@ -362,7 +361,9 @@ class ModbusDriver:
             connected = await _guarded(client.connect())
         except termios.error as exc:  # the port refuses a line setting (7 data bits on a pty)
             client.close()
-            raise BusError(self._settings_problem(exc)) from exc
+            from agent.api.serial import LineSettingsProblem
+
+            raise BusError(LineSettingsProblem(self.bus)(exc)) from exc
         except (OSError, ModbusException) as exc:
             client.close()
             raise BusError(self._cannot_connect(str(exc))) from exc
@@ -705,7 +706,12 @@ class ModbusDriver:
     # --- the connection ------------------------------------------------------------------------
 
     def _new_client(self) -> ModbusBaseClient:
-        """pymodbus's client for an RTU bus (on a serial port, or RTU frames over TCP)."""
+        """pymodbus's client for an RTU bus (on a serial port, or RTU frames over TCP).
+
+        Imported here: pymodbus's clients bring pyserial, a megabyte that a gateway with only
+        Modbus TCP buses does without."""
+        from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+
         bus = self.bus
         common: dict[str, Any] = {
             "name": f"bus {bus.name}",

@@ -8,9 +8,20 @@ import random
 import zlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from agent.model import Sample
-from agent.uplink.wire import MAX_PAYLOAD, ZLIB_CONTENT_TYPE, TelemetryEncoder, decode_telemetry
+from agent.model import Sample, Value
+from agent.store.journal import _encode as journal_record
+from agent.uplink import wire
+from agent.uplink.wire import (
+    MAX_PAYLOAD,
+    ZLIB_CONTENT_TYPE,
+    TelemetryEncoder,
+    decode_telemetry,
+    sample_json_bytes,
+    to_json_bytes,
+)
 
 ENCODINGS = ["none", "zlib"]
 
@@ -94,11 +105,11 @@ def test_each_sample_is_encoded_once_and_compression_work_stays_bounded(
         for i in range(1, 401)
     ]
     encoded = [0]
-    to_json = Sample.to_json
+    encode = wire.sample_json_bytes
 
-    def counted_to_json(sample: Sample) -> dict[str, object]:
+    def counted_encode(sample: Sample) -> bytes:
         encoded[0] += 1
-        return to_json(sample)
+        return encode(sample)
 
     compressed = [0]
     compress = zlib.compress
@@ -107,7 +118,7 @@ def test_each_sample_is_encoded_once_and_compression_work_stays_bounded(
         compressed[0] += len(data)
         return compress(data, level)
 
-    monkeypatch.setattr(Sample, "to_json", counted_to_json)
+    monkeypatch.setattr(wire, "sample_json_bytes", counted_encode)
     monkeypatch.setattr(zlib, "compress", counted_compress)
     messages = TelemetryEncoder("gw01", "zlib").messages(batch, limit=2_000)
     plain = sum(len(zlib.decompress(m.payload)) for m in messages)
@@ -156,3 +167,40 @@ def test_the_default_limit_is_the_agents_own(compression: str) -> None:
 def test_an_unknown_compression_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown compression"):
         TelemetryEncoder("gw01", "brotli")
+
+
+# --- a sample's values encoded once ----------------------------------------------------------
+
+VALUE = (
+    st.booleans()
+    | st.integers(-(2**63), 2**64)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+
+
+@given(
+    sample_id=st.integers(1, 2**53),
+    device=st.text(min_size=1),
+    ts=st.integers(-(2**40), 2**45),
+    values=st.dictionaries(st.text(), VALUE, max_size=8),
+    mono=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+    boot=st.none() | st.text(),
+)
+def test_the_values_encoded_once_give_the_bytes_of_a_whole_encoding(
+    sample_id: int,
+    device: str,
+    ts: int,
+    values: dict[str, Value],
+    mono: float | None,
+    boot: str | None,
+) -> None:
+    """The wire's sample and the journal's record, built around ``Sample.values_json``, are
+    byte for byte what encoding each whole would give."""
+    sample = Sample(sample_id, device, ts, values, mono=mono, boot=boot)
+    assert sample_json_bytes(sample) == to_json_bytes(sample.to_json())
+    row = [sample_id, device, ts, values, mono, boot]
+    assert (
+        journal_record(sample)
+        == json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode()
+    )
