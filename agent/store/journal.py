@@ -215,9 +215,12 @@ def _write_all(fd: int, data: bytes) -> None:
 def _encode(sample: Sample) -> bytes:
     """``[id, device, ts, values, mono, boot]`` as compact JSON, around the sample's values
     encoded once (``Sample.values_json``)."""
-    head = COMPACT_JSON.encode([sample.id, sample.device, sample.ts])[:-1]
-    tail = COMPACT_JSON.encode([sample.mono, sample.boot])[1:]
-    return head.encode() + b"," + sample.values_json + b"," + tail.encode()
+    device = COMPACT_JSON.encode(sample.device).encode()
+    head = b"[%d,%s,%d," % (sample.id, device, sample.ts)
+    if sample.mono is None and sample.boot is None:
+        return head + sample.values_json + b",null,null]"
+    tail = COMPACT_JSON.encode([sample.mono, sample.boot])[1:].encode()
+    return head + sample.values_json + b"," + tail
 
 
 def _replay(lines: Iterable[bytes]) -> Recovered:

@@ -29,9 +29,9 @@ def to_json_bytes(payload: Any) -> bytes:
 
 def sample_json_bytes(sample: Sample) -> bytes:
     """``to_json_bytes(sample.to_json())``, around the sample's values encoded once."""
-    head = COMPACT_JSON.encode({"id": sample.id, "device": sample.device, "ts": sample.ts})
-    tail = b',"clock":"unsynced"}' if sample.unsynced else b"}"
-    return head[:-1].encode() + b',"values":' + sample.values_json + tail
+    device = COMPACT_JSON.encode(sample.device).encode()
+    head = b'{"id":%d,"device":%s,"ts":%d,"values":' % (sample.id, device, sample.ts)
+    return head + sample.values_json + (b',"clock":"unsynced"}' if sample.unsynced else b"}")
 
 
 @dataclass(frozen=True, slots=True)

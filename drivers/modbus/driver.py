@@ -666,7 +666,8 @@ class ModbusDriver:
         """One transaction, after ``request_gap`` of silence, watched by the trace hook; None
         when the link dropped during it. ``guard``: a pymodbus call, run as ``_guarded`` says."""
         async with self._lock:
-            await self._pace()
+            if self.bus.request_gap > 0:
+                await self._pace()
             exchange = self._exchange = _Exchange(device, rtu=self.bus.type != "modbus-tcp")
             try:
                 return await (_guarded(send(), self._down) if guard else send())

@@ -136,6 +136,10 @@ class MbapClient(asyncio.Protocol):
         self._unit = -1  # of the request under way; -1: none
         self._answer: asyncio.Future[ModbusPDU | None] | None = None
         self._silent = 0  # requests in a row that got no answer
+        #: When the request under way times out (loop time), and the one timer that watches
+        #: it: re-armed only when it fires early, not set and cancelled for every request.
+        self._deadline = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @property
     def connected(self) -> bool:
@@ -156,6 +160,9 @@ class MbapClient(asyncio.Protocol):
 
     def close(self) -> None:
         """Close the connection; a request under way ends as if it had dropped."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
@@ -187,18 +194,34 @@ class MbapClient(asyncio.Protocol):
         self._answer = answer
         frame = _HEADER.pack(self._tid, 0, len(pdu) + 1, unit) + pdu
         transport.write(self._trace_packet(True, frame))
-        timer = loop.call_later(timeout, _expire, answer)
+        self._deadline = loop.time() + timeout
+        if self._watchdog is not None and self._watchdog.when() > self._deadline:
+            self._watchdog.cancel()  # set for a longer timeout than this request's
+            self._watchdog = None
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self._deadline, self._watch)
         try:
             result = await answer
         except (NoAnswer, Garbled):
             self._no_response()
             raise
         finally:
-            timer.cancel()
             self._unit = -1
         if result is not None:
             self._silent = 0
         return result
+
+    def _watch(self) -> None:
+        """The watchdog: ends the request under way if it is due, else waits for its deadline."""
+        self._watchdog = None
+        answer = self._answer
+        if answer is None or answer.done():
+            return  # nothing under way: the next request arms it again
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._deadline:
+            answer.set_exception(NoAnswer())
+        else:
+            self._watchdog = loop.call_at(self._deadline, self._watch)
 
     def _no_response(self) -> None:
         self._silent += 1
@@ -233,8 +256,3 @@ class MbapClient(asyncio.Protocol):
 
 #: The most bytes kept while waiting for an answer (an MBAP frame is at most 260).
 MAX_BUFFER = 1024
-
-
-def _expire(answer: asyncio.Future[ModbusPDU | None]) -> None:
-    if not answer.done():
-        answer.set_exception(NoAnswer())

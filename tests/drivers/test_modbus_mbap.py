@@ -280,3 +280,25 @@ def test_a_flood_is_no_answer_and_does_not_cost_the_next_request() -> None:
             assert list(got.registers) == [7]
 
     run(body(), timeout=10)
+
+
+def test_each_request_has_its_own_timeout_however_the_one_before_ended() -> None:
+    """One timer watches the requests: a request answered at once leaves it set for its own
+    (long) timeout; the next, unanswered, must still end at its own, shorter one (the bound is
+    generous: it tells 0.05 s from the 5 s that was left of the timer)."""
+    answers = [True]
+
+    def answer(frame: bytes) -> bytes:
+        return answering(frame) if answers and answers.pop() else b""
+
+    async def body() -> None:
+        async with server(answer) as port, client(port) as (modbus, _):
+            loop = asyncio.get_running_loop()
+            assert await modbus.transact(1, read_request(3, 0, 1), 5.0) is not None
+            for timeout in (0.05, 0.2, 0.05):
+                started = loop.time()
+                with pytest.raises(NoAnswer):
+                    await modbus.transact(1, read_request(3, 0, 1), timeout)
+                assert timeout <= loop.time() - started < 2.5
+
+    run(body(), timeout=10)
