@@ -215,6 +215,9 @@ def _write_all(fd: int, data: bytes) -> None:
 def _encode(sample: Sample) -> bytes:
     """``[id, device, ts, values, mono, boot]`` as compact JSON, around the sample's values
     encoded once (``Sample.values_json``)."""
+    if type(sample.id) is not int or type(sample.ts) is not int:  # not what %d writes
+        row = [sample.id, sample.device, sample.ts, dict(sample.values), sample.mono, sample.boot]
+        return COMPACT_JSON.encode(row).encode()
     device = COMPACT_JSON.encode(sample.device).encode()
     head = b"[%d,%s,%d," % (sample.id, device, sample.ts)
     if sample.mono is None and sample.boot is None:

@@ -29,6 +29,8 @@ def to_json_bytes(payload: Any) -> bytes:
 
 def sample_json_bytes(sample: Sample) -> bytes:
     """``to_json_bytes(sample.to_json())``, around the sample's values encoded once."""
+    if type(sample.id) is not int or type(sample.ts) is not int:  # not what %d writes
+        return to_json_bytes(sample.to_json())
     device = COMPACT_JSON.encode(sample.device).encode()
     head = b'{"id":%d,"device":%s,"ts":%d,"values":' % (sample.id, device, sample.ts)
     return head + sample.values_json + (b',"clock":"unsynced"}' if sample.unsynced else b"}")

@@ -625,16 +625,17 @@ class ModbusDriver:
         doing = "writing" if isinstance(request, Write) else "reading"
         try:
             response = await self._send(client, device, request)
-        except Garbled as exc:
-            raise _NoResponse(where, f"the answer makes no sense: {exc}", "garbled") from exc
         except ConnectionException as exc:
             raise BusError(self._lost(f"{exc}")) from exc
-        except (ModbusIOException, NoAnswer) as exc:
+        except (ModbusIOException, NoAnswer, Garbled) as exc:
             # pymodbus does not fail a pending request when the connection drops: the request
             # times out, and only then do we see the connection is gone; either client closes
-            # the connection itself after too many unanswered requests (a half-open link).
+            # the connection itself after too many requests in a row without an answer it
+            # could take (a half-open link).
             if not client.connected:
                 raise BusError(self._lost(f"no response while {doing} {what}")) from exc
+            if isinstance(exc, Garbled):
+                raise _NoResponse(where, f"the answer makes no sense: {exc}", "garbled") from exc
             raise self._no_answer(where) from exc
         except ModbusException as exc:
             raise _RequestFailed(where, f"{exc}") from exc

@@ -90,8 +90,9 @@ def inspect_rtu(buffer: bytes, unit: int) -> tuple[str, str]:
 
 
 def inspect_mbap(buffer: bytes, unit: int, tid: int) -> tuple[str, str]:
-    """What is wrong with a Modbus TCP answer buffer: (category, cause), or ("", "")."""
-    if len(buffer) >= 2 and (got := int.from_bytes(buffer[:2], "big")) != tid:
+    """What is wrong with a Modbus TCP answer buffer: (category, cause), or ("", ""). An answer
+    carrying transaction id 0 is taken for any request (as pymodbus takes it)."""
+    if len(buffer) >= 2 and (got := int.from_bytes(buffer[:2], "big")) not in (tid, 0):
         return "out_of_step", f"an answer carried transaction id {got} instead of {tid} (not taken)"
     if len(buffer) < 8 or len(buffer) < 6 + int.from_bytes(buffer[4:6], "big"):
         return "garbled", f"truncated answer ({len(buffer)} bytes)"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pymodbus.pdu import ModbusPDU
 
@@ -75,32 +76,38 @@ def _check(what: str, value: int, low: int, high: int) -> None:
 
 def parse_answer(unit: int, tid: int, pdu: bytes) -> ModbusPDU:
     """The answer ``pdu`` (function code first) as pymodbus's own responses carry it: registers
-    or bits of a read, address and value or count of a write, the code of an exception."""
+    or bits of a read, address and value or count of a write, the code of an exception.
+
+    As lenient as pymodbus's decoders, which devices in the field were read with: bytes past
+    what the answer needs are ignored, a read of bits ignores its byte count, a read of
+    registers takes ``byte count // 2`` of them, a coil's echo is on for any value but 0; the
+    driver checks the count it asked for. ``Garbled`` where pymodbus could not decode either.
+    """
     if not pdu:
         raise Garbled("an empty answer")
     function = pdu[0]
     answer = ModbusPDU(dev_id=unit, transaction_id=tid)
     answer.function_code = function
     if function & 0x80:
-        if len(pdu) != 2:
-            raise Garbled(f"an exception answer of {len(pdu)} bytes")
+        if len(pdu) < 2:
+            raise Garbled("an exception answer without its code")
         answer.exception_code = pdu[1]
         return answer
-    if function in READS:
-        if len(pdu) < 2 or len(pdu) != 2 + pdu[1] or (function > 2 and pdu[1] % 2):
+    if function in (1, 2):
+        answer.bits = [bool(byte >> bit & 1) for byte in pdu[2:] for bit in range(8)]
+        return answer
+    if function in (3, 4):
+        if len(pdu) < 2 or pdu[1] >= len(pdu) - 1:
             raise Garbled(f"an answer to function {function} of {len(pdu)} bytes")
-        data = pdu[2:]
-        if function > 2:
-            answer.registers = list(struct.unpack(f">{len(data) // 2}H", data))
-        else:
-            answer.bits = [bool(byte >> bit & 1) for byte in data for bit in range(8)]
+        count = pdu[1] // 2
+        answer.registers = list(struct.unpack_from(f">{count}H", pdu, 2))
         return answer
     if function in (WRITE_COIL, WRITE_REGISTER, WRITE_COILS, WRITE_REGISTERS):
-        if len(pdu) != 5:
+        if len(pdu) < 5:
             raise Garbled(f"an answer to function {function} of {len(pdu)} bytes")
         answer.address, value = struct.unpack_from(">HH", pdu, 1)
         if function == WRITE_COIL:
-            answer.bits = [value == _ON]
+            answer.bits = [bool(value)]
         elif function == WRITE_REGISTER:
             answer.registers = [value]
         else:
@@ -146,9 +153,27 @@ class MbapClient(asyncio.Protocol):
         return self._transport is not None
 
     async def connect(self, host: str, port: int, timeout: float) -> None:
-        """Open the connection; OSError or asyncio.TimeoutError when it cannot be in time."""
+        """Open the connection; OSError (TimeoutError after ``timeout``) when it cannot be.
+
+        Not ``asyncio.wait_for``: before Python 3.12 it can swallow a cancellation that comes
+        as the connection is made."""
         loop = asyncio.get_running_loop()
-        await asyncio.wait_for(loop.create_connection(lambda: self, host, port), timeout)
+        connecting = asyncio.ensure_future(loop.create_connection(lambda: self, host, port))
+        connecting.add_done_callback(_seen)
+        try:
+            done, _ = await asyncio.wait({connecting}, timeout=timeout)
+        except asyncio.CancelledError:
+            await self._abandon(connecting)
+            raise
+        if not done:
+            await self._abandon(connecting)
+            raise TimeoutError(f"no connection within {timeout:g} s")
+        connecting.result()  # its OSError, if it failed
+
+    async def _abandon(self, connecting: asyncio.Future[Any]) -> None:
+        connecting.cancel()
+        await asyncio.wait({connecting})
+        self.close()  # if it was made all the same
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -241,10 +266,14 @@ class MbapClient(asyncio.Protocol):
         while len(buffer) >= _HEADER.size:
             tid, protocol, length, unit = _HEADER.unpack_from(buffer)
             end = 6 + length
+            if end == 8 and len(buffer) == 9:
+                end = 9  # an exception whose length leaves out its code: pymodbus takes it
             if protocol or len(buffer) < end:
                 break  # no frame start (pymodbus waits here too), or the rest is on its way
             frame, buffer = buffer[:end], buffer[end:]
-            if tid != self._tid or (self._unit and unit != self._unit):
+            # Transaction id 0 is taken as the answer to any request, as pymodbus takes it:
+            # some gateways and meters answer every request with it.
+            if (tid and tid != self._tid) or (self._unit and unit != self._unit):
                 continue  # not the answer to this request: the trace has noted why
             try:
                 answer.set_result(parse_answer(unit, tid, frame[7:]))
@@ -256,3 +285,9 @@ class MbapClient(asyncio.Protocol):
 
 #: The most bytes kept while waiting for an answer (an MBAP frame is at most 260).
 MAX_BUFFER = 1024
+
+
+def _seen(task: asyncio.Future[Any]) -> None:
+    """Mark an abandoned connect's exception as seen, so that asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()

@@ -180,9 +180,9 @@ VALUE = (
 
 
 @given(
-    sample_id=st.integers(1, 2**53),
+    sample_id=st.integers(1, 2**53) | st.booleans(),
     device=st.text(min_size=1),
-    ts=st.integers(-(2**40), 2**45),
+    ts=st.integers(-(2**40), 2**45) | st.floats(allow_nan=False, allow_infinity=False),
     values=st.dictionaries(st.text(), VALUE, max_size=8),
     mono=st.none() | st.floats(allow_nan=False, allow_infinity=False),
     boot=st.none() | st.text(),
@@ -190,14 +190,14 @@ VALUE = (
 def test_the_values_encoded_once_give_the_bytes_of_a_whole_encoding(
     sample_id: int,
     device: str,
-    ts: int,
+    ts: int | float,
     values: dict[str, Value],
     mono: float | None,
     boot: str | None,
 ) -> None:
     """The wire's sample and the journal's record, built around ``Sample.values_json``, are
     byte for byte what encoding each whole would give."""
-    sample = Sample(sample_id, device, ts, values, mono=mono, boot=boot)
+    sample = Sample(sample_id, device, ts, values, mono=mono, boot=boot)  # type: ignore[arg-type]
     assert sample_json_bytes(sample) == to_json_bytes(sample.to_json())
     row = [sample_id, device, ts, values, mono, boot]
     assert (

@@ -32,7 +32,9 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterResponse,
 )
 
+from agent.api import BusConfig, BusError, DeviceConfig, DeviceError
 from agent.testkit import run
+from drivers.modbus import ModbusDriver
 from drivers.modbus.mbap import (
     Garbled,
     MbapClient,
@@ -41,6 +43,7 @@ from drivers.modbus.mbap import (
     read_request,
     write_request,
 )
+from drivers.modbus.schema import ModbusPoint
 
 FRAMER = FramerSocket(DecodePDU(False))
 
@@ -140,16 +143,39 @@ def test_a_function_never_asked_for_is_left_to_the_caller() -> None:
         b"",
         b"\x03",
         b"\x03\x04\x00\x01",  # 4 bytes announced, 2 there
-        b"\x03\x03\x00\x01\x02",  # an odd number of bytes for registers
-        b"\x01\x01",  # no byte for the bit
         b"\x83",  # an exception without its code
-        b"\x83\x02\x00",
         b"\x06\x00\x01\x00",  # a write's echo cut short
     ],
 )
 def test_an_answer_that_makes_no_sense_is_garbled(pdu: bytes) -> None:
     with pytest.raises(Garbled):
         parse_answer(1, 1, pdu)
+    assert DecodePDU(False).decode(pdu) is None  # pymodbus could not decode it either
+
+
+@pytest.mark.parametrize(
+    "pdu",
+    [
+        b"\x03\x02\x00\x07\xff\xff",  # padded past its byte count
+        b"\x03\x03\x00\x01\x02",  # an odd byte count
+        b"\x04\x04\x00\x01\x00\x02",
+        b"\x01\x05\x01",  # a byte count that is wrong: bits are read from what is there
+        b"\x02\x01\x03\x00",
+        b"\x05\x00\x01\x00\x01",  # a coil's echo that is neither FF00 nor 0
+        b"\x06\x00\x01\x12\x34\x00",
+        b"\x0f\x00\x01\x00\x08",
+        b"\x10\x00\x01\x00\x02\x00",
+        b"\x83\x02\x00",  # an exception with a byte more
+    ],
+)
+def test_answers_are_taken_as_leniently_as_pymodbus_takes_them(pdu: bytes) -> None:
+    """Devices in the field were read with pymodbus's decoders: what they took is taken."""
+    theirs = DecodePDU(False).decode(pdu)
+    assert theirs is not None
+    ours = parse_answer(1, 1, pdu)
+    fields = ("function_code", "exception_code", "address", "count")
+    assert [getattr(ours, f) for f in fields] == [getattr(theirs, f) for f in fields]
+    assert (list(ours.registers), list(ours.bits)) == (list(theirs.registers), list(theirs.bits))
 
 
 # --- the connection ------------------------------------------------------------------------
@@ -300,5 +326,97 @@ def test_each_request_has_its_own_timeout_however_the_one_before_ended() -> None
                 with pytest.raises(NoAnswer):
                     await modbus.transact(1, read_request(3, 0, 1), timeout)
                 assert timeout <= loop.time() - started < 2.5
+
+    run(body(), timeout=10)
+
+
+def test_an_answer_with_transaction_id_0_is_taken_as_pymodbus_takes_it() -> None:
+    """Some gateways and meters answer every request with transaction id 0."""
+
+    async def body() -> None:
+        async with (
+            server(lambda frame: answering(frame, tid=0)) as port,
+            client(port) as (
+                modbus,
+                _,
+            ),
+        ):
+            for _ in range(3):
+                got = await modbus.transact(1, read_request(3, 0, 1), 1.0)
+                assert got is not None
+                assert list(got.registers) == [7]
+
+    run(body(), timeout=10)
+
+
+def test_an_exception_whose_length_leaves_out_its_code_is_taken() -> None:
+    """pymodbus's quirk, kept: an MBAP length of 2 (unit, function) with the code after it."""
+
+    def answer(frame: bytes) -> bytes:
+        return frame[:4] + b"\x00\x02" + frame[6:7] + b"\x83\x02"
+
+    async def body() -> None:
+        async with server(answer) as port, client(port) as (modbus, _):
+            got = await modbus.transact(1, read_request(3, 0, 1), 1.0)
+            assert got is not None
+            assert (got.function_code, got.exception_code) == (0x83, 2)
+
+    run(body(), timeout=10)
+
+
+def test_answers_that_make_no_sense_count_as_no_answer_for_the_connection() -> None:
+    """As with pymodbus (which dropped them and let the request time out): a unit answering
+    only nonsense looks like a half-open link after five requests in a row."""
+
+    def answer(frame: bytes) -> bytes:
+        return frame[:4] + b"\x00\x04" + frame[6:7] + b"\x03\x09\x00"
+
+    async def body() -> None:
+        async with server(answer) as port, client(port) as (modbus, lost):
+            for _ in range(4):
+                with pytest.raises(Garbled):
+                    await modbus.transact(1, read_request(3, 0, 1), 1.0)
+                assert modbus.connected
+            with pytest.raises(Garbled):
+                await modbus.transact(1, read_request(3, 0, 1), 1.0)
+            assert (modbus.connected, lost) == (False, [False])
+
+    run(body(), timeout=10)
+
+
+def test_a_connect_cancelled_is_cancelled_and_leaves_nothing_open() -> None:
+    async def body() -> None:
+        async with server(answering) as port:
+            lost: list[bool] = []
+            modbus = MbapClient(lambda sending, data: data, lost.append)
+            connecting = asyncio.ensure_future(modbus.connect("127.0.0.1", port, 5.0))
+            await asyncio.sleep(0)
+            connecting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+            assert not modbus.connected
+
+    run(body(), timeout=10)
+
+
+def test_the_driver_reads_a_unit_answering_only_nonsense_as_it_read_a_dead_one() -> None:
+    """Four polls fail (garbled), the fifth finds the connection closed for silence: BusError,
+    worded as for a unit that does not answer at all."""
+
+    def answer(frame: bytes) -> bytes:
+        return frame[:4] + b"\x00\x04" + frame[6:7] + b"\x03\x09\x00"
+
+    async def body() -> None:
+        async with server(answer) as port:
+            bus = BusConfig("field", "modbus-tcp", host="127.0.0.1", port=port, timeout=1.0)
+            level = ModbusPoint("level", table="holding", address=0, type="uint16")
+            meter = DeviceConfig("meter", "field", "modbus", 1.0, unit=1, points=(level,))
+            async with ModbusDriver(bus) as driver:
+                for _ in range(4):
+                    with pytest.raises(DeviceError, match="the answer makes no sense"):
+                        await driver.read(meter)
+                with pytest.raises(BusError, match="lost: no response while reading device meter"):
+                    await driver.read(meter)
+            assert driver.counters["meter"] == {"garbled": 4, "bus": 1}
 
     run(body(), timeout=10)
