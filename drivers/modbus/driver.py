@@ -52,10 +52,11 @@ cannot be written to the point raises ``ValueError`` before anything is sent; an
 response or no usable answer raises ``DeviceError`` (after no answer the write may or may not
 have been made); a broken link ``BusError``.
 
-A TCP connection is closed after 4 unanswered requests in a row (pymodbus's rule, ``retries +
-3``, kept by ``MbapClient``: its way of detecting a half-open link): polls of a dead unit that
-nothing else on the connection answers in between give ``DeviceError`` four times, then
-``BusError``. A serial port is never closed for silence.
+A TCP connection is closed at the fifth request in a row without an answer it could take
+(pymodbus's rule, ``retries + 3``, kept by ``MbapClient``: its way of detecting a half-open
+link): polls of a dead unit, or of one that answers only nonsense, that nothing else on the
+connection answers in between give ``DeviceError`` four times, then ``BusError``. A serial port
+is never closed for silence.
 """
 
 from __future__ import annotations
