@@ -31,7 +31,8 @@ _TIME_ERROR = 5
 
 def kernel_clock_synced() -> bool:
     """adjtimex(2) without changing anything: False while the kernel has no synchronised
-    time source (or where it cannot be asked). Asked for every sample's id: one system call."""
+    time source (or where it cannot be asked). One system call: asked for a sample's id when
+    the id reservation on disk is not durable (ids then come from the clock)."""
     adjtimex = _adjtimex()
     if adjtimex is None:
         return False

@@ -10,7 +10,7 @@ CPU, ``write_bytes``. Each figure is the median over several measurement windows
 start-up time, over several starts).
 
 Run from the repository root:
-    python -m bench            # ~4-5 minutes
+    python -m bench            # ~5-6 minutes
     python -m bench --quick    # ~80 seconds
 """
 

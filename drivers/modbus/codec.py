@@ -75,13 +75,7 @@ def decode(point: ModbusPoint, raw: Sequence[int] | Sequence[bool]) -> Value:
     if point.type == "string":
         return _decode_string(point, registers)
     number: int | float = struct.unpack(_FORMATS[point.type], _to_bytes(registers, point.order))[0]
-    if point.not_available and _is_not_available(point, number):
-        raise NotAvailable(f"point {point.name}: the device says not available ({number})")
-    if point.type == "float32":
-        number = _shortest_float32(number)
-    if point.scale_exponent is not None:
-        return number  # raw: scale and offset apply after the exponent (apply_exponents)
-    return scaled(point, number)
+    return _finished(point, number)
 
 
 def _shortest_float32(number: float) -> float:
@@ -148,7 +142,7 @@ class RequestDecoder:
             run.append(point)
         if run:
             self._runs.append(_Run.of(run, address))
-        decoded = [p.name for r in self._runs for p in r.points] + [p.name for p in self._others]
+        decoded = [name for r in self._runs for name in r.names] + [p.name for p in self._others]
         #: whether the values come out in the points' order without a reordering
         self._in_order = decoded == [p.name for p in points]
         self._swapped = any(r.swapped for r in self._runs)
@@ -200,7 +194,6 @@ class _Run:
 
     swapped: bool  # from the registers with their bytes swapped
     layout: struct.Struct
-    points: tuple[ModbusPoint, ...]
     names: tuple[str, ...]
     #: Per point, what makes its reading of the number unpacked; None: the number is it.
     finish: tuple[Callable[[int | float], Value] | None, ...]
@@ -214,7 +207,7 @@ class _Run:
             at = _end(point)
         names = tuple(p.name for p in points)
         finish = tuple(_finisher(p) for p in points)
-        return cls(swapped, struct.Struct(layout), tuple(points), names, finish)
+        return cls(swapped, struct.Struct(layout), names, finish)
 
 
 def _packable(point: ModbusPoint) -> bool:
@@ -251,13 +244,14 @@ def _finisher(point: ModbusPoint) -> Callable[[int | float], Value] | None:
 
 
 def _finished(point: ModbusPoint, number: int | float) -> Value:
-    """The reading of a number unpacked for ``point``, as ``decode`` makes it."""
+    """The reading of a number unpacked for ``point``: NotAvailable for its sentinel, a float32
+    cut to its own digits, scaled (or left raw for its ``scale_exponent``)."""
     if point.not_available and _is_not_available(point, number):
         raise NotAvailable(f"point {point.name}: the device says not available ({number})")
     if point.type == "float32":
         number = _shortest_float32(number)
     if point.scale_exponent is not None:
-        return number
+        return number  # raw: scale and offset apply after the exponent (apply_exponents)
     return scaled(point, number)
 
 

@@ -345,7 +345,7 @@ class ModbusDriver:
         client = MbapClient(self._trace_packet, self._trace_connect, silence)
         try:
             await client.connect(self.bus.host, self.bus.port, self.bus.timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except OSError as exc:  # refused, unreachable, or TimeoutError
             client.close()
             raise BusError(self._why_not_connected()) from exc
         except BaseException:
@@ -499,7 +499,7 @@ class ModbusDriver:
                     start = point.address - request.address
                     raws[point.name] = tuple(int(r) for r in raw[start : start + point.count])
         plan.after_poll()
-        values = self._published(device, placed, layout, values, errors)
+        values = self._published(device, placed, layout, plan, values, errors)
         missing = (layout.missing if layout is not None else ()) + tuple(
             n for n in plan.lacking if not n.startswith(INTERNAL)
         )
@@ -515,6 +515,7 @@ class ModbusDriver:
         device: DeviceConfig,
         placed: DeviceConfig,
         layout: Layout | None,
+        plan: DevicePlan,
         values: dict[str, Value],
         errors: list[str],
     ) -> dict[str, Value]:
@@ -527,9 +528,8 @@ class ModbusDriver:
                 f"device {device.name} (unit {device.unit}): {moved}: its SunSpec map changed, "
                 "found again at the next poll",
             )
-        scaled_by_others = self.plan(placed).scaled_by_others
-        if scaled_by_others:
-            values = apply_exponents(scaled_by_others, values, errors)
+        if plan.scaled_by_others:
+            values = apply_exponents(plan.scaled_by_others, values, errors)
         if layout is not None:  # its scale factors and unset strings are left out
             values = readings(values, modbus_points(placed.points))
         return values

@@ -8,8 +8,8 @@ can swallow a cancellation). Here a request is one write, one future and one tim
 does that the driver relies on is kept: the ``trace_packet`` hook sees every frame sent and the
 whole receive buffer each time bytes arrive, and what it returns is what is read (the driver
 skips the tail of a late answer there); the receive buffer starts empty at each request; an
-answer carrying another transaction id or unit id is not taken; the connection is closed after
-``max_no_responses + 1`` requests in a row that got no answer (a half-open link).
+answer carrying another transaction id or unit id is not taken; the connection is closed at the
+request in a row without an answer that comes after ``max_no_responses`` (a half-open link).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ WRITE_COIL, WRITE_REGISTER, WRITE_COILS, WRITE_REGISTERS = 5, 6, 15, 16
 MAX_READ = {1: 2000, 2: 2000, 3: 125, 4: 125}
 MAX_WRITE_COILS, MAX_WRITE_REGISTERS = 1968, 123
 _ON = 0xFF00  # FC 5's value for a coil switched on
-#: Unanswered requests in a row a connection survives (pymodbus's retries + 3, retries 0).
-MAX_NO_RESPONSES = 3
+#: Requests in a row without an answer that a connection survives: the next one closes it
+#: (pymodbus's rule, retries + 3 with retries 0, which closes at the fifth).
+MAX_NO_RESPONSES = 4
 
 
 class Garbled(Exception):
@@ -185,9 +186,6 @@ class MbapClient(asyncio.Protocol):
 
     def close(self) -> None:
         """Close the connection; a request under way ends as if it had dropped."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
@@ -199,6 +197,9 @@ class MbapClient(asyncio.Protocol):
         self._trace_connect(False)
 
     def _end_request(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._answer is not None and not self._answer.done():
             self._answer.set_result(None)
 
@@ -250,7 +251,7 @@ class MbapClient(asyncio.Protocol):
 
     def _no_response(self) -> None:
         self._silent += 1
-        if self._silent > self.max_no_responses + 1 and self._transport is not None:
+        if self._silent > self.max_no_responses and self._transport is not None:
             self._transport.abort()
             self._gone()
 

@@ -36,6 +36,7 @@ from agent.api import BusConfig, BusError, DeviceConfig, DeviceError
 from agent.testkit import run
 from drivers.modbus import ModbusDriver
 from drivers.modbus.mbap import (
+    MAX_NO_RESPONSES,
     Garbled,
     MbapClient,
     NoAnswer,
@@ -209,7 +210,9 @@ def answering(frame: bytes, unit: int | None = None, tid: int | None = None) -> 
 
 
 @asynccontextmanager
-async def client(port: int, silence: int = 3) -> AsyncIterator[tuple[MbapClient, list[bool]]]:
+async def client(
+    port: int, silence: int = MAX_NO_RESPONSES
+) -> AsyncIterator[tuple[MbapClient, list[bool]]]:
     lost: list[bool] = []
     modbus = MbapClient(lambda sending, data: data, lost.append, silence)
     await modbus.connect("127.0.0.1", port, 1.0)
