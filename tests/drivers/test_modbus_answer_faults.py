@@ -28,7 +28,7 @@ from drivers.modbus.frames import skip_stale_bytes, skip_to_rtu_frame
 from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
-TIMEOUT = 0.2
+TIMEOUT = 0.5  # seconds: not cut fine, as a healthy slave must answer within it under load
 LEVEL = ModbusPoint("level", table="holding", address=0, type="uint16")
 GOOD, BAD = 1, 2
 KINDS: tuple[BusKind, ...] = ("tcp", "rtu-over-tcp", "rtu")
@@ -140,8 +140,8 @@ def test_the_tail_of_a_late_dripping_answer_does_not_cost_the_next_device(
 ) -> None:
     async def body() -> None:
         good, bad = slaves()
-        bad.drip = 0.05  # 7 to 11 bytes: 300-500 ms, past the timeout
-        good.slow = 0.12  # so that some of the tail comes before the good answer
+        bad.drip = TIMEOUT / 4  # 7 to 11 bytes: 1.5 to 2.5 timeouts
+        good.slow = TIMEOUT / 2.5  # so that some of the tail (a byte a quarter apart) comes first
         async with field_bus(kind, tmp_path, good, bad) as bus, ModbusDriver(bus) as driver:
             with pytest.raises(DeviceError, match="truncated answer"):
                 await driver.read(device(BAD))
