@@ -1,10 +1,11 @@
 """The public driver API: the only part of edge-agent a driver imports.
 
 ``agent.api`` holds the ``Driver`` protocol, the optional abilities (``Writes``, ``Describes``,
-``KeepsRaw``, ``CountsFaults``, ``Scans``, ``Simulates``, ``ShipsTemplates``, ``BuildsPoints``),
-the ``DriverContext`` a driver is built with, the configuration it sees (``BusConfig``,
-``DeviceConfig``, ``PointConfig``), what a poll returns (``Poll``, ``Value``), the errors it
-raises (``BusError``, ``DeviceError``) and the one scaling rule (``scaled``). Beside it:
+``KeepsRaw``, ``PollsAtOnce``, ``CountsFaults``, ``Scans``, ``Simulates``, ``ShipsTemplates``,
+``BuildsPoints``), the ``DriverContext`` a driver is built with, the configuration it sees
+(``BusConfig``, ``DeviceConfig``, ``PointConfig``), what a poll returns (``Poll``, ``Value``),
+the errors it raises (``BusError``, ``DeviceError``) and the one scaling rule (``scaled``).
+Beside it:
 ``agent.api.keys`` (converters for a driver's own configuration keys) and ``agent.api.serial``
 (a serial port read line by line through the event loop, for drivers of ``serial`` buses).
 
@@ -35,6 +36,7 @@ from .driver import (
     FramesLine,
     KeepsRaw,
     Keys,
+    PollsAtOnce,
     Scans,
     ServedSimulation,
     ShipsTemplates,
@@ -68,6 +70,7 @@ __all__ = [
     "Link",
     "PointConfig",
     "Poll",
+    "PollsAtOnce",
     "Scans",
     "ServedSimulation",
     "ShipsTemplates",

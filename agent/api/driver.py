@@ -2,7 +2,9 @@
 handed.
 
 A driver is built for one bus, as ``Driver(bus, context)``, and owns its connection. The
-scheduler calls it one transaction at a time, so a driver never has to lock.
+scheduler calls it one poll or write at a time, so a driver never has to lock — unless it says
+it takes polls of several devices at once (``PollsAtOnce``): then those come together, and
+never beside a write.
 
 A driver **must**:
 
@@ -106,6 +108,14 @@ class Describes(Protocol):
     notes about the plan as lines that start with one of ``PLAN_NOTES`` (``lacks …``)."""
 
     def describe(self, device: DeviceConfig) -> list[str]: ...
+
+
+@runtime_checkable
+class PollsAtOnce(Protocol):
+    """Takes polls of up to ``polls_at_once`` different devices at once (requests pipelined on
+    one connection): the scheduler polls together the devices that are due together."""
+
+    polls_at_once: int
 
 
 @runtime_checkable

@@ -1,4 +1,5 @@
-"""Polling: one owner task per bus, devices polled on their interval, one transaction at a time.
+"""Polling: one owner task per bus, devices polled on their interval, one transaction at a time
+(or, for a driver that takes them, the polls of the devices due together at once).
 
 Polls are aligned to the wall clock (a 10 s device reads at :00, :10, …) but waited for on the
 monotonic clock, so a clock step does not stall or burst the schedule. A poll that comes due while
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import registry
-from ..api import Driver, DriverContext, KeepsRaw, Writes
+from ..api import Driver, DriverContext, KeepsRaw, PollsAtOnce, Writes
 from ..backoff import Backoff
 from ..clock import Clock
 from ..config import BusConfig, DeviceConfig, PointConfig
@@ -71,6 +72,9 @@ BACKOFF_AFTER = 3
 MAX_DEVICE_BACKOFF = 300.0
 #: A driver call lasting this long (plus twice the longest interval) means a wedged poll loop.
 WEDGED_AFTER = 300.0
+#: Seconds: devices due within this of each other are due together (their slots, computed at
+#: different moments, differ by microseconds), polled at once where the driver takes that.
+TOGETHER = 0.001
 
 
 @dataclass(eq=False)  # one write is not another with the same fields: compared by identity
@@ -129,6 +133,7 @@ class BusPoller:
         #: Monotonic time the driver call under way (connecting or polling) began; None
         #: between calls. The watchdog judges a poll loop wedged by it.
         self.busy_since: float | None = None
+        self._calls = 0  # driver calls under way (several: polls at once)
         self.wedged_after = WEDGED_AFTER
         self._writes: collections.deque[_Write] = collections.deque()
         #: What the poll loop awaits between polls; a queued write resolves it early.
@@ -158,11 +163,15 @@ class BusPoller:
 
     @contextlib.contextmanager
     def _calling(self) -> Iterator[None]:
-        self.busy_since = self.clock.monotonic()
+        if not self._calls:
+            self.busy_since = self.clock.monotonic()
+        self._calls += 1
         try:
             yield
         finally:
-            self.busy_since = None
+            self._calls -= 1
+            if not self._calls:
+                self.busy_since = None
 
     async def run(self) -> None:
         """Poll until cancelled; writes queued and not made then are failed."""
@@ -199,17 +208,48 @@ class BusPoller:
                 await asyncio.sleep(backoff.next_delay())
 
     async def _poll(self, driver: Driver) -> None:
+        at_once = driver.polls_at_once if isinstance(driver, PollsAtOnce) else 1
         due: list[tuple[float, int, DeviceConfig]] = []
         for order, device in enumerate(self.devices):
             heapq.heappush(due, (self._next_due(device), order, device))
         while True:
-            when, order, device = heapq.heappop(due)
-            # Writes go ahead of polls: each waits only for the transaction under way.
+            batch = self._due_together(due, at_once)
+            when = batch[-1][0]  # the latest of them: none is polled before its slot
+            # Writes go ahead of polls: each waits only for the transactions under way.
             await self._run_writes(driver)
             while await self._sleep_until(when):
                 await self._run_writes(driver)
-            await self._poll_device(driver, device)
-            heapq.heappush(due, (self._next_due(device, after=when), order, device))
+            if len(batch) == 1:
+                await self._poll_device(driver, batch[0][2])
+            else:
+                await self._poll_together(driver, [device for _, _, device in batch])
+            for slot, order, device in batch:
+                heapq.heappush(due, (self._next_due(device, after=slot), order, device))
+
+    def _due_together(
+        self, due: list[tuple[float, int, DeviceConfig]], at_once: int
+    ) -> list[tuple[float, int, DeviceConfig]]:
+        """The next device due, and up to ``at_once`` - 1 more due by then (or already)."""
+        batch = [heapq.heappop(due)]
+        until = max(batch[0][0], self.clock.monotonic()) + TOGETHER
+        while due and len(batch) < at_once and due[0][0] <= until:
+            batch.append(heapq.heappop(due))
+        return batch
+
+    async def _poll_together(self, driver: Driver, devices: list[DeviceConfig]) -> None:
+        """Poll ``devices`` at once; the first error that is not a device's (a lost bus, a
+        driver's bug) stops the others and is raised, as one poll's would be."""
+        polls = [asyncio.ensure_future(self._poll_device(driver, device)) for device in devices]
+        try:
+            await asyncio.wait(polls, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for poll in polls:
+                poll.cancel()  # those still under way: after an error, or when we are cancelled
+            await asyncio.wait(polls)
+        # Each one's exception taken, so that asyncio does not log the others' as never seen.
+        errors = [e for poll in polls if not poll.cancelled() and (e := poll.exception())]
+        if errors:
+            raise errors[0]
 
     # --- writes
 

@@ -10,7 +10,9 @@ One ``ModbusDriver`` owns one bus, and every device on it is a unit id behind it
 A ``modbus-tcp`` bus is spoken by ``mbap.MbapClient``, a lean asyncio protocol (pymodbus's
 client cost more per request than the rest of a poll); the RTU buses by pymodbus, whose own
 retries and reconnects are switched off. The scheduler decides when to retry and reconnects by
-leaving and re-entering the driver. Transactions are paced: at least
+leaving and re-entering the driver. A ``modbus-tcp`` bus with ``pipeline = N`` takes the polls of
+up to N devices at once (``polls_at_once``): their requests go out together and each answer is
+matched by its transaction id. Otherwise transactions are paced: at least
 ``bus.request_gap`` of silence between the end of one transaction and the start of the next on the
 bus, whatever device they belong to (slow slaves need it to turn their line driver around).
 
@@ -34,7 +36,8 @@ length whose CRC does not match is ``crc``, a valid frame from another unit is `
 cannot decode — is ``garbled``. On ``modbus-tcp`` an answer carrying another transaction id is
 dropped too; when the answer to our request then never comes, the request is
 ``out_of_step``: a fault of that device (a stale answer, or a slave or gateway that mislabels its
-answers), not of the connection, whose receive buffer starts empty at every request.
+answers), not of the connection, whose receive buffer starts empty at every request (every
+batch, pipelined).
 
 What came back before the answer to the request under way (a late answer of another request, the
 tail of one that dripped in past its timeout) is skipped before the client reads the buffer:
@@ -69,7 +72,7 @@ import math
 import os
 import termios
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -222,11 +225,12 @@ class _Exchange:
         if fault:
             self.fault, self.cause = fault, cause
 
-    def answer_part(self, buffer: bytes) -> bytes:
-        """What of a receive buffer pymodbus should read: from the answer to this request on."""
+    def answer_part(self, buffer: bytes, in_flight: Collection[int] = ()) -> bytes:
+        """What of a receive buffer the client should read: from the answer to this request
+        on, or to any request ``in_flight`` (transaction ids, this one's among them)."""
         if self.rtu:
             return skip_to_rtu_frame(buffer, self.device.unit)
-        return skip_stale_bytes(buffer, self.tid)
+        return skip_stale_bytes(buffer, *(in_flight or (self.tid,)))
 
 
 class ModbusDriver:
@@ -289,6 +293,7 @@ class ModbusDriver:
             problems.append((f"bus.{bus.name}.port", f"is required for a {bus.type} bus"))
         if not bus.serial and not bus.host:
             problems.append((f"bus.{bus.name}.host", f"is required for a {bus.type} bus"))
+        problems += _pipeline_problems(bus)
         for device in devices:
             if device.unit > MAX_UNIT:
                 problems.append(
@@ -325,9 +330,15 @@ class ModbusDriver:
         )
         self._rings: dict[str, FrameRing] = {}
         self._sunspec_devices: dict[str, tuple[DeviceConfig, bool]] = {}
+        #: Polls of different devices the scheduler may have under way at once: requests
+        #: pipelined on a Modbus TCP connection (``pipeline``), else one at a time.
+        self.polls_at_once = schema.pipeline(bus) if bus.type == "modbus-tcp" else 1
+        #: The exchange whose request was sent last, and those under way by transaction id
+        #: (Modbus TCP): the trace hook files what it sees under them.
         self._exchange: _Exchange | None = None
+        self._in_flight: dict[int, _Exchange] = {}
         self._down: asyncio.Future[None] | None = None  # resolved when the link drops
-        self._lock = asyncio.Lock()
+        self._turns = asyncio.Semaphore(self.polls_at_once)
         self._last_end = -math.inf  # loop time the last transaction ended
 
     async def __aenter__(self) -> ModbusDriver:
@@ -342,7 +353,7 @@ class ModbusDriver:
 
     async def _connect_mbap(self) -> MbapClient:
         silence = 1 << 30 if self.tolerate_silence else MAX_NO_RESPONSES
-        client = MbapClient(self._trace_packet, self._trace_connect, silence)
+        client = MbapClient(self._trace_packet, self._trace_connect, silence, self.polls_at_once)
         try:
             await client.connect(self.bus.host, self.bus.port, self.bus.timeout)
         except OSError as exc:  # refused, unreachable, or TimeoutError
@@ -624,8 +635,9 @@ class ModbusDriver:
         client = self._connected_client()
         where = f"bus {self.bus.name}, {what}"
         doing = "writing" if isinstance(request, Write) else "reading"
+        exchange = _Exchange(device, rtu=self.bus.type != "modbus-tcp")
         try:
-            response = await self._send(client, device, request)
+            response = await self._send(client, exchange, request)
         except ConnectionException as exc:
             raise BusError(self._lost(f"{exc}")) from exc
         except (ModbusIOException, NoAnswer, Garbled) as exc:
@@ -637,7 +649,7 @@ class ModbusDriver:
                 raise BusError(self._lost(f"no response while {doing} {what}")) from exc
             if isinstance(exc, Garbled):
                 raise _NoResponse(where, f"the answer makes no sense: {exc}", "garbled") from exc
-            raise self._no_answer(where) from exc
+            raise self._no_answer(where, exchange) from exc
         except ModbusException as exc:
             raise _RequestFailed(where, f"{exc}") from exc
         except ValueError as exc:  # pymodbus refuses to encode e.g. more than 125 registers
@@ -652,29 +664,33 @@ class ModbusDriver:
         return _payload(where, request, response)
 
     async def _send(
-        self, client: ModbusBaseClient | MbapClient, device: DeviceConfig, request: Request | Write
+        self, client: ModbusBaseClient | MbapClient, exchange: _Exchange, request: Request | Write
     ) -> ModbusPDU | None:
         if isinstance(client, MbapClient):
-            send = _mbap_sender(client, device, request, self.bus.timeout)
-            return await self._transact(device, send)
-        return await self._transact(device, _sender(client, device, request), guard=True)
+            send = _mbap_sender(client, exchange.device, request, self.bus.timeout)
+            return await self._transact(exchange, send)
+        sender = _sender(client, exchange.device, request)
+        return await self._transact(exchange, sender, guard=True)
 
     async def _transact(
         self,
-        device: DeviceConfig,
+        exchange: _Exchange,
         send: Callable[[], Awaitable[ModbusPDU | None]],
         guard: bool = False,
     ) -> ModbusPDU | None:
         """One transaction, after ``request_gap`` of silence, watched by the trace hook; None
-        when the link dropped during it. ``guard``: a pymodbus call, run as ``_guarded`` says."""
-        async with self._lock:
+        when the link dropped during it. ``guard``: a pymodbus call, run as ``_guarded`` says.
+        Up to ``polls_at_once`` are under way at once (a pipeline has no request gap)."""
+        async with self._turns:
             if self.bus.request_gap > 0:
                 await self._pace()
-            exchange = self._exchange = _Exchange(device, rtu=self.bus.type != "modbus-tcp")
+            # The client traces the request before its first await: under this exchange.
+            self._exchange = exchange
             try:
                 return await (_guarded(send(), self._down) if guard else send())
             finally:
                 exchange.done = True
+                self._in_flight.pop(exchange.tid, None)
                 self._last_end = asyncio.get_running_loop().time()
 
     async def _pace(self) -> None:
@@ -684,10 +700,9 @@ class ModbusDriver:
             # asyncio may fire a timer up to its clock's resolution early.
             await asyncio.sleep(left + _CLOCK_RESOLUTION)
 
-    def _no_answer(self, where: str) -> _NoResponse:
-        """The error for a request that ended without an answer pymodbus would take."""
-        exchange = self._exchange
-        if exchange is None or not exchange.heard:
+    def _no_answer(self, where: str, exchange: _Exchange) -> _NoResponse:
+        """The error for a request that ended without an answer the client would take."""
+        if not exchange.heard:
             return _NoResponse(where, f"no response within {self.bus.timeout:g} s", "timeout")
         cause = exchange.cause or "an answer came but pymodbus could not decode it"
         return _NoResponse(where, cause, exchange.fault or "garbled")
@@ -739,7 +754,7 @@ class ModbusDriver:
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         """The client's hook for every frame sent and every receive buffer: keep and inspect."""
-        exchange = self._exchange
+        exchange = self._exchange if sending else self._receiver(data)
         if exchange is None:
             return data
         try:
@@ -751,12 +766,22 @@ class ModbusDriver:
             if not exchange.done:
                 if sending:
                     exchange.sent(data)
+                    if not exchange.rtu:
+                        self._in_flight[exchange.tid] = exchange
                 else:
                     exchange.received(data)
-                    return exchange.answer_part(data)
+                    return exchange.answer_part(data, self._in_flight)
         except Exception:  # an error here would break the client's receive path
             log.exception("bus %s: cannot inspect a frame", self.bus.name)
         return data
+
+    def _receiver(self, buffer: bytes) -> _Exchange | None:
+        """The exchange a receive buffer belongs to: the request under way whose transaction id
+        it starts with, else the oldest under way, else the last (a late answer)."""
+        if not self._in_flight:
+            return self._exchange
+        tid = int.from_bytes(buffer[:2], "big") if len(buffer) >= 2 else -1
+        return self._in_flight.get(tid) or next(iter(self._in_flight.values()))
 
     def _trace_connect(self, connected: bool) -> None:
         if not connected and self._down is not None and not self._down.done():
@@ -772,6 +797,7 @@ class ModbusDriver:
     def _close(self) -> None:
         client, self._client = self._client, None
         self._exchange = None
+        self._in_flight.clear()
         if self._down is not None and not self._down.done():
             self._down.cancel()
         self._down = None
@@ -880,6 +906,23 @@ def _reader(client: ModbusBaseClient, table: Table) -> _Call:
         "discrete": client.read_discrete_inputs,
     }
     return readers[table]
+
+
+def _pipeline_problems(bus: BusConfig) -> list[tuple[str, str]]:
+    if schema.pipeline(bus) == 1:
+        return []
+    where = f"bus.{bus.name}.pipeline"
+    if bus.type != "modbus-tcp":
+        return [
+            (
+                where,
+                f"needs Modbus TCP's transaction ids: a {bus.type} bus takes one request at a "
+                "time (remove it)",
+            )
+        ]
+    if bus.request_gap > 0:
+        return [(where, "keeps requests under way at once: request_gap cannot be kept with it")]
+    return []
 
 
 def _mbap_sender(

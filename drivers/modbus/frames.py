@@ -101,15 +101,16 @@ def inspect_mbap(buffer: bytes, unit: int, tid: int) -> tuple[str, str]:
     return "", ""
 
 
-def skip_stale_bytes(buffer: bytes, tid: int) -> bytes:
-    """A Modbus TCP receive buffer from the answer to transaction ``tid`` on, when other bytes
-    came first (the rest of a late answer to an earlier request): pymodbus reads frames only from
-    the start of its buffer, and would wait behind them until the request timed out."""
-    header = tid.to_bytes(2, "big") + b"\x00\x00"  # the transaction id, protocol 0
-    if buffer.startswith(header[: len(buffer)]):
+def skip_stale_bytes(buffer: bytes, *tids: int) -> bytes:
+    """A Modbus TCP receive buffer from the answer to one of the transactions ``tids`` (more
+    than one on a pipelined link) on, when other bytes came first (the rest of a late answer
+    to an earlier request): frames are read only from the start of the buffer, and would wait
+    behind them until the request timed out."""
+    headers = [tid.to_bytes(2, "big") + b"\x00\x00" for tid in tids]  # its id, protocol 0
+    if any(header.startswith(buffer[:4]) for header in headers):
         return buffer
-    start = buffer.find(header)
-    return buffer[start:] if start > 0 else buffer
+    starts = [start for header in headers if (start := buffer.find(header)) > 0]
+    return buffer[min(starts) :] if starts else buffer
 
 
 def skip_to_rtu_frame(buffer: bytes, unit: int) -> bytes:

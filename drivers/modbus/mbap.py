@@ -4,19 +4,22 @@ the PDUs of the functions the driver uses, on a lean ``asyncio.Protocol``.
 pymodbus's client costs more per request than the rest of a poll together (its transaction
 manager awaits each answer with ``wait_for``, its decoder formats every answer for a debug line
 that is never shown, and the driver had to run each call in a task of its own because pymodbus
-can swallow a cancellation). Here a request is one write, one future and one timer. What pymodbus
-does that the driver relies on is kept: the ``trace_packet`` hook sees every frame sent and the
-whole receive buffer each time bytes arrive, and what it returns is what is read (the driver
-skips the tail of a late answer there); the receive buffer starts empty at each request; an
-answer carrying another transaction id or unit id is not taken; the connection is closed at the
-request in a row without an answer that comes after ``max_no_responses`` (a half-open link).
+can swallow a cancellation). Here a request is one write (or a share of one, pipelined), one
+future, and no timer of its own. What pymodbus does that the driver relies on is kept: the
+``trace_packet`` hook sees every frame sent and the whole receive buffer each time bytes arrive,
+and what it returns is what is read (the driver skips the tail of a late answer there); the
+receive buffer starts empty at each request sent while none is under way; an answer carrying
+another transaction id or unit id is not taken; the connection is closed at the request in a row
+without an answer that comes after ``max_no_responses`` (a half-open link).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pymodbus.pdu import ModbusPDU
@@ -121,12 +124,29 @@ class NoAnswer(Exception):
     """No answer to the request was taken within the timeout."""
 
 
-class MbapClient(asyncio.Protocol):
-    """One Modbus TCP connection, one transaction at a time (the caller serialises them).
+@dataclass(slots=True)
+class _Pending:
+    """A request sent and not yet answered."""
 
-    ``trace_packet(sending, data)`` sees each frame sent and the whole receive buffer at each
-    arrival, and returns what of the buffer to read; ``trace_connect(False)`` is called once
-    when the connection is lost or closed for silence.
+    unit: int
+    answer: asyncio.Future[ModbusPDU | None]
+    sent: float  # loop time
+    deadline: float
+
+
+class MbapClient(asyncio.Protocol):
+    """One Modbus TCP connection, with up to ``window`` requests under way at once (the caller
+    keeps to it; 1, the default, is one transaction at a time).
+
+    With a window, the requests asked for in one turn of the event loop go out in one write,
+    and each answer is matched to its request by transaction id, whatever the order they come
+    back in: Modbus TCP allows it, for servers that take several requests at once (most PLCs and
+    gateways queue them; a server that cannot would answer one and drop the rest).
+
+    ``trace_packet(sending, data)`` sees each frame sent and the receive buffer at each arrival
+    (from each answer taken on, when several came in one read), and returns what of the buffer
+    to read; ``trace_connect(False)`` is called once when the connection is lost or closed for
+    silence.
     """
 
     def __init__(
@@ -134,19 +154,23 @@ class MbapClient(asyncio.Protocol):
         trace_packet: Callable[[bool, bytes], bytes],
         trace_connect: Callable[[bool], None],
         max_no_responses: int = MAX_NO_RESPONSES,
+        window: int = 1,
     ) -> None:
         self._trace_packet = trace_packet
         self._trace_connect = trace_connect
         self.max_no_responses = max_no_responses
+        self.window = window
+        self._max_buffer = MAX_BUFFER * window  # the answers under way may come in one read
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
         self._tid = 0
-        self._unit = -1  # of the request under way; -1: none
-        self._answer: asyncio.Future[ModbusPDU | None] | None = None
+        #: The requests under way by transaction id, oldest first.
+        self._pending: dict[int, _Pending] = {}
+        self._outgoing: list[bytes] = []  # frames of this loop turn, for one write
         self._silent = 0  # requests in a row that got no answer
-        #: When the request under way times out (loop time), and the one timer that watches
-        #: it: re-armed only when it fires early, not set and cancelled for every request.
-        self._deadline = 0.0
+        self._silent_at = -math.inf  # loop time the last of them was counted
+        #: The one timer that watches the requests' deadlines: re-armed only when it fires
+        #: early, not set and cancelled for every request.
         self._watchdog: asyncio.TimerHandle | None = None
 
     @property
@@ -185,23 +209,25 @@ class MbapClient(asyncio.Protocol):
             self._gone()
 
     def close(self) -> None:
-        """Close the connection; a request under way ends as if it had dropped."""
+        """Close the connection; the requests under way end as if it had dropped."""
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
-            self._end_request()
+            self._end_requests()
 
     def _gone(self) -> None:
         self._transport = None
-        self._end_request()
+        self._end_requests()
         self._trace_connect(False)
 
-    def _end_request(self) -> None:
+    def _end_requests(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        if self._answer is not None and not self._answer.done():
-            self._answer.set_result(None)
+        self._outgoing.clear()
+        for pending in self._pending.values():
+            if not pending.answer.done():
+                pending.answer.set_result(None)
 
     async def transact(self, unit: int, pdu: bytes, timeout: float) -> ModbusPDU | None:
         """Send ``pdu`` to ``unit``; its answer, or None when the connection went meanwhile.
@@ -213,78 +239,124 @@ class MbapClient(asyncio.Protocol):
         if transport is None:
             return None
         loop = asyncio.get_running_loop()
-        self._tid = self._tid % 65000 + 1
-        self._unit = unit
-        self._buffer = b""
+        if not self._pending:
+            self._buffer = b""  # what came between requests is no answer to this one
+        self._tid = tid = self._tid % 65000 + 1
         answer: asyncio.Future[ModbusPDU | None] = loop.create_future()
-        self._answer = answer
-        frame = _HEADER.pack(self._tid, 0, len(pdu) + 1, unit) + pdu
-        transport.write(self._trace_packet(True, frame))
-        self._deadline = loop.time() + timeout
-        if self._watchdog is not None and self._watchdog.when() > self._deadline:
-            self._watchdog.cancel()  # set for a longer timeout than this request's
-            self._watchdog = None
-        if self._watchdog is None:
-            self._watchdog = loop.call_at(self._deadline, self._watch)
+        now = loop.time()
+        pending = self._pending[tid] = _Pending(unit, answer, now, now + timeout)
+        self._send(transport, _HEADER.pack(tid, 0, len(pdu) + 1, unit) + pdu)
+        self._watch_until(pending.deadline)
         try:
             result = await answer
         except (NoAnswer, Garbled):
-            self._no_response()
+            self._no_response(pending)
             raise
         finally:
-            self._unit = -1
+            del self._pending[tid]
         if result is not None:
             self._silent = 0
         return result
 
-    def _watch(self) -> None:
-        """The watchdog: ends the request under way if it is due, else waits for its deadline."""
-        self._watchdog = None
-        answer = self._answer
-        if answer is None or answer.done():
-            return  # nothing under way: the next request arms it again
-        loop = asyncio.get_running_loop()
-        if loop.time() >= self._deadline:
-            answer.set_exception(NoAnswer())
-        else:
-            self._watchdog = loop.call_at(self._deadline, self._watch)
+    def _send(self, transport: asyncio.Transport, frame: bytes) -> None:
+        frame = self._trace_packet(True, frame)
+        if self.window == 1:
+            transport.write(frame)
+            return
+        self._outgoing.append(frame)
+        if len(self._outgoing) == 1:  # the first of this turn: the rest join it
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    def _no_response(self) -> None:
+    def _flush(self) -> None:
+        if self._transport is not None and self._outgoing:
+            self._transport.write(b"".join(self._outgoing))
+        self._outgoing.clear()
+
+    def _watch_until(self, deadline: float) -> None:
+        if self._watchdog is not None and self._watchdog.when() > deadline:
+            self._watchdog.cancel()  # set for a later deadline than this request's
+            self._watchdog = None
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_at(deadline, self._watch)
+
+    def _watch(self) -> None:
+        """The watchdog: ends the requests that are due, then waits for the next deadline."""
+        self._watchdog = None
+        now = asyncio.get_running_loop().time()
+        waiting = [p for p in self._pending.values() if not p.answer.done()]
+        for pending in waiting:
+            if now >= pending.deadline:
+                pending.answer.set_exception(NoAnswer())
+        later = [p.deadline for p in waiting if now < p.deadline]
+        if later:
+            self._watch_until(min(later))
+
+    def _no_response(self, request: _Pending) -> None:
+        """Count a request without an answer; close the connection at one too many in a row.
+        Requests under way together count once: a server that stalls for a moment leaves a
+        whole pipeline unanswered, which is one silence, not a half-open link."""
+        if request.sent < self._silent_at:
+            return  # sent before the last one counted ended: the same silence
         self._silent += 1
+        self._silent_at = asyncio.get_running_loop().time()
         if self._silent > self.max_no_responses and self._transport is not None:
             self._transport.abort()
             self._gone()
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        if len(self._buffer) > MAX_BUFFER:  # a flood: no answer is that long
+        if len(self._buffer) > self._max_buffer:  # a flood: no answers are that long
             self._buffer = b""
             return
         buffer = self._trace_packet(False, self._buffer)
-        answer = self._answer
-        if self._unit < 0 or answer is None or answer.done():
-            return  # between requests: a late answer, seen by the trace only
-        while len(buffer) >= _HEADER.size:
-            tid, protocol, length, unit = _HEADER.unpack_from(buffer)
-            end = 6 + length
-            if end == 8 and len(buffer) == 9:
-                end = 9  # an exception whose length leaves out its code: pymodbus takes it
-            if protocol or len(buffer) < end:
+        while self._waiting():
+            frame, buffer = _next_frame(buffer)
+            if not frame:
                 break  # no frame start (pymodbus waits here too), or the rest is on its way
-            frame, buffer = buffer[:end], buffer[end:]
-            # Transaction id 0 is taken as the answer to any request, as pymodbus takes it:
-            # some gateways and meters answer every request with it.
-            if (tid and tid != self._tid) or (self._unit and unit != self._unit):
-                continue  # not the answer to this request: the trace has noted why
-            try:
-                answer.set_result(parse_answer(unit, tid, frame[7:]))
-            except Garbled as exc:
-                answer.set_exception(exc)
-            break
+            if self._take(frame) and buffer and self._waiting():
+                buffer = self._trace_packet(False, buffer)  # the next answer's, on its own
         self._buffer = buffer
 
+    def _waiting(self) -> bool:
+        return any(not p.answer.done() for p in self._pending.values())
 
-#: The most bytes kept while waiting for an answer (an MBAP frame is at most 260).
+    def _take(self, frame: bytes) -> bool:
+        """Settle the request ``frame`` answers; False if none (the trace has noted why)."""
+        tid, _, _, unit = _HEADER.unpack_from(frame)
+        pending = self._pending.get(tid) if tid else self._oldest(unit)
+        if pending is None or pending.answer.done() or (pending.unit and unit != pending.unit):
+            return False
+        try:
+            pending.answer.set_result(parse_answer(unit, tid, frame[7:]))
+        except Garbled as exc:
+            pending.answer.set_exception(exc)
+        return True
+
+    def _oldest(self, unit: int) -> _Pending | None:
+        """The request an answer with transaction id 0 is taken for, as pymodbus takes it (some
+        gateways and meters answer every request with it): the oldest under way to its unit."""
+        for pending in self._pending.values():
+            if not pending.answer.done() and (not pending.unit or pending.unit == unit):
+                return pending
+        return None
+
+
+def _next_frame(buffer: bytes) -> tuple[bytes, bytes]:
+    """The whole MBAP frame at the start of ``buffer`` and the rest; no frame (b"") while it is
+    incomplete or ``buffer`` starts with no frame."""
+    if len(buffer) < _HEADER.size:
+        return b"", buffer
+    _, protocol, length, _ = _HEADER.unpack_from(buffer)
+    end = 6 + length
+    if end == 8 and len(buffer) == 9:
+        end = 9  # an exception whose length leaves out its code: pymodbus takes it
+    if protocol or len(buffer) < end:
+        return b"", buffer
+    return buffer[:end], buffer[end:]
+
+
+#: The most bytes kept per request under way while waiting for answers (an MBAP frame is at
+#: most 260).
 MAX_BUFFER = 1024
 
 

@@ -44,6 +44,8 @@ BUS_TYPES: tuple[BusType, ...] = (
     BusType("modbus-rtu", "serial"),
     BusType("modbus-rtu-over-tcp", "network", 502),
 )
+#: The most requests a ``pipeline`` may keep under way: more than most servers queue.
+MAX_PIPELINE = 32
 BUS_OPTIONS = {
     #: Largest read the slaves on this bus accept.
     "max_registers": keys.in_range(1, MAX_REGISTERS),
@@ -52,6 +54,8 @@ BUS_OPTIONS = {
     #: Write every point with FC 15/16 (write multiple coils/registers), even a single coil or
     #: register, for slaves that lack FC 5/6 (write single coil/register).
     "write_multiple": keys.boolean,
+    #: Requests under way at once on a Modbus TCP connection (1: one transaction at a time).
+    "pipeline": keys.in_range(1, MAX_PIPELINE),
 }
 DEVICE_OPTIONS = {
     "unit": keys.in_range(0, 255),
@@ -107,6 +111,10 @@ def max_bits(bus: BusConfig | None) -> int:
 
 def merge_gap(bus: BusConfig | None) -> int:
     return int(bus.options.get("merge_gap", MERGE_GAP)) if bus else 0
+
+
+def pipeline(bus: BusConfig) -> int:
+    return int(bus.options.get("pipeline", 1))
 
 
 def write_multiple(bus: BusConfig) -> bool:

@@ -395,14 +395,14 @@ class _Connection(ServerRequestHandler):
             self.closed.set_result(None)
 
     def callback_data(self, data: bytes, addr: tuple[Any, ...] | None = None) -> int:
-        """Take the requests in ``data``: each whole RTU frame on its own, as a slave on a line
-        tells frames apart by the silence between them (pymodbus's RTU framer takes a buffer for
-        one frame and drops a second request that arrived in the same read with the first)."""
-        if isinstance(self.framer, FramerSocket):
-            return self._take(data, addr)
+        """Take the requests in ``data``, each whole frame on its own: several MBAP requests
+        sent at once (a pipelining client), or RTU frames told apart by the silence between them
+        on a line. pymodbus takes one frame per read (its RTU framer drops a second request that
+        arrived with the first; its socket framer leaves it until more bytes arrive)."""
+        size_of = _mbap_size if isinstance(self.framer, FramerSocket) else _rtu_request_size
         used = 0
         while used < len(data):
-            size = rtu_frame_size(data[used:], request=True)
+            size = size_of(data[used:])
             if not size or len(data) - used <= size:
                 # The last frame, part of one (pymodbus waits for the rest), or no request at
                 # all (pymodbus hunts through it).
@@ -693,6 +693,15 @@ class ModbusSimulator:
             stepped, self._stepped = self._stepped, asyncio.Event()
             if stepped is not None:
                 stepped.set()
+
+
+def _mbap_size(data: bytes) -> int | None:
+    """The length of the MBAP frame at the start of ``data``; 0 while its header is not in."""
+    return 6 + int.from_bytes(data[4:6], "big") if len(data) >= 6 else 0
+
+
+def _rtu_request_size(data: bytes) -> int | None:
+    return rtu_frame_size(data, request=True)
 
 
 def _spoils_answers(slave: SimulatedSlave) -> bool:

@@ -14,7 +14,7 @@ import pytest
 from agent.aio import cancel_and_wait
 from agent.clock import Clock
 from agent.config import BusConfig, DeviceConfig, PointConfig
-from agent.errors import DeviceError
+from agent.errors import BusError, DeviceError
 from agent.model import Poll, Value
 from agent.poll.scheduler import BusPoller, next_slot
 from agent.testkit import run, until
@@ -34,6 +34,7 @@ class FakeDriver:
     crash_once: ClassVar[bool] = False
     active: ClassVar[int] = 0
     overlaps: ClassVar[int] = 0
+    most: ClassVar[int] = 0  # reads under way at once, at most
     reads: ClassVar[list[str]] = []
 
     @classmethod
@@ -52,9 +53,10 @@ class FakeDriver:
         return None
 
     async def read(self, device: DeviceConfig) -> Poll:
-        cls = type(self)
+        cls = FakeDriver  # the counts are the fixture's, whatever the subclass
         cls.active += 1
         cls.overlaps += cls.active > 1
+        cls.most = max(cls.most, cls.active)
         try:
             await asyncio.sleep(cls.delay.get(device.name, 0.005))  # time on the wire
             cls.reads.append(device.name)
@@ -72,6 +74,7 @@ class FakeDriver:
 @pytest.fixture(autouse=True)
 def fresh_fake() -> None:
     FakeDriver.failing, FakeDriver.active, FakeDriver.overlaps, FakeDriver.reads = {}, 0, 0, []
+    FakeDriver.most = 0
     FakeDriver.delay = {}
     FakeDriver.crash_once = False
 
@@ -129,6 +132,76 @@ def test_one_transaction_at_a_time_per_bus() -> None:
     run(poll_until_enough(poller, sink), timeout=10)
     assert FakeDriver.overlaps == 0
     assert {name for name, _ in sink.samples} == {"a", "b", "c"}
+
+
+class ThreeAtOnce(FakeDriver):
+    polls_at_once = 3
+
+
+def test_a_driver_that_takes_polls_at_once_gets_the_devices_due_together() -> None:
+    """Five devices due in the same slots, polls of three at once: three together, then two;
+    each device still once per slot, on its slot."""
+    sink = Collector(25)
+    devices = [device(name, 0.1) for name in "abcde"]
+    poller = BusPoller(BUS, devices, ThreeAtOnce, sink)
+    run(poll_until_enough(poller, sink), timeout=10)
+    assert FakeDriver.most == 3
+    for name in "abcde":
+        slots = [ts // 100 for n, ts in sink.samples if n == name]
+        assert len(slots) >= 4, (name, sink.samples)
+        assert len(set(slots)) == len(slots), (name, slots)  # never twice in a slot
+    assert all(ts % 100 < 60 for _, ts in sink.samples), sink.samples
+
+
+def test_devices_due_at_other_times_are_not_polled_together() -> None:
+    """A device every 50 ms and one every 70 ms meet only on common slots: polls at once
+    are for devices that are due, never a poll ahead of its slot."""
+    sink = Collector(20)
+    poller = BusPoller(BUS, [device("a", 0.05), device("b", 0.07)], ThreeAtOnce, sink)
+    run(poll_until_enough(poller, sink), timeout=10)
+    for name, interval_ms in (("a", 50), ("b", 70)):
+        late = [ts % interval_ms for n, ts in sink.samples if n == name]
+        assert all(ms < 30 for ms in late), (name, late)
+
+
+class BusLostWhileOthersRead(ThreeAtOnce):
+    """The first poll of ``lost`` loses the bus while the others are under way."""
+
+    lost_once: ClassVar[bool] = True
+    entered: ClassVar[int] = 0
+    finished: ClassVar[list[tuple[str, int]]] = []  # reads that ended: device, connection
+
+    async def __aenter__(self) -> FakeDriver:
+        type(self).entered += 1
+        return self
+
+    async def read(self, device: DeviceConfig) -> Poll:
+        if device.name == "lost" and type(self).lost_once:
+            type(self).lost_once = False
+            raise BusError("bus plc: lost: the connection was reset")
+        if device.name != "lost":
+            await asyncio.sleep(0.05)  # still under way when the bus goes
+        poll = await super().read(device)
+        type(self).finished.append((device.name, type(self).entered))
+        return poll
+
+
+def test_a_bus_lost_during_polls_at_once_stops_them_and_reconnects(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The other polls are cancelled (not left reading a dead connection), the bus is
+    entered again, every device reads after it; no asyncio line about a task never seen."""
+    caplog.set_level(logging.INFO)
+    BusLostWhileOthersRead.lost_once, BusLostWhileOthersRead.entered = True, 0
+    BusLostWhileOthersRead.finished = []
+    sink = Collector(9)
+    devices = [device("a", 0.1), device("lost", 0.1), device("b", 0.1)]
+    poller = BusPoller(BUS, devices, BusLostWhileOthersRead, sink)
+    run(poll_until_enough(poller, sink), timeout=10)
+    assert BusLostWhileOthersRead.entered == 2
+    assert {name for name, _ in sink.samples} == {"a", "b", "lost"}
+    assert {connection for _, connection in BusLostWhileOthersRead.finished} == {2}
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.records
 
 
 def test_failure_is_logged_once_on_the_transition_and_counted(
