@@ -649,7 +649,7 @@ def _bus(
 
 def _bus_type(s: Section, installed: registry.Registry) -> tuple[BusType | None, str]:
     """The bus's type, and the driver that brings it; ``None`` after saying what is wrong."""
-    names = installed.bus_type_names()
+    names = installed.bus_type_choices(s.data.get("type"))
     type_name = s.take("type", conv.one_of(*names))
     if type_name is None:
         return None, ""

@@ -32,7 +32,6 @@ from ..uplink.commands import Commands, shown
 from ..uplink.diagnostics import REPLY_TOPIC as DIAG_REPLY
 from ..uplink.diagnostics import Diagnostics
 from ..uplink.remote import RemotePushes
-from ..uplink.sparkplug.link import SparkplugUplink
 from ..uplink.telemetry import Uplink
 from .history import History
 from .lock import data_dir_lock
@@ -74,6 +73,9 @@ class Agent:
         )
         self.uplink: Uplink
         if config.sparkplug.enabled:
+            # Imported only for a Sparkplug node: most of a megabyte that others do without.
+            from ..uplink.sparkplug.link import SparkplugUplink
+
             self.uplink = SparkplugUplink(
                 config,
                 self.buffer,

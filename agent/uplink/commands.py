@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +203,8 @@ def _check_representable(value: int | float) -> None:
 def _number(value: int | float) -> str:
     """A number for a message: a huge integer shortened (1.000e+400), not 401 digits."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**16:
+        from decimal import Decimal  # only here: most gateways never need it
+
         return f"{Decimal(value):.3e}"
     return f"{value}"
 

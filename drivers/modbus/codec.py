@@ -26,12 +26,14 @@ import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from agent.api import Value, scaled, significant
 
 from .schema import BIT_TABLES, ModbusPoint, WordOrder
+
+if TYPE_CHECKING:
+    from decimal import Decimal
 
 #: ``struct`` format (big-endian) of each fixed-size numeric type.
 _FORMATS: dict[str, str] = {
@@ -358,7 +360,7 @@ def _as_bool(point: ModbusPoint, value: Value) -> bool:
 
 
 #: Raw values beyond this are shown in scientific notation in messages.
-_HUGE = Decimal(10) ** 20
+_HUGE = 10**20
 
 
 def _unscale(point: ModbusPoint, value: Value) -> int | float:
@@ -388,12 +390,17 @@ def _nearest_raw(point: ModbusPoint, value: int | float) -> Decimal:
 
     Computed on the decimals as written, not in binary floating point: 21.35 with scale 0.1 is
     raw 213.5 and gives 214 (21.4), where floats would make it 213.49999999999997 and give 213;
-    an int, even a 64-bit one, stays exact.
+    an int, even a 64-bit one, stays exact. (``decimal`` is imported by the first write: a
+    gateway that only reads does without it.)
     """
+    from decimal import ROUND_HALF_UP
+
     exact = (_decimal(value) - _decimal(point.offset)) / _decimal(point.scale)
     return exact.to_integral_value(rounding=ROUND_HALF_UP)
 
 
 def _decimal(number: int | float) -> Decimal:
+    from decimal import Decimal
+
     # repr is the shortest decimal that is the same float: the one a person or a TOML file wrote.
     return Decimal(number) if isinstance(number, int) else Decimal(repr(number))
