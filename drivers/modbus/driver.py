@@ -230,7 +230,7 @@ class _Exchange:
         on, or to any request ``in_flight`` (transaction ids, this one's among them)."""
         if self.rtu:
             return skip_to_rtu_frame(buffer, self.device.unit)
-        return skip_stale_bytes(buffer, *(in_flight or (self.tid,)))
+        return skip_stale_bytes(buffer, in_flight or (self.tid,))
 
 
 class ModbusDriver:

@@ -6,6 +6,7 @@ from another unit, a stale transaction id)."""
 from __future__ import annotations
 
 import collections
+from collections.abc import Collection
 
 from pymodbus.exceptions import NotImplementedException
 from pymodbus.framer import FramerRTU
@@ -101,11 +102,13 @@ def inspect_mbap(buffer: bytes, unit: int, tid: int) -> tuple[str, str]:
     return "", ""
 
 
-def skip_stale_bytes(buffer: bytes, *tids: int) -> bytes:
+def skip_stale_bytes(buffer: bytes, tids: Collection[int]) -> bytes:
     """A Modbus TCP receive buffer from the answer to one of the transactions ``tids`` (more
     than one on a pipelined link) on, when other bytes came first (the rest of a late answer
     to an earlier request): frames are read only from the start of the buffer, and would wait
     behind them until the request timed out."""
+    if buffer[2:4] == b"\x00\x00" and int.from_bytes(buffer[:2], "big") in tids:
+        return buffer  # the answer to one of them comes first: most often
     headers = [tid.to_bytes(2, "big") + b"\x00\x00" for tid in tids]  # its id, protocol 0
     if any(header.startswith(buffer[:4]) for header in headers):
         return buffer

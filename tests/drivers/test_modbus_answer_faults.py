@@ -183,12 +183,18 @@ def rtu(unit: int, pdu: bytes = b"\x03\x02\x00\x0b") -> bytes:
 
 def test_stale_bytes_in_front_of_a_tcp_answer_are_skipped() -> None:
     ours, stale = mbap(7), mbap(6)
-    assert skip_stale_bytes(ours, 7) == ours
-    assert skip_stale_bytes(ours[:1], 7) == ours[:1]  # too short to tell: left to pymodbus
-    assert skip_stale_bytes(stale[5:] + ours, 7) == ours  # the tail of a late answer
-    assert skip_stale_bytes(stale[5:] + ours[:4], 7) == ours[:4]  # ours starts
-    assert skip_stale_bytes(stale + ours[:3], 7) == stale + ours[:3]  # pymodbus skips a whole one
-    assert skip_stale_bytes(stale[5:], 7) == stale[5:]  # nothing of ours: pymodbus says why
+    assert skip_stale_bytes(ours, (7,)) == ours
+    assert skip_stale_bytes(ours[:1], (7,)) == ours[:1]  # too short to tell: left to pymodbus
+    assert skip_stale_bytes(stale[5:] + ours, (7,)) == ours  # the tail of a late answer
+    assert skip_stale_bytes(stale[5:] + ours[:4], (7,)) == ours[:4]  # ours starts
+    assert (
+        skip_stale_bytes(stale + ours[:3], (7,)) == stale + ours[:3]
+    )  # pymodbus skips a whole one
+    assert skip_stale_bytes(stale[5:], (7,)) == stale[5:]  # nothing of ours: pymodbus says why
+    # Pipelined: to the first answer of any request under way, whichever it is.
+    other = mbap(8)
+    assert skip_stale_bytes(stale[5:] + other + ours, (7, 8)) == other + ours
+    assert skip_stale_bytes(other + ours, (7, 8)) == other + ours
 
 
 def test_an_rtu_buffer_is_read_from_the_first_whole_frame_of_the_unit() -> None:
