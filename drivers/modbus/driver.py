@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import logging
 import math
@@ -339,6 +340,7 @@ class ModbusDriver:
         self._in_flight: dict[int, _Exchange] = {}
         self._down: asyncio.Future[None] | None = None  # resolved when the link drops
         self._turns = asyncio.Semaphore(self.polls_at_once)
+        self._unit_locks: dict[int, asyncio.Lock] = {}
         self._last_end = -math.inf  # loop time the last transaction ended
 
     async def __aenter__(self) -> ModbusDriver:
@@ -681,7 +683,9 @@ class ModbusDriver:
         """One transaction, after ``request_gap`` of silence, watched by the trace hook; None
         when the link dropped during it. ``guard``: a pymodbus call, run as ``_guarded`` says.
         Up to ``polls_at_once`` are under way at once (a pipeline has no request gap)."""
-        async with self._turns:
+        # Pipelined, one request per unit at a time: two under way to one unit could not be
+        # told apart by a server that mislabels its answers' transaction ids.
+        async with self._unit_turn(exchange.device.unit), self._turns:
             if self.bus.request_gap > 0:
                 await self._pace()
             # The client traces the request before its first await: under this exchange.
@@ -692,6 +696,14 @@ class ModbusDriver:
                 exchange.done = True
                 self._in_flight.pop(exchange.tid, None)
                 self._last_end = asyncio.get_running_loop().time()
+
+    def _unit_turn(self, unit: int) -> contextlib.AbstractAsyncContextManager[Any]:
+        if self.polls_at_once == 1:
+            return contextlib.nullcontext()
+        lock = self._unit_locks.get(unit)
+        if lock is None:
+            lock = self._unit_locks[unit] = asyncio.Lock()
+        return lock
 
     async def _pace(self) -> None:
         """Wait until ``request_gap`` has passed since the last transaction ended."""
@@ -755,8 +767,8 @@ class ModbusDriver:
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         """The client's hook for every frame sent and every receive buffer: keep and inspect."""
         exchange = self._exchange if sending else self._receiver(data)
-        if exchange is None:
-            return data
+        if exchange is None:  # pipelined, bytes of no request under way in front
+            return skip_stale_bytes(data, self._in_flight) if self._in_flight else data
         try:
             # A late answer after its request ended still goes into that device's ring.
             ring = self._rings.get(exchange.device.name)
@@ -776,12 +788,19 @@ class ModbusDriver:
         return data
 
     def _receiver(self, buffer: bytes) -> _Exchange | None:
-        """The exchange a receive buffer belongs to: the request under way whose transaction id
-        it starts with, else the oldest under way, else the last (a late answer)."""
+        """The exchange a receive buffer belongs to: the one request under way, or the one
+        whose transaction id it starts with (0: the oldest to the unit it names); the last one
+        when none is under way (a late answer). None when several are under way and the
+        buffer names none of them: no request is blamed for bytes that may be another's."""
         if not self._in_flight:
             return self._exchange
+        if len(self._in_flight) == 1:
+            return next(iter(self._in_flight.values()))
         tid = int.from_bytes(buffer[:2], "big") if len(buffer) >= 2 else -1
-        return self._in_flight.get(tid) or next(iter(self._in_flight.values()))
+        if tid == 0 and len(buffer) >= 7:
+            to_unit = (e for e in self._in_flight.values() if e.device.unit in (buffer[6], 0))
+            return next(to_unit, None)
+        return self._in_flight.get(tid)
 
     def _trace_connect(self, connected: bool) -> None:
         if not connected and self._down is not None and not self._down.done():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,9 +245,9 @@ class MbapClient(asyncio.Protocol):
         answer: asyncio.Future[ModbusPDU | None] = loop.create_future()
         now = loop.time()
         pending = self._pending[tid] = _Pending(unit, answer, now, now + timeout)
-        self._send(transport, _HEADER.pack(tid, 0, len(pdu) + 1, unit) + pdu)
-        self._watch_until(pending.deadline)
         try:
+            self._send(transport, _HEADER.pack(tid, 0, len(pdu) + 1, unit) + pdu)
+            self._watch_until(pending.deadline)
             result = await answer
         except (NoAnswer, Garbled):
             self._no_response(pending)
@@ -309,23 +309,31 @@ class MbapClient(asyncio.Protocol):
             self._buffer = b""
             return
         buffer = self._trace_packet(False, self._buffer)
+        pipelined = self.window > 1
         while self._waiting():
-            frame, buffer = _next_frame(buffer)
+            frame, misframed, buffer = _next_frame(buffer, self._pending if pipelined else None)
             if not frame:
                 break  # no frame start (pymodbus waits here too), or the rest is on its way
-            if self._take(frame) and buffer and self._waiting():
+            taken = self._take(frame, misframed)
+            if (taken or pipelined) and buffer and self._waiting():
                 buffer = self._trace_packet(False, buffer)  # the next answer's, on its own
         self._buffer = buffer
 
     def _waiting(self) -> bool:
         return any(not p.answer.done() for p in self._pending.values())
 
-    def _take(self, frame: bytes) -> bool:
-        """Settle the request ``frame`` answers; False if none (the trace has noted why)."""
-        tid, _, _, unit = _HEADER.unpack_from(frame)
+    def _take(self, frame: bytes, misframed: bool = False) -> bool:
+        """Settle the request ``frame`` answers; False if none (the trace has noted why).
+        ``misframed``: its length field does not fit its PDU (pipelined answers must fit)."""
+        tid, _, length, unit = _HEADER.unpack_from(frame)
         pending = self._pending.get(tid) if tid else self._oldest(unit)
         if pending is None or pending.answer.done() or (pending.unit and unit != pending.unit):
             return False
+        if misframed:
+            pending.answer.set_exception(
+                Garbled(f"its length field says {length} bytes, its PDU {len(frame) - 6}")
+            )
+            return True
         try:
             pending.answer.set_result(parse_answer(unit, tid, frame[7:]))
         except Garbled as exc:
@@ -341,18 +349,74 @@ class MbapClient(asyncio.Protocol):
         return None
 
 
-def _next_frame(buffer: bytes) -> tuple[bytes, bytes]:
-    """The whole MBAP frame at the start of ``buffer`` and the rest; no frame (b"") while it is
-    incomplete or ``buffer`` starts with no frame."""
+def _next_frame(
+    buffer: bytes, under_way: Collection[int] | None = None
+) -> tuple[bytes, bool, bytes]:
+    """The whole MBAP frame at the start of ``buffer``, whether it is misframed, and the rest;
+    no frame (b"") while it is incomplete or ``buffer`` starts with no frame.
+
+    One request at a time, the length field says where the frame ends, as pymodbus reads it
+    (an answer padded past its PDU is taken). Pipelined (``under_way``: the transaction ids of
+    the requests under way), the next answer may follow in the same read: the end is taken from
+    the PDU itself where its function says it, and a frame shorter than it says (the next
+    answer's header found in its last bytes) is cut there. Either way a length field that lies
+    costs its own request (misframed), not the next answer its bytes.
+    """
     if len(buffer) < _HEADER.size:
-        return b"", buffer
+        return b"", False, buffer
     _, protocol, length, _ = _HEADER.unpack_from(buffer)
+    if protocol:
+        return b"", False, buffer
     end = 6 + length
-    if end == 8 and len(buffer) == 9:
-        end = 9  # an exception whose length leaves out its code: pymodbus takes it
-    if protocol or len(buffer) < end:
-        return b"", buffer
-    return buffer[:end], buffer[end:]
+    exact = under_way is not None
+    pdu_end = _pdu_end(buffer) if exact else None
+    misframed = pdu_end is not None and pdu_end != end
+    # An exception whose length leaves out its code: pymodbus takes it (when nothing follows).
+    short_exception = pdu_end == 9 if exact else len(buffer) == 9
+    if length == 2 and short_exception:
+        end, misframed = 9, False
+    elif misframed and pdu_end is not None:
+        end = pdu_end
+    if len(buffer) < end:
+        return b"", False, buffer
+    if under_way and (cut := _cut_short(buffer, end, under_way)):
+        return buffer[:cut], True, buffer[cut:]
+    return buffer[:end], misframed, buffer[end:]
+
+
+def _cut_short(buffer: bytes, end: int, under_way: Collection[int]) -> int:
+    """Where a frame ending at ``end`` really ends when it came short of its length and took
+    the first bytes of the next answer: the header of a request under way starting in its last
+    three bytes, while what follows ``end`` starts no answer. 0: it ends at ``end``."""
+    if len(buffer) == end or _starts_answer(buffer[end:], under_way):
+        return 0
+    for cut in range(end - 1, max(end - 4, 8), -1):
+        if _starts_answer(buffer[cut:], under_way):
+            return cut
+    return 0
+
+
+def _starts_answer(data: bytes, under_way: Collection[int]) -> bool:
+    """Whether ``data`` starts like the answer to a request under way (or one with id 0)."""
+    if len(data) < 4:
+        return False
+    tid = int.from_bytes(data[:2], "big")
+    return data[2:4] == b"\x00\x00" and (tid == 0 or tid in under_way)
+
+
+def _pdu_end(buffer: bytes) -> int | None:
+    """Where the answer at the start of ``buffer`` ends by its PDU (function code, byte count);
+    None when that cannot be told yet, or the function is not one of the driver's."""
+    if len(buffer) < 8:
+        return None
+    function = buffer[7]
+    if function & 0x80:
+        return 9
+    if function in READS:
+        return 9 + buffer[8] if len(buffer) >= 9 else None
+    if function in (WRITE_COIL, WRITE_REGISTER, WRITE_COILS, WRITE_REGISTERS):
+        return 12
+    return None
 
 
 #: The most bytes kept per request under way while waiting for answers (an MBAP frame is at

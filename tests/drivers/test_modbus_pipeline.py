@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +25,7 @@ from agent.config import load_config
 from agent.errors import ConfigError
 from agent.testkit import run
 from drivers.modbus import ModbusDriver
-from drivers.modbus.mbap import MbapClient, NoAnswer, read_request
+from drivers.modbus.mbap import Garbled, MbapClient, NoAnswer, read_request
 from drivers.modbus.schema import ModbusPoint, modbus_bus
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
@@ -184,6 +186,84 @@ def test_answers_of_other_units_or_stale_ids_are_not_taken_for_a_request_under_w
     run(body(), timeout=10)
 
 
+def answer_of(frame: bytes, value: int = 7, tid: bytes | None = None) -> bytes:
+    """The answer ``value`` to a read of one register in ``frame``, carrying ``tid``."""
+    head = frame[:2] if tid is None else tid
+    return head + b"\x00\x00\x00\x05" + frame[6:7] + b"\x03\x02" + value.to_bytes(2, "big")
+
+
+def unit_of(frame: bytes) -> int:
+    return frame[6]
+
+
+async def ask_units(answer: Batch, *units: int) -> list[Any]:
+    """One read of register 0 from each of ``units`` at once, answered by ``answer``."""
+    async with server(answer) as (port, _):
+        modbus = MbapClient(lambda sending, data: data, lambda up: None, window=len(units))
+        await modbus.connect("127.0.0.1", port, 1.0)
+        try:
+            requests = (modbus.transact(u, read_request(3, 0, 1), TIMEOUT) for u in units)
+            return await asyncio.gather(*requests, return_exceptions=True)
+        finally:
+            modbus.close()
+
+
+def test_an_exception_whose_length_leaves_out_its_code_is_taken_with_an_answer_behind_it() -> None:
+    """pymodbus's leniency for a length of 2 (unit, function) holds when the next answer
+    follows in the same read."""
+
+    def answer(frames: list[bytes]) -> bytes:
+        short = b"\x00\x00\x00\x02" + frames[0][6:7] + b"\x83\x02"
+        return frames[0][:2] + short + answer_of(frames[1])
+
+    got = run(ask_units(answer, 1, 2), timeout=10)
+    assert [(a.function_code, a.exception_code) for a in got[:1]] == [(0x83, 2)], got
+    assert list(got[1].registers) == [7], got
+
+
+def test_an_answer_shorter_than_it_says_takes_nothing_of_the_next_answer() -> None:
+    """Unit 1's answer lacks its last byte: it must not take unit 2's first byte as its own
+    (a wrong value, published) nor cost unit 2 its answer."""
+
+    def answer(frames: list[bytes]) -> bytes:
+        return b"".join(
+            answer_of(f, 0x1234)[:-1] if unit_of(f) == 1 else answer_of(f) for f in frames
+        )
+
+    got = run(ask_units(answer, 1, 2), timeout=10)
+    assert isinstance(got[0], (NoAnswer, Garbled)), got
+    assert list(got[1].registers) == [7], got
+
+
+def test_an_answer_whose_length_field_lies_costs_only_its_own_request() -> None:
+    """Unit 1's length field says two bytes more than its PDU: pipelined, the PDU says where
+    it ends, the request is refused as garbled, the next answer is read whole."""
+
+    def answer(frames: list[bytes]) -> bytes:
+        lying = answer_of(frames[0])
+        lying = lying[:4] + b"\x00\x07" + lying[6:]
+        return lying + answer_of(frames[1])
+
+    got = run(ask_units(answer, 1, 2), timeout=10)
+    assert isinstance(got[0], Garbled), got
+    assert list(got[1].registers) == [7], got
+
+
+def test_a_request_that_cannot_be_framed_leaves_nothing_under_way() -> None:
+    async def body() -> None:
+        async with server(lambda frames: b"") as (port, _):
+            modbus = MbapClient(lambda sending, data: data, lambda up: None, window=2)
+            await modbus.connect("127.0.0.1", port, 1.0)
+            try:
+                with pytest.raises(struct.error):
+                    await modbus.transact(256, read_request(3, 0, 1), TIMEOUT)
+                assert not modbus._pending  # noqa: SLF001 - what a failed send leaves
+            finally:
+                modbus.close()
+
+    run(body(), timeout=10)
+
+
 # --- the driver, against the simulator's slaves
 
 
@@ -240,6 +320,55 @@ def test_a_faulty_unit_in_the_pipeline_costs_only_its_own_poll(fault: str) -> No
             assert all(line.split()[7] == "03" for line in sent), frames  # unit 3's requests
 
     run(body(), timeout=20)
+
+
+def test_two_devices_of_one_unit_never_take_each_others_answers() -> None:
+    """One meter read as two devices (the configuration takes it), answering with the previous
+    request's transaction id: pipelined, the requests to one unit go one at a time, so the
+    slow device's answer is never taken as the fast one's (both fail, as one at a time)."""
+    power = ModbusPoint("power", table="holding", address=0, type="uint16")
+    energy = ModbusPoint("energy", table="holding", address=100, type="uint16")
+
+    async def body() -> None:
+        slave = SimulatedSlave(1, (power, energy))
+        slave.set_value("power", 11)
+        slave.set_value("energy", 22)
+        slave.wrong_tid = True
+        fast = DeviceConfig("fast", "field", "modbus", 1.0, unit=1, points=(power,))
+        slow = DeviceConfig("slow", "field", "modbus", 10.0, unit=1, points=(energy,))
+        async with ModbusSimulator([slave]) as sim:
+            bus = modbus_bus(
+                "field", "modbus-tcp", host="127.0.0.1", port=sim.port, timeout=0.2, pipeline=2
+            )
+            async with ModbusDriver(bus) as driver:
+                for _ in range(2):
+                    polls = await read_all(driver, [fast, slow])
+                    assert all(isinstance(p, DeviceError) for p in polls), polls
+
+    run(body(), timeout=20)
+
+
+def test_a_dead_unit_beside_a_gateway_answering_with_id_0_is_silent_not_blamed() -> None:
+    """Unit 2 answers with transaction id 0 (some gateways do), unit 1 is dead: unit 1 is a
+    timeout, and unit 2's answer is in unit 2's frames, not in unit 1's."""
+
+    def answer(frames: list[bytes]) -> bytes:
+        return b"".join(answer_of(f, tid=b"\x00\x00") for f in frames if unit_of(f) == 2)
+
+    async def body() -> None:
+        async with server(answer) as (port, _):
+            bus = modbus_bus(
+                "field", "modbus-tcp", host="127.0.0.1", port=port, timeout=0.2, pipeline=2
+            )
+            async with ModbusDriver(bus) as driver:
+                polls = await read_all(driver, devices(2))
+                assert isinstance(polls[0], DeviceError), polls
+                assert isinstance(polls[1], Poll), polls
+                assert driver.counters["unit1"] == {"timeout": 1}
+                assert not [f for f in driver.frames("unit1") if f.startswith("received")]
+                assert [f for f in driver.frames("unit2") if f.startswith("received")]
+
+    run(body(), timeout=10)
 
 
 def test_a_pipelined_poll_of_several_requests_per_device_reads_them_all() -> None:
