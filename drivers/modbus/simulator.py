@@ -446,9 +446,16 @@ class _Connection(ServerRequestHandler):
         # pymodbus's send also empties the receive buffer. Answers go out late here, in tasks of
         # their own: the first bytes of the next request (a read of a serial port may return
         # part of a frame) would be lost with it, and that request never answered.
+        if self._gone():
+            return
         received = self.recv_buffer
         super().send(data, addr)
         self.recv_buffer = received
+
+    def _gone(self) -> bool:
+        """Whether the master went: the answers still on their way to it are dropped (asyncio
+        warns at each write past the fifth to a lost connection)."""
+        return self.transport is None or self.transport.is_closing()
 
     def pdu_send(self, pdu: ModbusPDU, addr: tuple[Any, ...] | None = None) -> None:
         """Send an answer, spoilt as its slave's wire faults say (``SimulatedSlave``)."""
@@ -459,7 +466,7 @@ class _Connection(ServerRequestHandler):
         frame = self.trace_packet(True, self._spoilt_frame(pdu, slave))
         if slave.drip > 0:
             self._in_task(self._drip(frame, slave.drip), "modbus simulator drip")
-        else:
+        elif not self._gone():
             self.low_level_send(frame, addr=addr)
 
     def _spoilt_frame(self, pdu: ModbusPDU, slave: SimulatedSlave) -> bytes:
@@ -477,7 +484,7 @@ class _Connection(ServerRequestHandler):
         for index in range(len(frame)):
             if index:
                 await asyncio.sleep(gap)
-            if self.transport is None:  # the client hung up meanwhile
+            if self._gone():  # the client hung up meanwhile
                 return
             self.low_level_send(frame[index : index + 1])
 

@@ -15,7 +15,10 @@ from drivers.modbus.schema import ModbusPoint
 from drivers.modbus.simulator import ModbusSimulator, SimulatedSlave
 
 POINTS = (ModbusPoint("level", table="holding", address=0, type="uint16"),)
-INTERVAL = 0.2
+INTERVAL = 0.5
+#: Seconds: three quarters of the interval (a dead unit's poll costs the others at most a
+#: slot), and not cut fine: a live unit must answer within it while three suites share two cores.
+TIMEOUT = 0.375
 
 
 def meter(unit: int) -> DeviceConfig:
@@ -35,7 +38,7 @@ def test_live_units_keep_their_schedule_beside_a_dead_one() -> None:
 
     async def body() -> None:
         async with ModbusSimulator(slaves) as sim:
-            bus = BusConfig("field", "modbus-tcp", host="127.0.0.1", port=sim.port, timeout=0.15)
+            bus = BusConfig("field", "modbus-tcp", host="127.0.0.1", port=sim.port, timeout=TIMEOUT)
             poller = BusPoller(bus, [meter(1), meter(2), meter(3)], ModbusDriver, sink)
             task = asyncio.create_task(poller.run())
             try:

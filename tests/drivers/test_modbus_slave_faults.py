@@ -26,7 +26,7 @@ from agent.testkit.runner import AgentRunner
 from drivers.modbus.schema import ModbusPoint
 
 LEVEL = ModbusPoint("level", table="holding", address=0, type="uint16")
-INTERVAL = "100ms"
+INTERVAL = "250ms"
 #: Seconds. A fault "beyond the timeout" must last longer than this; a healthy slave must answer
 #: within it while three suites share two cores (CI), so it is not cut fine.
 TIMEOUT = 0.5
@@ -50,7 +50,10 @@ AGENT_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ agent[.\w]
 #: How each fault is set on a slave, and cleared.
 FAULTS: dict[str, Callable[[SimSlave, bool], None]] = {
     "dead": lambda slave, on: setattr(slave, "dead", on),
-    "slow": lambda slave, on: setattr(slave, "slow_ms", 1.5 * TIMEOUT * 1000 if on else 0),
+    # Late by a quarter of the timeout more than it: on an RTU line (no transaction ids) a late
+    # answer would be taken by the next request to its unit, which starts at the next slot, a
+    # quarter past (at INTERVAL = TIMEOUT / 2); so it comes between the two.
+    "slow": lambda slave, on: setattr(slave, "slow_ms", 1.25 * TIMEOUT * 1000 if on else 0),
     "exception": lambda slave, on: setattr(slave, "exception", 4 if on else None),
     "wrong_tid": lambda slave, on: setattr(slave, "wrong_tid", on),
     "garbage": lambda slave, on: setattr(slave, "garbage", on),
