@@ -70,6 +70,9 @@ class Registry:
     def _driver_ref(self, name: str) -> str | None:
         return BUILT_IN_DRIVERS.get(name) or self._entry_points()[0].get(name)
 
+    def _bus_type_ref(self, name: str) -> str | None:
+        return BUILT_IN_BUS_TYPES.get(name) or self._entry_points()[1].get(name)
+
     def driver_names(self) -> list[str]:
         """Every registered driver name, sorted."""
         return sorted(self._entry_points()[0])
@@ -101,7 +104,7 @@ class Registry:
         on it name theirs); ``UnknownDriverError`` when no driver brings it."""
         if name == SERIAL_BUS.name:
             return SERIAL_BUS, None
-        ref = BUILT_IN_BUS_TYPES.get(name) or self._entry_points()[1].get(name)
+        ref = self._bus_type_ref(name)
         if ref is None:
             raise UnknownDriverError(f"unknown bus type {name!r}")
         driver = _load(ref, f"bus type {name!r}")
